@@ -1,0 +1,1 @@
+//! Benchmark support for homeward: traffic generation and measurement helpers.
