@@ -1,1 +1,189 @@
-fn main() {}
+//! `homeward`: the home agent daemon and its command line.
+
+mod cli;
+mod client;
+mod config;
+mod daemon;
+mod error;
+mod proto;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use serde_json::Value;
+
+use cli::{Cli, Command};
+use config::{FileConfig, RunConfig};
+use error::Error;
+use proto::{BindingInfo, Request};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("homeward: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode, Error> {
+    match command {
+        Command::Run(args) => {
+            let file = match &args.config {
+                Some(path) => FileConfig::load(path)?,
+                None => FileConfig::default(),
+            };
+            let config = RunConfig::merge(&args, file)?;
+            let accounting = daemon::run(config)?;
+            let mut leaked = false;
+            for (queue, a) in accounting.iter().enumerate() {
+                // The teardown check: every frame must be somewhere.
+                eprintln!(
+                    "homeward: frames at teardown, queue {queue}: total {} free {} fill {} rx {} worker {} tx {} completion {} in_kernel {} unaccounted {}",
+                    a.total, a.free, a.fill, a.rx, a.worker, a.tx, a.completion, a.in_kernel, a.unaccounted()
+                );
+                leaked |= a.unaccounted() != 0 || a.tx + a.completion + a.in_kernel + a.worker > 0;
+            }
+            if leaked {
+                eprintln!("homeward: frames leaked at teardown");
+                return Ok(ExitCode::from(3));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bind {
+            vm,
+            care_of,
+            lifetime,
+            vm_mac,
+            socket,
+        } => {
+            if let Some(m) = &vm_mac {
+                if proto::parse_mac(m).is_none() {
+                    return Err(Error::Invalid(format!("bad MAC address {m:?}")));
+                }
+            }
+            let r = client::request(
+                &socket,
+                &Request::Bind {
+                    vm,
+                    care_of,
+                    lifetime,
+                    vm_mac,
+                },
+            )?;
+            let created = r.get("created").and_then(Value::as_bool).unwrap_or(false);
+            println!(
+                "{} {vm} -> {care_of}",
+                if created { "bound" } else { "rebound" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unbind { vm, socket } => {
+            client::request(&socket, &Request::Unbind { vm })?;
+            println!("unbound {vm}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { json, socket } => {
+            let r = client::request(&socket, &Request::List)?;
+            if json {
+                println!("{r}");
+            } else {
+                let list: Vec<BindingInfo> =
+                    serde_json::from_value(r).map_err(|e| Error::Protocol(e.to_string()))?;
+                print_list(&list);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats { json, socket } => {
+            let r = client::request(&socket, &Request::Stats)?;
+            if json {
+                println!("{r}");
+            } else {
+                print_stats(&r);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_list(list: &[BindingInfo]) {
+    println!(
+        "{:<16} {:<16} {:<18} {:>8} {:>10} {:>12}  next hop",
+        "vm", "care-of", "vm mac", "expires", "packets", "bytes"
+    );
+    for b in list {
+        println!(
+            "{:<16} {:<16} {:<18} {:>8} {:>10} {:>12}  {}",
+            b.vm.to_string(),
+            b.care_of.to_string(),
+            b.vm_mac.as_deref().unwrap_or("-"),
+            b.expires_in.map_or("never".into(), |s| format!("{s}s")),
+            b.packets,
+            b.bytes,
+            b.next_hop.as_deref().unwrap_or("unresolved"),
+        );
+    }
+}
+
+fn print_stats(s: &Value) {
+    let field = |v: &Value, k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+    println!(
+        "xdp mode {}, {} queue(s), uptime {}s",
+        field(s, "xdp_mode"),
+        field(s, "queues"),
+        field(s, "uptime")
+    );
+    for section in ["counters", "steering", "drops"] {
+        if let Some(Value::Object(m)) = s.get(section) {
+            let nonzero: Vec<String> = m
+                .iter()
+                .filter(|(_, v)| v.as_u64() != Some(0))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            println!(
+                "{section}: {}",
+                if nonzero.is_empty() {
+                    "all zero".into()
+                } else {
+                    nonzero.join(" ")
+                }
+            );
+        }
+    }
+    if let Some(Value::Array(frames)) = s.get("frames") {
+        for f in frames {
+            println!(
+                "frames q{}: total {} free {} fill {} rx {} tx {} completion {} in_kernel {} unaccounted {}",
+                field(f, "queue"),
+                field(f, "total"),
+                field(f, "free"),
+                field(f, "fill"),
+                field(f, "rx"),
+                field(f, "tx"),
+                field(f, "completion"),
+                field(f, "in_kernel"),
+                field(f, "unaccounted")
+            );
+        }
+    }
+    if let Some(Value::Array(bindings)) = s.get("bindings") {
+        for b in bindings {
+            println!(
+                "binding {} -> {}: {} packets, {} bytes",
+                field(b, "vm"),
+                field(b, "care_of"),
+                field(b, "packets"),
+                field(b, "bytes")
+            );
+        }
+    }
+}

@@ -3,11 +3,15 @@
 //! - [`pipeline`]: pure packet logic (classify, encapsulate, decapsulate, ARP, ICMP).
 //! - [`table`]: the lock-free binding table (one writer, readers never block).
 //! - [`neigh`]: next hops for care-of addresses from the kernel (rtnetlink).
+//! - [`lookup`]: the pipeline's view of those tables.
 //! - [`loader`]: loads and attaches the XDP steering program, keeps its maps in sync.
-//! - [`xsk`]: AF_XDP sockets, UMEM and the forwarding worker.
+//! - [`xsk`]: AF_XDP sockets, UMEM, frame accounting and the forwarding worker.
+//! - [`stats`]: counters the workers publish.
 
 pub mod loader;
+// pub mod lookup; // enabled once pipeline/table/neigh land
 pub mod neigh;
 pub mod pipeline;
+pub mod stats;
 pub mod table;
 pub mod xsk;

@@ -1,1 +1,542 @@
-//! TODO(skeleton)
+//! The lock-free binding table: VM home address -> (care-of address, VM MAC).
+//!
+//! One writer (the control plane, [`TableWriter`]), any number of readers
+//! (the AF_XDP workers, [`TableReader`]) whose lookups never block, never
+//! allocate, never take a lock and never enter the kernel, never see a torn
+//! entry, and see a completed update at once (no grace period, no epoch).
+//!
+//! # Model checking
+//!
+//! The slot protocol is checked with loom (`table::loom_model`):
+//!
+//! ```sh
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+//!     cargo test -p homeward-dataplane --release --lib table::loom
+//! ```
+//!
+//! (`dataplane/run-loom.sh` runs exactly that; the separate target directory
+//! keeps the normal build cache valid.) Under `--cfg loom` only those tests
+//! may run: every other use of the maps needs loom's runtime.
+//!
+//! # Design
+//!
+//! The core is [`SeqMap`](seqmap): a fixed-capacity open-addressing hash
+//! table (capacity a power of two chosen at creation; [`binding_table`]
+//! rounds up) with linear probing, mapping a nonzero `u32` key to `[u64; W]`.
+//! The binding table is a `SeqMap<2>`; [`crate::neigh`] reuses it for its
+//! next-hop maps.
+//!
+//! **Hashing.** Fibonacci (multiply-shift) hashing: the top bits of
+//! `key * 0x9E3779B97F4A7C15`. Consecutive addresses (a subnet) are spread
+//! evenly over the table instead of forming one cluster.
+//!
+//! **Slots: a latched seqlock.** Each slot has a sequence counter `seq` and
+//! two copies of `(key: AtomicU32, words: [AtomicU64; W])`. Readers read copy
+//! `seq & 1`. The writer, to store a new value:
+//!
+//! 1. `seq.store(s+1, Release)`, then `fence(Release)`: readers now read copy
+//!    1, which still holds the old value;
+//! 2. stores copy 0 (Relaxed);
+//! 3. `seq.store(s+2, Release)`, then `fence(Release)`: readers read copy 0,
+//!    the new value;
+//! 4. stores copy 1 (Relaxed), so that both copies agree again.
+//!
+//! A reader: `s1 = seq.load(Acquire)`; load copy `s1 & 1` (Relaxed);
+//! `fence(Acquire)`; `s2 = seq.load(Relaxed)`; retry if `s1 != s2`.
+//!
+//! This is the reader of Boehm's "Can Seqlocks Get Along With Programming
+//! Language Memory Models?" (MSPC 2012, the fence-based version of section 5)
+//! combined with the writer of the Linux kernel's `seqcount_latch`. Why the
+//! orderings are right:
+//!
+//! * *No torn read.* Every store to a copy is preceded, in the writer, by a
+//!   `seq` store that moved readers away from that copy, and by a Release
+//!   fence after it. If a reader's Relaxed load returns such a store's value,
+//!   the writer's Release fence synchronises with the reader's Acquire fence
+//!   (C++ [atomics.fences]/4), so that `seq` store happens-before the
+//!   reader's re-load of `seq`, which then returns a newer value than `s1`
+//!   and the reader retries. (With the fence after the data stores instead,
+//!   as a naive seqlock writer has it, this argument fails: nothing orders
+//!   the odd `seq` store before the data stores.)
+//! * *No stale read.* The copy a reader selects was completely written
+//!   before the `seq` store it acquired (step 3 for copy 0, step 4 of the
+//!   previous update for copy 1, hence Release on both `seq` stores).
+//! * *Readers never wait.* With a plain seqlock a reader that finds `seq`
+//!   odd spins until the writer finishes, for as long as a preempted writer
+//!   stays off-CPU (this VM has stalls of tens of milliseconds). Here the
+//!   copy a reader is sent to is never being written, and a reader retries
+//!   only when the writer made progress during its read (two `seq` stores
+//!   per update, a few nanoseconds apart): lookups are lock-free and in
+//!   practice wait-free. The price is writing each value twice and twice the
+//!   value memory (48 bytes per slot for `W = 2`: 96 MiB at 2M slots).
+//! * *Visibility.* An update is visible as soon as its step-3 store is
+//!   (immediately on x86); a reader that synchronises with the writer after
+//!   `insert` returned (loom checks this) cannot see the old value.
+//!
+//! `seq` is a `u32`; a reader would be fooled only if one slot were updated
+//! exactly 2^31 times during one read of a few nanoseconds.
+//!
+//! **Probing, tombstones, no moves.** A key lives within
+//! [`MAX_PROBE`](seqmap::MAX_PROBE) slots of its home slot; lookups scan from
+//! the home slot, skip tombstones, and stop at the key, at an empty slot, or
+//! after `MAX_PROBE` slots. Insert scans the whole path first (the key may
+//! sit behind a tombstone, and must then be replaced in place), then takes
+//! the first tombstone, else the empty slot that ended the scan; with no free
+//! slot on the path it fails with [`TableError::Full`]. Remove writes a
+//! tombstone. Entries never move: backward-shift deletion would let a
+//! concurrent reader miss a key in transit. To keep probe paths short, a
+//! removal whose next slot is empty turns the run of tombstones ending at it
+//! back into empty slots: the invariant "every slot between a live key's home
+//! slot and its slot is non-empty" holds after each single slot write, so a
+//! concurrent reader never stops early in front of a key that is present.
+//!
+//! **Reclamation.** Nothing is ever freed while the table exists: a removed
+//! entry's slot is overwritten in place by a later insert, which readers
+//! detect through `seq` like any update. So no hazard pointers or epochs are
+//! needed, and a reader holding a [`TableReader`] can never touch freed
+//! memory (the slot array lives until the last handle is dropped).
+//!
+//! **Slot indices** are stable while a binding exists (replacing its care-of
+//! address or MAC keeps the slot), so per-binding counters can be indexed by
+//! slot. After a removal the slot may go to another VM: whoever keeps
+//! per-slot counters must reset them when `insert` returns a slot for a VM
+//! that was not bound.
+
+mod seqmap;
+mod sync;
+
+#[cfg(all(test, loom))]
+mod loom_model;
+
+pub use seqmap::{
+    home_slot, seq_map, SeqMapError, SeqMapReader, SeqMapWriter, EMPTY, MAX_CAPACITY, MAX_PROBE,
+    TOMBSTONE,
+};
+
+use std::net::Ipv4Addr;
+
+/// Default number of slots for [`binding_table`] callers without an opinion.
+pub const DEFAULT_CAPACITY: usize = 65536;
+
+/// Where a VM is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Binding {
+    /// The VM's home address (the key).
+    pub vm: Ipv4Addr,
+    /// Its care-of address: the foreign agent that tunnels for it.
+    pub care_of: Ipv4Addr,
+    /// Its MAC address, if known (for delivery on the home link after
+    /// decapsulation, and for proxy ARP bookkeeping).
+    pub vm_mac: Option<[u8; 6]>,
+}
+
+/// Errors of [`TableWriter::insert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    /// 0.0.0.0 and 255.255.255.255 cannot be bound.
+    #[error("invalid VM address {0} (0.0.0.0 and 255.255.255.255 cannot be bound)")]
+    InvalidAddress(Ipv4Addr),
+    /// No free slot within the probe bound of the VM's home slot.
+    #[error("binding table full (no free slot near the VM's home slot)")]
+    Full,
+}
+
+/// Bit 48 of word 1: the MAC is present.
+const MAC_PRESENT: u64 = 1 << 48;
+
+fn encode(b: &Binding) -> [u64; 2] {
+    let mac = match b.vm_mac {
+        Some(m) => {
+            let mut w = [0u8; 8];
+            w[2..].copy_from_slice(&m);
+            MAC_PRESENT | u64::from_be_bytes(w)
+        }
+        None => 0,
+    };
+    [u64::from(u32::from(b.care_of)), mac]
+}
+
+#[inline]
+fn decode(vm: Ipv4Addr, words: [u64; 2]) -> Binding {
+    let vm_mac = if words[1] & MAC_PRESENT != 0 {
+        let b = words[1].to_be_bytes();
+        Some([b[2], b[3], b[4], b[5], b[6], b[7]])
+    } else {
+        None
+    };
+    Binding {
+        vm,
+        care_of: Ipv4Addr::from(words[0] as u32),
+        vm_mac,
+    }
+}
+
+/// Creates a binding table of `capacity` slots (rounded up to a power of
+/// two, at most [`MAX_CAPACITY`]) and returns its only writer and a reader.
+/// Memory: 48 bytes per slot, allocated up front.
+pub fn binding_table(capacity: usize) -> (TableWriter, TableReader) {
+    let (w, r) = seq_map::<2>(capacity);
+    (TableWriter { map: w }, TableReader { map: r })
+}
+
+/// The unique writer of the binding table (the control plane). `Send`, not
+/// `Clone`.
+#[derive(Debug)]
+pub struct TableWriter {
+    map: SeqMapWriter<2>,
+}
+
+impl TableWriter {
+    /// Binds `b.vm` to `b.care_of` / `b.vm_mac`. An existing binding for the
+    /// VM is replaced in place (same slot). Returns the slot.
+    pub fn insert(&mut self, b: Binding) -> Result<u32, TableError> {
+        match self.map.insert(u32::from(b.vm), encode(&b)) {
+            Ok((slot, _)) => Ok(slot),
+            Err(SeqMapError::InvalidKey(_)) => Err(TableError::InvalidAddress(b.vm)),
+            Err(e @ SeqMapError::Full { .. }) => {
+                tracing::warn!(vm = %b.vm, error = %e, len = self.map.len(), "binding table full");
+                Err(TableError::Full)
+            }
+        }
+    }
+
+    /// Removes the binding of `vm`; returns it and the slot it occupied.
+    pub fn remove(&mut self, vm: Ipv4Addr) -> Option<(Binding, u32)> {
+        self.map
+            .remove(u32::from(vm))
+            .map(|(w, slot)| (decode(vm, w), slot))
+    }
+
+    /// The binding of `vm` and its slot.
+    pub fn get(&self, vm: Ipv4Addr) -> Option<(Binding, u32)> {
+        self.map
+            .get(u32::from(vm))
+            .map(|(w, slot)| (decode(vm, w), slot))
+    }
+
+    /// Number of bindings.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are no bindings.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.map.capacity()
+    }
+
+    /// All bindings with their slots, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (Binding, u32)> + '_ {
+        self.map
+            .iter()
+            .map(|(k, w, slot)| (decode(Ipv4Addr::from(k), w), slot))
+    }
+
+    /// A new reader.
+    pub fn reader(&self) -> TableReader {
+        TableReader {
+            map: self.map.reader(),
+        }
+    }
+}
+
+/// A reader of the binding table (one per worker). `Clone + Send + Sync`;
+/// clones share the table (an `Arc`).
+#[derive(Clone, Debug)]
+pub struct TableReader {
+    map: SeqMapReader<2>,
+}
+
+impl TableReader {
+    /// The binding of `vm` and its slot. No allocation, lock or syscall;
+    /// never waits for the writer.
+    #[inline]
+    pub fn lookup(&self, vm: Ipv4Addr) -> Option<(Binding, u32)> {
+        self.map
+            .get(u32::from(vm))
+            .map(|(w, slot)| (decode(vm, w), slot))
+    }
+
+    /// Number of slots (an upper bound for slot indices, for sizing
+    /// per-slot counters).
+    pub fn capacity(&self) -> usize {
+        self.map.capacity()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn b(vm: &str, coa: &str, mac: Option<[u8; 6]>) -> Binding {
+        Binding {
+            vm: ip(vm),
+            care_of: ip(coa),
+            vm_mac: mac,
+        }
+    }
+
+    #[test]
+    fn handles_are_send_sync() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync + Clone>() {}
+        send::<TableWriter>();
+        send_sync::<TableReader>();
+    }
+
+    #[test]
+    fn encode_round_trips() {
+        for mac in [
+            None,
+            Some([0; 6]),
+            Some([0xff; 6]),
+            Some([2, 0, 0, 0, 0, 1]),
+        ] {
+            let x = b("10.0.0.1", "255.255.255.255", mac);
+            assert_eq!(decode(x.vm, encode(&x)), x);
+        }
+    }
+
+    #[test]
+    fn insert_lookup_replace_remove_reinsert() {
+        let (mut w, r) = binding_table(100);
+        assert_eq!(w.capacity(), 128);
+        assert_eq!(r.capacity(), 128);
+        assert!(w.is_empty());
+
+        let x = b("192.0.2.10", "198.51.100.1", Some([2, 0, 0, 0, 0, 10]));
+        let slot = w.insert(x).unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(r.lookup(x.vm), Some((x, slot)));
+        assert_eq!(w.get(x.vm), Some((x, slot)));
+        assert_eq!(r.lookup(ip("192.0.2.11")), None);
+
+        // Replace: same slot, new care-of, MAC dropped.
+        let y = b("192.0.2.10", "203.0.113.7", None);
+        assert_eq!(w.insert(y).unwrap(), slot);
+        assert_eq!(w.len(), 1);
+        assert_eq!(r.lookup(x.vm), Some((y, slot)));
+
+        // A reader made later sees the same.
+        assert_eq!(w.reader().lookup(x.vm), Some((y, slot)));
+        assert_eq!(r.clone().lookup(x.vm), Some((y, slot)));
+
+        assert_eq!(w.remove(x.vm), Some((y, slot)));
+        assert_eq!(w.remove(x.vm), None);
+        assert_eq!(r.lookup(x.vm), None);
+        assert!(w.is_empty());
+
+        w.insert(x).unwrap();
+        assert_eq!(r.lookup(x.vm).map(|(b, _)| b), Some(x));
+        assert_eq!(w.iter().collect::<Vec<_>>(), vec![w.get(x.vm).unwrap()]);
+    }
+
+    #[test]
+    fn reserved_addresses_rejected() {
+        let (mut w, r) = binding_table(16);
+        for a in [Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST] {
+            let x = Binding {
+                vm: a,
+                care_of: ip("198.51.100.1"),
+                vm_mac: None,
+            };
+            assert_eq!(w.insert(x), Err(TableError::InvalidAddress(a)));
+            assert_eq!(r.lookup(a), None);
+            assert_eq!(w.remove(a), None);
+        }
+    }
+
+    #[test]
+    fn full_table() {
+        let (mut w, r) = binding_table(8);
+        for i in 1..=8u8 {
+            w.insert(b(&format!("10.0.0.{i}"), "198.51.100.1", None))
+                .unwrap();
+        }
+        assert_eq!(
+            w.insert(b("10.0.0.9", "198.51.100.1", None)),
+            Err(TableError::Full)
+        );
+        // Replacing an existing binding still works.
+        let s = w.get(ip("10.0.0.3")).unwrap().1;
+        assert_eq!(w.insert(b("10.0.0.3", "198.51.100.2", None)), Ok(s));
+        w.remove(ip("10.0.0.4")).unwrap();
+        w.insert(b("10.0.0.9", "198.51.100.1", None)).unwrap();
+        assert!(r.lookup(ip("10.0.0.9")).is_some());
+        assert_eq!(w.iter().count(), 8);
+    }
+
+    #[test]
+    fn slots_are_stable_and_distinct() {
+        let (mut w, r) = binding_table(1024);
+        let mut slots = std::collections::HashMap::new();
+        for i in 1..=254u8 {
+            let x = b(&format!("192.0.2.{i}"), "198.51.100.1", None);
+            slots.insert(x.vm, w.insert(x).unwrap());
+        }
+        // Remove every third, replace the others: surviving slots unchanged.
+        for i in (1..=254u8).step_by(3) {
+            w.remove(ip(&format!("192.0.2.{i}"))).unwrap();
+        }
+        for i in 1..=254u8 {
+            let vm = ip(&format!("192.0.2.{i}"));
+            if (i - 1) % 3 == 0 {
+                assert_eq!(r.lookup(vm), None);
+            } else {
+                let s = w
+                    .insert(b(&format!("192.0.2.{i}"), "203.0.113.9", None))
+                    .unwrap();
+                assert_eq!(s, slots[&vm]);
+                assert_eq!(r.lookup(vm).unwrap().1, s);
+            }
+        }
+        let mut seen: Vec<u32> = w.iter().map(|(_, s)| s).collect();
+        let n = seen.len();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), n);
+    }
+
+    /// 1M bindings in 2M slots (the benchmark's size) fit, and every one is
+    /// found.
+    #[test]
+    fn million_bindings() {
+        let (mut w, r) = binding_table(2 << 20);
+        let base = u32::from(ip("10.0.0.0"));
+        for i in 1..=1_000_000u32 {
+            let x = Binding {
+                vm: Ipv4Addr::from(base + i),
+                care_of: Ipv4Addr::from(base.wrapping_sub(i)),
+                vm_mac: None,
+            };
+            w.insert(x).unwrap();
+        }
+        assert_eq!(w.len(), 1_000_000);
+        for i in (1..=1_000_000u32).step_by(997) {
+            let (x, _) = r.lookup(Ipv4Addr::from(base + i)).unwrap();
+            assert_eq!(x.care_of, Ipv4Addr::from(base.wrapping_sub(i)));
+        }
+    }
+
+    /// Values that encode their key and a generation, checkable by readers.
+    fn val(key: u32, gen: u32) -> [u64; 2] {
+        let w0 = (u64::from(key) << 32) | u64::from(gen);
+        [w0, w0.rotate_left(23) ^ 0xA5A5_5A5A_F00D_CAFE]
+    }
+
+    fn check(key: u32, v: [u64; 2]) -> u32 {
+        assert_eq!((v[0] >> 32) as u32, key, "value of another key: {v:x?}");
+        assert_eq!(
+            v[1],
+            v[0].rotate_left(23) ^ 0xA5A5_5A5A_F00D_CAFE,
+            "torn value {v:x?}"
+        );
+        v[0] as u32
+    }
+
+    /// A writer churns (insert, replace, remove, reinsert, on colliding keys)
+    /// while readers check that every value they observe is one written for
+    /// that key, untorn, and that a completed write is seen.
+    #[test]
+    fn stress_no_torn_reads() {
+        const KEYS: u32 = 96;
+        let (mut w, r) = seq_map::<2>(128); // 75 % max load: long probe runs
+        let stop = Arc::new(AtomicBool::new(false));
+        // Per key: the last generation inserted with a completed `insert`
+        // (0 = removed), published after the write.
+        let published: Arc<Vec<AtomicU64>> =
+            Arc::new((0..=KEYS).map(|_| AtomicU64::new(0)).collect());
+        let observed = Arc::new(AtomicU64::new(0));
+
+        let readers: Vec<_> = (0..2)
+            .map(|t| {
+                let r = r.clone();
+                let stop = Arc::clone(&stop);
+                let published = Arc::clone(&published);
+                let observed = Arc::clone(&observed);
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    let mut k = 1 + t;
+                    while !stop.load(Ordering::Relaxed) {
+                        k = k % KEYS + 1;
+                        // The writer publishes `gen` (Release) after the
+                        // insert of generation `gen` returned: the lookup must
+                        // see `gen` or a later write, never an older one.
+                        let p1 = published[k as usize].load(Ordering::Acquire);
+                        let res = r.get(k);
+                        let p2 = published[k as usize].load(Ordering::Acquire);
+                        match res {
+                            Some((v, _)) => {
+                                let g = check(k, v);
+                                let floor = p1 as u32;
+                                assert!(g >= floor, "key {k}: saw gen {g} after {floor} completed");
+                            }
+                            // Present before and after the lookup (same
+                            // generation, and a removal publishes 0 first):
+                            // it must have been found.
+                            None => assert!(
+                                p1 >> 32 == 0 || p1 != p2,
+                                "key {k}: present (gen {}) but not found",
+                                p1 as u32
+                            ),
+                        }
+                        n += 1;
+                    }
+                    observed.fetch_add(n, Ordering::Relaxed);
+                })
+            })
+            .collect();
+
+        // Deterministic pseudo-random churn.
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let mut gen = [0u32; KEYS as usize + 1];
+        let mut next_gen = 1u32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+        let mut ops = 0u64;
+        while std::time::Instant::now() < deadline {
+            for _ in 0..1000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let k = (x % u64::from(KEYS)) as u32 + 1;
+                if x & 0x300 == 0 && gen[k as usize] != 0 {
+                    // Mark "in flux" (bit 32 clear, gen 0) before removing.
+                    published[k as usize].store(0, Ordering::Release);
+                    w.remove(k).unwrap();
+                    gen[k as usize] = 0;
+                } else {
+                    let g = next_gen;
+                    next_gen += 1;
+                    w.insert(k, val(k, g)).unwrap();
+                    gen[k as usize] = g;
+                    // bit 32: present; low bits: generation.
+                    published[k as usize].store((1 << 32) | u64::from(g), Ordering::Release);
+                }
+                ops += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in readers {
+            t.join().unwrap();
+        }
+        // Final state agrees with the model.
+        for k in 1..=KEYS {
+            match gen[k as usize] {
+                0 => assert_eq!(r.get(k), None),
+                g => assert_eq!(r.get(k).map(|(v, _)| v), Some(val(k, g))),
+            }
+        }
+        assert!(ops > 10_000, "writer made {ops} ops");
+        assert!(observed.load(Ordering::Relaxed) > 10_000);
+    }
+}

@@ -1,0 +1,279 @@
+//! The control plane's binding manager: the single writer of the binding
+//! table, the XDP maps and the neighbour tracking, which it keeps in step,
+//! plus lifetimes and gratuitous ARP announcements.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dataplane::loader::Steering;
+use dataplane::neigh::NeighHandle;
+use dataplane::table::{Binding, TableWriter};
+use dataplane::xsk::WorkerShared;
+
+use super::announce::Announcer;
+use crate::proto::{format_mac, BindingInfo};
+
+#[derive(Debug, Clone)]
+struct Entry {
+    care_of: Ipv4Addr,
+    vm_mac: Option<[u8; 6]>,
+    slot: u32,
+    refreshed: Instant,
+    expires: Option<Instant>,
+    /// Slot counters when the binding was made: a reused slot starts at zero.
+    baseline: (u64, u64),
+}
+
+/// Whether `bind` made a new binding or moved/refreshed an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindOutcome {
+    Created,
+    Updated,
+}
+
+/// Owns every copy of the bindings and keeps them equal.
+pub struct Bindings {
+    table: TableWriter,
+    steering: Steering,
+    neigh: NeighHandle,
+    workers: Vec<Arc<WorkerShared>>,
+    entries: BTreeMap<Ipv4Addr, Entry>,
+    care_of_refs: HashMap<Ipv4Addr, u32>,
+    announcer: Announcer,
+    ha_addr: Ipv4Addr,
+    lan_mac: [u8; 6],
+}
+
+/// An address that can be neither a VM's home address nor a care-of address.
+fn unusable(a: Ipv4Addr) -> bool {
+    a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback()
+}
+
+impl Bindings {
+    pub fn new(
+        table: TableWriter,
+        steering: Steering,
+        neigh: NeighHandle,
+        workers: Vec<Arc<WorkerShared>>,
+        ha_addr: Ipv4Addr,
+        lan_mac: [u8; 6],
+    ) -> Self {
+        Bindings {
+            table,
+            steering,
+            neigh,
+            workers,
+            entries: BTreeMap::new(),
+            care_of_refs: HashMap::new(),
+            announcer: Announcer::default(),
+            ha_addr,
+            lan_mac,
+        }
+    }
+
+    /// The steering program, for its counters and mode.
+    pub fn steering(&self) -> &Steering {
+        &self.steering
+    }
+
+    /// The neighbour thread's handle, for its snapshot.
+    pub fn neigh(&self) -> &NeighHandle {
+        &self.neigh
+    }
+
+    /// Bind `vm` to `care_of`. On any error nothing has changed.
+    pub fn bind(
+        &mut self,
+        now: Instant,
+        vm: Ipv4Addr,
+        care_of: Ipv4Addr,
+        lifetime: Option<Duration>,
+        vm_mac: Option<[u8; 6]>,
+    ) -> Result<BindOutcome, String> {
+        if unusable(vm) || vm == self.ha_addr {
+            return Err(format!("{vm} cannot be a VM's home address"));
+        }
+        if unusable(care_of) || care_of == self.ha_addr || care_of == vm {
+            return Err(format!("{care_of} cannot be a care-of address"));
+        }
+        if lifetime == Some(Duration::ZERO) {
+            return Err("lifetime must be at least 1 second (unbind removes a binding)".into());
+        }
+        let previous = self.entries.get(&vm).cloned();
+        let vm_mac = vm_mac.or(previous.as_ref().and_then(|p| p.vm_mac));
+        // Table first, then the XDP map: the worker must know every binding
+        // the program steers to it.
+        let slot = self
+            .table
+            .insert(Binding {
+                vm,
+                care_of,
+                vm_mac,
+            })
+            .map_err(|e| format!("cannot bind {vm}: {e}"))?;
+        if let Err(e) = self.steering.bind(vm, care_of) {
+            // Put the table back as it was.
+            match &previous {
+                Some(p) => {
+                    let _ = self.table.insert(Binding {
+                        vm,
+                        care_of: p.care_of,
+                        vm_mac: p.vm_mac,
+                    });
+                }
+                None => {
+                    self.table.remove(vm);
+                }
+            }
+            return Err(format!("cannot bind {vm}: {e}"));
+        }
+        self.track(care_of);
+        let baseline = match &previous {
+            Some(p) => {
+                self.untrack(p.care_of);
+                p.baseline
+            }
+            None => self.slot_totals(slot),
+        };
+        self.entries.insert(
+            vm,
+            Entry {
+                care_of,
+                vm_mac,
+                slot,
+                refreshed: now,
+                expires: lifetime.map(|l| now + l),
+                baseline,
+            },
+        );
+        if previous.is_some() {
+            return Ok(BindOutcome::Updated);
+        }
+        // Take the address over on the home link.
+        self.announcer.schedule(now, vm, self.lan_mac);
+        tracing::info!(%vm, %care_of, slot, "bound");
+        Ok(BindOutcome::Created)
+    }
+
+    /// Remove `vm`'s binding; hand the address back to the VM's own MAC if
+    /// known.
+    pub fn unbind(&mut self, now: Instant, vm: Ipv4Addr) -> Result<(), String> {
+        let Some(entry) = self.entries.get(&vm).cloned() else {
+            return Err(format!("no binding for {vm}"));
+        };
+        // XDP map first: nothing new is steered to a binding about to go.
+        self.steering
+            .unbind(vm)
+            .map_err(|e| format!("cannot unbind {vm}: {e}"))?;
+        self.table.remove(vm);
+        self.entries.remove(&vm);
+        self.untrack(entry.care_of);
+        self.announcer.cancel(vm);
+        if let Some(mac) = entry.vm_mac {
+            self.announcer.schedule(now, vm, mac);
+        }
+        tracing::info!(%vm, care_of = %entry.care_of, "unbound");
+        Ok(())
+    }
+
+    /// Remove bindings whose lifetime has run out.
+    pub fn expire(&mut self, now: Instant) {
+        let expired: Vec<Ipv4Addr> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.expires.is_some_and(|t| t <= now))
+            .map(|(vm, _)| *vm)
+            .collect();
+        for vm in expired {
+            tracing::info!(%vm, "binding expired");
+            if let Err(e) = self.unbind(now, vm) {
+                tracing::warn!(%vm, "cannot expire: {e}");
+            }
+        }
+    }
+
+    /// Announcements due now, handed to `send`.
+    pub fn run_announcements(&mut self, now: Instant, send: impl FnMut(Ipv4Addr, [u8; 6])) {
+        self.announcer.run_due(now, send);
+    }
+
+    /// The next time something must happen (an announcement or an expiry).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let expiry = self.entries.values().filter_map(|e| e.expires).min();
+        match (expiry, self.announcer.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The bindings with their counters.
+    pub fn list(&self, now: Instant) -> Vec<BindingInfo> {
+        let egress: HashMap<Ipv4Addr, Option<[u8; 6]>> = self
+            .neigh
+            .snapshot()
+            .into_iter()
+            .map(|(a, e)| (a, e.map(|e| e.mac)))
+            .collect();
+        self.entries
+            .iter()
+            .map(|(vm, e)| {
+                let (packets, bytes) = self.slot_totals(e.slot);
+                BindingInfo {
+                    vm: *vm,
+                    care_of: e.care_of,
+                    vm_mac: e.vm_mac.map(format_mac),
+                    expires_in: e
+                        .expires
+                        .map(|t| t.saturating_duration_since(now).as_secs()),
+                    age: now.saturating_duration_since(e.refreshed).as_secs(),
+                    packets: packets.saturating_sub(e.baseline.0),
+                    bytes: bytes.saturating_sub(e.baseline.1),
+                    next_hop: egress.get(&e.care_of).copied().flatten().map(format_mac),
+                }
+            })
+            .collect()
+    }
+
+    /// The bindings as the kernel's XDP map holds them, for checking that
+    /// maps and table agree.
+    pub fn steered(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, String> {
+        self.steering.bound().map_err(|e| e.to_string())
+    }
+
+    /// Remove every binding (at shutdown), without announcements.
+    pub fn clear(&mut self) {
+        let vms: Vec<Ipv4Addr> = self.entries.keys().copied().collect();
+        for vm in vms {
+            let _ = self.steering.unbind(vm);
+            self.table.remove(vm);
+        }
+        self.entries.clear();
+    }
+
+    fn slot_totals(&self, slot: u32) -> (u64, u64) {
+        self.workers.iter().fold((0, 0), |(p, b), w| {
+            let (wp, wb) = w.slot_counts(slot);
+            (p + wp, b + wb)
+        })
+    }
+
+    fn track(&mut self, care_of: Ipv4Addr) {
+        let refs = self.care_of_refs.entry(care_of).or_insert(0);
+        *refs += 1;
+        if *refs == 1 {
+            self.neigh.track(care_of);
+        }
+    }
+
+    fn untrack(&mut self, care_of: Ipv4Addr) {
+        if let Some(refs) = self.care_of_refs.get_mut(&care_of) {
+            *refs -= 1;
+            if *refs == 0 {
+                self.care_of_refs.remove(&care_of);
+                self.neigh.untrack(care_of);
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! `homeward run`: set up the data path, then serve the control socket
+//! until SIGINT/SIGTERM, then tear down and account for every frame.
+
+mod announce;
+mod bindings;
+mod server;
+mod stats;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, Receiver, Sender};
+use dataplane::loader::Steering;
+use dataplane::lookup::Tables;
+use dataplane::neigh::{self, LinkInfo};
+use dataplane::pipeline::PipelineConfig;
+use dataplane::table::binding_table;
+use dataplane::xsk::{Command, FrameAccounting, QueueSockets, Worker, WorkerShared, XskConfig};
+
+use crate::config::RunConfig;
+use crate::error::Error;
+use crate::proto::{parse_mac, Reply, Request};
+use bindings::Bindings;
+use server::ControlSocket;
+
+/// Everything a running home agent holds.
+struct Daemon {
+    config: RunConfig,
+    bindings: Bindings,
+    workers: Vec<Arc<WorkerShared>>,
+    announce: Sender<Command>,
+    started: Instant,
+}
+
+/// Is the effective user root? Read from /proc so no unsafe is needed here.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn link(name: &str) -> Result<LinkInfo, Error> {
+    neigh::link_by_name(name).map_err(|e| match e {
+        neigh::NeighError::NoSuchInterface(n) => Error::NoSuchInterface(n),
+        other => Error::Dataplane(format!("interface {name}: {other}")),
+    })
+}
+
+/// Runs the home agent until a signal; returns the frame accounting of
+/// every queue at teardown.
+pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
+    if !is_root() {
+        return Err(Error::NotRoot);
+    }
+    let lan = link(&config.lan)?;
+    let wan = match &config.wan {
+        Some(w) => Some(link(w)?),
+        None => None,
+    };
+    let socket = ControlSocket::bind(&config.socket)?;
+
+    let (table, reader) = binding_table(config.max_bindings as usize);
+    let wan_index = wan.as_ref().map_or(lan.index, |w| w.index);
+    let mut ifindexes = vec![lan.index];
+    if wan_index != lan.index {
+        ifindexes.push(wan_index);
+    }
+    let (neigh, neigh_reader) =
+        neigh::spawn(ifindexes, lan.index).map_err(|e| Error::Dataplane(e.to_string()))?;
+    let steering = Steering::attach(
+        lan.index,
+        wan.as_ref().map(|w| w.index),
+        table.capacity() as u32,
+    )
+    .map_err(|e| Error::Dataplane(e.to_string()))?;
+    tracing::info!(mode = %steering.mode(), lan = %config.lan, wan = ?config.wan, "XDP steering attached");
+
+    let mut pipeline = PipelineConfig::new(
+        config.address,
+        lan.mac,
+        wan.as_ref().map_or(lan.mac, |w| w.mac),
+    );
+    pipeline.outer_ttl = config.ttl;
+    pipeline.tunnel_mtu = config.tunnel_mtu;
+    pipeline.icmp_rate_per_sec = config.icmp_rate;
+
+    let (announce_tx, announce_rx) = channel::unbounded();
+    let mut workers = Vec::new();
+    let mut threads: Vec<JoinHandle<FrameAccounting>> = Vec::new();
+    for queue in 0..config.queues {
+        let sockets = QueueSockets::open(
+            &config.lan,
+            config.wan.as_deref(),
+            queue,
+            XskConfig::default(),
+        )
+        .map_err(|e| Error::Dataplane(e.to_string()))?;
+        steering
+            .register_socket(0, queue, sockets.lan().fd())
+            .map_err(|e| Error::Dataplane(e.to_string()))?;
+        if let Some(w) = sockets.wan() {
+            steering
+                .register_socket(1, queue, w.fd())
+                .map_err(|e| Error::Dataplane(e.to_string()))?;
+        }
+        let shared = WorkerShared::new(table.capacity());
+        // Announcements go out once, through queue 0.
+        let commands = if queue == 0 {
+            announce_rx.clone()
+        } else {
+            channel::never()
+        };
+        let tables = Tables::new(reader.clone(), neigh_reader.clone(), lan.index, wan_index);
+        let worker = Worker::new(sockets, pipeline.clone(), tables, commands, shared.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("homeward-q{queue}"))
+            .spawn(move || worker.run())
+            .map_err(|e| Error::Dataplane(format!("cannot start worker thread: {e}")))?;
+        workers.push(shared);
+        threads.push(thread);
+    }
+    tracing::info!(
+        queues = config.queues,
+        address = %config.address,
+        socket = %config.socket.display(),
+        "homeward is running"
+    );
+
+    let (stop_tx, stop_rx) = channel::bounded::<()>(1);
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    })
+    .map_err(|e| Error::Dataplane(format!("cannot install the signal handler: {e}")))?;
+
+    let mut daemon = Daemon {
+        bindings: Bindings::new(
+            table,
+            steering,
+            neigh,
+            workers.clone(),
+            config.address,
+            lan.mac,
+        ),
+        config,
+        workers,
+        announce: announce_tx,
+        started: Instant::now(),
+    };
+    daemon.serve(&socket, &stop_rx);
+
+    // Teardown: stop steering new traffic, stop the workers, count frames.
+    daemon.bindings.clear();
+    for w in &daemon.workers {
+        w.stop();
+    }
+    let accounting: Vec<FrameAccounting> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or_default())
+        .collect();
+    drop(daemon);
+    drop(socket);
+    Ok(accounting)
+}
+
+impl Daemon {
+    fn serve(&mut self, socket: &ControlSocket, stop: &Receiver<()>) {
+        loop {
+            let now = Instant::now();
+            let wait = self
+                .bindings
+                .next_deadline()
+                .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
+                .min(Duration::from_secs(1));
+            channel::select! {
+                recv(socket.connections()) -> conn => {
+                    if let Ok(conn) = conn {
+                        server::handle(conn, |req| self.handle(req));
+                    }
+                }
+                recv(stop) -> _ => {
+                    tracing::info!("stopping");
+                    return;
+                }
+                default(wait) => {}
+            }
+            let now = Instant::now();
+            self.bindings.expire(now);
+            let announce = &self.announce;
+            self.bindings.run_announcements(now, |addr, mac| {
+                let _ = announce.send(Command::Announce { addr, mac });
+            });
+        }
+    }
+
+    fn handle(&mut self, req: Request) -> Reply {
+        let now = Instant::now();
+        let result = match req {
+            Request::Bind {
+                vm,
+                care_of,
+                lifetime,
+                vm_mac,
+            } => self.bind(now, vm, care_of, lifetime, vm_mac.as_deref()),
+            Request::Unbind { vm } => self
+                .bindings
+                .unbind(now, vm)
+                .map(|()| serde_json::json!({ "vm": vm })),
+            Request::List => {
+                serde_json::to_value(self.bindings.list(now)).map_err(|e| e.to_string())
+            }
+            Request::Stats => Ok(stats::collect(self, now)),
+        };
+        // Announcements for a new binding start now, not at the next tick.
+        let announce = &self.announce;
+        self.bindings.run_announcements(now, |addr, mac| {
+            let _ = announce.send(Command::Announce { addr, mac });
+        });
+        match result {
+            Ok(v) => Reply::ok(v),
+            Err(e) => Reply::err(e),
+        }
+    }
+
+    fn bind(
+        &mut self,
+        now: Instant,
+        vm: Ipv4Addr,
+        care_of: Ipv4Addr,
+        lifetime: Option<u32>,
+        vm_mac: Option<&str>,
+    ) -> Result<serde_json::Value, String> {
+        let mac = match vm_mac {
+            Some(s) => Some(parse_mac(s).ok_or_else(|| format!("bad MAC address {s:?}"))?),
+            None => None,
+        };
+        let lifetime = lifetime.map(|s| Duration::from_secs(s.into()));
+        let outcome = self.bindings.bind(now, vm, care_of, lifetime, mac)?;
+        Ok(serde_json::json!({
+            "vm": vm,
+            "care_of": care_of,
+            "created": outcome == bindings::BindOutcome::Created,
+        }))
+    }
+}

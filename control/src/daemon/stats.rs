@@ -1,0 +1,85 @@
+//! `homeward stats`: counters from the workers, the XDP program and the
+//! binding manager, as one JSON document.
+
+use std::time::Instant;
+
+use dataplane::pipeline::DropReason;
+use dataplane::stats::CounterSnapshot;
+use serde_json::{json, Map, Value};
+
+use super::Daemon;
+use crate::proto::format_mac;
+
+pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
+    let mut total = CounterSnapshot::default();
+    let mut frames = Vec::new();
+    for (queue, w) in d.workers.iter().enumerate() {
+        total.add(&w.counters.snapshot());
+        let a = w.accounting.load();
+        frames.push(json!({
+            "queue": queue,
+            "total": a.total,
+            "free": a.free,
+            "fill": a.fill,
+            "rx": a.rx,
+            "worker": a.worker,
+            "tx": a.tx,
+            "completion": a.completion,
+            "in_kernel": a.in_kernel,
+            "unaccounted": a.unaccounted(),
+        }));
+    }
+    let p = &total.pipeline;
+    let mut drops = Map::new();
+    for reason in DropReason::ALL {
+        drops.insert(reason.as_str().into(), p.drops[reason as usize].into());
+    }
+    drops.insert("tx_ring_full".into(), total.tx_ring_full.into());
+    drops.insert("no_free_frame".into(), total.no_free_frame.into());
+    drops.insert("bad_verdict".into(), total.bad_verdict.into());
+    let steering = match d.bindings.steering().counters() {
+        Ok(c) => json!({
+            "steered_ipv4": c.steered_ipv4,
+            "steered_arp": c.steered_arp,
+            "steered_ipip": c.steered_ipip,
+            "passed": c.passed,
+            "no_socket": c.no_socket,
+        }),
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    let next_hops: Vec<Value> = d
+        .bindings
+        .neigh()
+        .snapshot()
+        .into_iter()
+        .map(|(addr, e)| {
+            json!({
+                "care_of": addr,
+                "ifindex": e.map(|e| e.ifindex),
+                "mac": e.map(|e| format_mac(e.mac)),
+            })
+        })
+        .collect();
+    json!({
+        "uptime": now.saturating_duration_since(d.started).as_secs(),
+        "xdp_mode": d.bindings.steering().mode().to_string(),
+        "queues": d.config.queues,
+        "address": d.config.address,
+        "counters": {
+            "encapsulated": p.encapsulated,
+            "decapsulated": p.decapsulated,
+            "fragmented": p.fragmented,
+            "fragments_out": p.fragments_out,
+            "arp_replies": p.arp_replies,
+            "icmp_sent": p.icmp_sent,
+            "icmp_rate_limited": p.icmp_rate_limited,
+            "trimmed_padding": p.trimmed_padding,
+            "announcements": total.announcements,
+        },
+        "drops": drops,
+        "steering": steering,
+        "bindings": d.bindings.list(now),
+        "next_hops": next_hops,
+        "frames": frames,
+    })
+}

@@ -1,0 +1,122 @@
+//! The control socket protocol: one JSON request per line, one JSON reply
+//! per line. Other tooling drives the daemon through the CLI, which speaks
+//! this; it is versioned by the `homeward` binary itself.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// A request to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Bind {
+        vm: Ipv4Addr,
+        care_of: Ipv4Addr,
+        #[serde(default)]
+        lifetime: Option<u32>,
+        #[serde(default)]
+        vm_mac: Option<String>,
+    },
+    Unbind {
+        vm: Ipv4Addr,
+    },
+    List,
+    Stats,
+}
+
+/// The daemon's answer: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reply {
+    pub fn ok(result: serde_json::Value) -> Reply {
+        Reply {
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+    pub fn err(message: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            result: None,
+            error: Some(message.into()),
+        }
+    }
+}
+
+/// One binding as `list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindingInfo {
+    pub vm: Ipv4Addr,
+    pub care_of: Ipv4Addr,
+    pub vm_mac: Option<String>,
+    /// Seconds left, `None` for a binding without a lifetime.
+    pub expires_in: Option<u64>,
+    /// Seconds since the binding was made or last refreshed.
+    pub age: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// MAC of the next hop toward the care-of address, if resolved.
+    pub next_hop: Option<String>,
+}
+
+/// Formats a MAC the usual way.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    let m = mac;
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (or with dashes).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split([':', '-']);
+    for byte in mac.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_reject_unknown_fields() {
+        let r = Request::Bind {
+            vm: Ipv4Addr::new(192, 0, 2, 50),
+            care_of: Ipv4Addr::new(198, 51, 100, 2),
+            lifetime: Some(30),
+            vm_mac: None,
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"list","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"bind","vm":"1.2.3"}"#).is_err());
+    }
+
+    #[test]
+    fn macs_parse_and_format() {
+        let m = parse_mac("52:54:00:12:34:56").unwrap();
+        assert_eq!(format_mac(m), "52:54:00:12:34:56");
+        assert_eq!(parse_mac("52-54-00-12-34-56"), Some(m));
+        assert_eq!(parse_mac("52:54:00:12:34"), None);
+        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
+        assert_eq!(parse_mac("5:54:00:12:34:56"), None);
+        assert_eq!(parse_mac("zz:54:00:12:34:56"), None);
+    }
+}

@@ -1,0 +1,61 @@
+//! What the pipeline looks up per packet, served from the lock-free tables:
+//! bindings from [`crate::table`], next hops and home-link neighbours from
+//! [`crate::neigh`]. Reads only: no lock, no allocation, no syscall.
+
+use std::net::Ipv4Addr;
+
+use crate::neigh::NeighReader;
+use crate::pipeline::{BindingRef, Lookup, NextHop, Port};
+use crate::table::TableReader;
+
+/// The worker's view of the control plane's tables.
+#[derive(Clone)]
+pub struct Tables {
+    bindings: TableReader,
+    neigh: NeighReader,
+    lan_ifindex: u32,
+    wan_ifindex: u32,
+}
+
+impl Tables {
+    /// Tables for a home agent whose LAN and WAN interfaces are these
+    /// (the same index twice when one-armed).
+    pub fn new(bindings: TableReader, neigh: NeighReader, lan_ifindex: u32, wan_ifindex: u32) -> Self {
+        Tables {
+            bindings,
+            neigh,
+            lan_ifindex,
+            wan_ifindex,
+        }
+    }
+}
+
+impl Lookup for Tables {
+    #[inline]
+    fn binding(&self, vm: Ipv4Addr) -> Option<BindingRef> {
+        self.bindings.lookup(vm).map(|(b, slot)| BindingRef {
+            care_of: b.care_of,
+            slot,
+        })
+    }
+
+    #[inline]
+    fn next_hop(&self, care_of: Ipv4Addr) -> NextHop {
+        match self.neigh.egress(care_of) {
+            Some(e) if e.ifindex == self.wan_ifindex => NextHop::Resolved {
+                port: Port::Wan,
+                mac: e.mac,
+            },
+            Some(e) if e.ifindex == self.lan_ifindex => NextHop::Resolved {
+                port: Port::Lan,
+                mac: e.mac,
+            },
+            _ => NextHop::Unresolved,
+        }
+    }
+
+    #[inline]
+    fn lan_neighbor(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
+        self.neigh.lan_neighbor(addr)
+    }
+}

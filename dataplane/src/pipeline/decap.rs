@@ -1,0 +1,288 @@
+//! Decapsulation of reverse-tunnelled traffic (RFC 3024) for delivery on the home link.
+//!
+//! The outer header is stripped by moving the frame start forward: a new Ethernet header is
+//! written right in front of the inner IPv4 header, which does not move.
+
+use super::ether;
+use super::ipv4::{self, Ipv4};
+use super::{DropReason, Lookup, Pipeline, Port, Rx, Verdict};
+
+impl Pipeline {
+    /// Decapsulates the IP-in-IP datagram at `ip_off` (validated, addressed to the HA).
+    ///
+    /// RFC 3024 §7 (home agent considerations): accept only if the inner source is a
+    /// mobile node with a binding and the outer source is that binding's care-of address,
+    /// otherwise anyone could inject traffic sourced from the home link through us.
+    pub(super) fn decapsulate(
+        &mut self,
+        buf: &mut [u8],
+        rx: &Rx,
+        outer: &Ipv4,
+        lookup: &impl Lookup,
+    ) -> Result<Verdict, DropReason> {
+        let ip_off = rx.l3_off();
+        if outer.is_fragment() {
+            // Reassembly is the kernel's job, not this fast path's.
+            return Err(DropReason::DecapOuterFragment);
+        }
+        let inner_off = ip_off
+            .checked_add(outer.header_len)
+            .ok_or(DropReason::Ipv4Truncated)?;
+        let outer_end = ip_off
+            .checked_add(outer.total_len)
+            .ok_or(DropReason::Ipv4Truncated)?;
+        // The inner datagram is validated like any received one, bounded by the outer.
+        let inner = ipv4::parse(
+            buf.get(inner_off..outer_end)
+                .ok_or(DropReason::Ipv4Truncated)?,
+        )?;
+        if inner.total_len < outer.payload_len() {
+            self.counters.trimmed_padding += 1;
+        }
+        let binding = lookup
+            .binding(inner.src)
+            .ok_or(DropReason::DecapUnknownSource)?;
+        if outer.src != binding.care_of {
+            return Err(DropReason::DecapCareOfMismatch);
+        }
+        if ipv4::is_broadcast(inner.dst) {
+            return Err(DropReason::Broadcast);
+        }
+        if ipv4::is_multicast(inner.dst) {
+            return Err(DropReason::Multicast);
+        }
+        // RFC 1812 §5.3.1. No ICMP here: the source is behind the tunnel, and the FA, not us,
+        // is its first hop.
+        if inner.ttl <= 1 {
+            return Err(DropReason::TtlExceeded);
+        }
+        let mac = lookup
+            .lan_neighbor(inner.dst)
+            .ok_or(DropReason::NoLanNeighbor)?;
+        ipv4::decrement_ttl(buf, inner_off).ok_or(DropReason::Ipv4Truncated)?;
+
+        let new_start = inner_off
+            .checked_sub(ether::ETH_LEN)
+            .ok_or(DropReason::NoHeadroom)?;
+        let eth = buf.get_mut(new_start..).ok_or(DropReason::NoHeadroom)?;
+        ether::write(eth, mac, self.config.lan_mac, None, ether::ETHERTYPE_IPV4)
+            .ok_or(DropReason::NoHeadroom)?;
+        let len = ether::pad_to_min(buf, new_start, ether::ETH_LEN + inner.total_len);
+        self.counters.decapsulated += 1;
+        Ok(Verdict::Tx {
+            port: Port::Lan,
+            start: new_start,
+            len,
+            slot: Some(binding.slot),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::*;
+
+    /// Canonical reverse-tunnel case, literal bytes, checksums by hand.
+    ///
+    /// Outer (in on the WAN from router 02:00:00:00:00:fe): 198.51.100.20 -> 203.0.113.1,
+    /// proto 4, id 0x0abc, DF, TTL 64, total 52:
+    ///   4500+0034+0abc+4000+4004+c633+6414+cb00+7101 = 0x3_363c -> 0x363f -> ~ = 0xc9c0.
+    /// Inner: UDP 192.0.2.10:5678 -> 192.0.2.1:1234 "pong", id 0x1c47, TTL 64:
+    ///   4500+0020+1c47+4000+4011+c000+020a+c000+0201 = 0x2_6583 -> 0x6585 -> ~ = 0x9a7a;
+    /// after TTL 63: 0x9b7a. Out on the LAN to 02:00:00:00:00:33 from lan_mac, padded to 60.
+    #[test]
+    fn canonical_decap_literal_bytes() {
+        let input = hex(concat!(
+            "020000000002 0200000000fe 0800",
+            "4500 0034 0abc 4000 4004 c9c0 c6336414 cb007101",
+            "4500 0020 1c47 4000 4011 9a7a c000020a c0000201",
+            "162e 04d2 000c 0000 706f6e67",
+        ));
+        let expected = hex(concat!(
+            "020000000033 020000000001 0800",
+            "4500 0020 1c47 4000 3f11 9b7a c000020a c0000201",
+            "162e 04d2 000c 0000 706f6e67",
+            "0000000000000000000000000000",
+        ));
+        let mut p = pipeline(1);
+        let (mut buf, start) = place(&input);
+        let v = p.process(&mut buf, start, input.len(), Port::Wan, 0, &lookup());
+        let Verdict::Tx {
+            port,
+            start: s,
+            len,
+            slot,
+        } = v
+        else {
+            panic!("{v:?}")
+        };
+        assert_eq!((port, slot), (Port::Lan, Some(VM_SLOT)));
+        assert_eq!(
+            s,
+            start + 14 + 20 - 14,
+            "new Ethernet header right before the inner one"
+        );
+        assert_eq!(
+            &buf[s..s + len],
+            &expected[..],
+            "\n{}",
+            diff(&buf[s..s + len], &expected)
+        );
+        check_decapsulated(&buf[s..s + len], &input[34..66], LAN_HOST_MAC);
+        assert_eq!(p.counters().decapsulated, 1);
+    }
+
+    struct Case {
+        name: &'static str,
+        input: Vec<u8>,
+        expect: Result<(), DropReason>,
+    }
+
+    fn cases() -> Vec<Case> {
+        use DropReason::*;
+        let from_vm = |dst: [u8; 4]| Ip::udp(VM, dst, b"reverse tunnelled");
+        let tunnel = |inner: Ip| Ip::ipip(CARE_OF, HA, inner);
+        let raw = |bytes: Vec<u8>| Ip::raw(CARE_OF, HA, 4, &bytes);
+        let mut bad_sum = from_vm(LAN_HOST).datagram();
+        bad_sum[10] ^= 0x40;
+        let mut v6 = from_vm(LAN_HOST).datagram();
+        v6[0] = 0x65;
+        let long = from_vm(LAN_HOST).datagram();
+        let mut trailing = from_vm(LAN_HOST).datagram();
+        trailing.extend_from_slice(&[0xee; 7]);
+        vec![
+            Case {
+                name: "untagged",
+                input: tunnel(from_vm(LAN_HOST)).frame(),
+                expect: Ok(()),
+            },
+            Case {
+                name: "tagged outer, untagged on the lan",
+                input: tunnel(from_vm(LAN_HOST)).vlan(0x0fff).frame(),
+                expect: Ok(()),
+            },
+            Case {
+                name: "outer with options",
+                input: tunnel(from_vm(LAN_HOST)).options(&[0x94, 4, 0, 0]).frame(),
+                expect: Ok(()),
+            },
+            Case {
+                name: "inner with options and DF clear, big",
+                input: tunnel(
+                    Ip::udp(VM, LAN_HOST, &[9; 1400])
+                        .options(&[1, 1, 1, 0])
+                        .df(false),
+                )
+                .frame(),
+                expect: Ok(()),
+            },
+            Case {
+                name: "inner fragment passes through",
+                input: tunnel(from_vm(LAN_HOST).df(false).frag(true, 3)).frame(),
+                expect: Ok(()),
+            },
+            Case {
+                name: "trailing bytes after the inner datagram",
+                input: raw(trailing).frame(),
+                expect: Ok(()),
+            },
+            Case {
+                name: "outer is a fragment",
+                input: tunnel(from_vm(LAN_HOST)).df(false).frag(true, 0).frame(),
+                expect: Err(DecapOuterFragment),
+            },
+            Case {
+                name: "inner source has no binding",
+                input: tunnel(Ip::udp([192, 0, 2, 99], LAN_HOST, b"x")).frame(),
+                expect: Err(DecapUnknownSource),
+            },
+            Case {
+                name: "outer source is not the care-of",
+                input: Ip::ipip(REMOTE, HA, from_vm(LAN_HOST)).frame(),
+                expect: Err(DecapCareOfMismatch),
+            },
+            Case {
+                name: "another vm's care-of",
+                input: Ip::ipip(CARE_OF2, HA, from_vm(LAN_HOST)).frame(),
+                expect: Err(DecapCareOfMismatch),
+            },
+            Case {
+                name: "inner broadcast",
+                input: tunnel(from_vm([255, 255, 255, 255])).frame(),
+                expect: Err(Broadcast),
+            },
+            Case {
+                name: "inner multicast",
+                input: tunnel(from_vm([239, 255, 255, 250])).frame(),
+                expect: Err(Multicast),
+            },
+            Case {
+                name: "inner ttl 1, no icmp",
+                input: tunnel(from_vm(LAN_HOST).ttl(1)).frame(),
+                expect: Err(TtlExceeded),
+            },
+            Case {
+                name: "no lan neighbour",
+                input: tunnel(from_vm([192, 0, 2, 77])).frame(),
+                expect: Err(NoLanNeighbor),
+            },
+            Case {
+                name: "inner bad checksum",
+                input: raw(bad_sum).frame(),
+                expect: Err(Ipv4BadChecksum),
+            },
+            Case {
+                name: "inner version 6",
+                input: raw(v6).frame(),
+                expect: Err(Ipv4BadVersion),
+            },
+            Case {
+                name: "inner truncated",
+                input: raw(long[..19].to_vec()).frame(),
+                expect: Err(Ipv4Truncated),
+            },
+            Case {
+                name: "inner longer than the outer",
+                input: raw(long[..long.len() - 1].to_vec()).frame(),
+                expect: Err(Ipv4TotalLengthBeyondFrame),
+            },
+        ]
+    }
+
+    #[test]
+    fn decap_fixtures() {
+        for c in cases() {
+            let mut p = pipeline(1);
+            let (mut buf, start) = place(&c.input);
+            let v = p.process(&mut buf, start, c.input.len(), Port::Wan, 0, &lookup());
+            match c.expect {
+                Ok(()) => {
+                    let Verdict::Tx {
+                        port,
+                        start: s,
+                        len,
+                        slot,
+                    } = v
+                    else {
+                        panic!("{}: {v:?}", c.name)
+                    };
+                    assert_eq!((port, slot), (Port::Lan, Some(VM_SLOT)), "{}", c.name);
+                    let outer = inner_datagram(&c.input);
+                    let ihl = usize::from(outer[0] & 0xf) * 4;
+                    let inner = trim_datagram(&outer[ihl..]);
+                    let out = &buf[s..s + len];
+                    let expected = expected_decap(inner, LAN_HOST_MAC);
+                    assert_eq!(out, &expected[..], "{}\n{}", c.name, diff(out, &expected));
+                    check_decapsulated(out, inner, LAN_HOST_MAC);
+                    assert_eq!(p.counters().decapsulated, 1, "{}", c.name);
+                }
+                Err(reason) => {
+                    assert_eq!(v, Verdict::Drop(reason), "{}", c.name);
+                    assert_eq!(p.counters().drop_count(reason), 1, "{}", c.name);
+                    assert_eq!(p.counters().icmp_sent, 0, "{}", c.name);
+                }
+            }
+        }
+    }
+}

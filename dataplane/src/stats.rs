@@ -1,0 +1,122 @@
+//! Counters a worker publishes for the control plane: the pipeline's own
+//! (per drop reason and per outcome) and the worker's (ring pressure).
+//! Written by one worker, read by anyone; relaxed atomics, no locks.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::pipeline::{Counters, DropReason};
+
+/// A worker's counters, readable from any thread.
+#[derive(Debug)]
+pub struct SharedCounters {
+    drops: [AtomicU64; DropReason::COUNT],
+    encapsulated: AtomicU64,
+    decapsulated: AtomicU64,
+    fragmented: AtomicU64,
+    fragments_out: AtomicU64,
+    arp_replies: AtomicU64,
+    icmp_sent: AtomicU64,
+    icmp_rate_limited: AtomicU64,
+    trimmed_padding: AtomicU64,
+    /// Frames dropped because a TX ring was full.
+    pub tx_ring_full: AtomicU64,
+    /// Frames not sent because the free list was empty (fragments, ARP).
+    pub no_free_frame: AtomicU64,
+    /// Verdicts whose frame bounds did not fit the UMEM frame.
+    pub bad_verdict: AtomicU64,
+    /// Gratuitous ARPs sent.
+    pub announcements: AtomicU64,
+}
+
+impl Default for SharedCounters {
+    fn default() -> Self {
+        SharedCounters {
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            encapsulated: AtomicU64::new(0),
+            decapsulated: AtomicU64::new(0),
+            fragmented: AtomicU64::new(0),
+            fragments_out: AtomicU64::new(0),
+            arp_replies: AtomicU64::new(0),
+            icmp_sent: AtomicU64::new(0),
+            icmp_rate_limited: AtomicU64::new(0),
+            trimmed_padding: AtomicU64::new(0),
+            tx_ring_full: AtomicU64::new(0),
+            no_free_frame: AtomicU64::new(0),
+            bad_verdict: AtomicU64::new(0),
+            announcements: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A plain copy of [`SharedCounters`], summable across workers.
+#[derive(Clone, Debug, Default)]
+pub struct CounterSnapshot {
+    /// The pipeline's counters.
+    pub pipeline: Counters,
+    pub tx_ring_full: u64,
+    pub no_free_frame: u64,
+    pub bad_verdict: u64,
+    pub announcements: u64,
+}
+
+impl SharedCounters {
+    /// Copy the pipeline's counters out (once per batch).
+    pub fn publish(&self, c: &Counters) {
+        for (shared, value) in self.drops.iter().zip(c.drops.iter()) {
+            shared.store(*value, Relaxed);
+        }
+        self.encapsulated.store(c.encapsulated, Relaxed);
+        self.decapsulated.store(c.decapsulated, Relaxed);
+        self.fragmented.store(c.fragmented, Relaxed);
+        self.fragments_out.store(c.fragments_out, Relaxed);
+        self.arp_replies.store(c.arp_replies, Relaxed);
+        self.icmp_sent.store(c.icmp_sent, Relaxed);
+        self.icmp_rate_limited.store(c.icmp_rate_limited, Relaxed);
+        self.trimmed_padding.store(c.trimmed_padding, Relaxed);
+    }
+
+    /// The counters as last published.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let mut pipeline = Counters::default();
+        for (value, shared) in pipeline.drops.iter_mut().zip(self.drops.iter()) {
+            *value = shared.load(Relaxed);
+        }
+        pipeline.encapsulated = self.encapsulated.load(Relaxed);
+        pipeline.decapsulated = self.decapsulated.load(Relaxed);
+        pipeline.fragmented = self.fragmented.load(Relaxed);
+        pipeline.fragments_out = self.fragments_out.load(Relaxed);
+        pipeline.arp_replies = self.arp_replies.load(Relaxed);
+        pipeline.icmp_sent = self.icmp_sent.load(Relaxed);
+        pipeline.icmp_rate_limited = self.icmp_rate_limited.load(Relaxed);
+        pipeline.trimmed_padding = self.trimmed_padding.load(Relaxed);
+        CounterSnapshot {
+            pipeline,
+            tx_ring_full: self.tx_ring_full.load(Relaxed),
+            no_free_frame: self.no_free_frame.load(Relaxed),
+            bad_verdict: self.bad_verdict.load(Relaxed),
+            announcements: self.announcements.load(Relaxed),
+        }
+    }
+}
+
+impl CounterSnapshot {
+    /// Add another worker's counters to these.
+    pub fn add(&mut self, o: &CounterSnapshot) {
+        for (a, b) in self.pipeline.drops.iter_mut().zip(o.pipeline.drops.iter()) {
+            *a += b;
+        }
+        let (p, q) = (&mut self.pipeline, &o.pipeline);
+        p.encapsulated += q.encapsulated;
+        p.decapsulated += q.decapsulated;
+        p.fragmented += q.fragmented;
+        p.fragments_out += q.fragments_out;
+        p.arp_replies += q.arp_replies;
+        p.icmp_sent += q.icmp_sent;
+        p.icmp_rate_limited += q.icmp_rate_limited;
+        p.trimmed_padding += q.trimmed_padding;
+        self.tx_ring_full += o.tx_ring_full;
+        self.no_free_frame += o.no_free_frame;
+        self.bad_verdict += o.bad_verdict;
+        self.announcements += o.announcements;
+    }
+}

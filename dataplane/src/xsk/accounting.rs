@@ -1,0 +1,182 @@
+//! Where every UMEM frame is. A frame is always in exactly one place: the
+//! worker's free list, a fill ring, an RX ring, the worker's hands, a TX
+//! ring, a completion ring, or inside the kernel between two rings (a copy
+//! or a transmission in progress). The worker publishes these counts; at
+//! teardown nothing may be left unaccounted for.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// One snapshot of where a queue's frames are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameAccounting {
+    /// Frames in the UMEM.
+    pub total: u64,
+    /// On the worker's free list.
+    pub free: u64,
+    /// Waiting in fill rings for the kernel to receive into.
+    pub fill: u64,
+    /// Received, waiting in RX rings for the worker.
+    pub rx: u64,
+    /// In the worker's hands (being processed).
+    pub worker: u64,
+    /// Waiting in TX rings for the kernel to send.
+    pub tx: u64,
+    /// Sent, waiting in completion rings for the worker.
+    pub completion: u64,
+    /// Taken by the kernel from a fill or TX ring and not yet put on an RX
+    /// or completion ring: transient while traffic flows, zero when idle.
+    pub in_kernel: u64,
+}
+
+impl FrameAccounting {
+    /// Frames that are in none of the places: `total` minus the rest.
+    /// Nonzero means the worker lost (or invented) frames.
+    pub fn unaccounted(&self) -> i64 {
+        let placed = self.free
+            + self.fill
+            + self.rx
+            + self.worker
+            + self.tx
+            + self.completion
+            + self.in_kernel;
+        self.total as i64 - placed as i64
+    }
+}
+
+/// Counters the worker keeps of the frames it handed over, from which the
+/// kernel-held share follows. Plain integers: only the worker touches them.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FrameFlow {
+    pub filled: u64,
+    pub received: u64,
+    pub sent: u64,
+    pub completed: u64,
+}
+
+impl FrameFlow {
+    /// Frames given to fill rings that have not come back through RX.
+    pub fn rx_side(&self) -> u64 {
+        self.filled.wrapping_sub(self.received)
+    }
+    /// Frames given to TX rings that have not come back through completion.
+    pub fn tx_side(&self) -> u64 {
+        self.sent.wrapping_sub(self.completed)
+    }
+}
+
+/// Split the kernel-held frames into ring occupancy and in-kernel frames.
+/// `fill`, `rx`, `tx`, `completion` are ring occupancies read from the rings.
+pub(crate) fn account(
+    total: u64,
+    free: u64,
+    worker: u64,
+    flow: FrameFlow,
+    fill: u64,
+    rx: u64,
+    tx: u64,
+    completion: u64,
+) -> FrameAccounting {
+    // Frames on the RX side are in the fill ring, in the kernel, or on the
+    // RX ring; likewise TX ring, kernel, completion ring on the TX side.
+    let in_kernel_rx = flow.rx_side().saturating_sub(fill + rx);
+    let in_kernel_tx = flow.tx_side().saturating_sub(tx + completion);
+    FrameAccounting {
+        total,
+        free,
+        fill,
+        rx,
+        worker,
+        tx,
+        completion,
+        in_kernel: in_kernel_rx + in_kernel_tx,
+    }
+}
+
+/// The published copy of a [`FrameAccounting`], readable from any thread.
+#[derive(Debug, Default)]
+pub struct SharedAccounting {
+    fields: [AtomicU64; 8],
+}
+
+impl SharedAccounting {
+    pub(crate) fn publish(&self, a: &FrameAccounting) {
+        let values = [
+            a.total,
+            a.free,
+            a.fill,
+            a.rx,
+            a.worker,
+            a.tx,
+            a.completion,
+            a.in_kernel,
+        ];
+        for (field, value) in self.fields.iter().zip(values) {
+            field.store(value, Relaxed);
+        }
+    }
+
+    /// The last snapshot the worker published.
+    pub fn load(&self) -> FrameAccounting {
+        let f = |i: usize| self.fields[i].load(Relaxed);
+        FrameAccounting {
+            total: f(0),
+            free: f(1),
+            fill: f(2),
+            rx: f(3),
+            worker: f(4),
+            tx: f(5),
+            completion: f(6),
+            in_kernel: f(7),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_share_is_what_the_rings_do_not_hold() {
+        let flow = FrameFlow {
+            filled: 100,
+            received: 40,
+            sent: 30,
+            completed: 10,
+        };
+        // 60 on the RX side: 50 in fill, 8 on RX, so 2 in the kernel.
+        // 20 on the TX side: 15 on TX, 5 on completion, none in the kernel.
+        let a = account(200, 110, 10, flow, 50, 8, 15, 5);
+        assert_eq!(a.in_kernel, 2);
+        assert_eq!(a.unaccounted(), 200 - (110 + 50 + 8 + 10 + 15 + 5 + 2));
+    }
+
+    #[test]
+    fn balanced_books_have_nothing_unaccounted() {
+        let flow = FrameFlow {
+            filled: 4096,
+            received: 96,
+            sent: 64,
+            completed: 64,
+        };
+        let a = account(8192, 4192, 0, flow, 4000, 0, 0, 0);
+        assert_eq!(a.in_kernel, 0);
+        assert_eq!(a.unaccounted(), 0);
+    }
+
+    #[test]
+    fn shared_round_trips() {
+        let s = SharedAccounting::default();
+        let a = FrameAccounting {
+            total: 1,
+            free: 2,
+            fill: 3,
+            rx: 4,
+            worker: 5,
+            tx: 6,
+            completion: 7,
+            in_kernel: 8,
+        };
+        s.publish(&a);
+        assert_eq!(s.load(), a);
+    }
+}

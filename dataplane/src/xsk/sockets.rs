@@ -1,0 +1,168 @@
+//! Opening the AF_XDP sockets of one queue: one UMEM shared by the LAN and
+//! the WAN socket, so a frame received on one interface is transmitted on
+//! the other without a copy in userspace.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+use super::XskError;
+
+/// Sizes of the UMEM and its rings for one queue.
+#[derive(Clone, Copy, Debug)]
+pub struct XskConfig {
+    /// Frames in the UMEM shared by the queue's sockets.
+    pub frame_count: u32,
+    /// Bytes per frame (power of two). 2048 leaves room for a 1514-byte
+    /// frame plus the 20-byte outer header after XDP's 256 bytes of headroom.
+    pub frame_size: u32,
+    /// Entries in each fill, completion, RX and TX ring.
+    pub ring_size: u32,
+    /// Frames moved per ring operation.
+    pub batch: usize,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        XskConfig {
+            frame_count: 8192,
+            frame_size: 2048,
+            ring_size: 2048,
+            batch: 64,
+        }
+    }
+}
+
+/// The four rings of one AF_XDP socket.
+pub struct SocketRings {
+    pub(crate) tx: TxQueue,
+    pub(crate) rx: RxQueue,
+    pub(crate) fill: FillQueue,
+    pub(crate) comp: CompQueue,
+    pub(crate) fd: RawFd,
+    pub(crate) ifname: String,
+}
+
+impl SocketRings {
+    /// The socket's file descriptor, for the XSKMAP.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The interface the socket is bound to.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+}
+
+/// The UMEM of one queue and the sockets bound to it.
+pub struct QueueSockets {
+    pub(crate) umem: Umem,
+    pub(crate) frames: Vec<FrameDesc>,
+    pub(crate) lan: SocketRings,
+    /// `None` in one-armed mode (LAN and WAN are the same interface).
+    pub(crate) wan: Option<SocketRings>,
+    pub(crate) queue: u32,
+    pub(crate) config: XskConfig,
+}
+
+impl QueueSockets {
+    /// Opens the UMEM and binds a socket to `queue` of `lan`, and of `wan`
+    /// if it is another interface. The XDP program is ours (loaded by
+    /// `loader`), so libxdp is told not to load its own.
+    pub fn open(
+        lan: &str,
+        wan: Option<&str>,
+        queue: u32,
+        config: XskConfig,
+    ) -> Result<QueueSockets, XskError> {
+        let ring = QueueSize::new(config.ring_size)
+            .map_err(|e| XskError::Config(format!("ring size {}: {e}", config.ring_size)))?;
+        let frame_size = FrameSize::new(config.frame_size)
+            .map_err(|e| XskError::Config(format!("frame size {}: {e}", config.frame_size)))?;
+        let frame_count = std::num::NonZeroU32::new(config.frame_count)
+            .ok_or_else(|| XskError::Config("frame count must not be 0".into()))?;
+        let umem_config = UmemConfig::builder()
+            .frame_size(frame_size)
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .build()
+            .map_err(|e| XskError::Config(format!("UMEM: {e}")))?;
+        let (umem, frames) = Umem::new(umem_config, frame_count, false)
+            .map_err(|e| XskError::Umem(e.to_string()))?;
+
+        let lan_rings = open_socket(&umem, lan, queue, ring)?;
+        let wan_rings = match wan {
+            Some(w) if w != lan => Some(open_socket(&umem, w, queue, ring)?),
+            _ => None,
+        };
+        Ok(QueueSockets {
+            umem,
+            frames,
+            lan: lan_rings,
+            wan: wan_rings,
+            queue,
+            config,
+        })
+    }
+
+    /// The LAN socket.
+    pub fn lan(&self) -> &SocketRings {
+        &self.lan
+    }
+
+    /// The WAN socket, unless one-armed.
+    pub fn wan(&self) -> Option<&SocketRings> {
+        self.wan.as_ref()
+    }
+
+    /// The queue index these sockets are bound to.
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+}
+
+fn open_socket(
+    umem: &Umem,
+    ifname: &str,
+    queue: u32,
+    ring: QueueSize,
+) -> Result<SocketRings, XskError> {
+    let iface: Interface = ifname
+        .parse()
+        .map_err(|_| XskError::Config(format!("bad interface name {ifname:?}")))?;
+    let config = SocketConfig::builder()
+        .rx_queue_size(ring)
+        .tx_queue_size(ring)
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
+        .build();
+    // SAFETY: the UMEM outlives the socket (the rings keep a clone of it),
+    // and its frames are handed to the kernel only through this queue's
+    // worker, which tracks where every frame is.
+    let (tx, rx, fq_cq) =
+        unsafe { Socket::new(config, umem, &iface, queue) }.map_err(|e| XskError::Socket {
+            ifname: ifname.to_string(),
+            queue,
+            reason: e.to_string(),
+            cause: std::error::Error::source(&e).map(|s| s.to_string()),
+        })?;
+    let (fill, comp) = fq_cq.ok_or_else(|| XskError::Socket {
+        ifname: ifname.to_string(),
+        queue,
+        reason: "no fill and completion ring of its own".into(),
+        cause: None,
+    })?;
+    let fd = rx.fd().as_raw_fd();
+    Ok(SocketRings {
+        tx,
+        rx,
+        fill,
+        comp,
+        fd,
+        ifname: ifname.to_string(),
+    })
+}

@@ -1,0 +1,425 @@
+//! The forwarding worker of one queue: RX batch -> pipeline -> TX batch,
+//! completions back to the free list, free frames back to the fill rings.
+//! One thread, no locks, no allocation and at most a few syscalls per batch.
+
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, TryRecvError};
+use xsk_rs::FrameDesc;
+
+use super::accounting::{account, FrameAccounting, FrameFlow, SharedAccounting};
+use super::sockets::{QueueSockets, SocketRings};
+use crate::pipeline::{write_gratuitous_arp, Lookup, Pipeline, PipelineConfig, Port, Verdict};
+use crate::stats::SharedCounters;
+
+/// Work the control plane hands to a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Send one gratuitous ARP on the home link: `addr` is at `mac`.
+    Announce { addr: Ipv4Addr, mac: [u8; 6] },
+}
+
+/// What a worker shares with the rest of the process: its stop flag and its
+/// counters, written by the worker only, read by anyone.
+#[derive(Debug)]
+pub struct WorkerShared {
+    stop: AtomicBool,
+    /// Where the queue's frames are.
+    pub accounting: SharedAccounting,
+    /// Pipeline and worker counters.
+    pub counters: SharedCounters,
+    /// Packets and bytes per binding slot: `[2 * slot]` packets, `[2 * slot + 1]` bytes.
+    per_slot: Box<[AtomicU64]>,
+}
+
+impl WorkerShared {
+    /// Shared state for a worker serving a table of `slots` binding slots.
+    pub fn new(slots: usize) -> Arc<WorkerShared> {
+        Arc::new(WorkerShared {
+            stop: AtomicBool::new(false),
+            accounting: SharedAccounting::default(),
+            counters: SharedCounters::default(),
+            per_slot: (0..slots * 2).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// Ask the worker to finish: it drains its TX rings and returns.
+    pub fn stop(&self) {
+        self.stop.store(true, Relaxed);
+    }
+
+    /// Packets and bytes this worker forwarded for binding slot `slot`.
+    pub fn slot_counts(&self, slot: u32) -> (u64, u64) {
+        let i = slot as usize * 2;
+        match (self.per_slot.get(i), self.per_slot.get(i + 1)) {
+            (Some(p), Some(b)) => (p.load(Relaxed), b.load(Relaxed)),
+            _ => (0, 0),
+        }
+    }
+
+    #[inline]
+    fn count_slot(&self, slot: u32, bytes: usize) {
+        let i = slot as usize * 2;
+        if let (Some(p), Some(b)) = (self.per_slot.get(i), self.per_slot.get(i + 1)) {
+            // Single writer per worker: load+store, no locked instruction.
+            p.store(p.load(Relaxed) + 1, Relaxed);
+            b.store(b.load(Relaxed) + bytes as u64, Relaxed);
+        }
+    }
+}
+
+/// Per-queue worker: owns the queue's sockets, its pipeline and its frames.
+pub struct Worker<L: Lookup> {
+    sockets: QueueSockets,
+    pipeline: Pipeline,
+    lookup: L,
+    commands: Receiver<Command>,
+    shared: Arc<WorkerShared>,
+    free: Vec<FrameDesc>,
+    flow: FrameFlow,
+    /// Frames kept back from the fill rings for TX-side needs (fragments, ARP).
+    reserve: usize,
+    started: Instant,
+}
+
+/// Which socket of the queue a port maps to.
+#[derive(Clone, Copy)]
+enum Side {
+    Lan,
+    Wan,
+}
+
+impl<L: Lookup> Worker<L> {
+    /// A worker over `sockets`; `ident_seed` spreads the outer
+    /// Identification of different queues apart.
+    pub fn new(
+        sockets: QueueSockets,
+        config: PipelineConfig,
+        lookup: L,
+        commands: Receiver<Command>,
+        shared: Arc<WorkerShared>,
+    ) -> Self {
+        let mut sockets = sockets;
+        let free = std::mem::take(&mut sockets.frames);
+        let ident_seed = (sockets.queue as u16).wrapping_mul(0x9e37);
+        let reserve = sockets.config.batch * 4;
+        Worker {
+            pipeline: Pipeline::new(config, ident_seed),
+            sockets,
+            lookup,
+            commands,
+            shared,
+            free,
+            flow: FrameFlow::default(),
+            reserve,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs until [`WorkerShared::stop`]; then drains in-flight
+    /// transmissions and publishes the final frame accounting.
+    pub fn run(mut self) -> FrameAccounting {
+        let batch = self.sockets.config.batch;
+        let mut rx_descs = vec![FrameDesc::default(); batch];
+        let mut lan_tx: Vec<FrameDesc> = Vec::with_capacity(batch * 4);
+        let mut wan_tx: Vec<FrameDesc> = Vec::with_capacity(batch * 4);
+        let mut comp_descs = vec![FrameDesc::default(); batch * 2];
+        self.refill();
+        while !self.shared.stop.load(Relaxed) {
+            let mut work = self.reclaim(&mut comp_descs);
+            work += self.receive(Side::Lan, &mut rx_descs, &mut lan_tx, &mut wan_tx);
+            if self.sockets.wan.is_some() {
+                work += self.receive(Side::Wan, &mut rx_descs, &mut lan_tx, &mut wan_tx);
+            }
+            work += self.commands(&mut lan_tx);
+            self.transmit(Side::Lan, &mut lan_tx);
+            self.transmit(Side::Wan, &mut wan_tx);
+            self.refill();
+            self.publish();
+            if work == 0 {
+                self.idle();
+            }
+        }
+        self.drain(&mut comp_descs);
+        self.publish()
+    }
+
+    fn rings(&mut self, side: Side) -> &mut SocketRings {
+        match side {
+            Side::Wan if self.sockets.wan.is_some() => {
+                self.sockets.wan.as_mut().unwrap_or(&mut self.sockets.lan)
+            }
+            _ => &mut self.sockets.lan,
+        }
+    }
+
+    /// One RX batch from `side` through the pipeline.
+    fn receive(
+        &mut self,
+        side: Side,
+        rx_descs: &mut [FrameDesc],
+        lan_tx: &mut Vec<FrameDesc>,
+        wan_tx: &mut Vec<FrameDesc>,
+    ) -> usize {
+        let rings = self.rings(side);
+        // SAFETY: the descriptors are written by the kernel from our UMEM's
+        // RX ring; each describes a frame that is now ours alone.
+        let n = unsafe { rings.rx.consume(rx_descs) };
+        if n == 0 {
+            return 0;
+        }
+        self.flow.received += n as u64;
+        let now_ns = self.started.elapsed().as_nanos() as u64;
+        let ingress = match side {
+            Side::Lan => Port::Lan,
+            Side::Wan => Port::Wan,
+        };
+        let one_armed = self.sockets.wan.is_none();
+        for desc in rx_descs.iter_mut().take(n) {
+            let len = desc.lengths().data();
+            // SAFETY: `desc` came off the RX ring, so the frame is owned by
+            // this worker until it is put on a TX or fill ring; no other
+            // reference to it exists.
+            let (buf, start) = unsafe { self.sockets.umem.whole_frame_mut(desc) };
+            let verdict = self
+                .pipeline
+                .process(buf, start, len, ingress, now_ns, &self.lookup);
+            match verdict {
+                Verdict::Tx {
+                    port,
+                    start,
+                    len,
+                    slot,
+                } => {
+                    if !self.sockets.umem.set_data(desc, start, len) {
+                        self.shared.counters.bad_verdict.fetch_add(1, Relaxed);
+                        self.free.push(*desc);
+                        continue;
+                    }
+                    if let Some(slot) = slot {
+                        self.shared.count_slot(slot, len);
+                    }
+                    match port {
+                        Port::Wan if !one_armed => wan_tx.push(*desc),
+                        _ => lan_tx.push(*desc),
+                    }
+                }
+                Verdict::Fragments { port, plan, slot } => {
+                    let out = match port {
+                        Port::Wan if !one_armed => &mut *wan_tx,
+                        _ => &mut *lan_tx,
+                    };
+                    for index in 0..plan.count() {
+                        let Some(mut piece) = self.free.pop() else {
+                            self.shared.counters.no_free_frame.fetch_add(1, Relaxed);
+                            break;
+                        };
+                        // SAFETY: `piece` is from the free list, so owned by
+                        // this worker and distinct from `desc`'s frame; the
+                        // source frame is only read.
+                        let (dst, _) = unsafe { self.sockets.umem.whole_frame_mut(&piece) };
+                        // SAFETY: as above; `desc` is still ours.
+                        let (src, _) = unsafe { self.sockets.umem.whole_frame_mut(desc) };
+                        match self.pipeline.write_fragment(src, &plan, index, dst) {
+                            Some((s, l)) if self.sockets.umem.set_data(&mut piece, s, l) => {
+                                if let Some(slot) = slot {
+                                    self.shared.count_slot(slot, l);
+                                }
+                                out.push(piece);
+                            }
+                            _ => {
+                                self.shared.counters.bad_verdict.fetch_add(1, Relaxed);
+                                self.free.push(piece);
+                            }
+                        }
+                    }
+                    self.free.push(*desc);
+                }
+                Verdict::Drop(_) => self.free.push(*desc),
+            }
+        }
+        n
+    }
+
+    /// Put `pending` on `side`'s TX ring and kick the kernel.
+    fn transmit(&mut self, side: Side, pending: &mut Vec<FrameDesc>) {
+        if pending.is_empty() {
+            return;
+        }
+        let rings = self.rings(side);
+        let room = rings.tx.nb_free(pending.len() as u32) as usize;
+        let count = room.min(pending.len());
+        // SAFETY: every descriptor in `pending` is a frame of this UMEM that
+        // the worker owns; after this call the kernel owns the first `count`
+        // of them until they return on the completion ring.
+        let sent = unsafe { rings.tx.produce(&pending[..count]) };
+        if rings.tx.needs_wakeup() {
+            // EAGAIN/ENOBUFS: the kernel is still busy; it will be kicked again.
+            let _ = rings.tx.wakeup();
+        }
+        self.flow.sent += sent as u64;
+        if sent < pending.len() {
+            let dropped = (pending.len() - sent) as u64;
+            self.shared
+                .counters
+                .tx_ring_full
+                .fetch_add(dropped, Relaxed);
+            self.free.extend_from_slice(&pending[sent..]);
+        }
+        pending.clear();
+    }
+
+    /// Completed transmissions back to the free list.
+    fn reclaim(&mut self, comp_descs: &mut [FrameDesc]) -> usize {
+        let mut total = 0;
+        for side in [Side::Lan, Side::Wan] {
+            if matches!(side, Side::Wan) && self.sockets.wan.is_none() {
+                break;
+            }
+            let rings = self.rings(side);
+            // SAFETY: completion entries are frames we put on the TX ring;
+            // the kernel is done with them.
+            let n = unsafe { rings.comp.consume(comp_descs) };
+            self.free.extend_from_slice(&comp_descs[..n]);
+            total += n;
+        }
+        self.flow.completed += total as u64;
+        total
+    }
+
+    /// Top the fill rings up from the free list, keeping a reserve back.
+    fn refill(&mut self) {
+        for side in [Side::Lan, Side::Wan] {
+            if matches!(side, Side::Wan) && self.sockets.wan.is_none() {
+                break;
+            }
+            let spare = self.free.len().saturating_sub(self.reserve);
+            if spare == 0 {
+                return;
+            }
+            let batch = self.sockets.config.batch;
+            let rings = self.rings(side);
+            let room = rings.fill.nb_free(batch as u32) as usize;
+            let count = room.min(spare);
+            if count == 0 {
+                continue;
+            }
+            let from = self.free.len() - count;
+            let rings = match side {
+                Side::Wan => self.sockets.wan.as_mut().unwrap_or(&mut self.sockets.lan),
+                Side::Lan => &mut self.sockets.lan,
+            };
+            // SAFETY: the frames come off the free list, so no one else
+            // references them; the kernel owns them until they come back on
+            // the RX ring.
+            let filled = unsafe { rings.fill.produce(&self.free[from..]) };
+            self.free.truncate(self.free.len() - filled);
+            self.flow.filled += filled as u64;
+        }
+    }
+
+    /// Control-plane work: gratuitous ARP on the home link.
+    fn commands(&mut self, lan_tx: &mut Vec<FrameDesc>) -> usize {
+        let mut done = 0;
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Announce { addr, mac }) => {
+                    let Some(mut desc) = self.free.pop() else {
+                        self.shared.counters.no_free_frame.fetch_add(1, Relaxed);
+                        continue;
+                    };
+                    // SAFETY: a free frame, owned by this worker.
+                    let (buf, start) = unsafe { self.sockets.umem.whole_frame_mut(&desc) };
+                    let len = buf
+                        .get_mut(start..)
+                        .map_or(0, |b| write_gratuitous_arp(b, mac, addr, None));
+                    if len > 0 && self.sockets.umem.set_data(&mut desc, start, len) {
+                        self.shared.counters.announcements.fetch_add(1, Relaxed);
+                        lan_tx.push(desc);
+                    } else {
+                        self.free.push(desc);
+                    }
+                    done += 1;
+                }
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return done,
+            }
+        }
+    }
+
+    /// Nothing to do: sleep in poll() until a socket has frames, or briefly
+    /// if transmissions are still completing.
+    fn idle(&mut self) {
+        let timeout = if self.flow.tx_side() > 0 {
+            Duration::from_micros(200)
+        } else {
+            Duration::from_millis(10)
+        };
+        let lan = self.sockets.lan.fd;
+        let wan = self.sockets.wan.as_ref().map(|w| w.fd);
+        // Copy mode: kick TX again in case a previous wakeup met EAGAIN.
+        if self.flow.tx_side() > 0 {
+            let _ = self.sockets.lan.tx.wakeup();
+            if let Some(w) = self.sockets.wan.as_mut() {
+                let _ = w.tx.wakeup();
+            }
+        }
+        super::sys::poll_readable(lan, wan, timeout);
+    }
+
+    /// Stop: wait (bounded) for every transmission to complete.
+    fn drain(&mut self, comp_descs: &mut [FrameDesc]) {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while self.flow.tx_side() > 0 && Instant::now() < deadline {
+            if self.reclaim(comp_descs) == 0 {
+                self.idle();
+            }
+        }
+    }
+
+    /// Publish counters and the frame accounting; returns the accounting.
+    fn publish(&mut self) -> FrameAccounting {
+        self.shared.counters.publish(self.pipeline.counters());
+        let fill_size = self.sockets.config.ring_size as u64;
+        let (mut fill, mut rx, mut tx, mut comp) = (0, 0, 0, 0);
+        let lan = &mut self.sockets.lan;
+        occupancy(lan, fill_size, &mut fill, &mut rx, &mut tx, &mut comp);
+        if let Some(wan) = self.sockets.wan.as_mut() {
+            occupancy(wan, fill_size, &mut fill, &mut rx, &mut tx, &mut comp);
+        }
+        let a = account(
+            self.sockets.config.frame_count as u64,
+            self.free.len() as u64,
+            0,
+            self.flow,
+            fill,
+            rx,
+            tx,
+            comp,
+        );
+        self.shared.accounting.publish(&a);
+        a
+    }
+
+    /// The queue's socket file descriptors (LAN, and WAN unless one-armed).
+    pub fn fds(&self) -> (RawFd, Option<RawFd>) {
+        (self.sockets.lan.fd, self.sockets.wan.as_ref().map(|w| w.fd))
+    }
+}
+
+fn occupancy(
+    rings: &mut SocketRings,
+    size: u64,
+    fill: &mut u64,
+    rx: &mut u64,
+    tx: &mut u64,
+    comp: &mut u64,
+) {
+    *fill += size.saturating_sub(rings.fill.nb_free_exact() as u64);
+    *rx += rings.rx.nb_avail_exact() as u64;
+    *tx += size.saturating_sub(rings.tx.nb_free_exact() as u64);
+    *comp += rings.comp.nb_avail_exact() as u64;
+}

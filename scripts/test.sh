@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine, as root:
+# installs what it needs, checks formatting and lints, runs every test
+# (unit, byte fixtures, loom model, network-namespace labs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build (the namespace tests run the release binary)"
+cargo build --release --locked -p homeward
+
+echo "== cargo test"
+cargo test --workspace --locked --release
+
+echo "== loom model of the binding table"
+bash dataplane/run-loom.sh
