@@ -1,6 +1,5 @@
 //! homeward's errors: each prints as one line that says what to do.
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +34,6 @@ pub enum Error {
     Protocol(String),
     #[error("{0}")]
     Daemon(String),
-    #[error("no binding for {0}")]
-    NoBinding(Ipv4Addr),
     #[error("{0}")]
     Dataplane(String),
 }

@@ -9,7 +9,7 @@
 //! - [`stats`]: counters the workers publish.
 
 pub mod loader;
-// pub mod lookup; // enabled once pipeline/table/neigh land
+pub mod lookup;
 pub mod neigh;
 pub mod pipeline;
 pub mod stats;

@@ -45,9 +45,11 @@
 //! `fence(Acquire)`; `s2 = seq.load(Relaxed)`; retry if `s1 != s2`.
 //!
 //! This is the reader of Boehm's "Can Seqlocks Get Along With Programming
-//! Language Memory Models?" (MSPC 2012, the fence-based version of section 5)
-//! combined with the writer of the Linux kernel's `seqcount_latch`. Why the
-//! orderings are right:
+//! Language Memory Models?" (MSPC 2012; the variant with an Acquire fence
+//! before the re-check) combined with the writer of the Linux kernel's
+//! `seqcount_latch`. Why the orderings are right (and each one is needed:
+//! weakening any of the six — either Release fence, either Release store,
+//! the Acquire load or the Acquire fence — makes a loom model fail):
 //!
 //! * *No torn read.* Every store to a copy is preceded, in the writer, by a
 //!   `seq` store that moved readers away from that copy, and by a Release

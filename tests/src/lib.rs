@@ -17,6 +17,7 @@
 //! The lab needs root, iproute2, tcpdump, ethtool, iputils-ping and
 //! Debian's python3-scapy (`scripts/install-deps.sh`).
 
+pub mod agent;
 pub mod capture;
 pub mod decode;
 pub mod link;
@@ -35,7 +36,7 @@ pub use link::{veth_pair, Iface, Mac, VethEnd};
 pub use netns::{netns_exists, require_root, Netns, NsChild};
 pub use topology::{LabOptions, LanHost, Topology};
 pub use traffic::{
-    payload_pattern, Neighbor, Received, Route, SendResult, TcpAttempt, UdpListener, UdpSend,
+    payload_pattern, FloodReport, Neighbor, Received, Route, SendResult, TcpAttempt, UdpListener, UdpSend,
     UdpSendReport,
 };
 

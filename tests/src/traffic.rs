@@ -127,6 +127,17 @@ impl UdpSendReport {
     }
 }
 
+/// What [`Netns::udp_flood`] did.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct FloodReport {
+    /// Datagrams the kernel accepted.
+    pub sent: u64,
+    /// Sends that failed (ENOBUFS, ...).
+    pub errors: u64,
+    /// How long it sent.
+    pub seconds: f64,
+}
+
 /// What [`Netns::tcp_connect`] did.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct TcpAttempt {
@@ -239,6 +250,21 @@ impl Netns {
             to_hex(&opts.payload),
         ];
         parse_json("udp_send.py", self.exec_ok(&args).as_bytes())
+    }
+
+    /// Sends `len`-byte UDP datagrams to `dst:dport` as fast as the
+    /// kernel socket takes them, for `seconds` (`tests/scapy/udp_flood.py`).
+    #[track_caller]
+    pub fn udp_flood(&self, dst: Ipv4Addr, dport: u16, len: usize, seconds: f64) -> FloodReport {
+        let args = [
+            PYTHON.to_string(),
+            script("udp_flood.py").to_string_lossy().into_owned(),
+            dst.to_string(),
+            dport.to_string(),
+            len.to_string(),
+            seconds.to_string(),
+        ];
+        parse_json("udp_flood.py", self.exec_ok(&args).as_bytes())
     }
 
     /// Opens a TCP connection to `dst:dport` and, if it connects, sends

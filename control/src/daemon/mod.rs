@@ -66,7 +66,9 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     };
     let socket = ControlSocket::bind(&config.socket)?;
 
-    let (table, reader) = binding_table(config.max_bindings as usize);
+    // Twice the bindings in slots: open addressing stays fast and never
+    // reports full before the XDP map does.
+    let (table, reader) = binding_table(config.max_bindings as usize * 2);
     let wan_index = wan.as_ref().map_or(lan.index, |w| w.index);
     let mut ifindexes = vec![lan.index];
     if wan_index != lan.index {
@@ -77,7 +79,7 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     let steering = Steering::attach(
         lan.index,
         wan.as_ref().map(|w| w.index),
-        table.capacity() as u32,
+        config.max_bindings,
     )
     .map_err(|e| Error::Dataplane(e.to_string()))?;
     tracing::info!(mode = %steering.mode(), lan = %config.lan, wan = ?config.wan, "XDP steering attached");

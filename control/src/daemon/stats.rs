@@ -60,7 +60,16 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
             })
         })
         .collect();
+    let bindings = d.bindings.list(now);
+    // The XDP program's map must hold exactly the table's bindings.
+    let maps_in_sync = d.bindings.steered().map(|mut steered| {
+        let mut table: Vec<_> = bindings.iter().map(|b| (b.vm, b.care_of)).collect();
+        steered.sort();
+        table.sort();
+        steered == table
+    });
     json!({
+        "maps_in_sync": maps_in_sync.unwrap_or(false),
         "uptime": now.saturating_duration_since(d.started).as_secs(),
         "xdp_mode": d.bindings.steering().mode().to_string(),
         "queues": d.config.queues,
@@ -78,7 +87,7 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
         },
         "drops": drops,
         "steering": steering,
-        "bindings": d.bindings.list(now),
+        "bindings": bindings,
         "next_hops": next_hops,
         "frames": frames,
     })

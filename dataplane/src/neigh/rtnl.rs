@@ -134,7 +134,9 @@ pub(crate) fn parse_neigh(msg: &NeighbourMessage) -> Option<NeighInfo> {
     for attr in &msg.attributes {
         match attr {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
-            NeighbourAttribute::LinkLocalAddress(l) => lladdr = <[u8; 6]>::try_from(l.as_slice()).ok(),
+            NeighbourAttribute::LinkLocalAddress(l) => {
+                lladdr = <[u8; 6]>::try_from(l.as_slice()).ok()
+            }
             _ => {}
         }
     }
@@ -173,8 +175,14 @@ pub(crate) fn parse_link(msg: &LinkMessage, what: &str) -> Result<LinkInfo, Neig
 /// Turns an event message into an [`Event`], if it is one we follow.
 pub(crate) fn classify_event(msg: &RouteNetlinkMessage) -> Option<Event> {
     match msg {
-        RouteNetlinkMessage::NewNeighbour(m) => parse_neigh(m).map(|info| Event::Neigh { info, deleted: false }),
-        RouteNetlinkMessage::DelNeighbour(m) => parse_neigh(m).map(|info| Event::Neigh { info, deleted: true }),
+        RouteNetlinkMessage::NewNeighbour(m) => parse_neigh(m).map(|info| Event::Neigh {
+            info,
+            deleted: false,
+        }),
+        RouteNetlinkMessage::DelNeighbour(m) => parse_neigh(m).map(|info| Event::Neigh {
+            info,
+            deleted: true,
+        }),
         RouteNetlinkMessage::NewRoute(m) | RouteNetlinkMessage::DelRoute(m)
             if m.header.address_family == AddressFamily::Inet =>
         {
@@ -196,14 +204,25 @@ pub(crate) fn split_messages(buf: &[u8]) -> Vec<NetlinkMessage<RouteNetlinkMessa
         let Some(len_bytes) = buf.get(off..off + 4) else {
             break;
         };
-        let len = u32::from_ne_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
-        let Some(end) = off.checked_add(len).filter(|&e| len >= HDR && e <= buf.len()) else {
-            tracing::debug!(offset = off, len, total = buf.len(), "netlink: bad message length, rest of datagram dropped");
+        let len =
+            u32::from_ne_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+        let Some(end) = off
+            .checked_add(len)
+            .filter(|&e| len >= HDR && e <= buf.len())
+        else {
+            tracing::debug!(
+                offset = off,
+                len,
+                total = buf.len(),
+                "netlink: bad message length, rest of datagram dropped"
+            );
             break;
         };
         match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..end]) {
             Ok(m) => out.push(m),
-            Err(e) => tracing::debug!(offset = off, len, error = %e, "netlink: unparsable message skipped"),
+            Err(e) => {
+                tracing::debug!(offset = off, len, error = %e, "netlink: unparsable message skipped")
+            }
         }
         // Messages are 4-byte aligned.
         off = end.saturating_add(3) & !3;
@@ -236,7 +255,8 @@ pub(crate) type Reply = Result<Vec<RouteNetlinkMessage>, io::Error>;
 impl Rtnl {
     pub fn new() -> Result<Self, NeighError> {
         let sock = new_socket()?;
-        sock.connect(&SocketAddr::new(0, 0)).map_err(NeighError::Socket)?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .map_err(NeighError::Socket)?;
         Ok(Rtnl {
             sock,
             seq: 0,
@@ -247,7 +267,12 @@ impl Rtnl {
     /// Sends `msg` and collects the answer. The outer `Result` is for
     /// transport failures (socket errors, timeout); the inner [`Reply`] is
     /// the kernel's answer, an errno included.
-    pub fn request(&mut self, op: &'static str, msg: RouteNetlinkMessage, flags: u16) -> Result<Reply, NeighError> {
+    pub fn request(
+        &mut self,
+        op: &'static str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Reply, NeighError> {
         self.seq = self.seq.wrapping_add(1).max(1);
         let seq = self.seq;
         let mut header = NetlinkHeader::default();
@@ -292,7 +317,7 @@ impl Rtnl {
                         return Ok(match e.code {
                             None => Ok(answer), // ACK
                             Some(c) => Err(errno_error(c.get())),
-                        })
+                        });
                     }
                     NetlinkPayload::InnerMessage(inner) => {
                         answer.push(inner);
@@ -312,7 +337,8 @@ impl Rtnl {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = 32;
-        msg.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
         match self.request("RTM_GETROUTE", RouteNetlinkMessage::GetRoute(msg), 0)? {
             Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
                 RouteNetlinkMessage::NewRoute(r) => Some(parse_route(r)),
@@ -326,11 +352,16 @@ impl Rtnl {
     }
 
     /// The neighbour entry of `dst` on `ifindex`, if there is one.
-    pub fn neigh_get(&mut self, ifindex: u32, dst: Ipv4Addr) -> Result<Option<NeighInfo>, NeighError> {
+    pub fn neigh_get(
+        &mut self,
+        ifindex: u32,
+        dst: Ipv4Addr,
+    ) -> Result<Option<NeighInfo>, NeighError> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = ifindex;
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
         match self.request("RTM_GETNEIGH", RouteNetlinkMessage::GetNeighbour(msg), 0)? {
             Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
                 RouteNetlinkMessage::NewNeighbour(n) => parse_neigh(n).filter(|i| i.dst == dst),
@@ -356,7 +387,8 @@ impl Rtnl {
         msg.header.ifindex = ifindex;
         msg.header.state = NeighbourState::None;
         msg.header.flags = NeighbourFlags::Use;
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
         self.request(
             "RTM_NEWNEIGH(NTF_USE)",
             RouteNetlinkMessage::NewNeighbour(msg),

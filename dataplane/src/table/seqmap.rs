@@ -84,7 +84,7 @@ impl<const W: usize> Slot<W> {
             // Acquire fence: if any load above read a value stored after one
             // of the writer's Release fences, then the `seq` store preceding
             // that fence happens-before the re-load below, which therefore
-            // cannot return `s1` (Boehm 2012, section 5).
+            // cannot return `s1` (Boehm, MSPC 2012).
             fence(Ordering::Acquire);
             let s2 = self.seq.load(Ordering::Relaxed);
             if s1 == s2 {

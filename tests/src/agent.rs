@@ -1,0 +1,124 @@
+//! Driving a real `homeward run` in a lab: start it, talk to it through
+//! its own CLI, stop it and check its teardown frame accounting.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::netns::NsChild;
+use crate::topology::Topology;
+
+/// A running `homeward run` in the lab's HA namespace.
+pub struct HomeAgent<'a> {
+    lab: &'a Topology,
+    child: NsChild,
+}
+
+/// What `homeward run` said when it stopped.
+pub struct Teardown {
+    /// Whether it exited 0.
+    pub success: bool,
+    /// Its stderr (logs and the teardown accounting lines).
+    pub stderr: String,
+}
+
+impl Teardown {
+    /// The `unaccounted` numbers of each queue's teardown line.
+    pub fn unaccounted(&self) -> Vec<i64> {
+        self.stderr
+            .lines()
+            .filter(|l| l.contains("frames at teardown"))
+            .filter_map(|l| l.rsplit("unaccounted ").next()?.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl<'a> HomeAgent<'a> {
+    /// Starts homeward with the lab's interfaces plus `extra` flags and
+    /// waits until it serves its control socket.
+    #[track_caller]
+    pub fn start(lab: &'a Topology, extra: &[&str]) -> HomeAgent<'a> {
+        let mut child = lab.spawn_homeward(extra);
+        let ready = child.wait_for_output("homeward is running", Duration::from_secs(20));
+        assert!(
+            ready,
+            "homeward did not start: {}\n{}",
+            child.command_line(),
+            child.stderr()
+        );
+        HomeAgent { lab, child }
+    }
+
+    /// Runs a CLI command against this daemon's socket; panics on failure.
+    #[track_caller]
+    pub fn cli(&self, args: &[&str]) -> String {
+        let socket = self.lab.control_socket();
+        let socket = socket.to_string_lossy();
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--socket", &socket]);
+        let out = self.lab.homeward_cli(&full);
+        assert!(
+            out.status.success(),
+            "homeward {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `homeward bind VM CARE_OF [more]`.
+    #[track_caller]
+    pub fn bind(&self, vm: &str, care_of: &str, more: &[&str]) {
+        let mut args = vec!["bind", vm, care_of];
+        args.extend(more);
+        self.cli(&args);
+    }
+
+    /// `homeward unbind VM`.
+    #[track_caller]
+    pub fn unbind(&self, vm: &str) {
+        self.cli(&["unbind", vm]);
+    }
+
+    /// `homeward stats --json`.
+    #[track_caller]
+    pub fn stats(&self) -> Value {
+        let text = self.cli(&["stats", "--json"]);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("stats --json: {e}: {text}"))
+    }
+
+    /// One counter of `stats --json`, e.g. `("counters", "encapsulated")`.
+    #[track_caller]
+    pub fn counter(&self, section: &str, name: &str) -> u64 {
+        self.stats()[section][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {section}.{name}"))
+    }
+
+    /// Waits until `f(stats)` holds, up to `timeout`; returns the last stats.
+    #[track_caller]
+    pub fn wait_stats(&self, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.stats();
+            if f(&s) || Instant::now() >= deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its stderr so far.
+    pub fn stderr(&self) -> String {
+        self.child.stderr()
+    }
+
+    /// SIGINT, wait for exit, return what it said.
+    #[track_caller]
+    pub fn stop(mut self) -> Teardown {
+        let status = self.child.stop_with("INT", Duration::from_secs(10));
+        Teardown {
+            success: status.success(),
+            stderr: self.child.stderr(),
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The home agent end to end, with real kernel traffic on veth pairs:
+//! `homeward run` in the HA namespace, the client's kernel on the home LAN,
+//! captures decoded by scapy (a decoder that is not homeward's own).
+//! Needs root (CI is root) and `cargo build --release -p homeward`.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use homeward_tests::agent::HomeAgent;
+use homeward_tests::{
+    decode_arp, decode_ipip, payload_pattern, require_root, Capture, Mac, Topology, UdpSend,
+};
+
+const VM_MAC: &str = "02:00:5e:00:00:50";
+
+fn vm(lab: &Topology) -> String {
+    lab.vm_home.to_string()
+}
+
+fn care_of(lab: &Topology) -> String {
+    lab.care_of.to_string()
+}
+
+/// Stop homeward and check that every UMEM frame was accounted for.
+#[track_caller]
+fn stop_clean(ha: HomeAgent) {
+    let t = ha.stop();
+    assert!(t.success, "homeward did not exit cleanly:\n{}", t.stderr);
+    let unaccounted = t.unaccounted();
+    assert!(!unaccounted.is_empty(), "no teardown accounting:\n{}", t.stderr);
+    assert!(
+        unaccounted.iter().all(|u| *u == 0),
+        "leaked frames: {unaccounted:?}\n{}",
+        t.stderr
+    );
+}
+
+#[test]
+fn bind_takes_over_the_address_with_proxy_and_gratuitous_arp() {
+    require_root();
+    let lab = Topology::home_agent_lab("arp");
+    let ha = HomeAgent::start(&lab, &[]);
+    let cap = Capture::start(&lab.client, &lab.client_lan.name, "arp");
+    ha.bind(&vm(&lab), &care_of(&lab), &["--vm-mac", VM_MAC]);
+    std::thread::sleep(Duration::from_millis(1200));
+    // The client's kernel now resolves the VM address by ARP.
+    lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 32));
+    std::thread::sleep(Duration::from_millis(300));
+    let neighbor = lab.client.neighbor(lab.vm_home).expect("neighbour entry");
+    assert_eq!(neighbor.lladdr, Some(lab.ha_lan.mac), "{neighbor:?}");
+    let arps = decode_arp(&cap.stop());
+
+    let announcements: Vec<_> = arps
+        .iter()
+        .filter(|a| a.is_gratuitous() && a.psrc == lab.vm_home)
+        .collect();
+    assert_eq!(announcements.len(), 5, "{arps:#?}");
+    for a in &announcements {
+        assert_eq!(a.hwsrc, lab.ha_lan.mac);
+        assert_eq!(a.eth_src, Some(lab.ha_lan.mac));
+        assert_eq!(a.eth_dst, Some(Mac::BROADCAST));
+    }
+    // QEMU's announce-self schedule: 50, 150, 250, 350 ms apart. The box
+    // may stall a vCPU for tens of ms, so allow some lateness, never earliness.
+    let gaps: Vec<f64> = announcements
+        .windows(2)
+        .map(|w| (w[1].time - w[0].time) * 1000.0)
+        .collect();
+    for (gap, want) in gaps.iter().zip([50.0, 150.0, 250.0, 350.0]) {
+        assert!(
+            *gap > want - 15.0 && *gap < want + 80.0,
+            "announcement gaps {gaps:?}"
+        );
+    }
+    // The proxy reply to the client's request came from the data path.
+    let reply = arps
+        .iter()
+        .find(|a| a.is_reply() && a.psrc == lab.vm_home)
+        .expect("a proxy ARP reply");
+    assert_eq!(reply.hwsrc, lab.ha_lan.mac);
+    assert_eq!(reply.pdst, lab.client_lan.addr);
+    assert_eq!(reply.hwdst, lab.client_lan.mac);
+    let stats = ha.stats();
+    assert!(stats["counters"]["arp_replies"].as_u64().unwrap() >= 1);
+    assert_eq!(stats["counters"]["announcements"].as_u64(), Some(5));
+    stop_clean(ha);
+}
+
+#[test]
+fn udp_and_tcp_arrive_encapsulated_per_rfc2003() {
+    require_root();
+    let lab = Topology::home_agent_lab("enc");
+    let ha = HomeAgent::start(&lab, &[]);
+    ha.bind(&vm(&lab), &care_of(&lab), &[]);
+    let cap = Capture::start(&lab.foreign, &lab.foreign_wan.name, "ip proto 4");
+    let payload = payload_pattern(200, 7);
+    let udp = lab.client.send_udp(
+        &UdpSend::new(lab.vm_home, 4000, 0)
+            .payload(payload.clone())
+            .sport(5000)
+            .df(true),
+    );
+    assert_eq!(udp.sent(), 1, "{udp:?}");
+    let tcp = lab.client.tcp_connect(
+        lab.vm_home,
+        8080,
+        5001,
+        b"hello",
+        Duration::from_millis(1500),
+    );
+    let _ = tcp;
+    let packets = decode_ipip(&cap.stop()).packets;
+
+    let udp_pkt = packets
+        .iter()
+        .find(|p| p.inner.as_ref().is_some_and(|i| i.proto == 17))
+        .unwrap_or_else(|| panic!("no encapsulated UDP: {packets:#?}"));
+    let syn = packets
+        .iter()
+        .find(|p| p.inner.as_ref().is_some_and(|i| i.proto == 6))
+        .unwrap_or_else(|| panic!("no encapsulated TCP: {packets:#?}"));
+    for p in [udp_pkt, syn] {
+        let (o, i) = (&p.outer, p.inner.as_ref().unwrap());
+        assert_eq!(o.src, Ipv4Addr::new(198, 51, 100, 1), "outer source = HA");
+        assert_eq!(o.dst, lab.care_of, "outer destination = care-of");
+        assert_eq!(o.proto, 4);
+        assert_eq!(o.ihl, 5);
+        assert_eq!(o.ttl, 64, "default outer TTL");
+        assert_eq!(o.tos, i.tos, "TOS copied");
+        assert_eq!(o.df, i.df, "DF copied");
+        assert!(!o.mf && o.frag == 0);
+        assert_eq!(o.len as usize, 20 + i.len as usize);
+        assert_eq!(o.checksum_valid, Some(true), "outer checksum");
+        assert_eq!(i.src, lab.client_lan.addr);
+        assert_eq!(i.dst, lab.vm_home);
+        assert_eq!(i.ttl, 63, "inner TTL decremented once");
+        assert_eq!(i.checksum_valid, Some(true), "inner checksum after TTL update");
+        assert_eq!(p.eth_src, Some(lab.ha_wan.mac));
+        assert_eq!(p.eth_dst, Some(lab.foreign_wan.mac));
+    }
+    let i = udp_pkt.inner.as_ref().unwrap();
+    let l4 = i.l4.as_ref().unwrap();
+    assert_eq!(i.ports(), Some((5000, 4000)));
+    assert_eq!(l4.checksum_valid, Some(true));
+    assert_eq!(l4.payload(), payload, "inner payload intact");
+    assert!(udp_pkt.outer.df, "DF set by the sender is copied");
+    let s = syn.inner.as_ref().unwrap();
+    assert_eq!(s.ports(), Some((5001, 8080)));
+    assert_eq!(s.l4.as_ref().unwrap().tcp_flags.as_deref(), Some("S"));
+    assert_eq!(s.l4.as_ref().unwrap().checksum_valid, Some(true));
+    // Outer Identification is fresh per packet.
+    let ids: std::collections::HashSet<u16> = packets.iter().map(|p| p.outer.id).collect();
+    assert_eq!(ids.len(), packets.len(), "outer IDs repeat");
+
+    let stats = ha.stats();
+    let b = &stats["bindings"][0];
+    assert_eq!(b["vm"], vm(&lab));
+    assert_eq!(b["packets"].as_u64(), Some(packets.len() as u64), "{stats}");
+    assert!(b["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        stats["counters"]["encapsulated"].as_u64(),
+        Some(packets.len() as u64)
+    );
+    assert_eq!(stats["drops"]["no_next_hop"].as_u64(), Some(0));
+    stop_clean(ha);
+}
+
+#[test]
+fn path_mtu_is_learned_and_non_df_datagrams_are_fragmented() {
+    require_root();
+    let lab = Topology::home_agent_lab("mtu");
+    let ha = HomeAgent::start(&lab, &["--tunnel-mtu", "1400"]);
+    ha.bind(&vm(&lab), &care_of(&lab), &[]);
+    let cap = Capture::start(&lab.foreign, &lab.foreign_wan.name, "ip proto 4");
+
+    // DF set, 1472 bytes of UDP payload: a full 1500-byte datagram, too big
+    // for the tunnel (1400 - 20 = 1380 for the inner datagram).
+    let first = lab
+        .client
+        .send_udp(&UdpSend::new(lab.vm_home, 4000, 1472).df(true).sport(6000));
+    assert_eq!(first.sent(), 1, "{first:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let route = lab.client.route_get(lab.vm_home);
+    assert_eq!(route.mtu, Some(1380), "client learned the path MTU: {}", route.raw);
+    // And the kernel now refuses DF datagrams above it.
+    let again = lab
+        .client
+        .send_udp(&UdpSend::new(lab.vm_home, 4000, 1472).df(true).sport(6000));
+    assert_eq!(again.errors(), vec!["EMSGSIZE"]);
+
+    // DF clear, 3000 bytes: fragmented by the client (link MTU 1500), each
+    // fragment again by homeward to fit the tunnel; the pieces reassemble.
+    let payload = payload_pattern(3000, 3);
+    let sent = lab.client.send_udp(
+        &UdpSend::new(lab.vm_home, 4001, 0)
+            .payload(payload.clone())
+            .df(false)
+            .sport(6001),
+    );
+    assert_eq!(sent.sent(), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let capture = decode_ipip(&cap.stop());
+    for p in &capture.packets {
+        assert!(p.outer.len <= 1400, "outer datagram over the tunnel MTU: {p:?}");
+        assert_eq!(p.outer.checksum_valid, Some(true));
+        let inner = p.inner.as_ref().expect("inner header");
+        assert_eq!(inner.checksum_valid, Some(true), "{inner:?}");
+    }
+    assert!(capture.packets.len() >= 3, "{:#?}", capture.packets);
+    let whole = capture
+        .inner_datagrams
+        .iter()
+        .find(|d| d.ip.ports() == Some((6001, 4001)))
+        .unwrap_or_else(|| panic!("not reassembled: {:#?}", capture.inner_datagrams));
+    assert!(whole.complete);
+    assert!(whole.fragments >= 3);
+    assert_eq!(whole.ip.len as usize, 20 + 8 + 3000);
+    assert_eq!(whole.ip.l4.as_ref().unwrap().payload(), payload);
+    assert_eq!(whole.ip.l4.as_ref().unwrap().checksum_valid, Some(true));
+
+    let stats = ha.stats();
+    assert!(stats["drops"]["frag_needed"].as_u64().unwrap() >= 1);
+    assert!(stats["counters"]["icmp_sent"].as_u64().unwrap() >= 1);
+    assert!(stats["counters"]["fragmented"].as_u64().unwrap() >= 2);
+    stop_clean(ha);
+}
+
+#[test]
+fn unbound_and_own_traffic_still_go_through_the_kernel() {
+    require_root();
+    let lab = Topology::home_agent_lab("pass");
+    let ha = HomeAgent::start(&lab, &[]);
+    ha.bind(&vm(&lab), &care_of(&lab), &[]);
+    // Routed through the HA by its kernel, in both directions.
+    assert!(lab.client.ping_ok(lab.foreign_wan.addr, 2));
+    // The HA's own addresses and traffic.
+    assert!(lab.client.ping_ok(lab.ha_lan.addr, 2));
+    assert!(lab.ha.ping_ok(lab.client_lan.addr, 2));
+    assert!(lab.ha.ping_ok(lab.care_of, 2));
+    let stats = ha.stats();
+    assert!(stats["steering"]["passed"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["counters"]["encapsulated"].as_u64(), Some(0));
+    stop_clean(ha);
+}
+
+#[test]
+fn unbind_stops_interception_and_gives_the_address_back() {
+    require_root();
+    let lab = Topology::home_agent_lab("unb");
+    let ha = HomeAgent::start(&lab, &[]);
+    ha.bind(&vm(&lab), &care_of(&lab), &["--vm-mac", VM_MAC]);
+    lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 16));
+    let encapsulated = ha
+        .wait_stats(Duration::from_secs(3), |s| {
+            s["counters"]["encapsulated"].as_u64() == Some(1)
+        })["counters"]["encapsulated"]
+        .as_u64();
+    assert_eq!(encapsulated, Some(1));
+    std::thread::sleep(Duration::from_millis(900)); // let the bind announcements finish
+
+    let arp_cap = Capture::start(&lab.client, &lab.client_lan.name, "arp");
+    let wan_cap = Capture::start(&lab.foreign, &lab.foreign_wan.name, "ip proto 4");
+    ha.unbind(&vm(&lab));
+    std::thread::sleep(Duration::from_millis(1000));
+    // The give-back announcements taught the client the VM's own MAC.
+    let neighbor = lab.client.neighbor(lab.vm_home).expect("neighbour entry");
+    assert_eq!(neighbor.lladdr, Some(VM_MAC.parse().unwrap()), "{neighbor:?}");
+    lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 16));
+    std::thread::sleep(Duration::from_millis(200));
+    let arps = decode_arp(&arp_cap.stop());
+    let give_back: Vec<_> = arps
+        .iter()
+        .filter(|a| a.is_gratuitous() && a.psrc == lab.vm_home)
+        .collect();
+    assert_eq!(give_back.len(), 5, "{arps:#?}");
+    assert!(give_back
+        .iter()
+        .all(|a| a.hwsrc.to_string() == VM_MAC && a.eth_src == Some(VM_MAC.parse().unwrap())));
+    assert!(decode_ipip(&wan_cap.stop()).packets.is_empty());
+
+    let stats = ha.stats();
+    assert_eq!(stats["counters"]["encapsulated"].as_u64(), Some(1));
+    assert_eq!(stats["bindings"].as_array().map(Vec::len), Some(0));
+    assert_eq!(ha.cli(&["list", "--json"]).trim(), "[]");
+    stop_clean(ha);
+}
+
+#[test]
+fn lifetimes_expire() {
+    require_root();
+    let lab = Topology::home_agent_lab("life");
+    let ha = HomeAgent::start(&lab, &[]);
+    ha.bind(&vm(&lab), &care_of(&lab), &["--lifetime", "1"]);
+    let listed: serde_json::Value = serde_json::from_str(&ha.cli(&["list", "--json"])).unwrap();
+    assert_eq!(listed[0]["vm"], vm(&lab));
+    let stats = ha.wait_stats(Duration::from_secs(4), |s| {
+        s["bindings"].as_array().is_some_and(|b| b.is_empty())
+    });
+    assert_eq!(stats["bindings"].as_array().map(Vec::len), Some(0), "{stats}");
+    stop_clean(ha);
+}
