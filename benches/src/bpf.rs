@@ -17,7 +17,8 @@ use crate::sys::{self, Map, Object};
 struct Aligned<T: ?Sized>(T);
 
 static GEN_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/gen.bpf.o")));
-static SINK_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/sink.bpf.o")));
+static SINK_OBJ: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/sink.bpf.o")));
 static REDIRECT_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(
     env!("OUT_DIR"),
     "/baseline_redirect.bpf.o"
@@ -74,7 +75,8 @@ fn prog_fd(obj: &Object, name: &str) -> Result<RawFd> {
 fn percpu_u64s(map: &Map<'_>, key: &[u8], ncpus: usize) -> Result<Vec<u64>> {
     let size = map.value_size();
     let mut buf = vec![0u8; size.next_multiple_of(8) * ncpus];
-    map.lookup(key, &mut buf).map_err(ctx("per-CPU map lookup"))?;
+    map.lookup(key, &mut buf)
+        .map_err(ctx("per-CPU map lookup"))?;
     let fields = size / 8;
     let mut sum = vec![0u64; fields];
     for cpu in buf.chunks_exact(size.next_multiple_of(8)) {
@@ -186,7 +188,14 @@ impl Generator {
     /// (in the calling thread's namespace), queue `rx_queue`, with frames of
     /// `frame.len()` bytes initialised from `frame`. Returns the kernel's
     /// average ns per run.
-    pub fn run(&self, frame: &[u8], ifindex: u32, rx_queue: u32, repeat: u32, batch: u32) -> io::Result<u32> {
+    pub fn run(
+        &self,
+        frame: &[u8],
+        ifindex: u32,
+        rx_queue: u32,
+        repeat: u32,
+        batch: u32,
+    ) -> io::Result<u32> {
         sys::prog_run_live(self.prog, frame, ifindex, rx_queue, repeat, batch)
     }
 }
@@ -265,7 +274,10 @@ impl Sink {
     pub fn histogram(&self) -> Result<Vec<u64>> {
         let hist = map(&self.obj, "sink_hist")?;
         (0..N_BUCKETS as u32)
-            .map(|i| percpu_u64s(&hist, &i.to_ne_bytes(), self.ncpus).map(|v| v.first().copied().unwrap_or(0)))
+            .map(|i| {
+                percpu_u64s(&hist, &i.to_ne_bytes(), self.ncpus)
+                    .map(|v| v.first().copied().unwrap_or(0))
+            })
             .collect()
     }
 }
@@ -303,7 +315,13 @@ impl Baseline {
     /// Next hop and own addresses, and the egress interface `tx_ifindex`
     /// (resolved in the calling thread's network namespace: call it in the
     /// home agent's).
-    pub fn configure(&self, dst_mac: [u8; 6], src_mac: [u8; 6], ha_addr: Ipv4Addr, tx_ifindex: u32) -> Result<()> {
+    pub fn configure(
+        &self,
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        ha_addr: Ipv4Addr,
+        tx_ifindex: u32,
+    ) -> Result<()> {
         let mut v = [0u8; 16];
         v[..6].copy_from_slice(&dst_mac);
         v[6..12].copy_from_slice(&src_mac);
@@ -330,12 +348,14 @@ impl Baseline {
 /// Attaches `prog_fd` in native (driver) mode to `ifindex` of the calling
 /// thread's network namespace.
 pub fn attach_native(ifindex: u32, prog_fd: RawFd) -> Result<()> {
-    sys::xdp_attach(ifindex, prog_fd, sys::XDP_FLAGS_DRV_MODE).map_err(ctx(format!("attaching XDP to ifindex {ifindex}")))
+    sys::xdp_attach(ifindex, prog_fd, sys::XDP_FLAGS_DRV_MODE)
+        .map_err(ctx(format!("attaching XDP to ifindex {ifindex}")))
 }
 
 /// Removes the native XDP program of `ifindex`.
 pub fn detach_native(ifindex: u32) -> Result<()> {
-    sys::xdp_detach(ifindex, sys::XDP_FLAGS_DRV_MODE).map_err(ctx(format!("detaching XDP from ifindex {ifindex}")))
+    sys::xdp_detach(ifindex, sys::XDP_FLAGS_DRV_MODE)
+        .map_err(ctx(format!("detaching XDP from ifindex {ifindex}")))
 }
 
 #[cfg(test)]

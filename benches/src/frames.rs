@@ -155,7 +155,10 @@ mod tests {
     #[test]
     fn checksum_of_rfc1071_example_and_odd_length() {
         // RFC 1071 §3: the sum of 0001 f203 f4f5 f6f7 is ddf2, complement 220d.
-        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+        assert_eq!(
+            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0x220d
+        );
         assert_eq!(checksum(&[0xff]), !0xff00);
     }
 
@@ -172,8 +175,14 @@ mod tests {
         for len in [60, 508, 1496] {
             let f = udp_frame([2; 6], [4; 6], &spec(), 1000, 9, len);
             assert_eq!(f.len(), len);
-            assert_eq!(usize::from(u16::from_be_bytes([f[16], f[17]])), len - ETH_LEN);
-            assert_eq!(usize::from(u16::from_be_bytes([f[38], f[39]])), len - ETH_LEN - IPV4_LEN);
+            assert_eq!(
+                usize::from(u16::from_be_bytes([f[16], f[17]])),
+                len - ETH_LEN
+            );
+            assert_eq!(
+                usize::from(u16::from_be_bytes([f[38], f[39]])),
+                len - ETH_LEN - IPV4_LEN
+            );
             assert_eq!(checksum(&f[ETH_LEN..ETH_LEN + IPV4_LEN]), 0);
         }
     }
@@ -185,7 +194,11 @@ mod tests {
         assert_eq!(f.len(), 80);
         assert_eq!(f[ETH_LEN + 9], 4);
         assert_eq!(checksum(&f[ETH_LEN..ETH_LEN + IPV4_LEN]), 0);
-        let a = arp_request([2; 6], Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 10));
+        let a = arp_request(
+            [2; 6],
+            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(192, 0, 2, 10),
+        );
         assert_eq!(a.len(), 60);
         assert_eq!(&a[12..14], &[8, 6]);
         assert_eq!(&a[38..42], &[192, 0, 2, 10]);

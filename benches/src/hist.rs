@@ -79,7 +79,10 @@ mod tests {
         for v in [17u64, 1000, 12_345, 1_000_000, 987_654_321] {
             let (lo, hi) = bucket_range(bucket_of(v));
             assert!(lo <= v && v < hi);
-            assert!((hi - lo) as f64 / lo as f64 <= 1.0 / 16.0 + 1e-9, "{v}: {lo}..{hi}");
+            assert!(
+                (hi - lo) as f64 / lo as f64 <= 1.0 / 16.0 + 1e-9,
+                "{v}: {lo}..{hi}"
+            );
         }
     }
 

@@ -52,12 +52,18 @@ static ROOT_NS: OnceLock<io::Result<File>> = OnceLock::new();
 pub fn init_root_ns() -> io::Result<()> {
     match ROOT_NS.get_or_init(|| File::open("/proc/thread-self/ns/net")) {
         Ok(_) => Ok(()),
-        Err(e) => Err(io::Error::new(e.kind(), format!("opening our network namespace: {e}"))),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("opening our network namespace: {e}"),
+        )),
     }
 }
 
 fn mac_str(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Runs a command, failing with its stderr.
@@ -115,7 +121,9 @@ impl Netns {
 
     /// `ip netns exec <ns> program args...` (output captured).
     pub fn exec(&self, program: &str, args: &[&str]) -> io::Result<String> {
-        run(Command::new("ip").args(["netns", "exec", &self.name, program]).args(args))
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args))
     }
 
     /// A command that runs `program` in this namespace (for spawning).
@@ -129,7 +137,9 @@ impl Netns {
     /// (then back to the namespace [`init_root_ns`] recorded).
     pub fn enter(&self) -> io::Result<NsGuard> {
         sys::setns_net(&self.file)?;
-        Ok(NsGuard { _not_send: PhantomData })
+        Ok(NsGuard {
+            _not_send: PhantomData,
+        })
     }
 
     /// Moves the calling thread into this namespace for good (threads that
@@ -262,8 +272,28 @@ impl Lab {
         // The sink runs an XDP program that drops everything, ARP included:
         // the home agent's kernel (and homeward's neighbour thread) must
         // know its MAC statically. Same for the generator's view of lan0.
-        ha.ip(&["neigh", "replace", &CARE_OF.to_string(), "lladdr", &mac_str(SINK_MAC), "dev", "wan0", "nud", "permanent"])?;
-        ha.ip(&["neigh", "replace", &GEN_ADDR.to_string(), "lladdr", &mac_str(GEN_MAC), "dev", "lan0", "nud", "permanent"])?;
+        ha.ip(&[
+            "neigh",
+            "replace",
+            &CARE_OF.to_string(),
+            "lladdr",
+            &mac_str(SINK_MAC),
+            "dev",
+            "wan0",
+            "nud",
+            "permanent",
+        ])?;
+        ha.ip(&[
+            "neigh",
+            "replace",
+            &GEN_ADDR.to_string(),
+            "lladdr",
+            &mac_str(GEN_MAC),
+            "dev",
+            "lan0",
+            "nud",
+            "permanent",
+        ])?;
         let iface = |ns: &Netns, name: &'static str, mac| -> io::Result<Iface> {
             Ok(Iface {
                 name,
@@ -283,16 +313,44 @@ impl Lab {
         })
     }
 
-    /// Sets threaded NAPI (`/sys/class/net/<dev>/threaded`) on `dev` of
-    /// `ns` (sysfs shows a namespace's devices only from inside it).
-    pub fn set_threaded(ns: &Netns, dev: &str, on: bool) -> io::Result<()> {
-        let v = if on { "1" } else { "0" };
-        ns.exec("sh", &["-c", &format!("echo {v} > /sys/class/net/{dev}/threaded")])
-            .map(drop)
+    /// Turns on threaded NAPI (`/sys/class/net/<dev>/threaded`) for `dev`
+    /// of `ns` and returns the pids of its NAPI kthreads (`napi/<dev>-<id>`).
+    /// veth has NAPI instances only with XDP or GRO on, so GRO is turned on
+    /// first (it does not touch XDP-redirected frames), which also keeps
+    /// the instances, and their threads, across XDP attach and detach.
+    pub fn set_threaded(ns: &Netns, dev: &str) -> io::Result<Vec<u32>> {
+        let before = napi_threads(dev);
+        ns.exec("ethtool", &["-K", dev, "gro", "on"])?;
+        ns.exec("sh", &["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")])?;
+        // The names are not unique across namespaces: ours are the new ones.
+        let mut after = napi_threads(dev);
+        after.retain(|p| !before.contains(p));
+        Ok(after)
     }
 
     /// `ethtool -S`-style counters of `dev` in `ns`, for diagnostics.
     pub fn link_stats(ns: &Netns, dev: &str) -> String {
-        ns.ip(&["-s", "link", "show", "dev", dev]).unwrap_or_default()
+        ns.ip(&["-s", "link", "show", "dev", dev])
+            .unwrap_or_default()
     }
+}
+
+/// Pids of the kthreads called `napi/<dev>-*`.
+fn napi_threads(dev: &str) -> Vec<u32> {
+    let prefix = format!("napi/{dev}-");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(&prefix))
+        })
+        .collect()
+}
+
+/// Pins thread or process `pid` to `cpu` (`taskset -pc`).
+pub fn pin_pid(pid: u32, cpu: usize) -> io::Result<()> {
+    run(Command::new("taskset").args(["-pc", &cpu.to_string(), &pid.to_string()])).map(drop)
 }

@@ -45,7 +45,14 @@ impl CpuTimes {
     pub fn steal_since(&self, later: &CpuTimes) -> (u64, f64) {
         let steal = later.steal.saturating_sub(self.steal);
         let total = later.total.saturating_sub(self.total);
-        (steal, if total == 0 { 0.0 } else { steal as f64 / total as f64 })
+        (
+            steal,
+            if total == 0 {
+                0.0
+            } else {
+                steal as f64 / total as f64
+            },
+        )
     }
 }
 

@@ -68,7 +68,9 @@ impl Object {
         opts.object_name = name.as_ptr();
         // SAFETY: `bytes` is a 'static ELF image that libbpf only reads;
         // `opts` and `name` are valid for the call (libbpf copies the name).
-        let ptr = unsafe { sys::bpf_object__open_mem(bytes.as_ptr().cast::<c_void>(), bytes.len(), &opts) };
+        let ptr = unsafe {
+            sys::bpf_object__open_mem(bytes.as_ptr().cast::<c_void>(), bytes.len(), &opts)
+        };
         let ptr = NonNull::new(ptr).ok_or_else(io::Error::last_os_error)?;
         let obj = Object { ptr };
         // SAFETY: `obj.ptr` is a valid, opened, not yet loaded object.
@@ -84,9 +86,13 @@ impl Object {
         let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: `ptr` is a valid loaded object, `cname` a NUL-terminated
         // string alive for the call.
-        let prog = unsafe { sys::bpf_object__find_program_by_name(self.ptr.as_ptr(), cname.as_ptr()) };
+        let prog =
+            unsafe { sys::bpf_object__find_program_by_name(self.ptr.as_ptr(), cname.as_ptr()) };
         if prog.is_null() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no BPF program {name}")));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no BPF program {name}"),
+            ));
         }
         // SAFETY: `prog` belongs to the live object.
         let fd = unsafe { sys::bpf_program__fd(prog) };
@@ -103,7 +109,10 @@ impl Object {
         let map = unsafe { sys::bpf_object__find_map_by_name(self.ptr.as_ptr(), cname.as_ptr()) };
         match NonNull::new(map) {
             Some(ptr) => Ok(Map { ptr, _obj: self }),
-            None => Err(io::Error::new(io::ErrorKind::NotFound, format!("no BPF map {name}"))),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no BPF map {name}"),
+            )),
         }
     }
 }

@@ -20,7 +20,12 @@ pub struct Tables {
 impl Tables {
     /// Tables for a home agent whose LAN and WAN interfaces are these
     /// (the same index twice when one-armed).
-    pub fn new(bindings: TableReader, neigh: NeighReader, lan_ifindex: u32, wan_ifindex: u32) -> Self {
+    pub fn new(
+        bindings: TableReader,
+        neigh: NeighReader,
+        lan_ifindex: u32,
+        wan_ifindex: u32,
+    ) -> Self {
         Tables {
             bindings,
             neigh,

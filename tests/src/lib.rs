@@ -36,8 +36,8 @@ pub use link::{veth_pair, Iface, Mac, VethEnd};
 pub use netns::{netns_exists, require_root, Netns, NsChild};
 pub use topology::{LabOptions, LanHost, Topology};
 pub use traffic::{
-    payload_pattern, FloodReport, Neighbor, Received, Route, SendResult, TcpAttempt, UdpListener, UdpSend,
-    UdpSendReport,
+    payload_pattern, FloodReport, Neighbor, Received, Route, SendResult, TcpAttempt, UdpListener,
+    UdpSend, UdpSendReport,
 };
 
 /// Environment variable that overrides where the `homeward` binary is.

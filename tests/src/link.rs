@@ -286,6 +286,21 @@ impl Netns {
         );
     }
 
+    /// Makes the kernel compute transport checksums itself when sending on
+    /// `dev` (`ethtool -K DEV tx off`). A veth otherwise hands frames on with
+    /// a partial checksum (offload), which no real wire carries: an XDP or
+    /// AF_XDP forwarder on the peer would pass it on unfinished.
+    #[track_caller]
+    pub fn full_checksums(&self, dev: &str) {
+        let out = self.exec(&["ethtool", "-K", dev, "tx", "off"]);
+        assert!(
+            out.status.success(),
+            "`ethtool -K {dev} tx off` in {} failed: {}",
+            self.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+
     /// Whether GRO is on for a device, from `ethtool -k`.
     #[track_caller]
     pub fn gro(&self, dev: &str) -> bool {

@@ -169,6 +169,10 @@ impl Topology {
         client.route_via("default", HA_LAN_ADDR);
         foreign.route_via(&format!("{HOME_NET}/24"), HA_WAN_ADDR);
         ha.sysctl("net.ipv4.ip_forward", "1");
+        // Hosts whose traffic the HA forwards from userspace send frames
+        // as a wire would carry them: checksums complete.
+        client.full_checksums(&client_lan.name);
+        foreign.full_checksums(&foreign_wan.name);
         if options.gro_on_ha_peers {
             lan.set_gro(&ha_port, true);
             foreign.set_gro(&foreign_wan.name, true);
@@ -263,6 +267,7 @@ impl Topology {
                 .mtu(self.options.lan_mtu),
         );
         self.lan.enslave(&port, &self.bridge);
+        ns.full_checksums(&iface.name);
         ns.route_via("default", HA_LAN_ADDR);
         LanHost { ns, iface, port }
     }

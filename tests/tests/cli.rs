@@ -17,7 +17,11 @@ fn homeward(args: &[&str]) -> Output {
 fn fails_with_one_line(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "succeeded: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "not one line: {stderr:?}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "not one line: {stderr:?}"
+    );
     assert!(stderr.contains(needle), "{stderr:?} lacks {needle:?}");
 }
 
@@ -48,7 +52,10 @@ fn bad_arguments_are_one_line() {
         &homeward(&["bind", "192.0.2.50", "198.51.100.2", "--vm-mac", "02:00"]),
         "bad MAC address",
     );
-    fails_with_one_line(&homeward(&["run", "--lan", "x"]), "missing setting: --address");
+    fails_with_one_line(
+        &homeward(&["run", "--lan", "x"]),
+        "missing setting: --address",
+    );
     fails_with_one_line(
         &homeward(&["run", "--lan", "x", "--address", "224.0.0.1"]),
         "cannot be a home agent address",
@@ -60,7 +67,11 @@ fn config_files_reject_unknown_keys() {
     let dir = std::env::temp_dir().join(format!("homeward-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "lan = \"lan0\"\naddress = \"198.51.100.1\"\nqueus = 2\n").unwrap();
+    std::fs::write(
+        &bad,
+        "lan = \"lan0\"\naddress = \"198.51.100.1\"\nqueus = 2\n",
+    )
+    .unwrap();
     let out = homeward(&["run", "--config", bad.to_str().unwrap()]);
     std::fs::remove_dir_all(&dir).unwrap();
     fails_with_one_line(&out, "unknown field `queus`");
@@ -74,12 +85,31 @@ fn unknown_interfaces_and_missing_privileges_are_named() {
     let sock = sock.to_str().unwrap();
     let bin = homeward_bin();
     let bin = bin.to_str().unwrap();
-    let out = ns.exec(&[bin, "run", "--lan", "nosuch0", "--address", "198.51.100.1", "--socket", sock]);
+    let out = ns.exec(&[
+        bin,
+        "run",
+        "--lan",
+        "nosuch0",
+        "--address",
+        "198.51.100.1",
+        "--socket",
+        sock,
+    ]);
     fails_with_one_line(&out, "no such interface: nosuch0");
     // An unprivileged user may neither run the daemon nor use its socket.
     let out = ns.exec(&[
-        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin, "run", "--lan", "lo",
-        "--address", "198.51.100.1", "--socket", sock,
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        bin,
+        "run",
+        "--lan",
+        "lo",
+        "--address",
+        "198.51.100.1",
+        "--socket",
+        sock,
     ]);
     fails_with_one_line(&out, "needs root");
 }
@@ -98,14 +128,28 @@ fn the_control_socket_is_root_only() {
     assert_eq!(mode.unwrap(), 0o600);
     let bin = homeward_bin();
     let out = lab.ha.exec(&[
-        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin.to_str().unwrap(), "list",
-        "--socket", sock.to_str().unwrap(),
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        bin.to_str().unwrap(),
+        "list",
+        "--socket",
+        sock.to_str().unwrap(),
     ]);
     fails_with_one_line(&out, "permission denied");
     // A second daemon on the same socket is refused.
     let out = lab.homeward_cli(&[
-        "run", "--lan", "lan0", "--address", "198.51.100.1", "--socket", sock.to_str().unwrap(),
+        "run",
+        "--lan",
+        "lan0",
+        "--address",
+        "198.51.100.1",
+        "--socket",
+        sock.to_str().unwrap(),
     ]);
     fails_with_one_line(&out, "already running");
-    assert!(child.stop_with("INT", std::time::Duration::from_secs(10)).success());
+    assert!(child
+        .stop_with("INT", std::time::Duration::from_secs(10))
+        .success());
 }

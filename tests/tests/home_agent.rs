@@ -27,7 +27,11 @@ fn stop_clean(ha: HomeAgent) {
     let t = ha.stop();
     assert!(t.success, "homeward did not exit cleanly:\n{}", t.stderr);
     let unaccounted = t.unaccounted();
-    assert!(!unaccounted.is_empty(), "no teardown accounting:\n{}", t.stderr);
+    assert!(
+        !unaccounted.is_empty(),
+        "no teardown accounting:\n{}",
+        t.stderr
+    );
     assert!(
         unaccounted.iter().all(|u| *u == 0),
         "leaked frames: {unaccounted:?}\n{}",
@@ -134,7 +138,11 @@ fn udp_and_tcp_arrive_encapsulated_per_rfc2003() {
         assert_eq!(i.src, lab.client_lan.addr);
         assert_eq!(i.dst, lab.vm_home);
         assert_eq!(i.ttl, 63, "inner TTL decremented once");
-        assert_eq!(i.checksum_valid, Some(true), "inner checksum after TTL update");
+        assert_eq!(
+            i.checksum_valid,
+            Some(true),
+            "inner checksum after TTL update"
+        );
         assert_eq!(p.eth_src, Some(lab.ha_wan.mac));
         assert_eq!(p.eth_dst, Some(lab.foreign_wan.mac));
     }
@@ -173,23 +181,10 @@ fn path_mtu_is_learned_and_non_df_datagrams_are_fragmented() {
     ha.bind(&vm(&lab), &care_of(&lab), &[]);
     let cap = Capture::start(&lab.foreign, &lab.foreign_wan.name, "ip proto 4");
 
-    // DF set, 1472 bytes of UDP payload: a full 1500-byte datagram, too big
-    // for the tunnel (1400 - 20 = 1380 for the inner datagram).
-    let first = lab
-        .client
-        .send_udp(&UdpSend::new(lab.vm_home, 4000, 1472).df(true).sport(6000));
-    assert_eq!(first.sent(), 1, "{first:?}");
-    std::thread::sleep(Duration::from_millis(300));
-    let route = lab.client.route_get(lab.vm_home);
-    assert_eq!(route.mtu, Some(1380), "client learned the path MTU: {}", route.raw);
-    // And the kernel now refuses DF datagrams above it.
-    let again = lab
-        .client
-        .send_udp(&UdpSend::new(lab.vm_home, 4000, 1472).df(true).sport(6000));
-    assert_eq!(again.errors(), vec!["EMSGSIZE"]);
-
-    // DF clear, 3000 bytes: fragmented by the client (link MTU 1500), each
-    // fragment again by homeward to fit the tunnel; the pieces reassemble.
+    // First (before the client learns a smaller path MTU, after which it
+    // would fragment to fit by itself): DF clear, 3000 bytes, fragmented by
+    // the client at its link MTU (1500), each fragment again by homeward to
+    // fit the tunnel; the pieces reassemble at the destination.
     let payload = payload_pattern(3000, 3);
     let sent = lab.client.send_udp(
         &UdpSend::new(lab.vm_home, 4001, 0)
@@ -201,7 +196,10 @@ fn path_mtu_is_learned_and_non_df_datagrams_are_fragmented() {
     std::thread::sleep(Duration::from_millis(200));
     let capture = decode_ipip(&cap.stop());
     for p in &capture.packets {
-        assert!(p.outer.len <= 1400, "outer datagram over the tunnel MTU: {p:?}");
+        assert!(
+            p.outer.len <= 1400,
+            "outer datagram over the tunnel MTU: {p:?}"
+        );
         assert_eq!(p.outer.checksum_valid, Some(true));
         let inner = p.inner.as_ref().expect("inner header");
         assert_eq!(inner.checksum_valid, Some(true), "{inner:?}");
@@ -217,6 +215,26 @@ fn path_mtu_is_learned_and_non_df_datagrams_are_fragmented() {
     assert_eq!(whole.ip.len as usize, 20 + 8 + 3000);
     assert_eq!(whole.ip.l4.as_ref().unwrap().payload(), payload);
     assert_eq!(whole.ip.l4.as_ref().unwrap().checksum_valid, Some(true));
+
+    // Then DF set, 1472 bytes of UDP payload: a full 1500-byte datagram, too big
+    // for the tunnel (1400 - 20 = 1380 for the inner datagram).
+    let first = lab
+        .client
+        .send_udp(&UdpSend::new(lab.vm_home, 4000, 1472).df(true).sport(6000));
+    assert_eq!(first.sent(), 1, "{first:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let route = lab.client.route_get(lab.vm_home);
+    assert_eq!(
+        route.mtu,
+        Some(1380),
+        "client learned the path MTU: {}",
+        route.raw
+    );
+    // And the kernel now refuses DF datagrams above it.
+    let again = lab
+        .client
+        .send_udp(&UdpSend::new(lab.vm_home, 4000, 1472).df(true).sport(6000));
+    assert_eq!(again.errors(), vec!["EMSGSIZE"]);
 
     let stats = ha.stats();
     assert!(stats["drops"]["frag_needed"].as_u64().unwrap() >= 1);
@@ -250,10 +268,9 @@ fn unbind_stops_interception_and_gives_the_address_back() {
     let ha = HomeAgent::start(&lab, &[]);
     ha.bind(&vm(&lab), &care_of(&lab), &["--vm-mac", VM_MAC]);
     lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 16));
-    let encapsulated = ha
-        .wait_stats(Duration::from_secs(3), |s| {
-            s["counters"]["encapsulated"].as_u64() == Some(1)
-        })["counters"]["encapsulated"]
+    let encapsulated = ha.wait_stats(Duration::from_secs(3), |s| {
+        s["counters"]["encapsulated"].as_u64() == Some(1)
+    })["counters"]["encapsulated"]
         .as_u64();
     assert_eq!(encapsulated, Some(1));
     std::thread::sleep(Duration::from_millis(900)); // let the bind announcements finish
@@ -264,7 +281,11 @@ fn unbind_stops_interception_and_gives_the_address_back() {
     std::thread::sleep(Duration::from_millis(1000));
     // The give-back announcements taught the client the VM's own MAC.
     let neighbor = lab.client.neighbor(lab.vm_home).expect("neighbour entry");
-    assert_eq!(neighbor.lladdr, Some(VM_MAC.parse().unwrap()), "{neighbor:?}");
+    assert_eq!(
+        neighbor.lladdr,
+        Some(VM_MAC.parse().unwrap()),
+        "{neighbor:?}"
+    );
     lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 16));
     std::thread::sleep(Duration::from_millis(200));
     let arps = decode_arp(&arp_cap.stop());
@@ -296,6 +317,10 @@ fn lifetimes_expire() {
     let stats = ha.wait_stats(Duration::from_secs(4), |s| {
         s["bindings"].as_array().is_some_and(|b| b.is_empty())
     });
-    assert_eq!(stats["bindings"].as_array().map(Vec::len), Some(0), "{stats}");
+    assert_eq!(
+        stats["bindings"].as_array().map(Vec::len),
+        Some(0),
+        "{stats}"
+    );
     stop_clean(ha);
 }

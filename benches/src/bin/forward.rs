@@ -246,8 +246,14 @@ fn run(args: &Args) -> Result<()> {
         eprintln!("== {queues} queue(s): building the lab");
         let lab = Lab::new(queues, args.wan_mtu)?;
         if args.threaded_napi {
-            for q in [(&lab.ha, "lan0"), (&lab.sink, "sink0")] {
-                Lab::set_threaded(q.0, q.1, true)?;
+            // The home agent's receive work on the last CPU, the sink's with
+            // the generator on the first (1 queue: the generator is on CPU 0).
+            let last = ncpus.saturating_sub(1);
+            for pid in Lab::set_threaded(&lab.ha, "lan0")? {
+                netns::pin_pid(pid, last)?;
+            }
+            for pid in Lab::set_threaded(&lab.sink, "sink0")? {
+                netns::pin_pid(pid, 0)?;
             }
         }
         {
@@ -292,11 +298,20 @@ fn run(args: &Args) -> Result<()> {
                 continue;
             }
             eprintln!("== {queues} queue(s): {}", variant.label());
-            let dut = match Dut::start(variant, &lab, &redirect, &ipip, &homeward, &scratch.0, args.wan_mtu) {
+            let dut = match Dut::start(
+                variant,
+                &lab,
+                &redirect,
+                &ipip,
+                &homeward,
+                &scratch.0,
+                args.wan_mtu,
+            ) {
                 Ok(d) => d,
                 Err(e) if variant == Variant::A => {
                     eprintln!("   homeward did not start: {e}");
-                    out.notes.push(format!("{queues} queue(s): homeward did not start: {e}"));
+                    out.notes
+                        .push(format!("{queues} queue(s): homeward did not start: {e}"));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -330,13 +345,18 @@ fn run(args: &Args) -> Result<()> {
                             }
                             let rate = (sat * frac) as u64;
                             let t = env.trial(64, Some(rate), true)?;
-                            eprintln!("   latency at {:.0} % ({rate} pps): {}", frac * 100.0, t.brief());
+                            eprintln!(
+                                "   latency at {:.0} % ({rate} pps): {}",
+                                frac * 100.0,
+                                t.brief()
+                            );
                             out.latency.push((variant, frac, rate, t));
                         }
                     }
-                    _ => out
-                        .notes
-                        .push(format!("{}: no 64-byte saturation rate, latency skipped", variant.label())),
+                    _ => out.notes.push(format!(
+                        "{}: no 64-byte saturation rate, latency skipped",
+                        variant.label()
+                    )),
                 }
             }
             let status = dut.stop()?;
@@ -346,17 +366,30 @@ fn run(args: &Args) -> Result<()> {
         }
         // Drift check: the ceiling again at the end of this lab's run.
         if args.variants.contains(&Variant::B) && !stopped() {
-            let dut = Dut::start(Variant::B, &lab, &redirect, &ipip, &homeward, &scratch.0, args.wan_mtu)?;
+            let dut = Dut::start(
+                Variant::B,
+                &lab,
+                &redirect,
+                &ipip,
+                &homeward,
+                &scratch.0,
+                args.wan_mtu,
+            )?;
             let t = env.trial(args.sizes.first().copied().unwrap_or(64), None, false)?;
             eprintln!("   (b) again (drift check): {}", t.brief());
-            out.drift.push((queues, args.sizes.first().copied().unwrap_or(64), t));
+            out.drift
+                .push((queues, args.sizes.first().copied().unwrap_or(64), t));
             dut.stop()?;
         }
         eprintln!("== {queues} queue(s): removing the lab");
         drop(lab);
     }
     let (steal, frac) = steal0.steal_since(&CpuTimes::now());
-    writeln!(out.head, "steal over the whole run: {steal} ticks ({:.2} % of CPU time)", frac * 100.0)?;
+    writeln!(
+        out.head,
+        "steal over the whole run: {steal} ticks ({:.2} % of CPU time)",
+        frac * 100.0
+    )?;
 
     let text = out.render(args);
     println!("{text}");
@@ -447,7 +480,13 @@ impl Trial {
             self.steal_frac * 100.0
         );
         if let Some((p50, p99, p999, n)) = self.latency {
-            let _ = write!(s, ", latency p50 {} p99 {} p99.9 {} ({n} samples)", us(p50), us(p99), us(p999));
+            let _ = write!(
+                s,
+                ", latency p50 {} p99 {} p99.9 {} ({n} samples)",
+                us(p50),
+                us(p99),
+                us(p999)
+            );
         }
         if self.attempts > 1 {
             let _ = write!(s, " [{} attempts]", self.attempts);
@@ -469,7 +508,8 @@ impl Env<'_> {
         for attempt in 1..=self.args.attempts.max(1) {
             let mut t = self.trial_once(size, rate, latency)?;
             t.attempts = attempt;
-            let disturbed = t.steal_frac > self.args.max_steal || t.stall_ratio > self.args.stall_factor;
+            let disturbed =
+                t.steal_frac > self.args.max_steal || t.stall_ratio > self.args.stall_factor;
             if disturbed {
                 eprintln!(
                     "   (attempt {attempt}: steal {:.1} %, generator call rates differ {:.2}x: repeating)",
@@ -524,7 +564,11 @@ impl Env<'_> {
         self.gen.reset()?;
         self.sink.set_latency(latency)?;
         self.sink.reset()?;
-        let batch = if latency { self.args.latency_batch } else { self.args.batch };
+        let batch = if latency {
+            self.args.latency_batch
+        } else {
+            self.args.batch
+        };
 
         let before = CpuTimes::now();
         let threads = lab.queues as usize;
@@ -554,7 +598,9 @@ impl Env<'_> {
                             match gen.run(frame, ifindex, i as u32, repeat, batch) {
                                 Ok(_) => {}
                                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => break,
-                                Err(e) => return Err(format!("BPF_PROG_RUN (live frames): {e}").into()),
+                                Err(e) => {
+                                    return Err(format!("BPF_PROG_RUN (live frames): {e}").into())
+                                }
                             }
                             let dt = t0.elapsed().as_secs_f64();
                             let active = (dt - overhead).max(dt * 0.05);
@@ -564,7 +610,10 @@ impl Env<'_> {
                                 run.rates.push(rate);
                             }
                             if std::env::var_os("HWB_DEBUG").is_some() {
-                                eprintln!("  [gen {i}] repeat {repeat}: {dt:.3} s, {:.3} M iterations/s", rate / 1e6);
+                                eprintln!(
+                                    "  [gen {i}] repeat {repeat}: {dt:.3} s, {:.3} M iterations/s",
+                                    rate / 1e6
+                                );
                             }
                             let left = duration - start.elapsed().as_secs_f64();
                             if left < 0.1 || stopped() {
@@ -579,7 +628,10 @@ impl Env<'_> {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err("generator thread panicked".into())))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("generator thread panicked".into()))
+                })
                 .collect()
         });
         let mut secs: f64 = 0.0;
@@ -647,7 +699,11 @@ impl<'a> Dut<'a> {
     ) -> Result<Dut<'a>> {
         match variant {
             Variant::B | Variant::C => {
-                let b = if variant == Variant::B { redirect } else { ipip };
+                let b = if variant == Variant::B {
+                    redirect
+                } else {
+                    ipip
+                };
                 let _g = lab.ha.enter()?;
                 b.configure(lab.sink_if.mac, lab.wan.mac, netns::HA_ADDR, lab.wan.index)?;
                 bpf::attach_native(lab.lan.index, b.prog_fd)?;
@@ -655,7 +711,9 @@ impl<'a> Dut<'a> {
                 // (sink0) runs XDP, so they are not dropped.
                 Ok(Dut::Xdp { lab })
             }
-            Variant::A => Ok(Dut::Homeward(Box::new(HomewardProc::start(lab, homeward, scratch, wan_mtu)?))),
+            Variant::A => Ok(Dut::Homeward(Box::new(HomewardProc::start(
+                lab, homeward, scratch, wan_mtu,
+            )?))),
         }
     }
 
@@ -745,7 +803,9 @@ impl HomewardProc {
     }
 
     fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// `homeward <args> --socket S` (the client, from the root namespace:
@@ -765,7 +825,12 @@ impl HomewardProc {
             Ok(s) => {
                 let keep: Vec<&str> = s
                     .lines()
-                    .filter(|l| l.starts_with("drops") || l.starts_with("counters") || l.starts_with("steering") || l.starts_with("xdp"))
+                    .filter(|l| {
+                        l.starts_with("drops")
+                            || l.starts_with("counters")
+                            || l.starts_with("steering")
+                            || l.starts_with("xdp")
+                    })
                     .collect();
                 format!("\n      homeward stats: {}", keep.join(" | "))
             }
@@ -788,13 +853,19 @@ impl HomewardProc {
             match child.try_wait() {
                 Ok(Some(status)) if status.success() => return None,
                 Ok(Some(status)) => {
-                    return Some(format!("homeward exited with {status} at teardown: {}", self.log_tail()));
+                    return Some(format!(
+                        "homeward exited with {status} at teardown: {}",
+                        self.log_tail()
+                    ));
                 }
                 Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Some(format!("homeward did not stop within 5 s of SIGINT: killed ({})", self.log_tail()));
+                    return Some(format!(
+                        "homeward did not stop within 5 s of SIGINT: killed ({})",
+                        self.log_tail()
+                    ));
                 }
             }
         }
@@ -810,7 +881,13 @@ impl Drop for HomewardProc {
 }
 
 /// --external: the device under test and the sink; count until Ctrl-C.
-fn external(args: &Args, sink: &Sink, redirect: &Baseline, ipip: &Baseline, scratch: &Path) -> Result<()> {
+fn external(
+    args: &Args,
+    sink: &Sink,
+    redirect: &Baseline,
+    ipip: &Baseline,
+    scratch: &Path,
+) -> Result<()> {
     let queues = args.queues.first().copied().unwrap_or(1);
     let lab = Lab::new(queues, args.wan_mtu)?;
     {
@@ -818,8 +895,21 @@ fn external(args: &Args, sink: &Sink, redirect: &Baseline, ipip: &Baseline, scra
         bpf::attach_native(lab.sink_if.index, sink.count_fd)?;
     }
     sink.set_latency(false)?;
-    let dut = Dut::start(args.external_variant, &lab, redirect, ipip, &homeward_path(args), scratch, args.wan_mtu)?;
-    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let dut = Dut::start(
+        args.external_variant,
+        &lab,
+        redirect,
+        ipip,
+        &homeward_path(args),
+        scratch,
+        args.wan_mtu,
+    )?;
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
     println!(
         "device under test: {} in namespace {} (lan0 -> wan0), {queues} queue(s)",
         args.external_variant.label(),
@@ -839,7 +929,11 @@ fn external(args: &Args, sink: &Sink, redirect: &Baseline, ipip: &Baseline, scra
         netns::GEN_ADDR
     );
     println!("  (lan0 runs XDP, so frames gen0 transmits with XDP or as skbs both arrive.)");
-    println!("counting at {} in namespace {}; Ctrl-C to stop", lab.sink_if.name, lab.sink.name());
+    println!(
+        "counting at {} in namespace {}; Ctrl-C to stop",
+        lab.sink_if.name,
+        lab.sink.name()
+    );
     sink.reset()?;
     let mut last = sink.stats()?;
     let mut t = Instant::now();
@@ -898,10 +992,18 @@ impl Report {
         let _ = writeln!(s, "| queues | size B | generated Mpps | steal % |");
         let _ = writeln!(s, "|---:|---:|---:|---:|");
         for (q, size, t) in &self.generator {
-            let _ = writeln!(s, "| {q} | {size} | {:.3} | {:.1} |", t.offered_pps() / 1e6, t.steal_frac * 100.0);
+            let _ = writeln!(
+                s,
+                "| {q} | {size} | {:.3} | {:.1} |",
+                t.offered_pps() / 1e6,
+                t.steal_frac * 100.0
+            );
         }
         let _ = writeln!(s);
-        let _ = writeln!(s, "Forwarding (offered = generated, forwarded = counted at the sink):");
+        let _ = writeln!(
+            s,
+            "Forwarding (offered = generated, forwarded = counted at the sink):"
+        );
         let _ = writeln!(s);
         let _ = writeln!(
             s,
@@ -913,7 +1015,9 @@ impl Report {
             let ratio = |v: Variant| {
                 self.find(r.queues, r.size, v)
                     .filter(|b| b.forwarded_pps() > 0.0)
-                    .map_or("-".to_string(), |b| format!("{:.2}", t.forwarded_pps() / b.forwarded_pps()))
+                    .map_or("-".to_string(), |b| {
+                        format!("{:.2}", t.forwarded_pps() / b.forwarded_pps())
+                    })
             };
             let _ = writeln!(
                 s,
@@ -933,7 +1037,9 @@ impl Report {
         if !self.drift.is_empty() {
             let _ = writeln!(s);
             for (q, size, t) in &self.drift {
-                let first = self.find(*q, *size, Variant::B).map_or(0.0, Trial::forwarded_pps);
+                let first = self
+                    .find(*q, *size, Variant::B)
+                    .map_or(0.0, Trial::forwarded_pps);
                 let _ = writeln!(
                     s,
                     "Drift check, {q} queue(s), {size} B, (b) at the end: {:.3} Mpps (first: {:.3} Mpps)",
@@ -976,7 +1082,14 @@ impl Report {
             .forward
             .iter()
             .filter(|r| !r.diag.is_empty())
-            .map(|r| format!("- {} queue(s), {} B:{}", r.queues, r.size, r.diag.replace('\n', " ")))
+            .map(|r| {
+                format!(
+                    "- {} queue(s), {} B:{}",
+                    r.queues,
+                    r.size,
+                    r.diag.replace('\n', " ")
+                )
+            })
             .collect();
         if !diags.is_empty() || !self.notes.is_empty() {
             let _ = writeln!(s);

@@ -10,9 +10,7 @@
 use std::time::Duration;
 
 use homeward_tests::agent::HomeAgent;
-use homeward_tests::{
-    decode_arp, decode_ipip, require_root, Capture, Topology, UdpSend,
-};
+use homeward_tests::{decode_arp, decode_ipip, require_root, Capture, Topology, UdpSend};
 
 const VM_MAC: &str = "02:00:5e:00:00:50";
 
@@ -131,7 +129,10 @@ fn main() {
     step("homeward list");
     print!("{}", ha.cli(&["list"]));
 
-    step(&format!("the VM comes home: homeward unbind {}", lab.vm_home));
+    step(&format!(
+        "the VM comes home: homeward unbind {}",
+        lab.vm_home
+    ));
     let arp_cap = Capture::start(&lab.client, &lab.client_lan.name, "arp");
     print!("  {}", ha.cli(&["unbind", &lab.vm_home.to_string()]));
     std::thread::sleep(Duration::from_millis(1000));
@@ -139,7 +140,10 @@ fn main() {
         .iter()
         .filter(|a| a.psrc == lab.vm_home && a.is_gratuitous())
     {
-        println!("  ARP announcement {} is-at {} (the VM's own MAC)", a.psrc, a.hwsrc);
+        println!(
+            "  ARP announcement {} is-at {} (the VM's own MAC)",
+            a.psrc, a.hwsrc
+        );
     }
 
     step("homeward stops (SIGINT): every frame accounted for");
