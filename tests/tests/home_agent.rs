@@ -296,7 +296,8 @@ fn unbind_stops_interception_and_gives_the_address_back() {
     assert_eq!(give_back.len(), 5, "{arps:#?}");
     assert!(give_back
         .iter()
-        .all(|a| a.hwsrc.to_string() == VM_MAC && a.eth_src == Some(VM_MAC.parse().unwrap())));
+        .all(|a| a.hwsrc == VM_MAC.parse::<Mac>().unwrap()
+            && a.eth_src == Some(VM_MAC.parse().unwrap())));
     assert!(decode_ipip(&wan_cap.stop()).packets.is_empty());
 
     let stats = ha.stats();

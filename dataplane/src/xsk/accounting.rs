@@ -64,18 +64,29 @@ impl FrameFlow {
     }
 }
 
+/// Entries in a queue's rings, read from the rings themselves.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RingOccupancy {
+    pub fill: u64,
+    pub rx: u64,
+    pub tx: u64,
+    pub completion: u64,
+}
+
 /// Split the kernel-held frames into ring occupancy and in-kernel frames.
-/// `fill`, `rx`, `tx`, `completion` are ring occupancies read from the rings.
 pub(crate) fn account(
     total: u64,
     free: u64,
     worker: u64,
     flow: FrameFlow,
-    fill: u64,
-    rx: u64,
-    tx: u64,
-    completion: u64,
+    rings: RingOccupancy,
 ) -> FrameAccounting {
+    let RingOccupancy {
+        fill,
+        rx,
+        tx,
+        completion,
+    } = rings;
     // Frames on the RX side are in the fill ring, in the kernel, or on the
     // RX ring; likewise TX ring, kernel, completion ring on the TX side.
     let in_kernel_rx = flow.rx_side().saturating_sub(fill + rx);
@@ -135,6 +146,15 @@ impl SharedAccounting {
 mod tests {
     use super::*;
 
+    fn rings(fill: u64, rx: u64, tx: u64, completion: u64) -> RingOccupancy {
+        RingOccupancy {
+            fill,
+            rx,
+            tx,
+            completion,
+        }
+    }
+
     #[test]
     fn kernel_share_is_what_the_rings_do_not_hold() {
         let flow = FrameFlow {
@@ -145,7 +165,7 @@ mod tests {
         };
         // 60 on the RX side: 50 in fill, 8 on RX, so 2 in the kernel.
         // 20 on the TX side: 15 on TX, 5 on completion, none in the kernel.
-        let a = account(200, 110, 10, flow, 50, 8, 15, 5);
+        let a = account(200, 110, 10, flow, rings(50, 8, 15, 5));
         assert_eq!(a.in_kernel, 2);
         assert_eq!(a.unaccounted(), 200 - (110 + 50 + 8 + 10 + 15 + 5 + 2));
     }
@@ -158,7 +178,7 @@ mod tests {
             sent: 64,
             completed: 64,
         };
-        let a = account(8192, 4192, 0, flow, 4000, 0, 0, 0);
+        let a = account(8192, 4192, 0, flow, rings(4000, 0, 0, 0));
         assert_eq!(a.in_kernel, 0);
         assert_eq!(a.unaccounted(), 0);
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, TryRecvError};
 use xsk_rs::FrameDesc;
 
-use super::accounting::{account, FrameAccounting, FrameFlow, SharedAccounting};
+use super::accounting::{account, FrameAccounting, FrameFlow, RingOccupancy, SharedAccounting};
 use super::sockets::{QueueSockets, SocketRings};
 use crate::pipeline::{write_gratuitous_arp, Lookup, Pipeline, PipelineConfig, Port, Verdict};
 use crate::stats::SharedCounters;
@@ -383,22 +383,18 @@ impl<L: Lookup> Worker<L> {
     /// Publish counters and the frame accounting; returns the accounting.
     fn publish(&mut self) -> FrameAccounting {
         self.shared.counters.publish(self.pipeline.counters());
-        let fill_size = self.sockets.config.ring_size as u64;
-        let (mut fill, mut rx, mut tx, mut comp) = (0, 0, 0, 0);
-        let lan = &mut self.sockets.lan;
-        occupancy(lan, fill_size, &mut fill, &mut rx, &mut tx, &mut comp);
+        let size = self.sockets.config.ring_size as u64;
+        let mut rings = RingOccupancy::default();
+        occupancy(&mut self.sockets.lan, size, &mut rings);
         if let Some(wan) = self.sockets.wan.as_mut() {
-            occupancy(wan, fill_size, &mut fill, &mut rx, &mut tx, &mut comp);
+            occupancy(wan, size, &mut rings);
         }
         let a = account(
             self.sockets.config.frame_count as u64,
             self.free.len() as u64,
             0,
             self.flow,
-            fill,
-            rx,
-            tx,
-            comp,
+            rings,
         );
         self.shared.accounting.publish(&a);
         a
@@ -410,16 +406,10 @@ impl<L: Lookup> Worker<L> {
     }
 }
 
-fn occupancy(
-    rings: &mut SocketRings,
-    size: u64,
-    fill: &mut u64,
-    rx: &mut u64,
-    tx: &mut u64,
-    comp: &mut u64,
-) {
-    *fill += size.saturating_sub(rings.fill.nb_free_exact() as u64);
-    *rx += rings.rx.nb_avail_exact() as u64;
-    *tx += size.saturating_sub(rings.tx.nb_free_exact() as u64);
-    *comp += rings.comp.nb_avail_exact() as u64;
+/// Adds the entries in `socket`'s rings (each `size` long) to `into`.
+fn occupancy(socket: &mut SocketRings, size: u64, into: &mut RingOccupancy) {
+    into.fill += size.saturating_sub(socket.fill.nb_free_exact() as u64);
+    into.rx += socket.rx.nb_avail_exact() as u64;
+    into.tx += size.saturating_sub(socket.tx.nb_free_exact() as u64);
+    into.completion += socket.comp.nb_avail_exact() as u64;
 }
