@@ -5,13 +5,14 @@ Usage: /usr/bin/python3 arp.py PCAP
 
 Prints one JSON object {"packets": [...]}, one entry per ARP packet in capture
 order: index (in the pcap), time (pcap timestamp, float seconds), eth_src,
-eth_dst, op (1 request, 2 reply), hwsrc, psrc, hwdst, pdst.
+eth_dst, vlan (802.1Q VLAN id or null), op (1 request, 2 reply), hwsrc, psrc,
+hwdst, pdst.
 """
 
 import sys
 
 from common import emit, load, mac, usage_exit
-from scapy.all import ARP, Ether
+from scapy.all import ARP, Dot1Q, Ether
 
 
 def main():
@@ -28,6 +29,7 @@ def main():
             "time": float(pkt.time),
             "eth_src": mac(eth.src) if eth is not None else None,
             "eth_dst": mac(eth.dst) if eth is not None else None,
+            "vlan": int(pkt[Dot1Q].vlan) if Dot1Q in pkt else None,
             "op": int(arp.op),
             "hwsrc": mac(arp.hwsrc),
             "psrc": arp.psrc,

@@ -245,6 +245,9 @@ pub struct ArpPacket {
     pub eth_src: Option<Mac>,
     /// Ethernet destination.
     pub eth_dst: Option<Mac>,
+    /// The 802.1Q VLAN id, if the frame was tagged.
+    #[serde(default)]
+    pub vlan: Option<u16>,
     /// 1 request, 2 reply.
     pub op: u16,
     /// Sender hardware address.

@@ -325,3 +325,207 @@ fn lifetimes_expire() {
     );
     stop_clean(ha);
 }
+
+#[test]
+fn an_unresolved_next_hop_drops_under_its_own_counter_until_resolved() {
+    require_root();
+    let lab = Topology::home_agent_lab("nh");
+    let ha = HomeAgent::start(&lab, &[]);
+    // Nobody holds this care-of address yet: the neighbour stays unresolved.
+    let absent = Ipv4Addr::new(198, 51, 100, 77);
+    ha.bind(&vm(&lab), &absent.to_string(), &[]);
+    lab.client
+        .send_udp(&UdpSend::new(lab.vm_home, 9, 16).repeat(3, Duration::from_millis(50)));
+    let stats = ha.wait_stats(Duration::from_secs(3), |s| {
+        s["drops"]["no_next_hop"].as_u64() == Some(3)
+    });
+    assert_eq!(stats["drops"]["no_next_hop"].as_u64(), Some(3), "{stats}");
+    assert_eq!(stats["counters"]["encapsulated"].as_u64(), Some(0));
+    // The foreign host takes the address: the HA's kernel was asked to
+    // probe, and keeps probing, so the next hop resolves by itself.
+    lab.foreign.add_addr(&lab.foreign_wan.name, absent, 24);
+    let resolved = ha.wait_stats(Duration::from_secs(5), |s| {
+        s["next_hops"][0]["mac"].as_str().is_some()
+    });
+    assert_eq!(
+        resolved["next_hops"][0]["mac"].as_str(),
+        Some(lab.foreign_wan.mac.to_string().as_str()),
+        "{resolved}"
+    );
+    let cap = Capture::start(&lab.foreign, &lab.foreign_wan.name, "ip proto 4");
+    lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 16));
+    let packets = decode_ipip(&cap.stop()).packets;
+    assert_eq!(packets.len(), 1);
+    assert_eq!(packets[0].outer.dst, absent);
+    stop_clean(ha);
+}
+
+#[test]
+fn maps_follow_the_table_through_bind_rebind_and_unbind() {
+    require_root();
+    let lab = Topology::home_agent_lab("sync");
+    let ha = HomeAgent::start(&lab, &[]);
+    let in_sync = |n: usize| {
+        let s = ha.stats();
+        assert_eq!(s["maps_in_sync"], true, "{s}");
+        assert_eq!(s["bindings"].as_array().map(Vec::len), Some(n), "{s}");
+    };
+    for i in 50..60 {
+        ha.bind(&format!("192.0.2.{i}"), &care_of(&lab), &[]);
+    }
+    in_sync(10);
+    // Moving a VM to another care-of address replaces its entry everywhere.
+    ha.bind("192.0.2.55", "203.0.113.9", &[]);
+    in_sync(10);
+    let listed: serde_json::Value = serde_json::from_str(&ha.cli(&["list", "--json"])).unwrap();
+    let moved = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["vm"] == "192.0.2.55")
+        .unwrap();
+    assert_eq!(moved["care_of"], "203.0.113.9");
+    for i in 50..55 {
+        ha.unbind(&format!("192.0.2.{i}"));
+    }
+    in_sync(5);
+    // Refused requests change nothing.
+    for bad in [
+        vec!["bind", "192.0.2.60", "198.51.100.1"], // the HA itself
+        vec!["bind", "192.0.2.60", "224.0.0.5"],
+        vec!["bind", "0.0.0.0", "198.51.100.2"],
+        vec!["bind", "192.0.2.60", "198.51.100.2", "--lifetime", "0"],
+        vec!["unbind", "192.0.2.99"],
+    ] {
+        let socket = lab.control_socket();
+        let mut args = bad.clone();
+        args.extend(["--socket", socket.to_str().unwrap()]);
+        let out = lab.homeward_cli(&args);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+    in_sync(5);
+    stop_clean(ha);
+}
+
+#[test]
+fn one_armed_mode_tunnels_back_out_of_the_lan_interface() {
+    require_root();
+    let lab = Topology::home_agent_lab("one");
+    // The foreign hypervisor sits on the LAN segment in its own subnet, which
+    // the HA also holds on lan0: one interface in, the same one out.
+    let far = homeward_tests::Netns::new("one-far");
+    far.disable_ipv6();
+    let far_mac = Mac::derive("one-far", 1);
+    homeward_tests::veth_pair(
+        &homeward_tests::VethEnd::new(&far, "lan0", far_mac)
+            .addr(Ipv4Addr::new(203, 0, 113, 2), 24),
+        &homeward_tests::VethEnd::new(&lab.lan, "p-far", Mac::derive("one-far", 2)),
+    );
+    lab.lan.enslave("p-far", &lab.bridge);
+    lab.ha
+        .add_addr(&lab.ha_lan.name, Ipv4Addr::new(203, 0, 113, 1), 24);
+    let socket = lab.control_socket();
+    let mut child = lab.ha.spawn(&[
+        homeward_tests::homeward_bin().to_str().unwrap(),
+        "run",
+        "--lan",
+        &lab.ha_lan.name,
+        "--address",
+        "203.0.113.1",
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert!(
+        child.wait_for_output("homeward is running", Duration::from_secs(20)),
+        "{}",
+        child.stderr()
+    );
+    let cli = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--socket", socket.to_str().unwrap()]);
+        let out = lab.homeward_cli(&a);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    cli(&["bind", "192.0.2.50", "203.0.113.2"]);
+    let cap = Capture::start(&far, "lan0", "ip proto 4");
+    lab.client
+        .send_udp(&UdpSend::new(lab.vm_home, 9, 64).repeat(2, Duration::from_millis(100)));
+    let packets = decode_ipip(&cap.stop()).packets;
+    assert_eq!(packets.len(), 2, "{packets:#?}");
+    for p in &packets {
+        assert_eq!(p.outer.src, Ipv4Addr::new(203, 0, 113, 1));
+        assert_eq!(p.outer.dst, Ipv4Addr::new(203, 0, 113, 2));
+        assert_eq!(p.eth_src, Some(lab.ha_lan.mac), "out of the LAN interface");
+        assert_eq!(p.eth_dst, Some(far_mac));
+        assert_eq!(p.inner.as_ref().unwrap().dst, lab.vm_home);
+    }
+    let status = child.stop_with("INT", Duration::from_secs(10));
+    let stderr = child.stderr();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("unaccounted 0"), "{stderr}");
+}
+
+#[test]
+fn vlan_tagged_lan_traffic_is_answered_tagged_and_tunnelled_untagged() {
+    require_root();
+    let lab = Topology::home_agent_lab("vlan");
+    // As on a real NIC, VLAN offload would move the tag out of the frame
+    // before XDP sees it: keep tags inline on the way into the HA (the
+    // README says to do the same on a gateway's LAN NIC).
+    lab.lan
+        .exec_ok(&["ethtool", "-K", &lab.ha_port, "txvlan", "off"]);
+    lab.ha
+        .exec_ok(&["ethtool", "-K", &lab.ha_lan.name, "rxvlan", "off"]);
+    let ha = HomeAgent::start(&lab, &[]);
+    ha.bind(&vm(&lab), &care_of(&lab), &[]);
+    let lan_cap = Capture::start(&lab.client, &lab.client_lan.name, "arp or vlan");
+    let wan_cap = Capture::start(&lab.foreign, &lab.foreign_wan.name, "ip proto 4");
+    // This kernel has no 802.1Q module, so scapy sends the tagged frames
+    // from the client: an ARP request for the VM, then a UDP datagram to the
+    // HA's MAC, both in VLAN 100.
+    let script = format!(
+        "from scapy.all import *\n\
+         conf.verb = 0\n\
+         me, ha = '{me}', '{ha}'\n\
+         sendp(Ether(src=me, dst='ff:ff:ff:ff:ff:ff')/Dot1Q(vlan=100)/\
+         ARP(op=1, hwsrc=me, psrc='{client}', pdst='{vm}'), iface='lan0')\n\
+         sendp(Ether(src=me, dst=ha)/Dot1Q(vlan=100)/IP(src='{client}', dst='{vm}', ttl=64)/\
+         UDP(sport=7000, dport=9)/Raw(bytes(range(100))), iface='lan0')\n",
+        me = lab.client_lan.mac,
+        ha = lab.ha_lan.mac,
+        client = lab.client_lan.addr,
+        vm = lab.vm_home,
+    );
+    lab.client
+        .exec_ok(&[homeward_tests::decode::PYTHON, "-c", &script]);
+    std::thread::sleep(Duration::from_millis(200));
+    let arps = decode_arp(&lan_cap.stop());
+    let reply = arps
+        .iter()
+        .find(|a| a.is_reply() && a.psrc == lab.vm_home)
+        .unwrap_or_else(|| panic!("no tagged ARP reply: {arps:#?}"));
+    assert_eq!(reply.hwsrc, lab.ha_lan.mac);
+    assert_eq!(reply.hwdst, lab.client_lan.mac);
+    assert_eq!(reply.vlan, Some(100), "the reply keeps the request's tag");
+    let packets = decode_ipip(&wan_cap.stop()).packets;
+    assert_eq!(packets.len(), 1, "{packets:#?}");
+    let inner = packets[0].inner.as_ref().unwrap();
+    assert_eq!(inner.src, lab.client_lan.addr);
+    assert_eq!(inner.ttl, 63);
+    assert_eq!(
+        inner.l4.as_ref().unwrap().payload(),
+        (0..100u8).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        packets[0].outer.len as usize,
+        20 + inner.len as usize,
+        "no tag inside"
+    );
+    stop_clean(ha);
+}
