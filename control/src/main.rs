@@ -118,7 +118,7 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::List { json, socket } => {
-            let r = client::request(&socket, &Request::List)?;
+            let r = client::request(&socket, &Request::List {})?;
             if json {
                 println!("{r}");
             } else {
@@ -129,7 +129,7 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats { json, socket } => {
-            let r = client::request(&socket, &Request::Stats)?;
+            let r = client::request(&socket, &Request::Stats {})?;
             if json {
                 println!("{r}");
             } else {

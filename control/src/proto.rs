@@ -21,8 +21,8 @@ pub enum Request {
     Unbind {
         vm: Ipv4Addr,
     },
-    List,
-    Stats,
+    List {},
+    Stats {},
 }
 
 /// The daemon's answer: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.

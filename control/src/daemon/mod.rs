@@ -214,10 +214,10 @@ impl Daemon {
                 .bindings
                 .unbind(now, vm)
                 .map(|()| serde_json::json!({ "vm": vm })),
-            Request::List => {
+            Request::List {} => {
                 serde_json::to_value(self.bindings.list(now)).map_err(|e| e.to_string())
             }
-            Request::Stats => Ok(stats::collect(self, now)),
+            Request::Stats {} => Ok(stats::collect(self, now)),
         };
         // Announcements for a new binding start now, not at the next tick.
         let announce = &self.announce;
