@@ -250,16 +250,32 @@ impl<L: Lookup> Worker<L> {
         if pending.is_empty() {
             return;
         }
+        let size = self.sockets.config.ring_size;
         let rings = self.rings(side);
-        let room = rings.tx.nb_free(pending.len() as u32) as usize;
+        let mut room = rings.tx.nb_free(pending.len() as u32) as usize;
+        // Copy mode sends at most 32 frames per kick (the kernel's
+        // TX_BATCH_SIZE): a ring still full of earlier frames gets a few
+        // more kicks before anything is dropped.
+        let mut kicks = 0;
+        while room < pending.len() && kicks < 8 {
+            let _ = rings.tx.wakeup();
+            room = rings.tx.nb_free(pending.len() as u32) as usize;
+            kicks += 1;
+        }
         let count = room.min(pending.len());
         // SAFETY: every descriptor in `pending` is a frame of this UMEM that
         // the worker owns; after this call the kernel owns the first `count`
         // of them until they return on the completion ring.
         let sent = unsafe { rings.tx.produce(&pending[..count]) };
         if rings.tx.needs_wakeup() {
-            // EAGAIN/ENOBUFS: the kernel is still busy; it will be kicked again.
-            let _ = rings.tx.wakeup();
+            // One kick per 32 frames put on the ring. EAGAIN/ENOBUFS: the
+            // kernel is busy; the frames stay queued and are kicked again.
+            let queued = size.saturating_sub(rings.tx.nb_free_exact());
+            for _ in 0..queued.div_ceil(32).min(8) {
+                if rings.tx.wakeup().is_err() {
+                    break;
+                }
+            }
         }
         self.flow.sent += sent as u64;
         if sent < pending.len() {
