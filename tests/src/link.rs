@@ -135,6 +135,8 @@ pub struct VethEnd<'a> {
     pub addr: Option<(Ipv4Addr, u8)>,
     /// MTU.
     pub mtu: u32,
+    /// RX and TX queues.
+    pub queues: u32,
 }
 
 impl<'a> VethEnd<'a> {
@@ -146,7 +148,14 @@ impl<'a> VethEnd<'a> {
             mac,
             addr: None,
             mtu: 1500,
+            queues: 1,
         }
+    }
+
+    /// With `n` RX and TX queues (for multi-queue AF_XDP).
+    pub fn queues(mut self, n: u32) -> VethEnd<'a> {
+        self.queues = n;
+        self
     }
 
     /// With an address.
@@ -181,6 +190,7 @@ pub fn veth_pair(a: &VethEnd<'_>, b: &VethEnd<'_>) {
         b.mac.to_string(),
         b.mtu.to_string(),
     );
+    let (a_q, b_q) = (a.queues.to_string(), b.queues.to_string());
     a.ns.ip(&[
         "link",
         "add",
@@ -190,6 +200,10 @@ pub fn veth_pair(a: &VethEnd<'_>, b: &VethEnd<'_>) {
         &a_mac,
         "mtu",
         &a_mtu,
+        "numrxqueues",
+        &a_q,
+        "numtxqueues",
+        &a_q,
         "type",
         "veth",
         "peer",
@@ -199,6 +213,10 @@ pub fn veth_pair(a: &VethEnd<'_>, b: &VethEnd<'_>) {
         &b_mac,
         "mtu",
         &b_mtu,
+        "numrxqueues",
+        &b_q,
+        "numtxqueues",
+        &b_q,
         "netns",
         b.ns.name(),
     ]);
@@ -299,6 +317,19 @@ impl Netns {
             self.name(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
+    }
+
+    /// Transmit queue `i` of `dev` serves CPU `i` (XPS), so frames sent from
+    /// (or forwarded on) CPU `i` leave on queue `i`: that is what spreads a
+    /// veth's traffic over its receiving peer's queues.
+    #[track_caller]
+    pub fn spread_tx_queues(&self, dev: &str, queues: u32) {
+        for q in 0..queues {
+            let mask = 1u64 << (q % 64);
+            self.sh_ok(&format!(
+                "echo {mask:x} > /sys/class/net/{dev}/queues/tx-{q}/xps_cpus"
+            ));
+        }
     }
 
     /// Whether GRO is on for a device, from `ethtool -k`.

@@ -47,6 +47,8 @@ pub struct LabOptions {
     /// port facing HA lan0 and the foreign wan0), for frames the HA
     /// XDP-redirects into them.
     pub gro_on_ha_peers: bool,
+    /// RX/TX queues of every veth (homeward's `--queues`).
+    pub queues: u32,
 }
 
 impl Default for LabOptions {
@@ -55,6 +57,7 @@ impl Default for LabOptions {
             lan_mtu: 1500,
             wan_mtu: 1500,
             gro_on_ha_peers: false,
+            queues: 1,
         }
     }
 }
@@ -145,24 +148,32 @@ impl Topology {
         veth_pair(
             &VethEnd::new(&client, &client_lan.name, client_lan.mac)
                 .addr(client_lan.addr, client_lan.prefix)
-                .mtu(options.lan_mtu),
-            &VethEnd::new(&lan, &client_port, Mac::derive(tag, 0x90)).mtu(options.lan_mtu),
+                .mtu(options.lan_mtu)
+                .queues(options.queues),
+            &VethEnd::new(&lan, &client_port, Mac::derive(tag, 0x90))
+                .mtu(options.lan_mtu)
+                .queues(options.queues),
         );
         lan.enslave(&client_port, &bridge);
         veth_pair(
             &VethEnd::new(&ha, &ha_lan.name, ha_lan.mac)
                 .addr(ha_lan.addr, ha_lan.prefix)
-                .mtu(options.lan_mtu),
-            &VethEnd::new(&lan, &ha_port, Mac::derive(tag, 0x91)).mtu(options.lan_mtu),
+                .mtu(options.lan_mtu)
+                .queues(options.queues),
+            &VethEnd::new(&lan, &ha_port, Mac::derive(tag, 0x91))
+                .mtu(options.lan_mtu)
+                .queues(options.queues),
         );
         lan.enslave(&ha_port, &bridge);
         veth_pair(
             &VethEnd::new(&ha, &ha_wan.name, ha_wan.mac)
                 .addr(ha_wan.addr, ha_wan.prefix)
-                .mtu(options.wan_mtu),
+                .mtu(options.wan_mtu)
+                .queues(options.queues),
             &VethEnd::new(&foreign, &foreign_wan.name, foreign_wan.mac)
                 .addr(foreign_wan.addr, foreign_wan.prefix)
-                .mtu(options.wan_mtu),
+                .mtu(options.wan_mtu)
+                .queues(options.queues),
         );
 
         lan.wait_link_up(&bridge, LINK_UP_TIMEOUT);
@@ -173,6 +184,12 @@ impl Topology {
         // as a wire would carry them: checksums complete.
         client.full_checksums(&client_lan.name);
         foreign.full_checksums(&foreign_wan.name);
+        if options.queues > 1 {
+            client.spread_tx_queues(&client_lan.name, options.queues);
+            lan.spread_tx_queues(&client_port, options.queues);
+            lan.spread_tx_queues(&ha_port, options.queues);
+            foreign.spread_tx_queues(&foreign_wan.name, options.queues);
+        }
         if options.gro_on_ha_peers {
             lan.set_gro(&ha_port, true);
             foreign.set_gro(&foreign_wan.name, true);

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use homeward_tests::agent::HomeAgent;
 use homeward_tests::{
-    decode_arp, decode_ipip, payload_pattern, require_root, Capture, Mac, Topology, UdpSend,
+    decode_arp, decode_ipip, payload_pattern, require_root, Capture, LabOptions, Mac, Topology,
+    UdpSend,
 };
 
 const VM_MAC: &str = "02:00:5e:00:00:50";
@@ -527,5 +528,53 @@ fn vlan_tagged_lan_traffic_is_answered_tagged_and_tunnelled_untagged() {
         20 + inner.len as usize,
         "no tag inside"
     );
+    stop_clean(ha);
+}
+
+#[test]
+fn two_queues_forward_with_one_worker_each() {
+    require_root();
+    let lab = Topology::home_agent_lab_with(
+        "mq",
+        LabOptions {
+            queues: 2,
+            ..LabOptions::default()
+        },
+    );
+    let ha = HomeAgent::start(&lab, &["--queues", "2"]);
+    ha.bind(&vm(&lab), &care_of(&lab), &[]);
+    let cap = Capture::start(&lab.foreign, &lab.foreign_wan.name, "ip proto 4");
+    // Many flows, so the veth's queue selection spreads them.
+    for sport in 7100..7132 {
+        lab.client.send_udp(
+            &UdpSend::new(lab.vm_home, 9, 32)
+                .sport(sport)
+                .repeat(2, Duration::ZERO),
+        );
+    }
+    let stats = ha.wait_stats(Duration::from_secs(3), |s| {
+        s["counters"]["encapsulated"].as_u64() == Some(64)
+    });
+    assert_eq!(
+        stats["counters"]["encapsulated"].as_u64(),
+        Some(64),
+        "{stats}"
+    );
+    let per_queue: Vec<u64> = stats["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["encapsulated"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_queue.len(), 2);
+    assert!(
+        per_queue.iter().all(|n| *n > 0),
+        "one queue idle: {per_queue:?}"
+    );
+    let packets = decode_ipip(&cap.stop()).packets;
+    assert_eq!(packets.len(), 64);
+    // Each queue's Identification sequence is its own: none repeats.
+    let ids: std::collections::HashSet<u16> = packets.iter().map(|p| p.outer.id).collect();
+    assert_eq!(ids.len(), 64);
     stop_clean(ha);
 }

@@ -14,10 +14,12 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
     let mut total = CounterSnapshot::default();
     let mut frames = Vec::new();
     for (queue, w) in d.workers.iter().enumerate() {
-        total.add(&w.counters.snapshot());
+        let snapshot = w.counters.snapshot();
+        total.add(&snapshot);
         let a = w.accounting.load();
         frames.push(json!({
             "queue": queue,
+            "encapsulated": snapshot.pipeline.encapsulated,
             "total": a.total,
             "free": a.free,
             "fill": a.fill,
