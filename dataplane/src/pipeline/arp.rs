@@ -320,15 +320,7 @@ mod tests {
             let v = p.process(&mut buf, start, c.input.len(), c.ingress, 0, &lookup());
             match c.expect {
                 Ok(()) => {
-                    let Verdict::Tx {
-                        port,
-                        start: s,
-                        len,
-                        slot,
-                    } = v
-                    else {
-                        panic!("{}: {v:?}", c.name)
-                    };
+                    let (port, s, len, slot) = expect_tx_named(v, c.name);
                     assert_eq!(
                         (port, s, len, slot),
                         (Port::Lan, start, 60, None),

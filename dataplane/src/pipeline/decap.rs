@@ -108,15 +108,7 @@ mod tests {
         let mut p = pipeline(1);
         let (mut buf, start) = place(&input);
         let v = p.process(&mut buf, start, input.len(), Port::Wan, 0, &lookup());
-        let Verdict::Tx {
-            port,
-            start: s,
-            len,
-            slot,
-        } = v
-        else {
-            panic!("{v:?}")
-        };
+        let (port, s, len, slot) = expect_tx(v);
         assert_eq!((port, slot), (Port::Lan, Some(VM_SLOT)));
         assert_eq!(
             s,
@@ -258,15 +250,7 @@ mod tests {
             let v = p.process(&mut buf, start, c.input.len(), Port::Wan, 0, &lookup());
             match c.expect {
                 Ok(()) => {
-                    let Verdict::Tx {
-                        port,
-                        start: s,
-                        len,
-                        slot,
-                    } = v
-                    else {
-                        panic!("{}: {v:?}", c.name)
-                    };
+                    let (port, s, len, slot) = expect_tx_named(v, c.name);
                     assert_eq!((port, slot), (Port::Lan, Some(VM_SLOT)), "{}", c.name);
                     let outer = inner_datagram(&c.input);
                     let ihl = usize::from(outer[0] & 0xf) * 4;

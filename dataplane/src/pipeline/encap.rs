@@ -177,15 +177,7 @@ mod tests {
         let mut p = pipeline(0x0100);
         let (mut buf, start) = place(&input);
         let v = p.process(&mut buf, start, input.len(), Port::Lan, 0, &lookup());
-        let Verdict::Tx {
-            port,
-            start: s,
-            len,
-            slot,
-        } = v
-        else {
-            panic!("{v:?}")
-        };
+        let (port, s, len, slot) = expect_tx(v);
         assert_eq!((port, slot), (Port::Wan, Some(VM_SLOT)));
         assert_eq!(
             s,
@@ -340,15 +332,7 @@ mod tests {
             let v = p.process(&mut buf, start, c.input.len(), c.ingress, 0, &lookup());
             match c.expect {
                 Ok(port) => {
-                    let Verdict::Tx {
-                        port: got,
-                        start: s,
-                        len,
-                        slot,
-                    } = v
-                    else {
-                        panic!("{}: {v:?}", c.name)
-                    };
+                    let (got, s, len, slot) = expect_tx_named(v, c.name);
                     assert_eq!(got, port, "{}", c.name);
                     assert!(slot.is_some(), "{}", c.name);
                     let inner = inner_datagram(&c.input);

@@ -211,15 +211,7 @@ mod tests {
         let mut p = pipeline(0x0100);
         let (mut buf, start) = place(&input);
         let v = p.process(&mut buf, start, input.len(), Port::Lan, 0, &lookup());
-        let Verdict::Tx {
-            port,
-            start: s,
-            len,
-            slot,
-        } = v
-        else {
-            panic!("{v:?}")
-        };
+        let (port, s, len, slot) = expect_tx(v);
         assert_eq!((port, slot), (Port::Lan, None));
         assert_eq!(s, start - 28);
         assert_eq!(
@@ -451,15 +443,7 @@ mod tests {
             assert_eq!(counters.encapsulated, 0, "{}", c.name);
             match c.icmp {
                 Some((ty, code, rest)) => {
-                    let Verdict::Tx {
-                        port,
-                        start: s,
-                        len,
-                        slot,
-                    } = v
-                    else {
-                        panic!("{}: {v:?}", c.name)
-                    };
+                    let (port, s, len, slot) = expect_tx_named(v, c.name);
                     assert_eq!((port, slot), (c.ingress, None), "{}", c.name);
                     let out = &buf[s..s + len];
                     let expected = expected_icmp_error(&p, c.ingress, &c.input, ty, code, rest);

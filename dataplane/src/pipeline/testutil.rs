@@ -12,7 +12,7 @@ use etherparse::{
     Ipv4HeaderSlice, Ipv4Options,
 };
 
-use super::{BindingRef, Lookup, NextHop, Pipeline, PipelineConfig, Port};
+use super::{BindingRef, Lookup, NextHop, Pipeline, PipelineConfig, Port, Verdict};
 
 pub const HA: [u8; 4] = [203, 0, 113, 1];
 pub const LAN_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x01];
@@ -766,4 +766,24 @@ pub fn check_fragments(frames: &[Vec<u8>], original: &[u8], mtu: u16, ident: u16
         &original[usize::from(oh.ihl()) * 4..],
         "reassembled data"
     );
+}
+
+/// The fields of a `Verdict::Tx`; panics (naming the verdict) on any other.
+#[track_caller]
+pub fn expect_tx(v: Verdict) -> (Port, usize, usize, Option<u32>) {
+    expect_tx_named(v, "")
+}
+
+/// [`expect_tx`] for a table-driven case called `name`.
+#[track_caller]
+pub fn expect_tx_named(v: Verdict, name: &str) -> (Port, usize, usize, Option<u32>) {
+    match v {
+        Verdict::Tx {
+            port,
+            start,
+            len,
+            slot,
+        } => (port, start, len, slot),
+        other => panic!("{name}: expected Tx, got {other:?}"),
+    }
 }
