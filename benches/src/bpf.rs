@@ -184,6 +184,11 @@ impl Generator {
         })
     }
 
+    /// The program's file descriptor.
+    pub fn prog_fd(&self) -> RawFd {
+        self.prog
+    }
+
     /// Runs the generator `repeat` times in live-frames mode on `ifindex`
     /// (in the calling thread's namespace), queue `rx_queue`, with frames of
     /// `frame.len()` bytes initialised from `frame`. Returns the kernel's
@@ -198,6 +203,15 @@ impl Generator {
     ) -> io::Result<u32> {
         sys::prog_run_live(self.prog, frame, ifindex, rx_queue, repeat, batch)
     }
+}
+
+/// Runs `prog_fd` once on `frame` (BPF_PROG_RUN without live frames: for
+/// tests). Returns the XDP action and the frame as the program left it.
+pub fn run_once(prog_fd: RawFd, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let (action, len) = sys::prog_run_once(prog_fd, frame, &mut out)?;
+    out.truncate(len);
+    Ok((action, out))
 }
 
 /// Counters of the sink, summed over CPUs (`struct sink_stats`).

@@ -13,6 +13,7 @@
 //! namespace left by a killed run is swept by the next one (its pid is gone).
 //! No traffic is ever sent from the root namespace.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::marker::PhantomData;
@@ -283,6 +284,19 @@ impl Lab {
             "nud",
             "permanent",
         ])?;
+        // An external generator using the generator namespace's stack
+        // (ping, iperf3, pktgen) reaches the VM address through lan0.
+        gen.ip(&[
+            "neigh",
+            "replace",
+            &VM.to_string(),
+            "lladdr",
+            &mac_str(LAN_MAC),
+            "dev",
+            "gen0",
+            "nud",
+            "permanent",
+        ])?;
         ha.ip(&[
             "neigh",
             "replace",
@@ -321,17 +335,26 @@ impl Lab {
     pub fn set_threaded(ns: &Netns, dev: &str) -> io::Result<Vec<u32>> {
         let before = napi_threads(dev);
         ns.exec("ethtool", &["-K", dev, "gro", "on"])?;
-        ns.exec("sh", &["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")])?;
+        ns.exec(
+            "sh",
+            &["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")],
+        )?;
         // The names are not unique across namespaces: ours are the new ones.
         let mut after = napi_threads(dev);
         after.retain(|p| !before.contains(p));
         Ok(after)
     }
 
-    /// `ethtool -S`-style counters of `dev` in `ns`, for diagnostics.
-    pub fn link_stats(ns: &Netns, dev: &str) -> String {
-        ns.ip(&["-s", "link", "show", "dev", dev])
-            .unwrap_or_default()
+    /// `ethtool -S dev` in `ns` (veth: per-queue XDP counters), empty if
+    /// it cannot be read.
+    pub fn ethtool_stats(ns: &Netns, dev: &str) -> BTreeMap<String, u64> {
+        let text = ns.exec("ethtool", &["-S", dev]).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                Some((k.trim().to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
     }
 }
 

@@ -248,6 +248,31 @@ pub fn prog_run_live(
     Ok(opts.duration)
 }
 
+/// Runs XDP program `prog_fd` once on a copy of `frame` (no live frames:
+/// nothing is transmitted or redirected) and writes the resulting frame into
+/// `out`. Returns the XDP action and the length of the result.
+pub fn prog_run_once(prog_fd: RawFd, frame: &[u8], out: &mut [u8]) -> io::Result<(u32, usize)> {
+    let len = u32::try_from(frame.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    let out_len =
+        u32::try_from(out.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    // SAFETY: as in prog_run_live.
+    let mut opts: sys::bpf_test_run_opts = unsafe { std::mem::zeroed() };
+    opts.sz = opts_size!(sys::bpf_test_run_opts, batch_size, u32);
+    opts.data_in = frame.as_ptr().cast::<c_void>();
+    opts.data_size_in = len;
+    opts.data_out = out.as_mut_ptr().cast::<c_void>();
+    opts.data_size_out = out_len;
+    opts.repeat = 1;
+    // SAFETY: `frame` is valid for reads of `len` bytes and `out` for writes
+    // of `out_len` bytes for the call; the kernel writes at most
+    // data_size_out bytes (ENOSPC if the result is longer).
+    let ret = unsafe { sys::bpf_prog_test_run_opts(prog_fd, &mut opts) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    Ok((opts.retval, (opts.data_size_out as usize).min(out.len())))
+}
+
 /// Moves the calling thread into the network namespace `ns` (an open
 /// `/run/netns/<name>` or `/proc/<pid>/ns/net`).
 pub fn setns_net(ns: &File) -> io::Result<()> {
@@ -290,6 +315,56 @@ pub fn kill(pid: u32, sig: c_int) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Makes the kernel send SIGTERM to the child spawned by `cmd` when the
+/// spawning thread dies (also on SIGKILL of this process), so that no
+/// `homeward` outlives the harness. Survives the exec of `ip netns exec`.
+pub fn kill_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls prctl(2), which is async-signal-safe; it touches no memory of
+    // the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+static TERMINATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_: c_int) {
+    // Async-signal-safe: one atomic store.
+    TERMINATED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Catches SIGTERM into a flag ([`terminated`]) so the harness can clean up.
+/// (The `ctrlc` crate's SIGTERM support is a cargo feature; enabling it here
+/// would also change homeward's signal handling in workspace builds, by
+/// feature unification.)
+pub fn catch_sigterm() -> io::Result<()> {
+    // SAFETY: sigaction is a plain C struct; all-zero is "no flags, empty
+    // mask"; the handler only stores to an atomic, which is
+    // async-signal-safe. No SA_RESTART: a blocking call returns EINTR.
+    let ret = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigterm as extern "C" fn(c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGTERM, &sa, ptr::null_mut())
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether SIGTERM arrived (after [`catch_sigterm`]).
+pub fn terminated() -> bool {
+    TERMINATED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Index of interface `name` in the calling thread's network namespace.

@@ -15,10 +15,25 @@
 //!   (b) baseline ceiling: XDP redirect lan0 -> wan0, no encapsulation;
 //!   (c) baseline katran-style: XDP IP-in-IP encapsulation + redirect.
 //!
+//! Where the work runs (what the numbers mean; benches/README.md has more):
+//! without `--threaded-napi`, a veth's receive processing (XDP included)
+//! runs in softirq on the CPU that transmitted into it. So for (b) and (c)
+//! generator, device under test and sink all share the generator's CPU and
+//! the generator is slowed to what the chain sustains (no loss); for (a)
+//! homeward's XDP steering and the AF_XDP receive copy run there too, while
+//! its worker thread (and its transmissions, and the sink behind them) run
+//! wherever the scheduler puts it, normally the other CPU. With
+//! `--threaded-napi`, lan0's NAPI runs in kthreads pinned to the last CPU.
+//!
+//! A BPF_PROG_RUN call in live-frames mode costs a fixed ~25 ms on this
+//! kernel (page pool teardown), during which nothing is sent: the harness
+//! makes ~1 s calls, measures that cost once and subtracts it.
+//!
 //! Run as root: `target/release/forward` (see benches/README.md), or
 //! `forward --external` to set up the device under test and the sink only
 //! and count what an external generator offers.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -41,7 +56,7 @@ use homeward_benches::sys;
 static STOP: AtomicBool = AtomicBool::new(false);
 
 fn stopped() -> bool {
-    STOP.load(Ordering::Relaxed)
+    STOP.load(Ordering::Relaxed) || sys::terminated()
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -107,7 +122,7 @@ struct Args {
     max_steal: f64,
     /// Repeat a trial in which the generator's rate differed by this factor
     /// between its calls (a stall of the VM).
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, default_value_t = 2.0)]
     stall_factor: f64,
     /// Attempts per trial at most.
     #[arg(long, default_value_t = 3)]
@@ -120,6 +135,15 @@ struct Args {
     /// plus the 20-byte outer header must fit.
     #[arg(long, default_value_t = 1600)]
     wan_mtu: u32,
+    /// CPUs of the generator threads: thread i (queue i) runs on the i-th
+    /// (default 0, 1, ...). veth delivers to the peer's receive queue
+    /// `sending CPU % queues`, whatever the flow.
+    #[arg(long, value_delimiter = ',')]
+    gen_cpus: Vec<usize>,
+    /// Pin homeward's worker thread of queue i (`homeward-q<i>`) to the i-th
+    /// of these CPUs (cycling); other threads stay unpinned. Default: none.
+    #[arg(long, value_delimiter = ',')]
+    homeward_cpus: Vec<usize>,
     /// Only set up the device under test and the sink; count what an
     /// external generator offers, until Ctrl-C.
     #[arg(long)]
@@ -136,6 +160,10 @@ fn main() {
     let args = Args::parse();
     if let Err(e) = netns::init_root_ns() {
         eprintln!("forward: {e}");
+        std::process::exit(1);
+    }
+    if let Err(e) = sys::catch_sigterm() {
+        eprintln!("forward: cannot catch SIGTERM: {e}");
         std::process::exit(1);
     }
     if let Err(e) = ctrlc::set_handler(|| {
@@ -181,6 +209,18 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new() -> Result<Scratch> {
+        // Directories of runs that were killed (their pid is gone).
+        if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .strip_prefix("hwb-")
+                    .and_then(|p| p.parse::<u32>().ok());
+                if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let dir = std::env::temp_dir().join(format!("hwb-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         Ok(Scratch(dir))
@@ -214,19 +254,44 @@ fn run(args: &Args) -> Result<()> {
         return external(args, &sink, &redirect, &ipip, &scratch.0);
     }
 
-    let homeward = homeward_path(args);
+    let mut out = Report::default();
+    // A private copy: others may rebuild the binary while this runs.
+    let homeward = scratch.0.join("homeward");
     let homeward_ok = args.variants.contains(&Variant::A) && {
-        let ok = homeward.is_file();
-        if !ok {
-            eprintln!(
-                "warning: {} not found: variant (a) skipped (cargo build --release -p homeward)",
-                homeward.display()
-            );
+        let orig = homeward_path(args);
+        match std::fs::copy(&orig, &homeward) {
+            Ok(_) => {
+                let sum = netns::run(std::process::Command::new("sha256sum").arg(&homeward))
+                    .unwrap_or_default();
+                let modified = std::fs::metadata(&orig)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
+                writeln!(
+                    out.head,
+                    "homeward: {} (sha256 {}, modified {} s before the run)",
+                    orig.display(),
+                    sum.get(..16).unwrap_or("?"),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                        .saturating_sub(modified)
+                )?;
+                true
+            }
+            Err(e) => {
+                eprintln!(
+                    "warning: {}: {e}: variant (a) skipped (cargo build --release -p homeward)",
+                    orig.display()
+                );
+                out.notes
+                    .push(format!("variant (a) skipped: {}: {e}", orig.display()));
+                false
+            }
         }
-        ok
     };
 
-    let mut out = Report::default();
     let steal0 = CpuTimes::now();
     writeln!(
         out.head,
@@ -298,15 +363,8 @@ fn run(args: &Args) -> Result<()> {
                 continue;
             }
             eprintln!("== {queues} queue(s): {}", variant.label());
-            let dut = match Dut::start(
-                variant,
-                &lab,
-                &redirect,
-                &ipip,
-                &homeward,
-                &scratch.0,
-                args.wan_mtu,
-            ) {
+            let dut = match Dut::start(variant, &lab, &redirect, &ipip, &homeward, &scratch.0, args)
+            {
                 Ok(d) => d,
                 Err(e) if variant == Variant::A => {
                     eprintln!("   homeward did not start: {e}");
@@ -320,8 +378,9 @@ fn run(args: &Args) -> Result<()> {
                 if stopped() {
                     break;
                 }
+                let before = dut.counters();
                 let t = env.trial(size, None, false)?;
-                let extra = dut.diagnostics();
+                let extra = counter_delta(&before, &dut.counters());
                 eprintln!("   {size} B: {}{extra}", t.brief());
                 out.forward.push(Row {
                     queues,
@@ -373,7 +432,7 @@ fn run(args: &Args) -> Result<()> {
                 &ipip,
                 &homeward,
                 &scratch.0,
-                args.wan_mtu,
+                args,
             )?;
             let t = env.trial(args.sizes.first().copied().unwrap_or(64), None, false)?;
             eprintln!("   (b) again (drift check): {}", t.brief());
@@ -455,13 +514,14 @@ struct Trial {
     sent: u64,
     received: u64,
     rx_bytes: u64,
-    ipip: u64,
     /// Latency percentiles (ns) and the number of samples, if measured.
     latency: Option<(u64, u64, u64, u64)>,
     steal_ticks: u64,
     steal_frac: f64,
     /// Fastest / slowest generator call (iterations per second).
     stall_ratio: f64,
+    /// How lan0's receive queues shared the frames, and veth ring drops.
+    queue_note: String,
     attempts: u32,
 }
 
@@ -472,6 +532,10 @@ impl Trial {
     fn forwarded_pps(&self) -> f64 {
         self.received as f64 / self.secs.max(1e-9)
     }
+    fn steal(&self) -> String {
+        format!("{} ({:.1} %)", self.steal_ticks, self.steal_frac * 100.0)
+    }
+
     fn brief(&self) -> String {
         let mut s = format!(
             "offered {:.3} Mpps, forwarded {:.3} Mpps, steal {:.1} %",
@@ -490,6 +554,9 @@ impl Trial {
         }
         if self.attempts > 1 {
             let _ = write!(s, " [{} attempts]", self.attempts);
+        }
+        if !self.queue_note.is_empty() {
+            let _ = write!(s, "\n      {}", self.queue_note);
         }
         s
     }
@@ -570,12 +637,22 @@ impl Env<'_> {
             self.args.batch
         };
 
+        let lan_before = Lab::ethtool_stats(&lab.ha, "lan0");
+        let gen_before = Lab::ethtool_stats(&lab.gen, "gen0");
         let before = CpuTimes::now();
         let threads = lab.queues as usize;
         let barrier = Barrier::new(threads);
         let duration = self.args.duration;
         let overhead = self.call_overhead.as_secs_f64();
         let ncpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let gen_cpus = &self.args.gen_cpus;
+        let cpu_of = |i: usize| {
+            if gen_cpus.is_empty() {
+                i % ncpus
+            } else {
+                gen_cpus[i % gen_cpus.len()]
+            }
+        };
         let results: Vec<Result<GenRun>> = thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|i| {
@@ -585,7 +662,7 @@ impl Env<'_> {
                     s.spawn(move || -> Result<GenRun> {
                         gen_ns.enter_for_good()?;
                         // veth delivers to the peer's queue (sending CPU % queues).
-                        sys::pin_to_cpu(i % ncpus)?;
+                        sys::pin_to_cpu(cpu_of(i))?;
                         barrier.wait();
                         let start = Instant::now();
                         let mut run = GenRun::default();
@@ -652,6 +729,11 @@ impl Env<'_> {
         let g = self.gen.stats()?;
         let k = self.sink.stats()?;
         let (steal_ticks, steal_frac) = before.steal_since(&after);
+        let queue_note = queue_note(
+            &lab.queues,
+            &lab_delta(&lan_before, &Lab::ethtool_stats(&lab.ha, "lan0")),
+            &lab_delta(&gen_before, &Lab::ethtool_stats(&lab.gen, "gen0")),
+        );
         let latency = if latency {
             let h = hist::to_hdr(&self.sink.histogram()?);
             Some((
@@ -671,12 +753,12 @@ impl Env<'_> {
             sent: g.sent,
             received: k.packets,
             rx_bytes: k.bytes,
-            ipip: k.ipip,
             latency,
             steal_ticks,
             steal_frac,
             stall_ratio,
             attempts: 1,
+            queue_note,
         })
     }
 }
@@ -695,7 +777,7 @@ impl<'a> Dut<'a> {
         ipip: &Baseline,
         homeward: &Path,
         scratch: &Path,
-        wan_mtu: u32,
+        args: &Args,
     ) -> Result<Dut<'a>> {
         match variant {
             Variant::B | Variant::C => {
@@ -712,16 +794,17 @@ impl<'a> Dut<'a> {
                 Ok(Dut::Xdp { lab })
             }
             Variant::A => Ok(Dut::Homeward(Box::new(HomewardProc::start(
-                lab, homeward, scratch, wan_mtu,
+                lab, homeward, scratch, args,
             )?))),
         }
     }
 
-    /// homeward's counters, one line, for the log.
-    fn diagnostics(&self) -> String {
+    /// homeward's counters (`homeward stats --json`, flattened); empty for
+    /// the baselines.
+    fn counters(&self) -> BTreeMap<String, u64> {
         match self {
-            Dut::Xdp { .. } => String::new(),
-            Dut::Homeward(h) => h.stats_line(),
+            Dut::Xdp { .. } => BTreeMap::new(),
+            Dut::Homeward(h) => h.counters(),
         }
     }
 
@@ -738,6 +821,47 @@ impl<'a> Dut<'a> {
     }
 }
 
+/// `text` without ANSI escape sequences (homeward's log is colored).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte (0x40..=0x7e).
+            for d in chars.by_ref() {
+                if ('@'..='~').contains(&d) && d != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Pins the threads of `pid` called `homeward-q<i>` to `cpus[i % len]`.
+fn pin_workers(pid: u32, cpus: &[usize]) -> Result<()> {
+    let mut pinned = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let Some(q) = comm
+            .trim()
+            .strip_prefix("homeward-q")
+            .and_then(|q| q.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let tid: u32 = task.file_name().to_string_lossy().parse()?;
+        netns::pin_pid(tid, cpus[q % cpus.len()])?;
+        pinned += 1;
+    }
+    if pinned == 0 {
+        return Err("--homeward-cpus: no homeward-q<i> worker threads found".into());
+    }
+    Ok(())
+}
+
 /// `homeward run` in the HA namespace, killed on drop.
 struct HomewardProc {
     child: Option<Child>,
@@ -747,7 +871,8 @@ struct HomewardProc {
 }
 
 impl HomewardProc {
-    fn start(lab: &Lab, bin: &Path, scratch: &Path, wan_mtu: u32) -> Result<HomewardProc> {
+    fn start(lab: &Lab, bin: &Path, scratch: &Path, args: &Args) -> Result<HomewardProc> {
+        let wan_mtu = args.wan_mtu;
         let socket = scratch.join(format!("homeward-q{}.sock", lab.queues));
         let log = scratch.join(format!("homeward-q{}.log", lab.queues));
         let _ = std::fs::remove_file(&socket);
@@ -761,9 +886,11 @@ impl HomewardProc {
             .arg(wan_mtu.to_string())
             .arg("--socket")
             .arg(&socket)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf);
+        sys::kill_with_parent(&mut cmd);
         let child = cmd.spawn()?;
         let mut h = HomewardProc {
             child: Some(child),
@@ -784,6 +911,11 @@ impl HomewardProc {
                 return Err(format!("homeward did not come up in 10 s: {}", h.log_tail()).into());
             }
             thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(child) = &h.child {
+            if !args.homeward_cpus.is_empty() {
+                pin_workers(child.id(), &args.homeward_cpus)?;
+            }
         }
         h.cli(&["bind", &netns::VM.to_string(), &netns::CARE_OF.to_string()])?;
         // Forwarding needs the care-of address's next hop (neighbour thread).
@@ -820,26 +952,30 @@ impl HomewardProc {
         Ok(out)
     }
 
-    fn stats_line(&self) -> String {
-        match self.cli(&["stats"]) {
-            Ok(s) => {
-                let keep: Vec<&str> = s
-                    .lines()
-                    .filter(|l| {
-                        l.starts_with("drops")
-                            || l.starts_with("counters")
-                            || l.starts_with("steering")
-                            || l.starts_with("xdp")
-                    })
-                    .collect();
-                format!("\n      homeward stats: {}", keep.join(" | "))
+    /// `homeward stats --json`: the numeric fields of its counter sections
+    /// as `section.name`.
+    fn counters(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        let Ok(text) = self.cli(&["stats", "--json"]) else {
+            return out;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return out;
+        };
+        for section in ["counters", "steering", "drops"] {
+            if let Some(m) = v.get(section).and_then(|m| m.as_object()) {
+                for (k, n) in m {
+                    if let Some(n) = n.as_u64() {
+                        out.insert(format!("{section}.{k}"), n);
+                    }
+                }
             }
-            Err(e) => format!("\n      homeward stats failed: {e}"),
         }
+        out
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default());
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" / ")
     }
@@ -880,6 +1016,71 @@ impl Drop for HomewardProc {
     }
 }
 
+/// `after - before` per key.
+fn lab_delta(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, &v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .collect()
+}
+
+/// "lan0 rx queues 50/50 %, ..." from `ethtool -S` deltas of lan0 and gen0.
+fn queue_note(queues: &u32, lan: &BTreeMap<String, u64>, gen: &BTreeMap<String, u64>) -> String {
+    let per_queue: Vec<u64> = (0..*queues)
+        .map(|q| {
+            lan.get(&format!("rx_queue_{q}_xdp_packets"))
+                .copied()
+                .unwrap_or(0)
+        })
+        .collect();
+    let total: u64 = per_queue.iter().sum();
+    let split: Vec<String> = per_queue
+        .iter()
+        .map(|&n| format!("{:.0}", n as f64 * 100.0 / total.max(1) as f64))
+        .collect();
+    let sum = |m: &BTreeMap<String, u64>, suffix: &str| -> u64 {
+        m.iter()
+            .filter(|(k, _)| k.ends_with(suffix))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    format!(
+        "lan0 rx {total} frames, per queue {} %; lan0 XDP drops (verdicts and failed redirects) {}; \
+         xdp_xmit errors gen0 {} lan0 {}",
+        split.join("/"),
+        sum(lan, "_drops"),
+        sum(gen, "xdp_xmit_errors"),
+        sum(lan, "xdp_xmit_errors"),
+    )
+}
+
+/// The counters that changed between two snapshots, one line.
+fn counter_delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> String {
+    let changed: Vec<String> = after
+        .iter()
+        .filter_map(|(k, &v)| {
+            let d = v.saturating_sub(before.get(k).copied().unwrap_or(0));
+            (d > 0).then(|| format!("{k}={d}"))
+        })
+        .collect();
+    if changed.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n      homeward counters during the trial: {}",
+            changed.join(" ")
+        )
+    }
+}
+
 /// --external: the device under test and the sink; count until Ctrl-C.
 fn external(
     args: &Args,
@@ -902,7 +1103,7 @@ fn external(
         ipip,
         &homeward_path(args),
         scratch,
-        args.wan_mtu,
+        args,
     )?;
     let mac = |m: [u8; 6]| {
         m.iter()
@@ -943,8 +1144,8 @@ fn external(
         let dt = t.elapsed().as_secs_f64();
         t = Instant::now();
         println!(
-            "sink: {:.3} Mpps, {:.1} Mbit/s ({} packets total)",
-            (now.packets - last.packets) as f64 / dt / 1e6,
+            "sink: {:.0} pps, {:.1} Mbit/s ({} packets total)",
+            (now.packets - last.packets) as f64 / dt,
             (now.bytes - last.bytes) as f64 * 8.0 / dt / 1e6,
             now.packets
         );
@@ -989,14 +1190,14 @@ impl Report {
         let _ = writeln!(s);
         let _ = writeln!(s, "Generator alone (into a peer that drops):");
         let _ = writeln!(s);
-        let _ = writeln!(s, "| queues | size B | generated Mpps | steal % |");
+        let _ = writeln!(s, "| queues | size B | generated Mpps | steal ticks (%) |");
         let _ = writeln!(s, "|---:|---:|---:|---:|");
         for (q, size, t) in &self.generator {
             let _ = writeln!(
                 s,
-                "| {q} | {size} | {:.3} | {:.1} |",
+                "| {q} | {size} | {:.3} | {} |",
                 t.offered_pps() / 1e6,
-                t.steal_frac * 100.0
+                t.steal()
             );
         }
         let _ = writeln!(s);
@@ -1007,7 +1208,7 @@ impl Report {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "| queues | size B | variant | offered Mpps | forwarded Mpps | / (b) | / (c) | Gbit/s | steal % | attempts |"
+            "| queues | size B | variant | offered Mpps | forwarded Mpps | / (b) | / (c) | Gbit/s | steal ticks (%) | attempts |"
         );
         let _ = writeln!(s, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.forward {
@@ -1021,7 +1222,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.3} | {:.3} | {} | {} | {:.2} | {:.1} | {} |",
+                "| {} | {} | {} | {:.3} | {:.3} | {} | {} | {:.2} | {} | {} |",
                 r.queues,
                 r.size,
                 r.variant.label(),
@@ -1030,7 +1231,7 @@ impl Report {
                 ratio(Variant::B),
                 ratio(Variant::C),
                 t.rx_bytes as f64 * 8.0 / t.secs.max(1e-9) / 1e9,
-                t.steal_frac * 100.0,
+                t.steal(),
                 t.attempts
             );
         }
@@ -1058,14 +1259,14 @@ impl Report {
             let _ = writeln!(s);
             let _ = writeln!(
                 s,
-                "| variant | load | offered Mpps | forwarded Mpps | p50 us | p99 us | p99.9 us | samples | steal % |"
+                "| variant | target load | offered Mpps | forwarded Mpps | p50 us | p99 us | p99.9 us | samples | steal ticks (%) |"
             );
             let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
             for (v, frac, _rate, t) in &self.latency {
                 if let Some((p50, p99, p999, n)) = t.latency {
                     let _ = writeln!(
                         s,
-                        "| {} | {:.0} % | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} | {n} | {:.1} |",
+                        "| {} | {:.0} % | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} | {n} | {} |",
                         v.label(),
                         frac * 100.0,
                         t.offered_pps() / 1e6,
@@ -1073,7 +1274,7 @@ impl Report {
                         p50 as f64 / 1e3,
                         p99 as f64 / 1e3,
                         p999 as f64 / 1e3,
-                        t.steal_frac * 100.0
+                        t.steal()
                     );
                 }
             }
@@ -1081,13 +1282,14 @@ impl Report {
         let diags: Vec<String> = self
             .forward
             .iter()
-            .filter(|r| !r.diag.is_empty())
             .map(|r| {
                 format!(
-                    "- {} queue(s), {} B:{}",
+                    "- {} queue(s), {} B, {}: {}{}",
                     r.queues,
                     r.size,
-                    r.diag.replace('\n', " ")
+                    r.variant.label(),
+                    r.trial.queue_note,
+                    r.diag.replace("\n      homeward", "; homeward")
                 )
             })
             .collect();
