@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli.command) {
         Ok(code) => code,
@@ -73,10 +74,12 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             for (queue, a) in accounting.iter().enumerate() {
                 // The teardown check: every frame must be somewhere.
                 eprintln!(
-                    "homeward: frames at teardown, queue {queue}: total {} free {} fill {} rx {} worker {} tx {} completion {} in_kernel {} unaccounted {}",
-                    a.total, a.free, a.fill, a.rx, a.worker, a.tx, a.completion, a.in_kernel, a.unaccounted()
+                    "homeward: frames at teardown, queue {queue}: total {} free {} fill {} rx {} worker {} tx {} completion {} kernel_rx {} kernel_tx {} unaccounted {}",
+                    a.total, a.free, a.fill, a.rx, a.worker, a.tx, a.completion, a.kernel_rx, a.kernel_tx, a.unaccounted()
                 );
-                leaked |= a.unaccounted() != 0 || a.tx + a.completion + a.in_kernel + a.worker > 0;
+                // Frames on the RX side stay with the socket until it closes;
+                // every transmission must have completed.
+                leaked |= a.unaccounted() != 0 || a.tx + a.completion + a.kernel_tx + a.worker > 0;
             }
             if leaked {
                 eprintln!("homeward: frames leaked at teardown");
@@ -187,7 +190,7 @@ fn print_stats(s: &Value) {
     if let Some(Value::Array(frames)) = s.get("frames") {
         for f in frames {
             println!(
-                "frames q{}: total {} free {} fill {} rx {} tx {} completion {} in_kernel {} unaccounted {}",
+                "frames q{}: total {} free {} fill {} rx {} tx {} completion {} kernel_rx {} kernel_tx {} unaccounted {}",
                 field(f, "queue"),
                 field(f, "total"),
                 field(f, "free"),
@@ -195,7 +198,8 @@ fn print_stats(s: &Value) {
                 field(f, "rx"),
                 field(f, "tx"),
                 field(f, "completion"),
-                field(f, "in_kernel"),
+                field(f, "kernel_rx"),
+                field(f, "kernel_tx"),
                 field(f, "unaccounted")
             );
         }

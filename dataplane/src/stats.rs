@@ -26,6 +26,25 @@ pub struct SharedCounters {
     pub bad_verdict: AtomicU64,
     /// Gratuitous ARPs sent.
     pub announcements: AtomicU64,
+    /// The kernel's own AF_XDP socket counters (XDP_STATISTICS), summed
+    /// over the queue's sockets: frames it dropped before the worker saw
+    /// them.
+    pub socket: SocketCounters,
+}
+
+/// XDP_STATISTICS of a queue's sockets, as last read by its worker.
+#[derive(Debug, Default)]
+pub struct SocketCounters {
+    /// Received frames dropped for any reason (e.g. no fill ring entry).
+    pub rx_dropped: AtomicU64,
+    /// Received frames dropped because the RX ring was full.
+    pub rx_ring_full: AtomicU64,
+    /// Times the kernel found the fill ring empty.
+    pub fill_ring_empty: AtomicU64,
+    /// Invalid descriptors on the fill/RX side.
+    pub rx_invalid: AtomicU64,
+    /// Invalid descriptors on the TX ring.
+    pub tx_invalid: AtomicU64,
 }
 
 impl Default for SharedCounters {
@@ -44,6 +63,7 @@ impl Default for SharedCounters {
             no_free_frame: AtomicU64::new(0),
             bad_verdict: AtomicU64::new(0),
             announcements: AtomicU64::new(0),
+            socket: SocketCounters::default(),
         }
     }
 }
@@ -57,6 +77,11 @@ pub struct CounterSnapshot {
     pub no_free_frame: u64,
     pub bad_verdict: u64,
     pub announcements: u64,
+    pub xsk_rx_dropped: u64,
+    pub xsk_rx_ring_full: u64,
+    pub xsk_fill_ring_empty: u64,
+    pub xsk_rx_invalid: u64,
+    pub xsk_tx_invalid: u64,
 }
 
 impl SharedCounters {
@@ -95,6 +120,11 @@ impl SharedCounters {
             no_free_frame: self.no_free_frame.load(Relaxed),
             bad_verdict: self.bad_verdict.load(Relaxed),
             announcements: self.announcements.load(Relaxed),
+            xsk_rx_dropped: self.socket.rx_dropped.load(Relaxed),
+            xsk_rx_ring_full: self.socket.rx_ring_full.load(Relaxed),
+            xsk_fill_ring_empty: self.socket.fill_ring_empty.load(Relaxed),
+            xsk_rx_invalid: self.socket.rx_invalid.load(Relaxed),
+            xsk_tx_invalid: self.socket.tx_invalid.load(Relaxed),
         }
     }
 }
@@ -118,5 +148,10 @@ impl CounterSnapshot {
         self.no_free_frame += o.no_free_frame;
         self.bad_verdict += o.bad_verdict;
         self.announcements += o.announcements;
+        self.xsk_rx_dropped += o.xsk_rx_dropped;
+        self.xsk_rx_ring_full += o.xsk_rx_ring_full;
+        self.xsk_fill_ring_empty += o.xsk_fill_ring_empty;
+        self.xsk_rx_invalid += o.xsk_rx_invalid;
+        self.xsk_tx_invalid += o.xsk_tx_invalid;
     }
 }

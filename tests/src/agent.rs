@@ -114,8 +114,14 @@ impl<'a> HomeAgent<'a> {
 
     /// SIGINT, wait for exit, return what it said.
     #[track_caller]
-    pub fn stop(mut self) -> Teardown {
-        let status = self.child.stop_with("INT", Duration::from_secs(10));
+    pub fn stop(self) -> Teardown {
+        self.stop_with("INT")
+    }
+
+    /// Signal `sig` (`INT`, `TERM`), wait for exit, return what it said.
+    #[track_caller]
+    pub fn stop_with(mut self, sig: &str) -> Teardown {
+        let status = self.child.stop_with(sig, Duration::from_secs(10));
         Teardown {
             success: status.success(),
             stderr: self.child.stderr(),

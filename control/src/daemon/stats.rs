@@ -27,7 +27,8 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
             "worker": a.worker,
             "tx": a.tx,
             "completion": a.completion,
-            "in_kernel": a.in_kernel,
+            "kernel_rx": a.kernel_rx,
+            "kernel_tx": a.kernel_tx,
             "unaccounted": a.unaccounted(),
         }));
     }
@@ -39,6 +40,11 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
     drops.insert("tx_ring_full".into(), total.tx_ring_full.into());
     drops.insert("no_free_frame".into(), total.no_free_frame.into());
     drops.insert("bad_verdict".into(), total.bad_verdict.into());
+    // Dropped by the kernel before the worker saw them (XDP_STATISTICS).
+    drops.insert("xsk_rx_ring_full".into(), total.xsk_rx_ring_full.into());
+    drops.insert("xsk_rx_dropped".into(), total.xsk_rx_dropped.into());
+    drops.insert("xsk_rx_invalid".into(), total.xsk_rx_invalid.into());
+    drops.insert("xsk_tx_invalid".into(), total.xsk_tx_invalid.into());
     let steering = match d.bindings.steering().counters() {
         Ok(c) => json!({
             "steered_ipv4": c.steered_ipv4,
@@ -86,6 +92,7 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
             "icmp_rate_limited": p.icmp_rate_limited,
             "trimmed_padding": p.trimmed_padding,
             "announcements": total.announcements,
+            "xsk_fill_ring_empty": total.xsk_fill_ring_empty,
         },
         "drops": drops,
         "steering": steering,

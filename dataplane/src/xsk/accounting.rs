@@ -23,9 +23,13 @@ pub struct FrameAccounting {
     pub tx: u64,
     /// Sent, waiting in completion rings for the worker.
     pub completion: u64,
-    /// Taken by the kernel from a fill or TX ring and not yet put on an RX
-    /// or completion ring: transient while traffic flows, zero when idle.
-    pub in_kernel: u64,
+    /// Taken by the kernel from a fill ring and not (yet) put on an RX
+    /// ring: being copied into, or parked in the socket's buffer pool after
+    /// a receive found the RX ring full. Nonzero at idle is normal.
+    pub kernel_rx: u64,
+    /// Taken by the kernel from a TX ring and not yet put on a completion
+    /// ring: a transmission in progress. Zero once the worker has drained.
+    pub kernel_tx: u64,
 }
 
 impl FrameAccounting {
@@ -38,7 +42,8 @@ impl FrameAccounting {
             + self.worker
             + self.tx
             + self.completion
-            + self.in_kernel;
+            + self.kernel_rx
+            + self.kernel_tx;
         self.total as i64 - placed as i64
     }
 }
@@ -89,8 +94,8 @@ pub(crate) fn account(
     } = rings;
     // Frames on the RX side are in the fill ring, in the kernel, or on the
     // RX ring; likewise TX ring, kernel, completion ring on the TX side.
-    let in_kernel_rx = flow.rx_side().saturating_sub(fill + rx);
-    let in_kernel_tx = flow.tx_side().saturating_sub(tx + completion);
+    let kernel_rx = flow.rx_side().saturating_sub(fill + rx);
+    let kernel_tx = flow.tx_side().saturating_sub(tx + completion);
     FrameAccounting {
         total,
         free,
@@ -99,14 +104,15 @@ pub(crate) fn account(
         worker,
         tx,
         completion,
-        in_kernel: in_kernel_rx + in_kernel_tx,
+        kernel_rx,
+        kernel_tx,
     }
 }
 
 /// The published copy of a [`FrameAccounting`], readable from any thread.
 #[derive(Debug, Default)]
 pub struct SharedAccounting {
-    fields: [AtomicU64; 8],
+    fields: [AtomicU64; 9],
 }
 
 impl SharedAccounting {
@@ -119,7 +125,8 @@ impl SharedAccounting {
             a.worker,
             a.tx,
             a.completion,
-            a.in_kernel,
+            a.kernel_rx,
+            a.kernel_tx,
         ];
         for (field, value) in self.fields.iter().zip(values) {
             field.store(value, Relaxed);
@@ -137,7 +144,8 @@ impl SharedAccounting {
             worker: f(4),
             tx: f(5),
             completion: f(6),
-            in_kernel: f(7),
+            kernel_rx: f(7),
+            kernel_tx: f(8),
         }
     }
 }
@@ -166,8 +174,8 @@ mod tests {
         // 60 on the RX side: 50 in fill, 8 on RX, so 2 in the kernel.
         // 20 on the TX side: 15 on TX, 5 on completion, none in the kernel.
         let a = account(200, 110, 10, flow, rings(50, 8, 15, 5));
-        assert_eq!(a.in_kernel, 2);
-        assert_eq!(a.unaccounted(), 200 - (110 + 50 + 8 + 10 + 15 + 5 + 2));
+        assert_eq!((a.kernel_rx, a.kernel_tx), (2, 0));
+        assert_eq!(a.unaccounted(), 0);
     }
 
     #[test]
@@ -179,7 +187,7 @@ mod tests {
             completed: 64,
         };
         let a = account(8192, 4192, 0, flow, rings(4000, 0, 0, 0));
-        assert_eq!(a.in_kernel, 0);
+        assert_eq!((a.kernel_rx, a.kernel_tx), (0, 0));
         assert_eq!(a.unaccounted(), 0);
     }
 
@@ -194,7 +202,8 @@ mod tests {
             worker: 5,
             tx: 6,
             completion: 7,
-            in_kernel: 8,
+            kernel_rx: 8,
+            kernel_tx: 9,
         };
         s.publish(&a);
         assert_eq!(s.load(), a);

@@ -84,6 +84,10 @@ pub struct Worker<L: Lookup> {
     /// Frames kept back from the fill rings for TX-side needs (fragments, ARP).
     reserve: usize,
     started: Instant,
+    /// Completions seen at the last TX kick, and kicks since then that
+    /// completed nothing.
+    kicked_at: u64,
+    fruitless_kicks: u32,
 }
 
 /// Which socket of the queue a port maps to.
@@ -117,6 +121,8 @@ impl<L: Lookup> Worker<L> {
             flow: FrameFlow::default(),
             reserve,
             started: Instant::now(),
+            kicked_at: 0,
+            fruitless_kicks: 0,
         }
     }
 
@@ -129,7 +135,12 @@ impl<L: Lookup> Worker<L> {
         let mut wan_tx: Vec<FrameDesc> = Vec::with_capacity(batch * 4);
         let mut comp_descs = vec![FrameDesc::default(); batch * 2];
         self.refill();
+        let mut iterations: u32 = 0;
         while !self.shared.stop.load(Relaxed) {
+            iterations = iterations.wrapping_add(1);
+            if iterations.is_multiple_of(4096) {
+                self.read_socket_counters();
+            }
             let mut work = self.reclaim(&mut comp_descs);
             work += self.receive(Side::Lan, &mut rx_descs, &mut lan_tx, &mut wan_tx);
             if self.sockets.wan.is_some() {
@@ -145,7 +156,40 @@ impl<L: Lookup> Worker<L> {
             }
         }
         self.drain(&mut comp_descs);
+        self.read_socket_counters();
         self.publish()
+    }
+
+    /// The kernel's XDP_STATISTICS for the queue's sockets (one getsockopt
+    /// each): drops that happen before a frame reaches the worker.
+    fn read_socket_counters(&mut self) {
+        let mut sum = [0u64; 5];
+        let mut add = |rings: &SocketRings| {
+            if let Ok(s) = rings.rx.fd().xdp_statistics() {
+                sum[0] += s.rx_dropped();
+                sum[1] += s.rx_ring_full();
+                sum[2] += s.rx_fill_ring_empty_descs();
+                sum[3] += s.rx_invalid_descs();
+                sum[4] += s.tx_invalid_descs();
+            }
+        };
+        add(&self.sockets.lan);
+        if let Some(wan) = &self.sockets.wan {
+            add(wan);
+        }
+        let c = &self.shared.counters.socket;
+        for (counter, value) in [
+            &c.rx_dropped,
+            &c.rx_ring_full,
+            &c.fill_ring_empty,
+            &c.rx_invalid,
+            &c.tx_invalid,
+        ]
+        .into_iter()
+        .zip(sum)
+        {
+            counter.store(value, Relaxed);
+        }
     }
 
     fn rings(&mut self, side: Side) -> &mut SocketRings {
@@ -369,21 +413,30 @@ impl<L: Lookup> Worker<L> {
     /// Nothing to do: sleep in poll() until a socket has frames, or briefly
     /// if transmissions are still completing.
     fn idle(&mut self) {
-        let timeout = if self.flow.tx_side() > 0 {
-            Duration::from_micros(200)
-        } else {
-            Duration::from_millis(10)
-        };
         let lan = self.sockets.lan.fd;
         let wan = self.sockets.wan.as_ref().map(|w| w.fd);
-        // Copy mode: kick TX again in case a previous wakeup met EAGAIN.
+        // Copy mode: frames still on a TX ring met a busy kernel (EAGAIN);
+        // kick again rather than sleep, or they would wait out the timeout.
+        // A link that stays down must not make this a busy loop, so after
+        // a run of kicks without a completion, sleep 1 ms between kicks.
         if self.flow.tx_side() > 0 {
             let _ = self.sockets.lan.tx.wakeup();
             if let Some(w) = self.sockets.wan.as_mut() {
                 let _ = w.tx.wakeup();
             }
+            if self.flow.completed == self.kicked_at {
+                self.fruitless_kicks = self.fruitless_kicks.saturating_add(1);
+            } else {
+                self.kicked_at = self.flow.completed;
+                self.fruitless_kicks = 0;
+            }
+            if self.fruitless_kicks > 64 {
+                super::sys::poll_readable(lan, wan, Duration::from_millis(1));
+            }
+            return;
         }
-        super::sys::poll_readable(lan, wan, timeout);
+        self.read_socket_counters();
+        super::sys::poll_readable(lan, wan, Duration::from_millis(10));
     }
 
     /// Stop: wait (bounded) for every transmission to complete.
