@@ -1,7 +1,7 @@
 //! Per-packet cost of `Pipeline::process` (and `write_fragment`) on the hot
-//! paths, with a `Lookup` over the real lock-free tables
-//! (`homeward_benches::lookup`: binding table + neighbour `SeqMap`s, the same
-//! lookups as `dataplane::lookup::Tables`; 1024 bindings).
+//! paths, with the workers' own `Lookup` (`dataplane::lookup::Tables`) over
+//! the real lock-free tables: 1024 bindings, next hops set by hand
+//! (`neigh::static_neighbors`) instead of learned over netlink.
 //!
 //! The pipeline rewrites frames in place, so every iteration first copies
 //! the frame from its template into a reused 2048-byte buffer (256 bytes of
@@ -16,10 +16,11 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use dataplane::lookup::Tables;
+use dataplane::neigh::{static_neighbors, StaticNeighbors};
 use dataplane::pipeline::{Pipeline, PipelineConfig, Port, Verdict};
 use dataplane::table::{binding_table, Binding};
 use homeward_benches::frames::{self, Ipv4Spec};
-use homeward_benches::lookup::{neigh_maps, BenchLookup, NeighMaps};
 
 const HEADROOM: usize = 256;
 const FRAME: usize = 2048;
@@ -37,9 +38,9 @@ const LAN_IF: u32 = 2;
 const WAN_IF: u32 = 3;
 
 struct Setup {
-    lookup: BenchLookup,
+    lookup: Tables,
     // Writers must outlive the readers' use only for updates; kept for clarity.
-    _maps: NeighMaps,
+    _maps: StaticNeighbors,
     _table: dataplane::table::TableWriter,
 }
 
@@ -62,16 +63,11 @@ fn setup() -> Setup {
             })
             .expect("bind");
     }
-    let (mut maps, view) = neigh_maps();
+    let (mut maps, view) = static_neighbors();
     maps.set_egress(CARE_OF, WAN_IF, ROUTER_MAC);
     maps.set_lan(LAN_HOST, HOST_MAC);
     Setup {
-        lookup: BenchLookup {
-            bindings: reader,
-            neigh: view,
-            lan_ifindex: LAN_IF,
-            wan_ifindex: WAN_IF,
-        },
+        lookup: Tables::new(reader, view, LAN_IF, WAN_IF),
         _maps: maps,
         _table: table,
     }

@@ -8,13 +8,11 @@
 //! - [`hist`]: the sink's latency buckets, turned into an hdrhistogram.
 //! - [`procstat`]: steal time from /proc/stat.
 //! - [`frames`]: test frames with valid checksums.
-//! - [`lookup`]: a pipeline `Lookup` over the real binding table.
 //! - [`sys`]: every `unsafe` of this crate.
 
 pub mod bpf;
 pub mod frames;
 pub mod hist;
-pub mod lookup;
 pub mod netns;
 pub mod procstat;
 pub mod sys;

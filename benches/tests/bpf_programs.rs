@@ -6,11 +6,12 @@
 
 use std::net::Ipv4Addr;
 
+use dataplane::lookup::Tables;
+use dataplane::neigh::static_neighbors;
 use dataplane::pipeline::{Pipeline, PipelineConfig, Port, Verdict};
 use dataplane::table::{binding_table, Binding};
 use homeward_benches::bpf::{self, Baseline, BaselineKind, GenConfig, Generator, Sink};
 use homeward_benches::frames::{self, checksum, Ipv4Spec, ETH_LEN, IPV4_LEN, UDP_HDRS};
-use homeward_benches::lookup::{neigh_maps, BenchLookup};
 use homeward_benches::sys;
 
 const XDP_DROP: u32 = 1;
@@ -137,14 +138,9 @@ fn homeward_encap(frame: &[u8]) -> Vec<u8> {
         vm_mac: None,
     })
     .unwrap();
-    let (mut maps, view) = neigh_maps();
+    let (mut maps, view) = static_neighbors();
     maps.set_egress(CARE_OF, 3, SINK_MAC);
-    let lookup = BenchLookup {
-        bindings: r,
-        neigh: view,
-        lan_ifindex: 2,
-        wan_ifindex: 3,
-    };
+    let lookup = Tables::new(r, view, 2, 3);
     let mut cfg = PipelineConfig::new(HA, LAN_MAC, WAN_MAC);
     cfg.tunnel_mtu = 1600;
     let mut p = Pipeline::new(cfg, 7);

@@ -70,7 +70,7 @@ use std::time::Duration;
 
 use crossbeam::channel;
 
-use crate::table::{seq_map, SeqMapReader};
+use crate::table::{seq_map, SeqMapReader, SeqMapWriter};
 
 pub use worker::ResolveTrigger;
 
@@ -236,6 +236,43 @@ fn word_mac(w: u64) -> Option<[u8; 6]> {
     }
     let b = w.to_be_bytes();
     Some([b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// Next hops and home-link neighbours set by hand instead of learned from
+/// the kernel: for benchmarks and for driving the data path without
+/// netlink. Same maps, same encoding as the neighbour thread's.
+#[derive(Debug)]
+pub struct StaticNeighbors {
+    care_of: SeqMapWriter<2>,
+    lan: SeqMapWriter<1>,
+}
+
+/// Empty hand-set neighbour maps (neighbour-thread capacities) and the
+/// reader the workers use over them.
+pub fn static_neighbors() -> (StaticNeighbors, NeighReader) {
+    let (care_of, care_of_r) = seq_map::<2>(CARE_OF_CAPACITY);
+    let (lan, lan_r) = seq_map::<1>(LAN_CAPACITY);
+    (
+        StaticNeighbors { care_of, lan },
+        NeighReader {
+            care_of: care_of_r,
+            lan: lan_r,
+        },
+    )
+}
+
+impl StaticNeighbors {
+    /// Frames for `care_of` leave by `ifindex` to `mac`.
+    pub fn set_egress(&mut self, care_of: Ipv4Addr, ifindex: u32, mac: [u8; 6]) {
+        let _ = self
+            .care_of
+            .insert(u32::from(care_of), [u64::from(ifindex), mac_word(mac)]);
+    }
+
+    /// Home-link host `addr` is at `mac`.
+    pub fn set_lan(&mut self, addr: Ipv4Addr, mac: [u8; 6]) {
+        let _ = self.lan.insert(u32::from(addr), [mac_word(mac)]);
+    }
 }
 
 /// The workers' side: per-packet lookups. `Clone + Send + Sync`; no lock,

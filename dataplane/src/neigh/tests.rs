@@ -428,3 +428,22 @@ fn local_address_is_unresolved_and_thread_stops() {
     h2.shutdown(); // idempotent
     h2.track(ip("127.0.0.3")); // no panic after shutdown
 }
+
+#[test]
+fn static_neighbors_are_what_the_reader_sees() {
+    let (mut maps, reader) = crate::neigh::static_neighbors();
+    let coa = std::net::Ipv4Addr::new(198, 51, 100, 2);
+    let host = std::net::Ipv4Addr::new(192, 0, 2, 10);
+    assert_eq!(reader.egress(coa), None);
+    maps.set_egress(coa, 3, [2, 0, 0, 0, 0, 0x22]);
+    maps.set_lan(host, [2, 0, 0, 0, 0, 0x10]);
+    assert_eq!(
+        reader.egress(coa),
+        Some(crate::neigh::Egress {
+            ifindex: 3,
+            mac: [2, 0, 0, 0, 0, 0x22]
+        })
+    );
+    assert_eq!(reader.lan_neighbor(host), Some([2, 0, 0, 0, 0, 0x10]));
+    assert_eq!(reader.lan_neighbor(coa), None);
+}
