@@ -257,9 +257,14 @@ impl<L: Lookup> Worker<L> {
                         Port::Wan if !one_armed => &mut *wan_tx,
                         _ => &mut *lan_tx,
                     };
+                    // All pieces or none: a partial datagram never reassembles.
+                    if self.free.len() < plan.count() {
+                        self.shared.counters.no_free_frame.fetch_add(1, Relaxed);
+                        self.free.push(*desc);
+                        continue;
+                    }
                     for index in 0..plan.count() {
                         let Some(mut piece) = self.free.pop() else {
-                            self.shared.counters.no_free_frame.fetch_add(1, Relaxed);
                             break;
                         };
                         // SAFETY: `piece` is from the free list, so owned by
