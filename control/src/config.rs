@@ -24,6 +24,9 @@ pub struct FileConfig {
     pub max_bindings: Option<u32>,
     /// ICMP errors per second the data path may send (per queue).
     pub icmp_rate: Option<u32>,
+    /// CPUs to pin the queue workers to, queue `i` on `worker_cpus[i % len]`
+    /// (default: not pinned).
+    pub worker_cpus: Option<Vec<usize>>,
 }
 
 /// Settings after merging, validated.
@@ -38,6 +41,7 @@ pub struct RunConfig {
     pub socket: PathBuf,
     pub max_bindings: u32,
     pub icmp_rate: u32,
+    pub worker_cpus: Vec<usize>,
 }
 
 impl FileConfig {
@@ -86,6 +90,7 @@ impl RunConfig {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             max_bindings: file.max_bindings.unwrap_or(65536),
             icmp_rate: file.icmp_rate.unwrap_or(100),
+            worker_cpus: file.worker_cpus.unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)

@@ -107,6 +107,11 @@ impl<'a> HomeAgent<'a> {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its stderr so far.
     pub fn stderr(&self) -> String {
         self.child.stderr()

@@ -600,3 +600,46 @@ fn two_queues_forward_with_one_worker_each() {
     assert_eq!(ids.len(), 64);
     stop_clean(ha);
 }
+
+#[test]
+fn a_config_file_sets_what_flags_do_and_pins_workers() {
+    require_root();
+    let lab = Topology::home_agent_lab("cfg");
+    let config = lab.dir().join("homeward.toml");
+    std::fs::write(
+        &config,
+        "tunnel_mtu = 1400\nttl = 33\nworker_cpus = [1]\nmax_bindings = 1024\n",
+    )
+    .unwrap();
+    let ha = HomeAgent::start(&lab, &["--config", config.to_str().unwrap()]);
+    assert!(ha.stderr().contains("worker pinned"), "{}", ha.stderr());
+    // The worker thread of queue 0 runs on CPU 1 only.
+    let pid = ha.pid();
+    let task = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "homeward-q0")
+        })
+        .expect("worker thread homeward-q0");
+    let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(str::trim);
+    assert_eq!(allowed, Some("1"), "{status}");
+    // ttl and tunnel_mtu from the file are in force.
+    ha.bind(&vm(&lab), &care_of(&lab), &[]);
+    let cap = Capture::start(&lab.foreign, &lab.foreign_wan.name, "ip proto 4");
+    lab.client
+        .send_udp(&UdpSend::new(lab.vm_home, 9, 1400).df(false));
+    let packets = decode_ipip(&cap.stop()).packets;
+    assert!(
+        packets.len() >= 2,
+        "not fragmented to the file's MTU: {packets:#?}"
+    );
+    assert!(packets
+        .iter()
+        .all(|p| p.outer.ttl == 33 && p.outer.len <= 1400));
+    stop_clean(ha);
+}

@@ -121,9 +121,19 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
         };
         let tables = Tables::new(reader.clone(), neigh_reader.clone(), lan.index, wan_index);
         let worker = Worker::new(sockets, pipeline.clone(), tables, commands, shared.clone());
+        let cpu = (!config.worker_cpus.is_empty())
+            .then(|| config.worker_cpus[queue as usize % config.worker_cpus.len()]);
         let thread = std::thread::Builder::new()
             .name(format!("homeward-q{queue}"))
-            .spawn(move || worker.run())
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    match dataplane::xsk::pin_current_thread(cpu) {
+                        Ok(()) => tracing::info!(queue, cpu, "worker pinned"),
+                        Err(e) => tracing::warn!(queue, cpu, "cannot pin worker: {e}"),
+                    }
+                }
+                worker.run()
+            })
             .map_err(|e| Error::Dataplane(format!("cannot start worker thread: {e}")))?;
         workers.push(shared);
         threads.push(thread);

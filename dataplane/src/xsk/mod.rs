@@ -9,6 +9,7 @@ mod worker;
 
 pub use accounting::{FrameAccounting, SharedAccounting};
 pub use sockets::{QueueSockets, SocketRings, XskConfig};
+pub use sys::pin_current_thread;
 pub use worker::{Command, Worker, WorkerShared};
 
 /// Failures opening AF_XDP sockets.

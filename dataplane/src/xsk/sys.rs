@@ -24,3 +24,23 @@ pub(crate) fn poll_readable(a: RawFd, b: Option<RawFd>, timeout: Duration) {
     // the call; poll only writes their `revents` fields.
     unsafe { libc::poll(fds.as_mut_ptr(), n, ms) };
 }
+
+/// Pin the calling thread to `cpu` (sched_setaffinity), so a worker keeps
+/// its core instead of being moved next to softirq or generator load.
+pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: cpu_set_t is plain data for which all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked above), as CPU_SET needs.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the
+    // calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
