@@ -18,26 +18,7 @@
 
 #define IPPROTO_IPIP_ 4
 
-struct fwd_config {
-	__u8 dst_mac[ETH_ALEN];
-	__u8 src_mac[ETH_ALEN];
-	__be32 ha_addr;
-};
-_Static_assert(sizeof(struct fwd_config) == 16, "as in baseline_redirect.c");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, struct fwd_config);
-	__uint(max_entries, 1);
-} fwd_cfg SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_DEVMAP);
-	__type(key, __u32);
-	__type(value, __u32);
-	__uint(max_entries, 1);
-} tx_port SEC(".maps");
+#include "baseline.h"
 
 /* Bound VM home address -> care-of address, network byte order. */
 struct {

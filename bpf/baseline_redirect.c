@@ -12,27 +12,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-struct fwd_config {
-	__u8 dst_mac[ETH_ALEN]; /* next hop (the sink) */
-	__u8 src_mac[ETH_ALEN]; /* the WAN veth */
-	__be32 ha_addr; /* outer source (baseline_ipip.c only) */
-};
-_Static_assert(sizeof(struct fwd_config) == 16, "mirrored in benches/src/bpf.rs");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, struct fwd_config);
-	__uint(max_entries, 1);
-} fwd_cfg SEC(".maps");
-
-/* [0]: the WAN veth. */
-struct {
-	__uint(type, BPF_MAP_TYPE_DEVMAP);
-	__type(key, __u32);
-	__type(value, __u32);
-	__uint(max_entries, 1);
-} tx_port SEC(".maps");
+#include "baseline.h"
 
 SEC("xdp")
 int redirect(struct xdp_md *ctx)
