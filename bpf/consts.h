@@ -12,6 +12,10 @@
 #define PORT_WAN 1
 #define N_PORTS 2
 
+/* steer_config.role */
+#define ROLE_HOME_AGENT 0
+#define ROLE_FOREIGN_AGENT 1
+
 /* Default size of bound_vms and care_ofs; the loader resizes both before load. */
 #define DEFAULT_MAX_BINDINGS 65536
 
@@ -30,7 +34,7 @@
  * such frame was handed to the AF_XDP socket unless NO_SOCKET was also
  * counted for it (then it went to the kernel with XDP_PASS).
  * Every frame increments exactly one of STEERED_*, PASSED, MALFORMED_L2,
- * MALFORMED_L3, UNKNOWN_INGRESS.
+ * MALFORMED_L3, UNKNOWN_INGRESS, DROPPED_IPIP.
  */
 enum steer_counter {
 	CNT_STEERED_IPV4 = 0, /* IPv4 to a bound VM address */
@@ -41,7 +45,8 @@ enum steer_counter {
 	CNT_MALFORMED_L2 = 5, /* truncated Ethernet / 802.1Q header: XDP_PASS */
 	CNT_MALFORMED_L3 = 6, /* truncated or invalid IPv4 / ARP header: XDP_PASS */
 	CNT_UNKNOWN_INGRESS = 7, /* ingress ifindex is neither LAN nor WAN: XDP_PASS */
-	CNT_MAX = 8,
+	CNT_DROPPED_IPIP = 8, /* foreign agent: IPIP to it not from a served VM's home agent: XDP_DROP */
+	CNT_MAX = 9,
 };
 
 #endif /* HOMEWARD_CONSTS_H */

@@ -9,7 +9,20 @@
  *  (b) ARP requests for a bound VM address, LAN ingress only;
  *  (c) IPIP (protocol 4) whose outer source is a bound care-of address, any
  *      ingress;
- * each untagged or under one 802.1Q tag (QinQ is passed). A queue index of
+ * each untagged or under one 802.1Q tag (QinQ is passed).
+ *
+ * In the foreign agent role (config.role) the LAN port is the VM link and
+ * the WAN port the uplink, and it redirects only:
+ *  (a) IPv4 from a served VM address (bound_vms), VM link ingress (whatever
+ *      the destination MAC: the VM's ARP cache is from its home link);
+ *  (b) ARP requests from a served VM address, VM link ingress;
+ *  (c) IPIP to the care-of address (config.local_addr) whose outer source is
+ *      a served VM's home agent (care_ofs), uplink ingress.
+ * Any other IPIP to the care-of address is dropped and counted
+ * (DROPPED_IPIP): a host must not decapsulate what anyone sends it
+ * (CVE-2020-10136).
+ *
+ * A queue index of
  * MAX_QUEUES or more has no socket slot (counted as NO_SOCKET).
  * Everything else, malformed and short frames included, is XDP_PASS
  * untouched: the box stays an ordinary router.
@@ -59,6 +72,48 @@ static __always_inline int steer(struct xdp_md *ctx, __u32 port, __u32 idx)
 	return bpf_redirect_map(&xsks, key, XDP_PASS);
 }
 
+/* The foreign agent role, after the link header (see the top of the file). */
+static __always_inline int foreign_agent(struct xdp_md *ctx, struct hdr_cursor *cur,
+					 void *data_end, struct steer_config *cfg, __u32 port,
+					 __u16 proto)
+{
+	__u32 addr;
+
+	if (proto == ETH_P_IP) {
+		struct iphdr *iph = parse_iphdr(cur, data_end);
+
+		if (!iph)
+			return pass(CNT_MALFORMED_L3);
+		if (port == PORT_LAN) {
+			addr = iph->saddr;
+			if (bpf_map_lookup_elem(&bound_vms, &addr))
+				return steer(ctx, port, CNT_STEERED_IPV4);
+			return pass(CNT_PASSED);
+		}
+		if (iph->protocol == IPPROTO_IPIP_ && iph->daddr == cfg->local_addr) {
+			addr = iph->saddr;
+			if (bpf_map_lookup_elem(&care_ofs, &addr))
+				return steer(ctx, port, CNT_STEERED_IPIP);
+			count(CNT_DROPPED_IPIP);
+			return XDP_DROP;
+		}
+		return pass(CNT_PASSED);
+	}
+
+	if (proto == ETH_P_ARP) {
+		struct arp_eth_ipv4 *arp = parse_arp(cur, data_end);
+
+		if (!arp)
+			return pass(CNT_MALFORMED_L3);
+		if (port != PORT_LAN || !arp_is_eth_ipv4_request(arp))
+			return pass(CNT_PASSED);
+		addr = arp->spa;
+		if (bpf_map_lookup_elem(&bound_vms, &addr))
+			return steer(ctx, port, CNT_STEERED_ARP);
+	}
+	return pass(CNT_PASSED);
+}
+
 SEC("xdp")
 int homeward_steer(struct xdp_md *ctx)
 {
@@ -83,6 +138,9 @@ int homeward_steer(struct xdp_md *ctx)
 
 	if (parse_ethhdr(&cur, data_end, &proto) < 0)
 		return pass(CNT_MALFORMED_L2);
+
+	if (cfg->role == ROLE_FOREIGN_AGENT)
+		return foreign_agent(ctx, &cur, data_end, cfg, port, proto);
 
 	if (proto == ETH_P_IP) {
 		struct iphdr *iph = parse_iphdr(&cur, data_end);

@@ -11,10 +11,12 @@
 
 /* Value of `config`[0], written by the loader before attach. */
 struct steer_config {
-	__u32 lan_ifindex; /* port 0 */
-	__u32 wan_ifindex; /* port 1; equal to lan_ifindex in one-armed mode */
+	__u32 lan_ifindex; /* port 0 (the foreign agent's VM link) */
+	__u32 wan_ifindex; /* port 1 (its uplink); equal to lan_ifindex in one-armed mode */
+	__u32 role; /* ROLE_HOME_AGENT or ROLE_FOREIGN_AGENT */
+	__be32 local_addr; /* foreign agent: its care-of address, the tunnels' end */
 };
-_Static_assert(sizeof(struct steer_config) == 8, "struct steer_config is mirrored in loader.rs");
+_Static_assert(sizeof(struct steer_config) == 16, "struct steer_config is mirrored in loader.rs");
 
 /* 802.1Q tag, after the outer ethertype 0x8100. */
 struct vlan_tag {

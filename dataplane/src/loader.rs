@@ -105,8 +105,9 @@ const CNT_NO_SOCKET: u32 = 4;
 const CNT_MALFORMED_L2: u32 = 5;
 const CNT_MALFORMED_L3: u32 = 6;
 const CNT_UNKNOWN_INGRESS: u32 = 7;
+const CNT_DROPPED_IPIP: u32 = 8;
 /// Number of counters (`CNT_MAX`).
-pub const COUNTERS: u32 = 8;
+pub const COUNTERS: u32 = 9;
 
 // linux/if_link.h; not in libxdp-sys' bindings.
 const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1 << 0;
@@ -118,13 +119,23 @@ const XDP_FLAGS_REPLACE: u32 = 1 << 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SteerConfig {
-    /// Ifindex of the LAN interface (port 0).
+    /// Ifindex of the LAN interface (port 0; the foreign agent's VM link).
     pub lan_ifindex: u32,
-    /// Ifindex of the WAN interface (port 1); equal to `lan_ifindex` in one-armed mode.
+    /// Ifindex of the WAN interface (port 1; the foreign agent's uplink); equal to
+    /// `lan_ifindex` in one-armed mode.
     pub wan_ifindex: u32,
+    /// [`ROLE_HOME_AGENT`] or [`ROLE_FOREIGN_AGENT`].
+    pub role: u32,
+    /// Foreign agent: its care-of address, network byte order (as the packet carries it).
+    pub local_addr: u32,
 }
 // bpf/structs.h asserts the same size; `Steering::load` also checks it against the object's BTF.
-const _: () = assert!(size_of::<SteerConfig>() == 8);
+const _: () = assert!(size_of::<SteerConfig>() == 16);
+
+/// `SteerConfig::role` of a home agent (`ROLE_HOME_AGENT` in bpf/consts.h).
+pub const ROLE_HOME_AGENT: u32 = 0;
+/// `SteerConfig::role` of a foreign agent (`ROLE_FOREIGN_AGENT` in bpf/consts.h).
+pub const ROLE_FOREIGN_AGENT: u32 = 1;
 
 extern "C" {
     // In the libbpf that libxdp-sys links, but not in its bindings.
@@ -194,6 +205,9 @@ pub struct SteerCounters {
     pub malformed_l3: u64,
     /// Ingress interface neither LAN nor WAN (only seen with BPF_PROG_RUN): passed.
     pub unknown_ingress: u64,
+    /// Foreign agent: IPIP to its care-of address not from the home agent of a VM it
+    /// serves: dropped (CVE-2020-10136).
+    pub dropped_ipip: u64,
 }
 
 impl SteerCounters {
@@ -204,7 +218,12 @@ impl SteerCounters {
 
     /// Frames the program has seen.
     pub fn total(&self) -> u64 {
-        self.steered() + self.passed + self.malformed_l2 + self.malformed_l3 + self.unknown_ingress
+        self.steered()
+            + self.passed
+            + self.malformed_l2
+            + self.malformed_l3
+            + self.unknown_ingress
+            + self.dropped_ipip
     }
 }
 
@@ -473,6 +492,43 @@ impl Steering {
         Ok(steering)
     }
 
+    /// The foreign agent's steering: the program in the foreign-agent role
+    /// (see bpf/steer.c), attached to the VM link (port 0) and the uplink
+    /// (port 1), which must differ. `care_of` is the uplink address the
+    /// home agents tunnel to. In this role `bind(vm, home_agent)` serves a VM.
+    pub fn attach_foreign_agent(
+        vm_link_ifindex: u32,
+        uplink_ifindex: u32,
+        care_of: Ipv4Addr,
+        max_bindings: u32,
+    ) -> Result<Steering, LoaderError> {
+        let mut steering = Steering::load(vm_link_ifindex, Some(uplink_ifindex), max_bindings)?;
+        steering.set_foreign_agent(care_of)?;
+        steering.attach_to(vm_link_ifindex)?;
+        if uplink_ifindex != vm_link_ifindex {
+            steering.attach_to(uplink_ifindex)?;
+        }
+        Ok(steering)
+    }
+
+    /// Switch a loaded program to the foreign-agent role with this care-of address.
+    pub fn set_foreign_agent(&mut self, care_of: Ipv4Addr) -> Result<(), LoaderError> {
+        let config = SteerConfig {
+            role: ROLE_FOREIGN_AGENT,
+            local_addr: u32::from_ne_bytes(care_of.octets()),
+            ..self.config
+        };
+        map_update(self.maps.config, &0u32, &config, sys::BPF_ANY as u64).map_err(|source| {
+            LoaderError::Map {
+                map: MAP_CONFIG,
+                op: "update",
+                source,
+            }
+        })?;
+        self.config = config;
+        Ok(())
+    }
+
     /// Load the program and configure its ports without attaching it
     /// anywhere: for [`Steering::test_run`] (BPF_PROG_RUN) and tests.
     pub fn load(
@@ -597,6 +653,8 @@ impl Steering {
         let config = SteerConfig {
             lan_ifindex,
             wan_ifindex: wan_ifindex.unwrap_or(lan_ifindex),
+            role: ROLE_HOME_AGENT,
+            local_addr: 0,
         };
         map_update(maps.config, &0u32, &config, sys::BPF_ANY as u64).map_err(|source| {
             LoaderError::Map {
@@ -935,6 +993,7 @@ impl Steering {
             malformed_l2: sums[CNT_MALFORMED_L2 as usize],
             malformed_l3: sums[CNT_MALFORMED_L3 as usize],
             unknown_ingress: sums[CNT_UNKNOWN_INGRESS as usize],
+            dropped_ipip: sums[CNT_DROPPED_IPIP as usize],
         })
     }
 

@@ -1,6 +1,7 @@
 //! What the pipeline looks up per packet, served from the lock-free tables:
 //! bindings from [`crate::table`], next hops and home-link neighbours from
-//! [`crate::neigh`]. Reads only: no lock, no allocation, no syscall.
+//! [`crate::neigh`]. Reads only: no lock, no allocation, no syscall (a
+//! home-link miss is a non-blocking send to the neighbour thread).
 
 use std::net::Ipv4Addr;
 
@@ -15,6 +16,10 @@ pub struct Tables {
     neigh: NeighReader,
     lan_ifindex: u32,
     wan_ifindex: u32,
+    /// Where "LAN" neighbours come from: the kernel for a home agent, the
+    /// bindings' own VM MACs for a foreign agent (its LAN side holds only
+    /// the VMs it serves).
+    lan_from_bindings: bool,
 }
 
 impl Tables {
@@ -31,6 +36,21 @@ impl Tables {
             neigh,
             lan_ifindex,
             wan_ifindex,
+            lan_from_bindings: false,
+        }
+    }
+
+    /// Tables for a foreign agent: the VM link is the "LAN" port, the
+    /// uplink the "WAN" port; a served VM's MAC is in its binding.
+    pub fn foreign_agent(
+        bindings: TableReader,
+        neigh: NeighReader,
+        vm_link_ifindex: u32,
+        uplink_ifindex: u32,
+    ) -> Self {
+        Tables {
+            lan_from_bindings: true,
+            ..Tables::new(bindings, neigh, vm_link_ifindex, uplink_ifindex)
         }
     }
 }
@@ -61,6 +81,10 @@ impl Lookup for Tables {
 
     #[inline]
     fn lan_neighbor(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
-        self.neigh.lan_neighbor(addr)
+        if self.lan_from_bindings {
+            self.bindings.lookup(addr).and_then(|(b, _)| b.vm_mac)
+        } else {
+            self.neigh.lan_neighbor_or_resolve(addr)
+        }
     }
 }

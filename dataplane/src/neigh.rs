@@ -80,6 +80,12 @@ pub const CARE_OF_CAPACITY: usize = 4096;
 pub const LAN_CAPACITY: usize = 65536;
 /// How often the thread reads notifications.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Pending home-link misses reported by workers (see
+/// [`NeighReader::lan_neighbor_or_resolve`]).
+pub const LAN_MISS_QUEUE: usize = 256;
+/// Home-link addresses followed because a worker missed them, at most; past
+/// this, misses are not followed (tracked addresses still are).
+pub const LAN_AUTO_TRACKED: usize = 4096;
 /// How often unresolved addresses are re-evaluated and re-probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Minimum time between two refreshes (`NTF_USE`) of one STALE entry.
@@ -257,6 +263,7 @@ pub fn static_neighbors() -> (StaticNeighbors, NeighReader) {
         NeighReader {
             care_of: care_of_r,
             lan: lan_r,
+            lan_misses: None,
         },
     )
 }
@@ -281,6 +288,10 @@ impl StaticNeighbors {
 pub struct NeighReader {
     care_of: SeqMapReader<2>,
     lan: SeqMapReader<1>,
+    /// Home-link addresses a worker needed but did not find, for the thread
+    /// to resolve and follow from then on. Bounded: a full queue drops the
+    /// request (the next packet asks again), never blocks or allocates.
+    lan_misses: Option<channel::Sender<Ipv4Addr>>,
 }
 
 impl NeighReader {
@@ -300,6 +311,21 @@ impl NeighReader {
     pub fn lan_neighbor(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
         let (w, _) = self.lan.get(u32::from(addr))?;
         word_mac(w[0])
+    }
+
+    /// [`NeighReader::lan_neighbor`], and on a miss ask the neighbour thread
+    /// to resolve and follow `addr` (reverse-tunnelled traffic goes to
+    /// whichever home-link host the VM talks to; nobody can list them
+    /// beforehand). The request is a non-blocking send on a bounded queue.
+    #[inline]
+    pub fn lan_neighbor_or_resolve(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
+        let mac = self.lan_neighbor(addr);
+        if mac.is_none() {
+            if let Some(tx) = &self.lan_misses {
+                let _ = tx.try_send(addr);
+            }
+        }
+        mac
     }
 }
 
@@ -465,16 +491,18 @@ pub fn spawn_with(
 ) -> Result<(NeighHandle, NeighReader), NeighError> {
     let (coa_w, coa_r) = seq_map::<2>(CARE_OF_CAPACITY);
     let (lan_w, lan_r) = seq_map::<1>(LAN_CAPACITY);
+    let (miss_tx, miss_rx) = channel::bounded(LAN_MISS_QUEUE);
     let reader = NeighReader {
         care_of: coa_r,
         lan: lan_r,
+        lan_misses: Some(miss_tx),
     };
     // Sockets are opened here, so that errors reach the caller.
     let worker = worker::Worker::new(ifindexes, lan_ifindex, coa_w, lan_w, trigger)?;
     let (tx, rx) = channel::unbounded();
     let thread = std::thread::Builder::new()
         .name("homeward-neigh".into())
-        .spawn(move || worker.run(rx))
+        .spawn(move || worker.run(rx, miss_rx))
         .map_err(NeighError::Spawn)?;
     let handle = NeighHandle {
         inner: Arc::new(HandleInner {

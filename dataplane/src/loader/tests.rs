@@ -347,6 +347,7 @@ enum Outcome {
     MalformedL2,
     MalformedL3,
     UnknownIngress,
+    DroppedIpip,
 }
 
 fn outcome_count(c: &SteerCounters, o: Outcome) -> u64 {
@@ -358,10 +359,11 @@ fn outcome_count(c: &SteerCounters, o: Outcome) -> u64 {
         Outcome::MalformedL2 => c.malformed_l2,
         Outcome::MalformedL3 => c.malformed_l3,
         Outcome::UnknownIngress => c.unknown_ingress,
+        Outcome::DroppedIpip => c.dropped_ipip,
     }
 }
 
-const ALL_OUTCOMES: [Outcome; 7] = [
+const ALL_OUTCOMES: [Outcome; 8] = [
     Outcome::SteeredIpv4,
     Outcome::SteeredArp,
     Outcome::SteeredIpip,
@@ -369,6 +371,7 @@ const ALL_OUTCOMES: [Outcome; 7] = [
     Outcome::MalformedL2,
     Outcome::MalformedL3,
     Outcome::UnknownIngress,
+    Outcome::DroppedIpip,
 ];
 
 struct Case {
@@ -458,6 +461,44 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// Runs each fixture through BPF_PROG_RUN and checks its action and that
+/// exactly its outcome counter moved; returns the failures.
+fn run_cases(s: &mut Steering, cases: &[Case], lan: u32, wan: u32) -> Vec<String> {
+    let mut failures = Vec::new();
+    for c in cases {
+        let ingress = match c.ingress {
+            Ingress::Lan => lan,
+            Ingress::Wan => wan,
+            Ingress::Other => 1,
+        };
+        let before = s.counters().unwrap();
+        let got = s.test_run(&c.frame, ingress, c.queue);
+        let after = s.counters().unwrap();
+        let got = match got {
+            Ok(a) => a,
+            Err(e) => {
+                failures.push(format!("{}: {e}", c.desc));
+                continue;
+            }
+        };
+        if got != c.action {
+            failures.push(format!("{}: action {got}, expected {}", c.desc, c.action));
+        }
+        for o in ALL_OUTCOMES {
+            let delta = outcome_count(&after, o) - outcome_count(&before, o);
+            let want = u64::from(o == c.outcome);
+            if delta != want {
+                failures.push(format!("{}: {o:?} +{delta}, expected +{want}", c.desc));
+            }
+        }
+        let no_socket = after.no_socket - before.no_socket;
+        if no_socket != u64::from(c.no_socket) {
+            failures.push(format!("{}: no_socket +{no_socket}", c.desc));
+        }
+    }
+    failures
+}
+
 #[test]
 fn classification_fixtures() {
     require_root!();
@@ -471,38 +512,7 @@ fn classification_fixtures() {
             .expect("register socket");
 
         let cases = cases();
-        let mut failures = Vec::new();
-        for c in &cases {
-            let ingress = match c.ingress {
-                Ingress::Lan => lan,
-                Ingress::Wan => wan,
-                Ingress::Other => 1,
-            };
-            let before = s.counters().unwrap();
-            let got = s.test_run(&c.frame, ingress, c.queue);
-            let after = s.counters().unwrap();
-            let got = match got {
-                Ok(a) => a,
-                Err(e) => {
-                    failures.push(format!("{}: {e}", c.desc));
-                    continue;
-                }
-            };
-            if got != c.action {
-                failures.push(format!("{}: action {got}, expected {}", c.desc, c.action));
-            }
-            for o in ALL_OUTCOMES {
-                let delta = outcome_count(&after, o) - outcome_count(&before, o);
-                let want = u64::from(o == c.outcome);
-                if delta != want {
-                    failures.push(format!("{}: {o:?} +{delta}, expected +{want}", c.desc));
-                }
-            }
-            let no_socket = after.no_socket - before.no_socket;
-            if no_socket != u64::from(c.no_socket) {
-                failures.push(format!("{}: no_socket +{no_socket}", c.desc));
-            }
-        }
+        let failures = run_cases(&mut s, &cases, lan, wan);
         assert!(
             failures.is_empty(),
             "fixture failures:\n{}",
@@ -540,6 +550,52 @@ fn classification_fixtures() {
         );
         let after = s.counters().unwrap();
         assert_eq!(after.passed - before.passed, 2);
+        drop(xsk);
+    });
+}
+
+/// The foreign-agent role: port 0 is the VM link, port 1 the uplink; `VM`
+/// is served with home agent `HA`, this host's care-of address is `CARE_OF`.
+#[rustfmt::skip] // one fixture per line reads as a table
+fn foreign_agent_cases() -> Vec<Case> {
+    use action::{DROP, PASS, REDIRECT};
+    use Ingress::{Lan, Wan};
+    use Outcome::*;
+    vec![
+        case("IPv4 from the served VM, VM link", udp(VM, PEER, &[]), Lan, 0, REDIRECT, SteeredIpv4, false),
+        case("IPv4 from the served VM, tagged", udp(VM, PEER, &[100]), Lan, 0, REDIRECT, SteeredIpv4, false),
+        case("IPv4 to the served VM, VM link", udp(PEER, VM, &[]), Lan, 0, PASS, Passed, false),
+        case("IPv4 from the served VM, uplink", udp(VM, PEER, &[]), Wan, 0, PASS, Passed, false),
+        case("IPv4 from another VM", udp(UNBOUND, PEER, &[]), Lan, 0, PASS, Passed, false),
+        case("ARP request from the served VM", arp(1, VM, PEER, &[]), Lan, 0, REDIRECT, SteeredArp, false),
+        case("ARP request for the served VM", arp(1, PEER, VM, &[]), Lan, 0, PASS, Passed, false),
+        case("ARP request from the served VM, uplink", arp(1, VM, PEER, &[]), Wan, 0, PASS, Passed, false),
+        case("IPIP from the home agent", ipip(HA, CARE_OF, PEER, VM), Wan, 0, PASS, SteeredIpip, true),
+        case("IPIP from anyone else (CVE-2020-10136)", ipip(PEER, CARE_OF, PEER, VM), Wan, 0, DROP, DroppedIpip, false),
+        case("IPIP from the home agent to another address", ipip(HA, PEER, PEER, VM), Wan, 0, PASS, Passed, false),
+        case("UDP from the home agent", udp(HA, CARE_OF, &[]), Wan, 0, PASS, Passed, false),
+    ]
+}
+
+#[test]
+fn foreign_agent_fixtures() {
+    require_root!();
+    in_fresh_netns(|| {
+        let (vm_link, uplink) = veth_pair("hwv0", "hwu0", 1);
+        let mut s = Steering::load(vm_link, Some(uplink), 16).expect("load");
+        s.set_foreign_agent(CARE_OF).expect("foreign agent role");
+        s.bind(VM, HA).unwrap();
+        let xsk = TestXsk::bind(vm_link, 0).expect("AF_XDP socket on hwv0 queue 0");
+        s.register_socket(PORT_LAN, 0, xsk.fd)
+            .expect("register socket");
+        let cases = foreign_agent_cases();
+        let failures = run_cases(&mut s, &cases, vm_link, uplink);
+        assert!(
+            failures.is_empty(),
+            "fixture failures:\n{}",
+            failures.join("\n")
+        );
+        assert_eq!(s.counters().unwrap().total(), cases.len() as u64);
         drop(xsk);
     });
 }
@@ -815,7 +871,9 @@ fn counters_start_at_zero_and_layouts_match() {
         s.config(),
         SteerConfig {
             lan_ifindex: 1,
-            wan_ifindex: 1
+            wan_ifindex: 1,
+            role: ROLE_HOME_AGENT,
+            local_addr: 0,
         }
     );
     assert!(s.prog_fd() >= 0);

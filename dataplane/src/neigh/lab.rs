@@ -324,6 +324,17 @@ fn in_namespace() {
         vec![(ip4(B), Some(B_MAC2)), (ip4(C), None)]
     );
 
+    // 5b. A worker's miss is enough: the thread resolves and follows the
+    //     address without anyone tracking it (reverse tunnel delivery).
+    {
+        let (h3, r3) = spawn_with(vec![ab.index], ab.index, ResolveTrigger::NtfUse).unwrap();
+        assert_eq!(r3.lan_neighbor_or_resolve(ip4(B)), None, "first ask misses");
+        wait_for("LAN neighbour B after a miss", t, Some(B_MAC2), || {
+            r3.lan_neighbor(ip4(B))
+        });
+        h3.shutdown();
+    }
+
     // 6. Only the given interfaces count: a second thread that may use ab
     //    only never resolves C, which the first one does.
     let (h2, r2) = spawn_with(vec![ab.index], ab.index, ResolveTrigger::NtfUse).unwrap();

@@ -54,6 +54,10 @@ pub(crate) struct Worker {
     udp: Option<UdpSocket>,
     resync: bool,
     event_error_logged: bool,
+    /// Home-link addresses followed on a worker's miss, and whether the
+    /// limit on them was logged.
+    auto_tracked: usize,
+    auto_track_full_logged: bool,
 }
 
 impl Worker {
@@ -79,10 +83,12 @@ impl Worker {
             udp: None,
             resync: false,
             event_error_logged: false,
+            auto_tracked: 0,
+            auto_track_full_logged: false,
         })
     }
 
-    pub fn run(mut self, rx: Receiver<Cmd>) {
+    pub fn run(mut self, rx: Receiver<Cmd>, lan_misses: Receiver<Ipv4Addr>) {
         tracing::debug!(ifindexes = ?self.ifindexes, lan = self.lan_ifindex, "neighbour thread started");
         let mut next_probe = Instant::now() + PROBE_INTERVAL;
         loop {
@@ -107,6 +113,9 @@ impl Worker {
             }
             if stop {
                 break;
+            }
+            for addr in lan_misses.try_iter() {
+                self.auto_track_lan(addr);
             }
             self.pump_events();
             if std::mem::take(&mut self.resync) {
@@ -139,6 +148,22 @@ impl Worker {
         tracing::debug!(%addr, ?kind, "tracking");
         self.entries.insert((kind, addr), Entry::default());
         self.evaluate((kind, addr));
+    }
+
+    /// A home-link address a worker missed: follow it from now on, within
+    /// [`crate::neigh::LAN_AUTO_TRACKED`].
+    fn auto_track_lan(&mut self, addr: Ipv4Addr) {
+        if self.entries.contains_key(&(Kind::Lan, addr)) {
+            return;
+        }
+        if self.auto_tracked >= crate::neigh::LAN_AUTO_TRACKED {
+            if !std::mem::replace(&mut self.auto_track_full_logged, true) {
+                tracing::warn!(%addr, "too many home-link neighbours followed; not following more");
+            }
+            return;
+        }
+        self.auto_tracked += 1;
+        self.track(Kind::Lan, addr);
     }
 
     fn untrack(&mut self, kind: Kind, addr: Ipv4Addr) {

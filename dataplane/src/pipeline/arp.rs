@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use super::ether;
 use super::ipv4;
-use super::{DropReason, Lookup, Pipeline, Port, Rx, Verdict};
+use super::{DropReason, Lookup, Pipeline, Port, Role, Rx, Verdict};
 
 /// An Ethernet/IPv4 ARP packet.
 const ARP_LEN: usize = 28;
@@ -82,8 +82,20 @@ impl Pipeline {
         {
             return Err(DropReason::ArpBadSender);
         }
-        if lookup.binding(req.tpa).is_none() {
-            return Err(DropReason::ArpTargetNotBound);
+        match self.config.role {
+            Role::HomeAgent => {
+                if lookup.binding(req.tpa).is_none() {
+                    return Err(DropReason::ArpTargetNotBound);
+                }
+            }
+            // The VM asks for a neighbour on its home subnet (it only ARPs for on-link
+            // addresses): we are that neighbour now. Its probes (sender 0.0.0.0) and
+            // announcements get no answer: the address is the VM's.
+            Role::ForeignAgent => {
+                if lookup.binding(req.spa).is_none() {
+                    return Err(DropReason::ArpSenderNotServed);
+                }
+            }
         }
         if req.spa == req.tpa {
             // The VM announcing itself (gratuitous ARP, e.g. back home): it owns the address.

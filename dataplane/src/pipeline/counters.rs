@@ -80,11 +80,17 @@ pub enum DropReason {
     DecapCareOfMismatch,
     /// No home-link neighbour for the decapsulated destination.
     NoLanNeighbor,
+    /// Foreign agent: tunnelled inner destination is not a VM served here.
+    DecapUnknownDestination,
+    /// Foreign agent: ARP request whose sender is not a VM served here.
+    ArpSenderNotServed,
+    /// Foreign agent: a served VM's datagram that did not come from the VM link.
+    NotFromVmLink,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 34;
+    pub const COUNT: usize = 37;
 
     /// Every reason, in discriminant order (`ALL[r as usize] == r`).
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -122,6 +128,9 @@ impl DropReason {
         DropReason::DecapUnknownSource,
         DropReason::DecapCareOfMismatch,
         DropReason::NoLanNeighbor,
+        DropReason::DecapUnknownDestination,
+        DropReason::ArpSenderNotServed,
+        DropReason::NotFromVmLink,
     ];
 
     /// Stable snake_case name, used as a JSON key.
@@ -161,6 +170,9 @@ impl DropReason {
             DropReason::DecapUnknownSource => "decap_unknown_source",
             DropReason::DecapCareOfMismatch => "decap_care_of_mismatch",
             DropReason::NoLanNeighbor => "no_lan_neighbor",
+            DropReason::DecapUnknownDestination => "decap_unknown_destination",
+            DropReason::ArpSenderNotServed => "arp_sender_not_served",
+            DropReason::NotFromVmLink => "not_from_vm_link",
         }
     }
 }

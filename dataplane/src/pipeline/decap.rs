@@ -5,7 +5,7 @@
 
 use super::ether;
 use super::ipv4::{self, Ipv4};
-use super::{DropReason, Lookup, Pipeline, Port, Rx, Verdict};
+use super::{DropReason, Lookup, Pipeline, Port, Role, Rx, Verdict};
 
 impl Pipeline {
     /// Decapsulates the IP-in-IP datagram at `ip_off` (validated, addressed to the HA).
@@ -39,9 +39,17 @@ impl Pipeline {
         if inner.total_len < outer.payload_len() {
             self.counters.trimmed_padding += 1;
         }
-        let binding = lookup
-            .binding(inner.src)
-            .ok_or(DropReason::DecapUnknownSource)?;
+        // Either end accepts only what the other end of that binding's tunnel may send: the
+        // HA a datagram from the VM via its care-of address, the foreign agent one to the VM
+        // from its home agent. Anything else is an injection attempt (CVE-2020-10136).
+        let binding = match self.config.role {
+            Role::HomeAgent => lookup
+                .binding(inner.src)
+                .ok_or(DropReason::DecapUnknownSource)?,
+            Role::ForeignAgent => lookup
+                .binding(inner.dst)
+                .ok_or(DropReason::DecapUnknownDestination)?,
+        };
         if outer.src != binding.care_of {
             return Err(DropReason::DecapCareOfMismatch);
         }

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use super::ether;
 use super::icmp::IcmpError;
 use super::ipv4::{self, Ipv4, NewHeader};
-use super::{fragment, DropReason, Lookup, NextHop, Pipeline, Rx, Verdict};
+use super::{fragment, DropReason, Lookup, NextHop, Pipeline, Port, Role, Rx, Verdict};
 
 /// Outer Ethernet + outer IPv4 header.
 const PREPEND: usize = ether::ETH_LEN + ipv4::HDR_LEN;
@@ -35,12 +35,23 @@ impl Pipeline {
         if ipv4::is_multicast(ip.dst) || ether::is_group(&rx.l2.dst) {
             return Err(DropReason::Multicast);
         }
-        let Some(binding) = lookup.binding(ip.dst) else {
-            return Err(if ip.protocol == ipv4::PROTO_IPIP {
-                DropReason::DecapNotForUs
-            } else {
-                DropReason::NoBinding
-            });
+        let binding = match self.config.role {
+            Role::HomeAgent => {
+                lookup
+                    .binding(ip.dst)
+                    .ok_or(if ip.protocol == ipv4::PROTO_IPIP {
+                        DropReason::DecapNotForUs
+                    } else {
+                        DropReason::NoBinding
+                    })?
+            }
+            Role::ForeignAgent => {
+                // Reverse tunnel (RFC 3024 §5.2): only what the VM itself sends on its link.
+                if rx.ingress != Port::Lan {
+                    return Err(DropReason::NotFromVmLink);
+                }
+                lookup.binding(ip.src).ok_or(DropReason::NoBinding)?
+            }
         };
         // RFC 2003 §3.2 (routing failures): never tunnel a datagram that we or the tunnel
         // exit point sent; it is looping.

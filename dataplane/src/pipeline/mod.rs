@@ -31,6 +31,8 @@ mod ipv4;
 mod ratelimit;
 
 #[cfg(test)]
+mod foreign_agent;
+#[cfg(test)]
 mod robustness;
 #[cfg(test)]
 mod testutil;
@@ -57,10 +59,30 @@ pub enum Port {
     Wan,
 }
 
+/// Which end of the tunnels a pipeline serves. The packet logic is the same IPv4-in-IPv4;
+/// what differs is which address of a datagram names the VM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// The home network's gateway: a datagram *to* a bound VM is encapsulated toward its
+    /// care-of address; reverse-tunnelled datagrams *from* it are decapsulated onto the home
+    /// link; ARP requests *for* it are answered (proxy ARP).
+    #[default]
+    HomeAgent,
+    /// The foreign hypervisor: a datagram *from* a served VM is encapsulated toward its home
+    /// agent (reverse tunnel, RFC 3024); tunnelled datagrams *to* it are decapsulated onto
+    /// the VM link; ARP requests *from* it are answered, since the VM still believes it is on
+    /// its home subnet. "LAN" is the VM link, "WAN" the uplink, and a binding's `care_of` is
+    /// the VM's home agent (the other tunnel end).
+    ForeignAgent,
+}
+
 /// Static configuration of a pipeline.
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
-    /// The HA's own address: outer source of tunnels, source of ICMP errors.
+    /// Which end of the tunnels this is.
+    pub role: Role,
+    /// Our own tunnel address: the HA's address, or the foreign agent's care-of address.
+    /// Outer source of tunnels, source of ICMP errors.
     pub ha_addr: Ipv4Addr,
     /// The HA's MAC on the home link (proxy ARP answers with it).
     pub lan_mac: [u8; 6],
@@ -81,6 +103,7 @@ impl PipelineConfig {
     /// burst 50.
     pub fn new(ha_addr: Ipv4Addr, lan_mac: [u8; 6], wan_mac: [u8; 6]) -> Self {
         PipelineConfig {
+            role: Role::HomeAgent,
             ha_addr,
             lan_mac,
             wan_mac,
