@@ -8,6 +8,9 @@ PACKAGES=(
     iproute2 tcpdump python3-scapy iperf3 iputils-ping netcat-openbsd
     # the test lab: GRO on veths (ethtool), kill and sysctl (procps)
     ethtool procps
+    # the VM-migration lab: the guest's userland, unpacking the guest
+    # kernel's modules, comparing disk images
+    busybox-static xz-utils zstd
 )
 
 die() {
@@ -34,6 +37,102 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq >"$log" 2>&1 || { tail -n 20 "$log" >&2; die "apt-get update failed"; }
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1 \
         || { tail -n 20 "$log" >&2; die "apt-get install failed for: ${missing[*]}"; }
+fi
+
+# QEMU for the VM-migration lab: 10.x from bookworm-backports (the image's
+# qemu-utils already is 10.x, so bookworm's 7.2 system emulator conflicts).
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    # Reuse the Debian mirror apt's sources already name (deb822 or one-line).
+    # Only "URIs:" and "deb" lines count: comments may name other mirrors.
+    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null \
+        | grep -E '^[[:space:]]*(URIs:|deb )' | grep -oE 'https?://[^ ]*/debian/?' \
+        | grep -v -- '-security' | head -n 1 || true)
+    [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+    mirror=${mirror%/}
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        echo "deb $mirror bookworm-backports main" >/etc/apt/sources.list.d/homeward-backports.list
+    fi
+    log=$(mktemp)
+    echo "install-deps: installing qemu-system-x86 from bookworm-backports"
+    apt-get update -qq >"$log" 2>&1 || { tail -n 20 "$log" >&2; die "apt-get update failed"; }
+    apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils >"$log" 2>&1 \
+        || { tail -n 20 "$log" >&2; die "apt-get install -t bookworm-backports qemu-system-x86 failed"; }
+    rm -f "$log"
+fi
+# (qemu-img for the storage cases comes from backports too, same version)
+qemu_major=$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p')
+[ "${qemu_major:-0}" -ge 10 ] || die "qemu-system-x86_64 is version $qemu_major, need 10.x (bookworm-backports)"
+
+# The guest kernel: Debian's cloud kernel, unpacked into a cache, never
+# installed on the host. The lab (tests/src/vm.rs) reads vmlinuz and the
+# virtio modules from here.
+VM_CACHE=${HOMEWARD_VM_CACHE:-/var/cache/homeward/vm}
+# (modules.list may be empty for a kernel with virtio built in.)
+if [ ! -s "$VM_CACHE/vmlinuz" ] || [ ! -e "$VM_CACHE/modules.list" ]; then
+    # The versioned package the meta-package points at, e.g.
+    # linux-image-6.1.0-41-cloud-amd64.
+    kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \
+        | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n 1)
+    if [ -z "$kpkg" ]; then
+        apt-get update -qq >/dev/null 2>&1 || die "apt-get update failed"
+        kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \
+            | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n 1)
+    fi
+    [ -n "$kpkg" ] || die "cannot find the package linux-image-cloud-amd64 depends on"
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"; rm -f "${log:-}"' EXIT
+    echo "install-deps: unpacking guest kernel $kpkg into $VM_CACHE"
+    (cd "$work" && apt-get download -q "$kpkg" >/dev/null 2>&1) || die "apt-get download $kpkg failed"
+    dpkg-deb -x "$work"/"$kpkg"_*.deb "$work/root"
+    kver=${kpkg#linux-image-}
+    mdir="$work/root/lib/modules/$kver"
+    [ -d "$mdir" ] || mdir="$work/root/usr/lib/modules/$kver"
+    [ -d "$mdir" ] || die "no modules directory for $kver in $kpkg"
+    mkdir -p "$VM_CACHE.new"
+    rm -rf "${VM_CACHE:?}.new"/*
+    cp "$work/root/boot/vmlinuz-$kver" "$VM_CACHE.new/vmlinuz"
+    cp "$work/root/boot/config-$kver" "$VM_CACHE.new/config"
+    echo "$kver" >"$VM_CACHE.new/version"
+    # virtio_pci, virtio_net and virtio_blk with their dependencies, in
+    # load order (dependencies first). The package ships no modules.dep
+    # (depmod makes it at install time), so the dependencies come from each
+    # module's own "depends=" modinfo string. Built-in ones (=y) need nothing.
+    mkdir -p "$VM_CACHE.new/modules"
+    : >"$VM_CACHE.new/modules.list"
+    declare -A mod_path=() seen=()
+    while IFS= read -r f; do
+        n=$(basename "$f")
+        n=${n%%.ko*}
+        mod_path[${n//-/_}]=$f
+    done < <(find "$mdir" -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst')
+    add_module() {
+        local name=${1//-/_} file raw dep
+        [ -z "${seen[$name]:-}" ] || return 0
+        seen[$name]=1
+        file=${mod_path[$name]:-}
+        [ -n "$file" ] || die "module $name is not in $kpkg"
+        raw="$VM_CACHE.new/modules/$name.ko"
+        case "$file" in
+            *.ko.xz) xz -dc "$file" >"$raw" ;;
+            *.ko.zst) zstd -qdc "$file" >"$raw" ;;
+            *) cp "$file" "$raw" ;;
+        esac
+        for dep in $(grep -aoE 'depends=[A-Za-z0-9_,-]*' "$raw" | head -n 1 | cut -d= -f2 | tr ',' ' '); do
+            add_module "$dep"
+        done
+        echo "$name.ko" >>"$VM_CACHE.new/modules.list"
+    }
+    for m in virtio_pci virtio_net virtio_blk; do
+        opt=$(tr '[:lower:]' '[:upper:]' <<<"$m")
+        if grep -q "^CONFIG_${opt}=m" "$VM_CACHE.new/config"; then
+            add_module "$m"
+        fi
+    done
+    rm -rf "$VM_CACHE"
+    mv "$VM_CACHE.new" "$VM_CACHE"
+    rm -rf "$work"
+    trap - EXIT
 fi
 
 # Rust: the toolchain comes from rustup, which the machine already has.

@@ -21,9 +21,12 @@ pub mod agent;
 pub mod capture;
 pub mod decode;
 pub mod link;
+pub mod migration_lab;
 pub mod netns;
+pub mod qemu;
 pub mod topology;
 pub mod traffic;
+pub mod vm;
 
 use std::path::PathBuf;
 
@@ -33,7 +36,9 @@ pub use decode::{
     OuterReassembled, L4,
 };
 pub use link::{veth_pair, Iface, Mac, VethEnd};
+pub use migration_lab::{MigrationLab, MigrationLabOptions, StreamOptions, StreamReport};
 pub use netns::{netns_exists, require_root, Netns, NsChild};
+pub use qemu::{MigrateOptions, MigrationReport, Qemu, QemuConfig, Qmp, QmpEvent, Storage, Vm};
 pub use topology::{LabOptions, LanHost, Topology};
 pub use traffic::{
     payload_pattern, FloodReport, Neighbor, Received, Route, SendResult, TcpAttempt, UdpListener,
