@@ -2,11 +2,16 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::cli::{RunArgs, DEFAULT_SOCKET};
 use crate::error::Error;
+use crate::registration::keys::Prefix;
+
+/// Where the registration replay state goes unless told otherwise.
+pub const DEFAULT_REGISTRATION_STATE: &str = "/var/lib/homeward/registration.json";
 
 /// The config file: the same settings as the `run` flags. Unknown keys are
 /// errors, so a typo cannot silently fall back to a default.
@@ -27,6 +32,44 @@ pub struct FileConfig {
     /// CPUs to pin the queue workers to, queue `i` on `worker_cpus[i % len]`
     /// (default: not pinned).
     pub worker_cpus: Option<Vec<usize>>,
+    /// RFC 5944 registration (UDP port 434 on `address`).
+    pub registration: Option<RegistrationFile>,
+}
+
+/// The `[registration]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationFile {
+    /// Key file; without it registration is off.
+    pub keys: Option<PathBuf>,
+    /// Replay state file.
+    pub state: Option<PathBuf>,
+    /// Seconds an Identification may differ from our clock.
+    pub replay_window: Option<u64>,
+    /// Longest lifetime granted, seconds.
+    pub max_lifetime: Option<u16>,
+    /// The home subnet(s), `a.b.c.d/len`: one or a list (default: the LAN
+    /// interface's IPv4 prefixes).
+    pub home_prefix: Option<OneOrMany>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Registration settings after merging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationConfig {
+    pub keys: PathBuf,
+    pub state: PathBuf,
+    pub replay_window: Duration,
+    pub max_lifetime: u16,
+    /// `None`: read the LAN interface's prefixes at start.
+    pub home_prefix: Option<Vec<Prefix>>,
 }
 
 /// Settings after merging, validated.
@@ -42,6 +85,8 @@ pub struct RunConfig {
     pub max_bindings: u32,
     pub icmp_rate: u32,
     pub worker_cpus: Vec<usize>,
+    /// `None`: registration is off (no key file).
+    pub registration: Option<RegistrationConfig>,
 }
 
 impl FileConfig {
@@ -60,6 +105,54 @@ impl FileConfig {
     /// Parses config text; the error is toml's one-line message.
     pub fn parse(text: &str) -> Result<FileConfig, String> {
         toml::from_str(text).map_err(|e| e.message().to_string())
+    }
+}
+
+impl RegistrationConfig {
+    fn merge(args: &RunArgs, file: RegistrationFile) -> Result<Option<RegistrationConfig>, Error> {
+        let state = args.registration_state.clone().or(file.state);
+        let Some(keys) = args.registration_keys.clone().or(file.keys) else {
+            return Ok(None);
+        };
+        let replay_window = file.replay_window.unwrap_or(7);
+        if !(1..=3600).contains(&replay_window) {
+            return Err(Error::Invalid(format!(
+                "registration replay_window {replay_window} is out of range (1 to 3600 seconds)"
+            )));
+        }
+        let max_lifetime = file.max_lifetime.unwrap_or(600);
+        if max_lifetime == 0 {
+            return Err(Error::Invalid(
+                "registration max_lifetime must be at least 1 second".into(),
+            ));
+        }
+        let home_prefix = match file.home_prefix {
+            None => None,
+            Some(p) => {
+                let list = match p {
+                    OneOrMany::One(s) => vec![s],
+                    OneOrMany::Many(v) => v,
+                };
+                let parsed = list
+                    .iter()
+                    .map(|s| {
+                        Prefix::parse(s).ok_or_else(|| {
+                            Error::Invalid(format!(
+                                "registration home_prefix {s:?} is not a prefix"
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(parsed)
+            }
+        };
+        Ok(Some(RegistrationConfig {
+            keys,
+            state: state.unwrap_or_else(|| PathBuf::from(DEFAULT_REGISTRATION_STATE)),
+            replay_window: Duration::from_secs(replay_window),
+            max_lifetime,
+            home_prefix,
+        }))
     }
 }
 
@@ -91,6 +184,7 @@ impl RunConfig {
             max_bindings: file.max_bindings.unwrap_or(65536),
             icmp_rate: file.icmp_rate.unwrap_or(100),
             worker_cpus: file.worker_cpus.unwrap_or_default(),
+            registration: RegistrationConfig::merge(args, file.registration.unwrap_or_default())?,
         };
         config.validate()?;
         Ok(config)
@@ -172,6 +266,47 @@ mod tests {
         a.address = Some(Ipv4Addr::new(198, 51, 100, 1));
         a.tunnel_mtu = Some(60);
         assert!(RunConfig::merge(&a, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn registration_section() {
+        let mut a = args();
+        a.lan = Some("eth0".into());
+        a.address = Some(Ipv4Addr::new(198, 51, 100, 1));
+        let off = RunConfig::merge(&a, FileConfig::default()).unwrap();
+        assert_eq!(off.registration, None);
+        let file = FileConfig::parse(
+            "[registration]\nkeys = \"/etc/homeward/keys.toml\"\nreplay_window = 3\nhome_prefix = \"192.0.2.0/24\"\n",
+        )
+        .unwrap();
+        let r = RunConfig::merge(&a, file).unwrap().registration.unwrap();
+        assert_eq!(r.keys, PathBuf::from("/etc/homeward/keys.toml"));
+        assert_eq!(r.state, PathBuf::from(DEFAULT_REGISTRATION_STATE));
+        assert_eq!(r.replay_window, Duration::from_secs(3));
+        assert_eq!(r.max_lifetime, 600);
+        assert_eq!(
+            r.home_prefix,
+            Some(vec![Prefix::parse("192.0.2.0/24").unwrap()])
+        );
+        a.registration_keys = Some("/k".into());
+        a.registration_state = Some("/s".into());
+        let file =
+            FileConfig::parse("[registration]\nhome_prefix = [\"192.0.2.0/25\", \"10.0.0.0/8\"]\n")
+                .unwrap();
+        let r = RunConfig::merge(&a, file).unwrap().registration.unwrap();
+        assert_eq!((r.keys, r.state), ("/k".into(), "/s".into()));
+        assert_eq!(r.home_prefix.unwrap().len(), 2);
+        for bad in [
+            "[registration]\nkeys = \"/k\"\nreplay_window = 0\n",
+            "[registration]\nkeys = \"/k\"\nmax_lifetime = 0\n",
+            "[registration]\nkeys = \"/k\"\nhome_prefix = \"192.0.2/24\"\n",
+        ] {
+            assert!(
+                RunConfig::merge(&a, FileConfig::parse(bad).unwrap()).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(FileConfig::parse("[registration]\nkey = \"/k\"\n").is_err());
     }
 
     #[test]

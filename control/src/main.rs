@@ -1,11 +1,14 @@
 //! `homeward`: the home agent daemon and its command line.
 
+mod agent;
 mod cli;
 mod client;
 mod config;
 mod daemon;
 mod error;
 mod proto;
+mod register;
+mod registration;
 
 use std::process::ExitCode;
 
@@ -70,23 +73,9 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             };
             let config = RunConfig::merge(&args, file)?;
             let accounting = daemon::run(config)?;
-            let mut leaked = false;
-            for (queue, a) in accounting.iter().enumerate() {
-                // The teardown check: every frame must be somewhere.
-                eprintln!(
-                    "homeward: frames at teardown, queue {queue}: total {} free {} fill {} rx {} worker {} tx {} completion {} kernel_rx {} kernel_tx {} unaccounted {}",
-                    a.total, a.free, a.fill, a.rx, a.worker, a.tx, a.completion, a.kernel_rx, a.kernel_tx, a.unaccounted()
-                );
-                // Frames on the RX side stay with the socket until it closes;
-                // every transmission must have completed.
-                leaked |= a.unaccounted() != 0 || a.tx + a.completion + a.kernel_tx + a.worker > 0;
-            }
-            if leaked {
-                eprintln!("homeward: frames leaked at teardown");
-                return Ok(ExitCode::from(3));
-            }
-            Ok(ExitCode::SUCCESS)
+            Ok(report_teardown(&accounting))
         }
+        Command::Agent(args) => Ok(report_teardown(&agent::run(&args)?)),
         Command::Bind {
             vm,
             care_of,
@@ -124,6 +113,8 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             let r = client::request(&socket, &Request::List {})?;
             if json {
                 println!("{r}");
+            } else if r.get("role").and_then(Value::as_str) == Some("foreign_agent") {
+                agent::print_list(&r);
             } else {
                 let list: Vec<BindingInfo> =
                     serde_json::from_value(r).map_err(|e| Error::Protocol(e.to_string()))?;
@@ -135,12 +126,35 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             let r = client::request(&socket, &Request::Stats {})?;
             if json {
                 println!("{r}");
+            } else if r.get("role").and_then(Value::as_str) == Some("foreign_agent") {
+                agent::print_stats(&r);
             } else {
                 print_stats(&r);
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Register(args) => register::run(&args),
     }
+}
+
+/// Prints each queue's frame accounting at teardown; exit 3 if a frame leaked.
+fn report_teardown(accounting: &[dataplane::xsk::FrameAccounting]) -> ExitCode {
+    let mut leaked = false;
+    for (queue, a) in accounting.iter().enumerate() {
+        // The teardown check: every frame must be somewhere.
+        eprintln!(
+            "homeward: frames at teardown, queue {queue}: total {} free {} fill {} rx {} worker {} tx {} completion {} kernel_rx {} kernel_tx {} unaccounted {}",
+            a.total, a.free, a.fill, a.rx, a.worker, a.tx, a.completion, a.kernel_rx, a.kernel_tx, a.unaccounted()
+        );
+        // Frames on the RX side stay with the socket until it closes;
+        // every transmission must have completed.
+        leaked |= a.unaccounted() != 0 || a.tx + a.completion + a.kernel_tx + a.worker > 0;
+    }
+    if leaked {
+        eprintln!("homeward: frames leaked at teardown");
+        return ExitCode::from(3);
+    }
+    ExitCode::SUCCESS
 }
 
 fn print_list(list: &[BindingInfo]) {

@@ -54,6 +54,7 @@
 //! [`NeighHandle::shutdown`]; the readers then keep the last published
 //! values.
 
+mod addrs;
 mod rtnl;
 mod worker;
 
@@ -72,6 +73,7 @@ use crossbeam::channel;
 
 use crate::table::{seq_map, SeqMapReader, SeqMapWriter};
 
+pub use addrs::{ipv4_prefixes, neighbor_mac};
 pub use worker::ResolveTrigger;
 
 /// Slots of the care-of address map (foreign agents: few).

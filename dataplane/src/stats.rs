@@ -130,6 +130,24 @@ impl SharedCounters {
 }
 
 impl CounterSnapshot {
+    /// Every drop counter by its stable name: the pipeline's reasons, then the
+    /// worker's (rings, frames) and the kernel's (XDP_STATISTICS, prefixed
+    /// `xsk_`: dropped before the worker saw them).
+    pub fn drops(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        crate::pipeline::DropReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), self.pipeline.drops[*r as usize]))
+            .chain([
+                ("tx_ring_full", self.tx_ring_full),
+                ("no_free_frame", self.no_free_frame),
+                ("bad_verdict", self.bad_verdict),
+                ("xsk_rx_ring_full", self.xsk_rx_ring_full),
+                ("xsk_rx_dropped", self.xsk_rx_dropped),
+                ("xsk_rx_invalid", self.xsk_rx_invalid),
+                ("xsk_tx_invalid", self.xsk_tx_invalid),
+            ])
+    }
+
     /// Add another worker's counters to these.
     pub fn add(&mut self, o: &CounterSnapshot) {
         for (a, b) in self.pipeline.drops.iter_mut().zip(o.pipeline.drops.iter()) {

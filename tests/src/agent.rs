@@ -107,6 +107,40 @@ impl<'a> HomeAgent<'a> {
         }
     }
 
+    /// `homeward list --json`: the bindings.
+    #[track_caller]
+    pub fn list(&self) -> Vec<Value> {
+        let text = self.cli(&["list", "--json"]);
+        match serde_json::from_str(&text) {
+            Ok(Value::Array(list)) => list,
+            _ => panic!("list --json: {text}"),
+        }
+    }
+
+    /// The binding of `vm` in `homeward list --json`, if any.
+    #[track_caller]
+    pub fn binding(&self, vm: &str) -> Option<Value> {
+        self.list().into_iter().find(|b| b["vm"] == vm)
+    }
+
+    /// The `registration` object of `homeward stats --json`.
+    #[track_caller]
+    pub fn registration_stats(&self) -> Value {
+        self.stats()["registration"].clone()
+    }
+
+    /// Runs `homeward register ARGS...` in namespace `ns` (a registering
+    /// hypervisor) and returns its output, whatever the exit status.
+    #[track_caller]
+    pub fn register_from(&self, ns: &crate::netns::Netns, args: &[&str]) -> std::process::Output {
+        let mut full = vec![
+            crate::homeward_bin().to_string_lossy().into_owned(),
+            "register".into(),
+        ];
+        full.extend(args.iter().map(|s| s.to_string()));
+        ns.exec(&full)
+    }
+
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -26,6 +26,26 @@ struct Entry {
     baseline: (u64, u64),
 }
 
+/// Why `bind` refused; the registration handler maps these to reply codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    /// The request itself is not acceptable (addresses, lifetime).
+    #[error("{0}")]
+    Refused(String),
+    /// No room for another binding.
+    #[error("cannot bind {0}: binding table full ({1} bindings)")]
+    Full(Ipv4Addr, usize),
+    /// The table or the XDP map failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<BindError> for String {
+    fn from(e: BindError) -> String {
+        e.to_string()
+    }
+}
+
 /// Whether `bind` made a new binding or moved/refreshed an existing one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindOutcome {
@@ -44,6 +64,7 @@ pub struct Bindings {
     announcer: Announcer,
     ha_addr: Ipv4Addr,
     lan_mac: [u8; 6],
+    max_bindings: usize,
 }
 
 /// An address that can be neither a VM's home address nor a care-of address.
@@ -59,6 +80,7 @@ impl Bindings {
         workers: Vec<Arc<WorkerShared>>,
         ha_addr: Ipv4Addr,
         lan_mac: [u8; 6],
+        max_bindings: usize,
     ) -> Self {
         Bindings {
             table,
@@ -70,7 +92,18 @@ impl Bindings {
             announcer: Announcer::default(),
             ha_addr,
             lan_mac,
+            max_bindings,
         }
+    }
+
+    /// The VM's own MAC, if known (for handing its address back).
+    pub fn vm_mac(&self, vm: Ipv4Addr) -> Option<[u8; 6]> {
+        self.entries.get(&vm).and_then(|e| e.vm_mac)
+    }
+
+    /// Whether `vm` is bound.
+    pub fn is_bound(&self, vm: Ipv4Addr) -> bool {
+        self.entries.contains_key(&vm)
     }
 
     /// The steering program, for its counters and mode.
@@ -91,17 +124,28 @@ impl Bindings {
         care_of: Ipv4Addr,
         lifetime: Option<Duration>,
         vm_mac: Option<[u8; 6]>,
-    ) -> Result<BindOutcome, String> {
+    ) -> Result<BindOutcome, BindError> {
         if unusable(vm) || vm == self.ha_addr {
-            return Err(format!("{vm} cannot be a VM's home address"));
+            return Err(BindError::Refused(format!(
+                "{vm} cannot be a VM's home address"
+            )));
         }
         if unusable(care_of) || care_of == self.ha_addr || care_of == vm {
-            return Err(format!("{care_of} cannot be a care-of address"));
+            return Err(BindError::Refused(format!(
+                "{care_of} cannot be a care-of address"
+            )));
         }
         if lifetime == Some(Duration::ZERO) {
-            return Err("lifetime must be at least 1 second (unbind removes a binding)".into());
+            return Err(BindError::Refused(
+                "lifetime must be at least 1 second (unbind removes a binding)".into(),
+            ));
         }
         let previous = self.entries.get(&vm).cloned();
+        // The XDP map holds `max_bindings`: refuse here, cleanly, before
+        // anything changes.
+        if previous.is_none() && self.entries.len() >= self.max_bindings {
+            return Err(BindError::Full(vm, self.max_bindings));
+        }
         let vm_mac = vm_mac.or(previous.as_ref().and_then(|p| p.vm_mac));
         // Table first, then the XDP map: the worker must know every binding
         // the program steers to it.
@@ -112,7 +156,10 @@ impl Bindings {
                 care_of,
                 vm_mac,
             })
-            .map_err(|e| format!("cannot bind {vm}: {e}"))?;
+            .map_err(|e| match e {
+                dataplane::table::TableError::Full => BindError::Full(vm, self.entries.len()),
+                other => BindError::Failed(format!("cannot bind {vm}: {other}")),
+            })?;
         if let Err(e) = self.steering.bind(vm, care_of) {
             // Put the table back as it was.
             match &previous {
@@ -127,7 +174,7 @@ impl Bindings {
                     self.table.remove(vm);
                 }
             }
-            return Err(format!("cannot bind {vm}: {e}"));
+            return Err(BindError::Failed(format!("cannot bind {vm}: {e}")));
         }
         self.track(care_of);
         let baseline = match &previous {

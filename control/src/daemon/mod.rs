@@ -3,6 +3,7 @@
 
 mod announce;
 mod bindings;
+mod registration;
 mod server;
 mod stats;
 
@@ -32,6 +33,8 @@ struct Daemon {
     workers: Vec<Arc<WorkerShared>>,
     announce: Sender<Command>,
     started: Instant,
+    /// RFC 5944 registration, if a key file is configured.
+    registration: Option<registration::Registration>,
 }
 
 /// Is the effective user root? Read from /proc so no unsafe is needed here.
@@ -65,6 +68,20 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
         None => None,
     };
     let socket = ControlSocket::bind(&config.socket)?;
+    let registration = match &config.registration {
+        Some(r) => Some(registration::Registration::start(
+            r,
+            config.address,
+            lan.index,
+            || neigh::ipv4_prefixes(lan.index).map_err(|e| e.to_string()),
+        )?),
+        None => {
+            tracing::info!(
+                "registration is off (no key file: --registration-keys or [registration] keys)"
+            );
+            None
+        }
+    };
 
     // Twice the bindings in slots: open addressing stays fast and never
     // reports full before the XDP map does.
@@ -159,11 +176,13 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
             workers.clone(),
             config.address,
             lan.mac,
+            config.max_bindings as usize,
         ),
         config,
         workers,
         announce: announce_tx,
         started: Instant::now(),
+        registration,
     };
     daemon.serve(&socket, &stop_rx);
 
@@ -183,6 +202,10 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
 
 impl Daemon {
     fn serve(&mut self, socket: &ControlSocket, stop: &Receiver<()>) {
+        let datagrams = self
+            .registration
+            .as_ref()
+            .map_or_else(channel::never, |r| r.datagrams().clone());
         loop {
             let now = Instant::now();
             let wait = self
@@ -194,6 +217,11 @@ impl Daemon {
                 recv(socket.connections()) -> conn => {
                     if let Ok(conn) = conn {
                         server::handle(conn, |req| self.handle(req));
+                    }
+                }
+                recv(datagrams) -> d => {
+                    if let (Ok(d), Some(r)) = (d, self.registration.as_mut()) {
+                        r.handle(d, &mut self.bindings, Instant::now());
                     }
                 }
                 recv(stop) -> _ => {

@@ -99,5 +99,9 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
         "bindings": bindings,
         "next_hops": next_hops,
         "frames": frames,
+        "registration": d
+            .registration
+            .as_ref()
+            .map_or_else(super::registration::disabled_stats, |r| r.stats()),
     })
 }

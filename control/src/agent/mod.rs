@@ -1,0 +1,740 @@
+//! `homeward agent`: the foreign agent on a hypervisor. Watches each
+//! configured VM's QEMU through QMP, turns the data path on for VMs running
+//! here away from home, and keeps their registrations with the home agent
+//! fresh; deregisters VMs that run at home again.
+//!
+//! Threads: one QMP watcher and one registration thread per VM, the control
+//! socket's acceptor, the data path's workers. The loop here is the only
+//! writer of the data path and the lifecycles.
+
+pub mod config;
+pub mod datapath;
+pub mod lifecycle;
+pub mod qmp;
+mod registrar;
+mod watch;
+
+// The home agent's control socket, reused as is: daemon::server is private
+// to the daemon module, so the file is compiled here a second time. Once
+// the daemon exports it (`pub(crate) mod server`), use that instead.
+#[allow(clippy::duplicate_mod)]
+#[path = "../daemon/server.rs"]
+mod server;
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam::channel::{self, Receiver, Sender};
+use dataplane::xsk::FrameAccounting;
+use serde_json::{json, Value};
+
+use crate::cli::RegisterArgs;
+use crate::error::Error;
+use crate::proto::{format_mac, Reply, Request};
+use crate::registration::{KeyFile, RegistrationClient, RegistrationError, RegistrationParams};
+use config::{AgentArgs, AgentConfig, AgentFile, VmConfig};
+use datapath::{DataPath, DataPathConfig};
+use lifecycle::{Action, Input, Lifecycle, Outcome};
+use qmp::{EventKind, Timestamp};
+use registrar::{Done, Job};
+use server::ControlSocket;
+use watch::Watch;
+
+/// What the loop needs from the data path; the real one is [`DataPath`],
+/// tests use a recorder.
+pub trait Serving {
+    fn serve(&mut self, vm: Ipv4Addr, mac: [u8; 6], home_agent: Ipv4Addr) -> Result<(), String>;
+    fn unserve(&mut self, vm: Ipv4Addr) -> Result<(), String>;
+    fn stats(&self) -> Value;
+}
+
+impl Serving for DataPath {
+    fn serve(&mut self, vm: Ipv4Addr, mac: [u8; 6], home_agent: Ipv4Addr) -> Result<(), String> {
+        DataPath::serve(self, vm, mac, home_agent)
+    }
+    fn unserve(&mut self, vm: Ipv4Addr) -> Result<(), String> {
+        DataPath::unserve(self, vm)
+    }
+    fn stats(&self) -> Value {
+        DataPath::stats(self)
+    }
+}
+
+/// Registration counters for `stats`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct Counters {
+    registrations_sent: u64,
+    deregistrations_sent: u64,
+    accepted: u64,
+    denied: u64,
+    timeouts: u64,
+    errors: u64,
+    /// Answers to requests already superseded.
+    stale: u64,
+}
+
+/// One served VM as the loop sees it.
+struct Vm {
+    cfg: VmConfig,
+    life: Lifecycle,
+    jobs: Sender<Job>,
+    /// QEMU's timestamp of the last RESUME not yet followed by an accepted
+    /// registration: the start of the resume-to-registered latency.
+    resumed_at: Option<Timestamp>,
+    last_latency: Option<Duration>,
+    last_round_trip: Option<Duration>,
+    last_error: Option<String>,
+}
+
+/// The agent's state, separate from its threads so tests can drive it.
+pub struct Agent<D: Serving> {
+    address: Ipv4Addr,
+    reverse_tunnel: bool,
+    vms: Vec<Vm>,
+    datapath: D,
+    counters: Counters,
+}
+
+impl<D: Serving> Agent<D> {
+    fn new(config: &AgentConfig, datapath: D, jobs: Vec<Sender<Job>>) -> Agent<D> {
+        let vms = config
+            .vms
+            .iter()
+            .zip(jobs)
+            .map(|(v, jobs)| Vm {
+                life: Lifecycle::new(v.in_home_subnet(config.address), config.lifetime),
+                cfg: v.clone(),
+                jobs,
+                resumed_at: None,
+                last_latency: None,
+                last_round_trip: None,
+                last_error: None,
+            })
+            .collect();
+        Agent {
+            address: config.address,
+            reverse_tunnel: config.reverse_tunnel,
+            vms,
+            datapath,
+            counters: Counters::default(),
+        }
+    }
+
+    /// A watcher's report.
+    fn on_watch(&mut self, now: Instant, index: usize, w: Watch) {
+        let Some(vm) = self.vms.get_mut(index) else {
+            return;
+        };
+        let name = vm.cfg.name.as_str();
+        let input = match w {
+            Watch::Connected(s) => {
+                tracing::info!(vm = %name, status = %s.status, "QMP connected");
+                if s.running {
+                    // Already running: no RESUME timestamp to measure from.
+                    vm.resumed_at = None;
+                }
+                Input::Connected { running: s.running }
+            }
+            Watch::Disconnected(reason) => {
+                tracing::info!(vm = %name, "QMP disconnected: {reason}");
+                Input::Disconnected
+            }
+            Watch::Event(e) => {
+                let qemu_time = e.timestamp.display();
+                match e.kind {
+                    EventKind::Resume => {
+                        tracing::info!(vm = %name, qemu_time, "VM resumed");
+                        vm.resumed_at = Some(e.timestamp);
+                        Input::Resumed
+                    }
+                    EventKind::Stop => {
+                        tracing::info!(vm = %name, qemu_time, "VM stopped");
+                        Input::Stopped
+                    }
+                    EventKind::Migration { status } => {
+                        tracing::info!(vm = %name, qemu_time, %status, "migration");
+                        Input::Migration { status }
+                    }
+                    EventKind::Shutdown { guest, reason } => {
+                        tracing::info!(
+                            vm = %name,
+                            qemu_time,
+                            guest,
+                            reason = reason.as_deref().unwrap_or("-"),
+                            "VM shut down"
+                        );
+                        Input::Shutdown { guest }
+                    }
+                    EventKind::Other(event) => {
+                        tracing::debug!(vm = %name, qemu_time, %event, "QMP event");
+                        return;
+                    }
+                }
+            }
+        };
+        let actions = vm.life.handle(now, input);
+        self.apply(index, actions);
+    }
+
+    /// A registration thread's answer.
+    fn on_done(&mut self, now: Instant, d: Done) {
+        let Some(vm) = self.vms.get_mut(d.index) else {
+            return;
+        };
+        let name = vm.cfg.name.as_str();
+        let fresh = vm.life.wants(d.seq);
+        let deregistration = d.params.lifetime == 0;
+        let outcome = match &d.result {
+            Ok(r) => {
+                self.counters.accepted += 1;
+                vm.last_round_trip = Some(r.round_trip);
+                vm.last_error = None;
+                Outcome::Accepted {
+                    lifetime: r.lifetime,
+                }
+            }
+            Err(RegistrationError::Denied { code, .. }) => {
+                self.counters.denied += 1;
+                Outcome::Denied { code: *code }
+            }
+            Err(RegistrationError::Timeout) => {
+                self.counters.timeouts += 1;
+                Outcome::Failed
+            }
+            Err(_) => {
+                self.counters.errors += 1;
+                Outcome::Failed
+            }
+        };
+        if !fresh {
+            self.counters.stale += 1;
+            tracing::debug!(
+                vm = %name,
+                seq = d.seq,
+                "answer to a superseded request ignored"
+            );
+            return;
+        }
+        let round_trip_ms = |r: &crate::registration::Registered| ms(r.round_trip);
+        match &d.result {
+            Ok(r) if deregistration => {
+                tracing::info!(
+                    vm = %name,
+                    home_agent = %d.params.home_agent,
+                    code = r.code,
+                    round_trip_ms = round_trip_ms(r),
+                    "deregistered"
+                );
+            }
+            Ok(r) => {
+                // From QEMU's RESUME to the accepted reply: how long the
+                // VM was unreachable from afar after it started running.
+                let latency = vm
+                    .resumed_at
+                    .take()
+                    .and_then(Timestamp::to_system_time)
+                    .and_then(|t| d.at.duration_since(t).ok());
+                if latency.is_some() {
+                    vm.last_latency = latency;
+                }
+                tracing::info!(
+                    vm = %name,
+                    home_agent = %d.params.home_agent,
+                    care_of = %d.params.care_of,
+                    lifetime = r.lifetime,
+                    code = r.code,
+                    round_trip_ms = round_trip_ms(r),
+                    resume_to_registered_ms = latency.map(ms),
+                    "registered"
+                );
+            }
+            Err(e) => vm.last_error = Some(e.to_string()),
+        }
+        let actions = vm.life.handle(
+            now,
+            Input::Registration {
+                seq: d.seq,
+                outcome,
+            },
+        );
+        if let (Err(e), Some(vm)) = (&d.result, self.vms.get(d.index)) {
+            let retry_s = vm
+                .life
+                .next_deadline()
+                .map(|t| t.saturating_duration_since(now).as_secs_f64());
+            let what = if deregistration {
+                "deregistration"
+            } else {
+                "registration"
+            };
+            tracing::warn!(vm = %vm.cfg.name, home_agent = %d.params.home_agent, retry_in_s = retry_s, "{what} failed: {e}");
+        }
+        self.apply(d.index, actions);
+    }
+
+    /// Re-registrations and retries that came due.
+    fn tick(&mut self, now: Instant) {
+        for i in 0..self.vms.len() {
+            let actions = self.vms[i].life.handle(now, Input::Tick);
+            self.apply(i, actions);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.vms.iter().filter_map(|v| v.life.next_deadline()).min()
+    }
+
+    fn apply(&mut self, index: usize, actions: Vec<Action>) {
+        let Some(vm) = self.vms.get_mut(index) else {
+            return;
+        };
+        let c = &vm.cfg;
+        for a in actions {
+            match a {
+                Action::Serve => match self.datapath.serve(c.home_address, c.mac, c.home_agent) {
+                    Ok(()) => {
+                        tracing::info!(vm = %c.name, home_address = %c.home_address, mac = %format_mac(c.mac), home_agent = %c.home_agent, "served")
+                    }
+                    // Register anyway: the old location cannot reach the VM
+                    // either, and the error is in the log.
+                    Err(e) => tracing::error!(vm = %c.name, "cannot serve: {e}"),
+                },
+                Action::Unserve => match self.datapath.unserve(c.home_address) {
+                    Ok(()) => {
+                        tracing::info!(vm = %c.name, home_address = %c.home_address, "unserved")
+                    }
+                    Err(e) => tracing::error!(vm = %c.name, "cannot unserve: {e}"),
+                },
+                Action::Register { seq, lifetime } => {
+                    self.counters.registrations_sent += 1;
+                    let params = RegistrationParams {
+                        home_address: c.home_address,
+                        home_agent: c.home_agent,
+                        care_of: self.address,
+                        lifetime,
+                        reverse_tunnel: self.reverse_tunnel,
+                        spi: c.spi,
+                    };
+                    let _ = vm.jobs.send(Job { seq, params });
+                }
+                Action::Deregister { seq } => {
+                    self.counters.deregistrations_sent += 1;
+                    // RFC 5944 3.6.1.2: lifetime 0 with the home address as
+                    // care-of removes every binding of the VM.
+                    let params = RegistrationParams {
+                        home_address: c.home_address,
+                        home_agent: c.home_agent,
+                        care_of: c.home_address,
+                        lifetime: 0,
+                        reverse_tunnel: false,
+                        spi: c.spi,
+                    };
+                    let _ = vm.jobs.send(Job { seq, params });
+                }
+            }
+        }
+    }
+
+    /// Answers a control socket request.
+    fn handle(&self, now: Instant, req: Request) -> Reply {
+        match req {
+            Request::List {} => Reply::ok(self.list(now)),
+            Request::Stats {} => Reply::ok(json!({
+                "role": "foreign_agent",
+                "address": self.address,
+                "vms": self.vms.len(),
+                "served": self.vms.iter().filter(|v| v.life.served()).count(),
+                "registration": self.counters,
+                "datapath": self.datapath.stats(),
+            })),
+            Request::Bind { .. } | Request::Unbind { .. } => Reply::err(
+                "this is homeward agent: it serves the VMs of its config as QEMU reports them; bind and unbind are for the home agent (homeward run)",
+            ),
+        }
+    }
+
+    fn list(&self, now: Instant) -> Value {
+        let wall = SystemTime::now();
+        let vms: Vec<Value> = self
+            .vms
+            .iter()
+            .map(|v| {
+                let left = v
+                    .life
+                    .registered_until()
+                    .map(|u| u.saturating_duration_since(now));
+                json!({
+                    "name": v.cfg.name,
+                    "home_address": v.cfg.home_address,
+                    "home_agent": v.cfg.home_agent,
+                    "mac": format_mac(v.cfg.mac),
+                    "at_home": v.life.at_home(),
+                    "running": v.life.running(),
+                    "served": v.life.served(),
+                    "state": v.life.state(),
+                    "expires_in": left.map(|d| d.as_secs()),
+                    "registered_until": left
+                        .and_then(|d| (wall + d).duration_since(UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs()),
+                    "last_code": v.life.last_code(),
+                    "last_error": v.last_error,
+                    "resume_to_registered_ms": v.last_latency.map(ms),
+                    "round_trip_ms": v.last_round_trip.map(ms),
+                })
+            })
+            .collect();
+        json!({ "role": "foreign_agent", "vms": vms })
+    }
+
+    /// Unserves every VM (at shutdown). Registrations are left to lapse:
+    /// stopping the agent must not move VMs.
+    fn unserve_all(&mut self) {
+        for vm in &self.vms {
+            if vm.life.served() {
+                match self.datapath.unserve(vm.cfg.home_address) {
+                    Ok(()) => tracing::info!(vm = %vm.cfg.name, "unserved"),
+                    Err(e) => tracing::error!(vm = %vm.cfg.name, "cannot unserve: {e}"),
+                }
+            }
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Is the effective user root? Read from /proc so no unsafe is needed.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn load_keys(config: &AgentConfig) -> Result<KeyFile, Error> {
+    let keys = KeyFile::load(&config.keys).map_err(|e| Error::Invalid(e.to_string()))?;
+    for vm in &config.vms {
+        match keys.get(vm.spi) {
+            None => {
+                return Err(Error::Invalid(format!(
+                    "vm {:?}: SPI {} is not in the key file {}",
+                    vm.name,
+                    vm.spi,
+                    config.keys.display()
+                )))
+            }
+            Some(k) if !k.authorizes(vm.home_address) => tracing::warn!(
+                vm = %vm.name,
+                spi = vm.spi,
+                "the key file does not list {} for this SPI: the home agent may deny it",
+                vm.home_address
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(keys)
+}
+
+/// Runs the foreign agent until SIGINT/SIGTERM; returns the data path's
+/// frame accounting at teardown.
+pub fn run(args: &AgentArgs) -> Result<Vec<FrameAccounting>, Error> {
+    if !is_root() {
+        return Err(Error::Invalid(
+            "homeward agent needs root (CAP_NET_ADMIN and CAP_BPF): run it as root".into(),
+        ));
+    }
+    let config = AgentConfig::merge(args, AgentFile::load(&args.config)?)?;
+    let keys = load_keys(&config)?;
+    let socket = ControlSocket::bind(&config.socket)?;
+
+    // Registration clients before the data path: a bad --address fails
+    // here, before anything is attached.
+    let (done_tx, done_rx) = channel::unbounded();
+    let mut job_senders = Vec::new();
+    for (i, vm) in config.vms.iter().enumerate() {
+        let client = RegistrationClient::new(config.address, keys.clone()).map_err(|e| {
+            Error::Invalid(format!(
+                "cannot open a registration socket on --address {}: {e}",
+                config.address
+            ))
+        })?;
+        let (tx, rx) = channel::unbounded();
+        registrar::spawn(i, &vm.name, client, rx, done_tx.clone())
+            .map_err(|e| Error::Daemon(format!("cannot start a registration thread: {e}")))?;
+        job_senders.push(tx);
+    }
+
+    let datapath = DataPath::start(DataPathConfig {
+        uplink: config.uplink.clone(),
+        vm_link: config.vm_link.clone(),
+        address: config.address,
+        home_agents: config.home_agents(),
+        queues: config.queues,
+    })?;
+    let mut agent = Agent::new(&config, datapath, job_senders);
+
+    let (stop_tx, stop_rx) = channel::bounded::<()>(1);
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    })
+    .map_err(|e| Error::Daemon(format!("cannot install the signal handler: {e}")))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (watch_tx, watch_rx) = channel::unbounded();
+    let mut watchers = Vec::new();
+    for (i, vm) in config.vms.iter().enumerate() {
+        let t = watch::spawn(i, &vm.name, vm.qmp.clone(), watch_tx.clone(), stop.clone())
+            .map_err(|e| Error::Daemon(format!("cannot start a QMP watcher: {e}")))?;
+        watchers.push(t);
+    }
+    tracing::info!(
+        address = %config.address,
+        uplink = %config.uplink,
+        vm_link = %config.vm_link,
+        vms = config.vms.len(),
+        socket = %config.socket.display(),
+        "homeward agent is running"
+    );
+
+    serve(&mut agent, &socket, &watch_rx, &done_rx, &stop_rx);
+
+    stop.store(true, Ordering::Relaxed);
+    agent.unserve_all();
+    let accounting = agent.datapath.stop();
+    for w in watchers {
+        let _ = w.join();
+    }
+    drop(socket);
+    Ok(accounting)
+}
+
+fn serve<D: Serving>(
+    agent: &mut Agent<D>,
+    socket: &ControlSocket,
+    watch: &Receiver<(usize, Watch)>,
+    done: &Receiver<Done>,
+    stop: &Receiver<()>,
+) {
+    loop {
+        let now = Instant::now();
+        let wait = agent
+            .next_deadline()
+            .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
+            .min(Duration::from_secs(1));
+        channel::select! {
+            recv(watch) -> m => {
+                if let Ok((i, w)) = m {
+                    agent.on_watch(Instant::now(), i, w);
+                }
+            }
+            recv(done) -> d => {
+                if let Ok(d) = d {
+                    agent.on_done(Instant::now(), d);
+                }
+            }
+            recv(socket.connections()) -> conn => {
+                if let Ok(conn) = conn {
+                    server::handle(conn, |req| agent.handle(Instant::now(), req));
+                }
+            }
+            recv(stop) -> _ => {
+                tracing::info!("stopping");
+                return;
+            }
+            default(wait) => {}
+        }
+        agent.tick(Instant::now());
+    }
+}
+
+/// `homeward list` against an agent: one line per VM.
+pub fn print_list(r: &Value) {
+    println!(
+        "{:<12} {:<16} {:<17} {:<7} {:>8} {:>5} {:>12}",
+        "vm", "home address", "state", "served", "expires", "code", "resume->reg"
+    );
+    let empty = Vec::new();
+    for v in r.get("vms").and_then(Value::as_array).unwrap_or(&empty) {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+        let n = |k: &str, unit: &str| {
+            v.get(k)
+                .filter(|x| !x.is_null())
+                .map_or("-".to_string(), |x| format!("{x}{unit}"))
+        };
+        println!(
+            "{:<12} {:<16} {:<17} {:<7} {:>8} {:>5} {:>12}",
+            s("name"),
+            s("home_address"),
+            s("state"),
+            if v.get("served") == Some(&Value::Bool(true)) {
+                "yes"
+            } else {
+                "no"
+            },
+            n("expires_in", "s"),
+            n("last_code", ""),
+            n("resume_to_registered_ms", " ms"),
+        );
+    }
+}
+
+/// `homeward stats` against an agent: registration counters, then the
+/// data path's counters (non-zero ones), served VMs and frames.
+pub fn print_stats(r: &Value) {
+    let empty = Value::Null;
+    // Strings without their JSON quotes, numbers as they are.
+    let field = |v: &Value, k: &str| match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(x) => x.to_string(),
+        None => "-".to_string(),
+    };
+    let dp = r.get("datapath").unwrap_or(&empty);
+    println!(
+        "agent {}: {} VM(s), {} served; xdp mode {}, uplink {}, vm link {}",
+        field(r, "address"),
+        field(r, "vms"),
+        field(r, "served"),
+        field(dp, "xdp_mode"),
+        field(dp, "uplink"),
+        field(dp, "vm_link"),
+    );
+    let section = |name: &str, v: &Value| {
+        if let Some(Value::Object(m)) = v.get(name) {
+            let nonzero: Vec<String> = m
+                .iter()
+                .filter(|(_, v)| v.as_u64() != Some(0))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let text = if nonzero.is_empty() {
+                "all zero".to_string()
+            } else {
+                nonzero.join(" ")
+            };
+            println!("{name}: {text}");
+        }
+    };
+    section("registration", r);
+    for name in ["counters", "steering", "drops"] {
+        section(name, dp);
+    }
+    for s in dp
+        .get("served")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "served {} ({}) for {}: {} packets, {} bytes",
+            field(s, "vm"),
+            field(s, "mac"),
+            field(s, "home_agent"),
+            field(s, "packets"),
+            field(s, "bytes")
+        );
+    }
+    for f in dp
+        .get("frames")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "frames q{}: total {} free {} fill {} rx {} worker {} tx {} completion {} unaccounted {}",
+            field(f, "queue"),
+            field(f, "total"),
+            field(f, "free"),
+            field(f, "fill"),
+            field(f, "rx"),
+            field(f, "worker"),
+            field(f, "tx"),
+            field(f, "completion"),
+            field(f, "unaccounted")
+        );
+    }
+}
+
+/// `homeward register --config AGENT_TOML --vm NAME [--care-of ADDR]`: the
+/// registration target from the agent's config. Without `--care-of`, the
+/// care-of is this host's source address toward the VM's home agent. A
+/// care-of inside the VM's home subnet means the VM is at home: that
+/// deregisters (lifetime 0, care-of = home address).
+pub fn register_target(args: &RegisterArgs) -> Result<crate::register::Target, Error> {
+    let path = args
+        .config
+        .as_ref()
+        .ok_or(Error::Missing("--config FILE"))?;
+    let name = args.vm.as_deref().ok_or(Error::Missing("--vm NAME"))?;
+    let file = AgentFile::load(path)?;
+    // Validate every VM, but only the named one needs a home agent: the
+    // agent's --home-agent default is not known here.
+    let unknown = Ipv4Addr::UNSPECIFIED;
+    let vms = file
+        .vms(Some(args.home_agent.unwrap_or(unknown)))
+        .map_err(|message| Error::ConfigParse {
+            path: path.clone(),
+            message,
+        })?;
+    let vm = vms
+        .into_iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| Error::Invalid(format!("no VM named {name:?} in {}", path.display())))?;
+    let home_agent = args.home_agent.unwrap_or(vm.home_agent);
+    if home_agent == unknown {
+        return Err(Error::Missing(
+            "--home-agent HA (the VM's [[vm]] has no home_agent)",
+        ));
+    }
+    let care_of = match args.care_of {
+        Some(c) => c,
+        None => route_source(home_agent)?,
+    };
+    let at_home = vm.in_home_subnet(care_of) || args.lifetime == 0;
+    if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 3600.0) {
+        return Err(Error::Invalid(format!(
+            "--timeout {} is out of range (0 to 3600 seconds)",
+            args.timeout
+        )));
+    }
+    Ok(crate::register::Target {
+        params: RegistrationParams {
+            home_address: vm.home_address,
+            home_agent,
+            care_of: if at_home { vm.home_address } else { care_of },
+            lifetime: if at_home { 0 } else { file.lifetime },
+            reverse_tunnel: file.reverse_tunnel && !args.no_reverse_tunnel && !at_home,
+            spi: args.spi.unwrap_or(vm.spi),
+        },
+        keys: args.keys.clone().unwrap_or(file.keys),
+        bind: args.bind.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        timeout: Duration::from_secs_f64(args.timeout),
+        attempts: args.attempts.max(1),
+    })
+}
+
+/// The source address the kernel would use toward `to`: connecting a UDP
+/// socket picks the route and sends nothing.
+fn route_source(to: Ipv4Addr) -> Result<Ipv4Addr, Error> {
+    let no_route = |e: std::io::Error| {
+        Error::Invalid(format!(
+            "no route to home agent {to} to choose a care-of address ({e}): pass --care-of"
+        ))
+    };
+    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(no_route)?;
+    s.connect((to, 434)).map_err(no_route)?;
+    match s.local_addr().map_err(no_route)?.ip() {
+        std::net::IpAddr::V4(a) if !a.is_unspecified() => Ok(a),
+        other => Err(Error::Invalid(format!(
+            "no usable source address toward {to} (got {other}): pass --care-of"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

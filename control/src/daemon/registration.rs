@@ -1,0 +1,324 @@
+//! RFC 5944 registration in the daemon: a thread reads datagrams from UDP
+//! port 434 on the home agent's address and hands them to the control
+//! loop, which runs the pure handler with the binding manager as its sink
+//! (so bindings keep a single writer) and sends the reply.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam::channel::{self, Receiver, Sender};
+use serde_json::{json, Value};
+
+use super::bindings::{BindError, Bindings};
+use crate::config::RegistrationConfig;
+use crate::error::Error;
+use crate::registration::home_agent::{Action, BindingSink, Denial, HomeAgent, HomeAgentConfig};
+use crate::registration::keys::{KeyFile, Prefix};
+use crate::registration::replay::ReplayGuard;
+use crate::registration::wire::{self, code_meaning};
+
+/// Datagrams waiting for the control loop; more are dropped (and counted)
+/// rather than queued without bound.
+const QUEUE: usize = 1024;
+/// How often the reader thread looks at its stop flag.
+const READ_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// One received datagram.
+pub(super) struct Datagram {
+    bytes: Vec<u8>,
+    from: SocketAddrV4,
+}
+
+/// Counters for `homeward stats`.
+#[derive(Debug, Default)]
+struct Counters {
+    replies: BTreeMap<u8, u64>,
+    dropped: u64,
+    last_error: Option<String>,
+}
+
+/// The registration service: socket, reader thread, handler, counters.
+pub(super) struct Registration {
+    handler: HomeAgent,
+    socket: Arc<UdpSocket>,
+    rx: Receiver<Datagram>,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+    queue_full: Arc<AtomicU64>,
+    counters: Counters,
+    lan_index: u32,
+}
+
+impl Registration {
+    /// Loads keys and replay state, binds `address:434` and starts the
+    /// reader. `lan_prefixes` is the home subnet unless the config names one.
+    pub fn start(
+        config: &RegistrationConfig,
+        address: std::net::Ipv4Addr,
+        lan_index: u32,
+        lan_prefixes: impl FnOnce() -> Result<Vec<(std::net::Ipv4Addr, u8)>, String>,
+    ) -> Result<Registration, Error> {
+        let keys = KeyFile::load(&config.keys).map_err(|e| Error::Invalid(e.to_string()))?;
+        let replay = ReplayGuard::load(&config.state, config.replay_window)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let home_prefixes = match &config.home_prefix {
+            Some(p) => p.clone(),
+            None => lan_prefixes()
+                .map_err(|e| Error::Dataplane(format!("cannot read the LAN prefixes: {e}")))?
+                .into_iter()
+                .map(|(a, l)| Prefix::new(a, l))
+                .collect(),
+        };
+        if keys.is_empty() {
+            tracing::warn!(keys = %config.keys.display(), "registration: the key file has no [[spi]]: every registration will be refused");
+        }
+        if home_prefixes.is_empty() {
+            tracing::warn!("registration: no home prefix (the LAN interface has no IPv4 address and none is configured): every registration will be refused");
+        }
+        let socket = UdpSocket::bind(SocketAddrV4::new(address, wire::PORT)).map_err(|e| {
+            Error::Invalid(format!("cannot bind UDP {address}:{}: {e}", wire::PORT))
+        })?;
+        socket
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .map_err(|e| Error::Invalid(format!("registration socket: {e}")))?;
+        let socket = Arc::new(socket);
+        let (tx, rx) = channel::bounded(QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let queue_full = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let (socket, stop, queue_full) = (socket.clone(), stop.clone(), queue_full.clone());
+            std::thread::Builder::new()
+                .name("homeward-reg".into())
+                .spawn(move || read_loop(&socket, &tx, &stop, &queue_full))
+                .map_err(|e| {
+                    Error::Dataplane(format!("cannot start the registration thread: {e}"))
+                })?
+        };
+        tracing::info!(
+            address = %address,
+            port = wire::PORT,
+            spis = keys.len(),
+            home_prefixes = %home_prefixes.iter().map(Prefix::to_string).collect::<Vec<_>>().join(","),
+            replay_window = config.replay_window.as_secs(),
+            max_lifetime = config.max_lifetime,
+            state = %config.state.display(),
+            "registration enabled"
+        );
+        Ok(Registration {
+            handler: HomeAgent::new(
+                HomeAgentConfig {
+                    address,
+                    home_prefixes,
+                    max_lifetime: config.max_lifetime,
+                },
+                keys,
+                replay,
+            ),
+            socket,
+            rx,
+            stop,
+            reader: Some(reader),
+            queue_full,
+            counters: Counters::default(),
+            lan_index,
+        })
+    }
+
+    /// The channel the control loop selects on.
+    pub fn datagrams(&self) -> &Receiver<Datagram> {
+        &self.rx
+    }
+
+    /// Runs the handler on one datagram, applies its action to `bindings`,
+    /// sends the reply and logs one line.
+    pub fn handle(&mut self, d: Datagram, bindings: &mut Bindings, now: Instant) {
+        let mut sink = Sink {
+            bindings,
+            now,
+            lan_index: self.lan_index,
+            error: None,
+        };
+        let outcome = self
+            .handler
+            .handle(&d.bytes, d.from, SystemTime::now(), &mut sink);
+        let sink_error = sink.error.take();
+        let Some(code) = outcome.code else {
+            self.counters.dropped += 1;
+            tracing::debug!(from = %d.from, reason = outcome.reason, "registration datagram dropped");
+            return;
+        };
+        *self.counters.replies.entry(code).or_insert(0) += 1;
+        let home = outcome
+            .home_address
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let care_of = outcome.care_of.map(|a| a.to_string()).unwrap_or_default();
+        let spi = outcome.spi.unwrap_or(0);
+        if code <= wire::code::ACCEPTED_NO_SIMULTANEOUS {
+            let lifetime = match outcome.action {
+                Some(Action::Bind { lifetime, .. }) => lifetime,
+                _ => 0,
+            };
+            tracing::info!(from = %d.from, spi, home = %home, care_of = %care_of, lifetime, code, "registration accepted: {}", outcome.reason);
+        } else {
+            let detail = sink_error.as_deref().unwrap_or(outcome.reason);
+            tracing::warn!(from = %d.from, spi, home = %home, care_of = %care_of, code, "registration denied: {} ({detail})", code_meaning(code));
+            self.counters.last_error =
+                Some(format!("{} from {}: code {code} ({detail})", home, d.from));
+        }
+        if let Some(e) = &outcome.persist_error {
+            tracing::error!(
+                "registration replay state not saved, replays possible after a restart: {e}"
+            );
+            self.counters.last_error = Some(e.clone());
+        }
+        if let Some(reply) = &outcome.reply {
+            if let Err(e) = self.socket.send_to(reply, d.from) {
+                tracing::warn!(to = %d.from, "cannot send the registration reply: {e}");
+                self.counters.last_error = Some(format!("send to {}: {e}", d.from));
+            }
+        }
+    }
+
+    /// The `registration` object of `homeward stats`.
+    pub fn stats(&self) -> Value {
+        let replies: serde_json::Map<String, Value> = self
+            .counters
+            .replies
+            .iter()
+            .map(|(c, n)| (c.to_string(), (*n).into()))
+            .collect();
+        let accepted: u64 = self
+            .counters
+            .replies
+            .iter()
+            .filter(|(c, _)| **c <= 1)
+            .map(|(_, n)| n)
+            .sum();
+        let denied: u64 = self
+            .counters
+            .replies
+            .iter()
+            .filter(|(c, _)| **c > 1)
+            .map(|(_, n)| n)
+            .sum();
+        json!({
+            "enabled": true,
+            "accepted": accepted,
+            "denied": denied,
+            "replies": replies,
+            "dropped": self.counters.dropped,
+            "queue_full": self.queue_full.load(Ordering::Relaxed),
+            "last_error": self.counters.last_error,
+        })
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.reader.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `stats` when registration is off.
+pub(super) fn disabled_stats() -> Value {
+    json!({ "enabled": false })
+}
+
+fn read_loop(socket: &UdpSocket, tx: &Sender<Datagram>, stop: &AtomicBool, queue_full: &AtomicU64) {
+    let mut buf = vec![0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        match socket.recv_from(&mut buf) {
+            Ok((n, SocketAddr::V4(from))) => {
+                let bytes = buf.get(..n).unwrap_or_default().to_vec();
+                match tx.try_send(Datagram { bytes, from }) {
+                    Ok(()) => {}
+                    Err(channel::TrySendError::Full(_)) => {
+                        queue_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(channel::TrySendError::Disconnected(_)) => return,
+                }
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                        | std::io::ErrorKind::ConnectionRefused
+                ) => {}
+            Err(e) => {
+                tracing::warn!("registration socket: {e}");
+                std::thread::sleep(READ_TIMEOUT);
+            }
+        }
+    }
+}
+
+/// The binding manager as the handler's sink.
+struct Sink<'a> {
+    bindings: &'a mut Bindings,
+    now: Instant,
+    lan_index: u32,
+    /// The binding manager's own message for a refusal, for the log.
+    error: Option<String>,
+}
+
+impl BindingSink for Sink<'_> {
+    fn apply(&mut self, action: &Action) -> Result<(), Denial> {
+        match *action {
+            Action::Bind {
+                vm,
+                care_of,
+                lifetime,
+                reverse_tunnel: _,
+            } => {
+                // The VM's MAC, for the gratuitous ARP that hands its address
+                // back when the binding ends: the HA still has it from when
+                // the VM was at home (a STALE entry will do).
+                let mac = if self.bindings.vm_mac(vm).is_some() {
+                    None
+                } else {
+                    match dataplane::neigh::neighbor_mac(self.lan_index, vm) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::debug!(%vm, "no neighbour entry for the VM: {e}");
+                            None
+                        }
+                    }
+                };
+                let lifetime = Duration::from_secs(lifetime.into());
+                self.bindings
+                    .bind(self.now, vm, care_of, Some(lifetime), mac)
+                    .map(|_| ())
+                    .map_err(|e| {
+                        let d = match &e {
+                            BindError::Full(..) => Denial::InsufficientResources,
+                            BindError::Refused(_) => Denial::AdministrativelyProhibited,
+                            BindError::Failed(_) => Denial::Unspecified,
+                        };
+                        self.error = Some(e.to_string());
+                        d
+                    })
+            }
+            Action::Deregister { vm } => {
+                // Deregistering what is not bound is already done.
+                if !self.bindings.is_bound(vm) {
+                    return Ok(());
+                }
+                self.bindings.unbind(self.now, vm).map_err(|e| {
+                    self.error = Some(e);
+                    Denial::Unspecified
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,686 @@
+//! The home agent's side of registration, as a pure handler: a datagram
+//! in, a reply and at most one binding change out. It does no I/O besides
+//! the replay state file and reads no clock (`now` is an argument), so the
+//! daemon drives it from its control loop and tests drive it in memory.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::SystemTime;
+
+use super::keys::{KeyFile, Prefix, SpiEntry};
+use super::replay::{ntp_timestamp, ReplayGuard, Stale};
+use super::wire::{self, code, flags, ReplyFields, Request, WireError};
+
+/// What the home agent is.
+#[derive(Debug, Clone)]
+pub struct HomeAgentConfig {
+    /// Our own address: the Home Agent field must name it, care-of
+    /// addresses must not.
+    pub address: Ipv4Addr,
+    /// The home subnet(s): home addresses must be inside, care-of addresses
+    /// outside.
+    pub home_prefixes: Vec<Prefix>,
+    /// Longest lifetime granted, seconds.
+    pub max_lifetime: u16,
+}
+
+/// A binding change the handler asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Bind {
+        vm: Ipv4Addr,
+        care_of: Ipv4Addr,
+        /// Granted lifetime, seconds (never 0).
+        lifetime: u16,
+        reverse_tunnel: bool,
+    },
+    Deregister {
+        vm: Ipv4Addr,
+    },
+}
+
+/// Why the binding manager could not apply an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// The table is full (130).
+    InsufficientResources,
+    /// Refused for policy reasons (129).
+    AdministrativelyProhibited,
+    /// Anything else (128).
+    Unspecified,
+}
+
+impl Denial {
+    fn code(self) -> u8 {
+        match self {
+            Denial::InsufficientResources => code::INSUFFICIENT_RESOURCES,
+            Denial::AdministrativelyProhibited => code::ADMIN_PROHIBITED,
+            Denial::Unspecified => code::UNSPECIFIED,
+        }
+    }
+}
+
+/// Where accepted registrations go. Called before the reply is built, so a
+/// failure turns into the right denial code.
+pub trait BindingSink {
+    fn apply(&mut self, action: &Action) -> Result<(), Denial>;
+}
+
+/// The handler's result for one datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The reply to send back to the source, or `None` to drop silently.
+    pub reply: Option<Vec<u8>>,
+    /// The reply code (`None` when dropped).
+    pub code: Option<u8>,
+    /// The binding change applied (only on accept).
+    pub action: Option<Action>,
+    /// One-line reason, for the log.
+    pub reason: &'static str,
+    pub spi: Option<u32>,
+    pub home_address: Option<Ipv4Addr>,
+    pub care_of: Option<Ipv4Addr>,
+    /// The replay state was accepted in memory but could not be persisted.
+    pub persist_error: Option<String>,
+}
+
+impl Outcome {
+    fn dropped(reason: &'static str) -> Outcome {
+        Outcome {
+            reply: None,
+            code: None,
+            action: None,
+            reason,
+            spi: None,
+            home_address: None,
+            care_of: None,
+            persist_error: None,
+        }
+    }
+}
+
+/// The registration handler with its keys and replay state.
+#[derive(Debug)]
+pub struct HomeAgent {
+    config: HomeAgentConfig,
+    keys: KeyFile,
+    replay: ReplayGuard,
+}
+
+/// An address nothing can be bound to or tunnelled to.
+fn unusable(a: Ipv4Addr) -> bool {
+    a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback()
+}
+
+impl HomeAgent {
+    pub fn new(config: HomeAgentConfig, keys: KeyFile, replay: ReplayGuard) -> HomeAgent {
+        HomeAgent {
+            config,
+            keys,
+            replay,
+        }
+    }
+
+    /// Handles one datagram that arrived on port 434 from `source`.
+    /// Every rejection leaves the binding table untouched: `sink` is called
+    /// only once every check has passed.
+    pub fn handle(
+        &mut self,
+        datagram: &[u8],
+        source: SocketAddrV4,
+        now: SystemTime,
+        sink: &mut impl BindingSink,
+    ) -> Outcome {
+        let _ = source; // replies go to the source; nothing else depends on it
+        let req = match Request::new_checked(datagram) {
+            Ok(r) => r,
+            // Not a request, or too short to answer (no Identification to
+            // echo): drop, as RFC 5944 §3.8.2 allows for unparsable input.
+            Err(WireError::WrongType(..)) => return Outcome::dropped("not a registration request"),
+            Err(_) => return Outcome::dropped("truncated request"),
+        };
+        let mut out = Outcome::dropped("");
+        out.home_address = Some(req.home_address());
+        out.care_of = Some(req.care_of());
+        let deny = |out: Outcome, c: u8, reason, entry: Option<&SpiEntry>, id: u64| {
+            self.finish(out, &req, c, reason, entry, id, 0)
+        };
+        let id = req.identification();
+
+        // Authentication first (RFC 5944 §3.8.2.1): nothing else is
+        // looked at, or answered with our time, before it passes.
+        let auth = match req.mh_auth() {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                return deny(
+                    out,
+                    code::MN_AUTH_FAILED,
+                    "no mobile-home authentication extension",
+                    None,
+                    id,
+                )
+            }
+            Err(_) => return deny(out, code::POORLY_FORMED, "malformed extensions", None, id),
+        };
+        out.spi = Some(auth.spi);
+        if let Some(_kind) = auth.unknown_before {
+            // RFC 5944 §1.9: an unknown extension in 0-127 means discard.
+            return Outcome {
+                reason: "unknown non-skippable extension",
+                ..out
+            };
+        }
+        let Some(entry) = self.keys.get(auth.spi).cloned() else {
+            return deny(out, code::MN_AUTH_FAILED, "unknown SPI", None, id);
+        };
+        if !entry.key.verify(auth.covered, auth.authenticator) {
+            return deny(
+                out,
+                code::MN_AUTH_FAILED,
+                "bad authenticator",
+                Some(&entry),
+                id,
+            );
+        }
+
+        // Replay protection (RFC 5944 §5.7).
+        let now_ntp = ntp_timestamp(now);
+        if let Err(stale) = self.replay.check(auth.spi, id, now_ntp) {
+            // The HA's clock in the high bits, the request's low bits kept
+            // so the agent can match the reply and resynchronise.
+            let resync = (now_ntp & 0xffff_ffff_0000_0000) | (id & 0xffff_ffff);
+            let reason = match stale {
+                Stale::OutOfWindow => "identification out of the replay window",
+                Stale::NotNewer => "identification not newer (replay)",
+            };
+            return self.finish(
+                out,
+                &req,
+                code::ID_MISMATCH,
+                reason,
+                Some(&entry),
+                resync,
+                0,
+            );
+        }
+
+        if req.home_agent() != self.config.address {
+            return deny(
+                out,
+                code::UNKNOWN_HA,
+                "the Home Agent field names another address",
+                Some(&entry),
+                id,
+            );
+        }
+        if req.flags() & (flags::M | flags::G) != 0 {
+            return deny(
+                out,
+                code::ENCAPSULATION_UNAVAILABLE,
+                "M or G flag set: only IP-in-IP tunnels here",
+                Some(&entry),
+                id,
+            );
+        }
+
+        let home = req.home_address();
+        let care_of = req.care_of();
+        if !entry.authorizes(home) {
+            return deny(
+                out,
+                code::ADMIN_PROHIBITED,
+                "home address not authorized for this SPI",
+                Some(&entry),
+                id,
+            );
+        }
+        if unusable(home) || home == self.config.address || !self.in_home(home) {
+            return deny(
+                out,
+                code::ADMIN_PROHIBITED,
+                "home address not on the home network",
+                Some(&entry),
+                id,
+            );
+        }
+        let lifetime = req.lifetime();
+        // RFC 5944 §3.6.1.2: back at home, the agent deregisters with the
+        // home address as care-of address.
+        let back_home = lifetime == 0 && care_of == home;
+        if !back_home {
+            if unusable(care_of) || care_of == self.config.address || care_of == home {
+                return deny(
+                    out,
+                    code::ADMIN_PROHIBITED,
+                    "unusable care-of address",
+                    Some(&entry),
+                    id,
+                );
+            }
+            if self.in_home(care_of) {
+                return deny(
+                    out,
+                    code::ADMIN_PROHIBITED,
+                    "care-of address inside the home network",
+                    Some(&entry),
+                    id,
+                );
+            }
+        }
+
+        let (action, granted) = if lifetime == 0 {
+            (Action::Deregister { vm: home }, 0)
+        } else {
+            let granted = lifetime.min(self.config.max_lifetime).max(1);
+            (
+                Action::Bind {
+                    vm: home,
+                    care_of,
+                    lifetime: granted,
+                    reverse_tunnel: req.flags() & flags::T != 0,
+                },
+                granted,
+            )
+        };
+        if let Err(d) = sink.apply(&action) {
+            return deny(
+                out,
+                d.code(),
+                "binding refused by the table",
+                Some(&entry),
+                id,
+            );
+        }
+        // Only an accepted request moves the replay state.
+        if let Err(e) = self.replay.commit(auth.spi, id) {
+            out.persist_error = Some(e.to_string());
+        }
+        out.action = Some(action);
+        // No simultaneous bindings here: say so if they were asked for.
+        let c = if req.flags() & flags::S != 0 {
+            code::ACCEPTED_NO_SIMULTANEOUS
+        } else {
+            code::ACCEPTED
+        };
+        let reason = if lifetime == 0 {
+            "deregistered"
+        } else {
+            "registered"
+        };
+        self.finish(out, &req, c, reason, Some(&entry), id, granted)
+    }
+
+    fn in_home(&self, a: Ipv4Addr) -> bool {
+        self.config.home_prefixes.iter().any(|p| p.contains(a))
+    }
+
+    /// Builds the reply: authenticated with the request's key when the SPI
+    /// is known.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        out: Outcome,
+        req: &Request<&[u8]>,
+        c: u8,
+        reason: &'static str,
+        entry: Option<&SpiEntry>,
+        identification: u64,
+        lifetime: u16,
+    ) -> Outcome {
+        let mut reply = Vec::with_capacity(wire::REPLY_LEN + 6 + 32);
+        ReplyFields {
+            code: c,
+            lifetime,
+            home_address: req.home_address(),
+            // RFC 5944 §3.8.3.1: our own unicast address, also on 136.
+            home_agent: self.config.address,
+            identification,
+        }
+        .emit(&mut reply);
+        if let Some(e) = entry {
+            e.key.append_mh_auth(&mut reply, e.spi);
+        }
+        Outcome {
+            reply: Some(reply),
+            code: Some(c),
+            reason,
+            ..out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registration::wire::{Reply, RequestFields};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const KEYS: &str = r#"
+[[spi]]
+spi = 256
+key = "00112233445566778899aabbccddeeff"
+home_addresses = ["192.0.2.50/32", "192.0.2.64/26", "198.51.100.0/24"]
+
+[[spi]]
+spi = 300
+algorithm = "hmac-md5"
+key = "0f0e0d0c0b0a09080706050403020100"
+home_addresses = ["192.0.2.0/24"]
+"#;
+    const OTHER_KEY: &str = r#"
+[[spi]]
+spi = 256
+key = "ffeeddccbbaa99887766554433221100"
+"#;
+
+    const HA: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+    const VM: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+    const COA: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+    const SRC: SocketAddrV4 = SocketAddrV4::new(COA, 40000);
+
+    #[derive(Default)]
+    struct Sink {
+        table: std::collections::BTreeMap<Ipv4Addr, (Ipv4Addr, u16)>,
+        full: bool,
+        calls: usize,
+    }
+    impl BindingSink for Sink {
+        fn apply(&mut self, a: &Action) -> Result<(), Denial> {
+            self.calls += 1;
+            match *a {
+                Action::Bind {
+                    vm,
+                    care_of,
+                    lifetime,
+                    ..
+                } => {
+                    if self.full && !self.table.contains_key(&vm) {
+                        return Err(Denial::InsufficientResources);
+                    }
+                    self.table.insert(vm, (care_of, lifetime));
+                }
+                Action::Deregister { vm } => {
+                    self.table.remove(&vm);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    fn ha() -> HomeAgent {
+        HomeAgent::new(
+            HomeAgentConfig {
+                address: HA,
+                home_prefixes: vec![Prefix::parse("192.0.2.0/24").unwrap()],
+                max_lifetime: 600,
+            },
+            KeyFile::parse(KEYS).unwrap(),
+            ReplayGuard::in_memory(Duration::from_secs(7)),
+        )
+    }
+
+    struct Req {
+        fields: RequestFields,
+        spi: u32,
+        keys: &'static str,
+    }
+
+    impl Req {
+        fn new(t: SystemTime) -> Req {
+            Req {
+                fields: RequestFields {
+                    flags: flags::T,
+                    lifetime: 60,
+                    home_address: VM,
+                    home_agent: HA,
+                    care_of: COA,
+                    identification: ntp_timestamp(t),
+                },
+                spi: 256,
+                keys: KEYS,
+            }
+        }
+        fn bytes(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            self.fields.emit(&mut out);
+            let keys = KeyFile::parse(self.keys).unwrap();
+            let spi = if keys.get(self.spi).is_some() {
+                self.spi
+            } else {
+                256
+            };
+            let key = &keys.get(spi).unwrap().key;
+            key.append_mh_auth(&mut out, self.spi);
+            out
+        }
+    }
+
+    /// Decodes a reply and checks its authenticator with `keys`.
+    fn reply(o: &Outcome, spi: u32) -> (u8, u16, u64, bool) {
+        let bytes = o.reply.as_ref().expect("a reply");
+        let r = Reply::new_checked(&bytes[..]).unwrap();
+        let keys = KeyFile::parse(KEYS).unwrap();
+        let authed = match (r.mh_auth().unwrap(), keys.get(spi)) {
+            (Some(a), Some(e)) => a.spi == spi && e.key.verify(a.covered, a.authenticator),
+            _ => false,
+        };
+        assert_eq!(r.home_agent(), HA);
+        (r.code(), r.lifetime(), r.identification(), authed)
+    }
+
+    #[test]
+    fn accepts_binds_and_deregisters() {
+        let mut h = ha();
+        let mut sink = Sink::default();
+        let req = Req::new(now());
+        let o = h.handle(&req.bytes(), SRC, now(), &mut sink);
+        assert_eq!(o.code, Some(0), "{o:?}");
+        assert_eq!(
+            o.action,
+            Some(Action::Bind {
+                vm: VM,
+                care_of: COA,
+                lifetime: 60,
+                reverse_tunnel: true
+            })
+        );
+        let (c, life, id, authed) = reply(&o, 256);
+        assert_eq!(
+            (c, life, id, authed),
+            (0, 60, req.fields.identification, true)
+        );
+        assert_eq!(sink.table.get(&VM), Some(&(COA, 60)));
+
+        // Longer than allowed: clamped. S flag: code 1.
+        let t = now() + Duration::from_secs(1);
+        let mut req = Req::new(t);
+        req.fields.lifetime = 0xffff;
+        req.fields.flags |= flags::S;
+        let o = h.handle(&req.bytes(), SRC, t, &mut sink);
+        let (c, life, _, _) = reply(&o, 256);
+        assert_eq!((c, life), (1, 600));
+        assert_eq!(sink.table.get(&VM), Some(&(COA, 600)));
+
+        // Back home: lifetime 0, care-of = home address.
+        let t = now() + Duration::from_secs(2);
+        let mut req = Req::new(t);
+        req.fields.lifetime = 0;
+        req.fields.care_of = VM;
+        let o = h.handle(&req.bytes(), SRC, t, &mut sink);
+        assert_eq!(o.code, Some(0), "{o:?}");
+        assert_eq!(o.action, Some(Action::Deregister { vm: VM }));
+        assert!(sink.table.is_empty());
+    }
+
+    #[test]
+    fn md5_spi_interoperates() {
+        let mut h = ha();
+        let mut sink = Sink::default();
+        let mut req = Req::new(now());
+        req.spi = 300;
+        let o = h.handle(&req.bytes(), SRC, now(), &mut sink);
+        assert_eq!(o.code, Some(0), "{o:?}");
+        assert!(reply(&o, 300).3);
+    }
+
+    fn assert_denied(h: &mut HomeAgent, bytes: &[u8], t: SystemTime, want: Option<u8>) -> Outcome {
+        let mut sink = Sink::default();
+        let o = h.handle(bytes, SRC, t, &mut sink);
+        assert_eq!(o.code, want, "{o:?}");
+        assert_eq!(sink.calls, 0, "a rejection touched the table: {o:?}");
+        assert_eq!(o.action, None);
+        o
+    }
+
+    #[test]
+    fn forged_and_unknown_spi_fail_authentication() {
+        let mut h = ha();
+        let mut forged = Req::new(now());
+        forged.keys = OTHER_KEY;
+        let o = assert_denied(&mut h, &forged.bytes(), now(), Some(131));
+        assert!(reply(&o, 256).3, "denials to known SPIs are authenticated");
+        let mut unknown = Req::new(now());
+        unknown.spi = 999;
+        let o = assert_denied(&mut h, &unknown.bytes(), now(), Some(131));
+        assert!(!reply(&o, 999).3);
+        // No authentication extension at all.
+        let mut bare = Vec::new();
+        Req::new(now()).fields.emit(&mut bare);
+        assert_denied(&mut h, &bare, now(), Some(131));
+        // Authenticator cut short.
+        let full = Req::new(now()).bytes();
+        let mut cut = full[..full.len() - 1].to_vec();
+        cut[wire::REQUEST_LEN + 1] -= 1;
+        assert_denied(&mut h, &cut, now(), Some(131));
+        // The replay state did not move: a genuine request still passes.
+        let mut sink = Sink::default();
+        assert_eq!(h.handle(&full, SRC, now(), &mut sink).code, Some(0));
+    }
+
+    #[test]
+    fn every_bit_flip_is_refused() {
+        let bytes = Req::new(now()).bytes();
+        for i in 0..bytes.len() * 8 {
+            let mut h = ha();
+            let mut b = bytes.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            let mut sink = Sink::default();
+            let o = h.handle(&b, SRC, now(), &mut sink);
+            assert!(
+                !matches!(o.code, Some(0 | 1)),
+                "bit {i} flipped was accepted: {o:?}"
+            );
+            assert_eq!(sink.calls, 0, "bit {i}");
+        }
+    }
+
+    #[test]
+    fn replays_and_stale_identifications_get_133_with_our_time() {
+        let mut h = ha();
+        let mut sink = Sink::default();
+        let req = Req::new(now());
+        assert_eq!(h.handle(&req.bytes(), SRC, now(), &mut sink).code, Some(0));
+        let later = now() + Duration::from_secs(1);
+        let o = assert_denied(&mut h, &req.bytes(), later, Some(133));
+        let (_, _, id, authed) = reply(&o, 256);
+        assert!(authed);
+        assert_eq!(id >> 32, ntp_timestamp(later) >> 32);
+        assert_eq!(id & 0xffff_ffff, req.fields.identification & 0xffff_ffff);
+
+        // Out of the window, both ways.
+        for skew in [-7i64, 9, -100_000] {
+            let t = if skew < 0 {
+                now() - Duration::from_secs(skew.unsigned_abs())
+            } else {
+                now() + Duration::from_secs(skew as u64)
+            };
+            let req = Req::new(t);
+            let o = assert_denied(&mut h, &req.bytes(), later, Some(133));
+            let (_, _, id, _) = reply(&o, 256);
+            assert_eq!(id >> 32, ntp_timestamp(later) >> 32);
+            assert_eq!(id & 0xffff_ffff, req.fields.identification & 0xffff_ffff);
+        }
+    }
+
+    #[test]
+    fn authorization_and_care_of_checks() {
+        let mut h = ha();
+        let mut req = Req::new(now());
+        req.fields.home_address = Ipv4Addr::new(192, 0, 2, 51);
+        assert_denied(&mut h, &req.bytes(), now(), Some(129));
+        // Authorized by the SPI but not on the home network.
+        req.fields.home_address = Ipv4Addr::new(198, 51, 100, 77);
+        assert_denied(&mut h, &req.bytes(), now(), Some(129));
+        for coa in [
+            Ipv4Addr::new(224, 0, 0, 1),
+            Ipv4Addr::BROADCAST,
+            Ipv4Addr::LOCALHOST,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(192, 0, 2, 9),
+            HA,
+            VM,
+        ] {
+            let mut req = Req::new(now());
+            req.fields.care_of = coa;
+            assert_denied(&mut h, &req.bytes(), now(), Some(129));
+        }
+        let mut req = Req::new(now());
+        req.fields.home_agent = Ipv4Addr::new(198, 51, 100, 9);
+        assert_denied(&mut h, &req.bytes(), now(), Some(136));
+        for f in [flags::M, flags::G] {
+            let mut req = Req::new(now());
+            req.fields.flags |= f;
+            assert_denied(&mut h, &req.bytes(), now(), Some(139));
+        }
+    }
+
+    #[test]
+    fn table_full_is_130_and_keeps_the_replay_state() {
+        let mut h = ha();
+        let mut sink = Sink {
+            full: true,
+            ..Sink::default()
+        };
+        let req = Req::new(now());
+        let o = h.handle(&req.bytes(), SRC, now(), &mut sink);
+        assert_eq!(o.code, Some(130));
+        assert!(sink.table.is_empty());
+        sink.full = false;
+        assert_eq!(h.handle(&req.bytes(), SRC, now(), &mut sink).code, Some(0));
+    }
+
+    #[test]
+    fn truncated_and_garbage_are_dropped_or_refused() {
+        let mut h = ha();
+        let bytes = Req::new(now()).bytes();
+        for n in 0..bytes.len() {
+            let o = assert_denied(&mut h, &bytes[..n], now(), o_code(n));
+            assert!(o.reply.is_some() == o.code.is_some());
+        }
+        assert_denied(&mut h, &[3; 40], now(), None);
+        // An unknown non-skippable extension before the authenticator.
+        let mut req = Vec::new();
+        Req::new(now()).fields.emit(&mut req);
+        req.extend([5, 0]);
+        KeyFile::parse(KEYS)
+            .unwrap()
+            .get(256)
+            .unwrap()
+            .key
+            .append_mh_auth(&mut req, 256);
+        assert_denied(&mut h, &req, now(), None);
+    }
+
+    /// What a request cut to `n` bytes gets: dropped below the fixed part,
+    /// 131 with no extension, 134 with a broken one.
+    fn o_code(n: usize) -> Option<u8> {
+        match n {
+            0..=23 => None,
+            24 => Some(131),
+            _ => Some(134),
+        }
+    }
+}

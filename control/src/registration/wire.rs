@@ -1,0 +1,545 @@
+//! RFC 5944 registration messages on the wire: zero-copy views over a
+//! buffer (smoltcp style: `new_checked` validates the length once, then the
+//! accessors cannot panic), builders, and the extension TLVs.
+//!
+//! ```text
+//! Registration Request (type 1)           Registration Reply (type 3)
+//!  0      type = 1                         0      type = 3
+//!  1      flags S B D M G r T x            1      code
+//!  2..4   lifetime                         2..4   lifetime
+//!  4..8   home address                     4..8   home address
+//!  8..12  home agent                       8..12  home agent
+//! 12..16  care-of address                 12..20  identification
+//! 16..24  identification                  20..    extensions
+//! 24..    extensions
+//! ```
+
+// The whole wire vocabulary is defined here, also what this home agent
+// never sends or looks at.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+
+/// The registration UDP port (RFC 5944 §3.1).
+pub const PORT: u16 = 434;
+pub const TYPE_REQUEST: u8 = 1;
+pub const TYPE_REPLY: u8 = 3;
+pub const REQUEST_LEN: usize = 24;
+pub const REPLY_LEN: usize = 20;
+
+/// Mobile-Home Authentication Extension (RFC 5944 §3.5.2).
+pub const EXT_MH_AUTH: u8 = 32;
+/// Mobile-Foreign and Foreign-Home Authentication Extensions: known, and
+/// only ever after the Mobile-Home one.
+pub const EXT_MF_AUTH: u8 = 33;
+pub const EXT_FH_AUTH: u8 = 34;
+
+/// Request flag bits (RFC 5944 §3.3; T from RFC 3024).
+pub mod flags {
+    /// Simultaneous bindings.
+    pub const S: u8 = 0x80;
+    /// Broadcast datagrams.
+    pub const B: u8 = 0x40;
+    /// Decapsulation by the mobile node (co-located care-of address).
+    pub const D: u8 = 0x20;
+    /// Minimal encapsulation.
+    pub const M: u8 = 0x10;
+    /// GRE encapsulation.
+    pub const G: u8 = 0x08;
+    /// Reserved, sent as zero, ignored on reception.
+    pub const R: u8 = 0x04;
+    /// Reverse tunnelling requested (RFC 3024).
+    pub const T: u8 = 0x02;
+    /// Reserved, sent as zero, ignored on reception.
+    pub const X: u8 = 0x01;
+}
+
+/// Reply codes used here (RFC 5944 §3.4, RFC 3024 §5).
+pub mod code {
+    pub const ACCEPTED: u8 = 0;
+    pub const ACCEPTED_NO_SIMULTANEOUS: u8 = 1;
+    pub const UNSPECIFIED: u8 = 128;
+    pub const ADMIN_PROHIBITED: u8 = 129;
+    pub const INSUFFICIENT_RESOURCES: u8 = 130;
+    pub const MN_AUTH_FAILED: u8 = 131;
+    pub const FA_AUTH_FAILED: u8 = 132;
+    pub const ID_MISMATCH: u8 = 133;
+    pub const POORLY_FORMED: u8 = 134;
+    pub const TOO_MANY_BINDINGS: u8 = 135;
+    pub const UNKNOWN_HA: u8 = 136;
+    pub const REVERSE_TUNNEL_UNAVAILABLE: u8 = 137;
+    pub const REVERSE_TUNNEL_MANDATORY: u8 = 138;
+    pub const ENCAPSULATION_UNAVAILABLE: u8 = 139;
+}
+
+/// What a reply code means, for logs and the CLI.
+pub fn code_meaning(c: u8) -> &'static str {
+    match c {
+        0 => "registration accepted",
+        1 => "registration accepted, but simultaneous mobility bindings unsupported",
+        64..=127 => "denied by the foreign agent",
+        128 => "reason unspecified",
+        129 => "administratively prohibited",
+        130 => "insufficient resources",
+        131 => "mobile node failed authentication",
+        132 => "foreign agent failed authentication",
+        133 => "registration Identification mismatch",
+        134 => "poorly formed request",
+        135 => "too many simultaneous mobility bindings",
+        136 => "unknown home agent address",
+        137 => "requested reverse tunnel unavailable",
+        138 => "reverse tunnel is mandatory and 'T' bit not set",
+        139 => "requested encapsulation unavailable",
+        _ => "unknown code",
+    }
+}
+
+/// Why bytes are not a registration message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// shorter than the fixed part of the message
+    #[error("message truncated: {0} bytes")]
+    Truncated(usize),
+    /// the type byte names another message
+    #[error("message type {0} where {1} was expected")]
+    WrongType(u8, u8),
+    /// an extension's length runs past the end of the message
+    #[error("extension type {kind} at offset {offset} overruns the message")]
+    ExtensionOverrun { kind: u8, offset: usize },
+    /// a Mobile-Home Authentication Extension too short to hold an SPI
+    #[error("authentication extension too short ({0} bytes of data)")]
+    ShortAuth(usize),
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    match b.get(at..at + 2) {
+        Some(&[x, y]) => u16::from_be_bytes([x, y]),
+        _ => 0,
+    }
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    match b.get(at..at + 4) {
+        Some(&[a, c, d, e]) => u32::from_be_bytes([a, c, d, e]),
+        _ => 0,
+    }
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
+}
+
+fn addr(b: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::from(be32(b, at))
+}
+
+/// A Registration Request view. After `new_checked` the fixed part is
+/// known to be present; accessors still never index out of range.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Request<T> {
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let b = buffer.as_ref();
+        if b.len() < REQUEST_LEN {
+            return Err(WireError::Truncated(b.len()));
+        }
+        if b[0] != TYPE_REQUEST {
+            return Err(WireError::WrongType(b[0], TYPE_REQUEST));
+        }
+        Ok(Request { buffer })
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+    pub fn flags(&self) -> u8 {
+        self.as_bytes().get(1).copied().unwrap_or(0)
+    }
+    pub fn lifetime(&self) -> u16 {
+        be16(self.as_bytes(), 2)
+    }
+    pub fn home_address(&self) -> Ipv4Addr {
+        addr(self.as_bytes(), 4)
+    }
+    pub fn home_agent(&self) -> Ipv4Addr {
+        addr(self.as_bytes(), 8)
+    }
+    pub fn care_of(&self) -> Ipv4Addr {
+        addr(self.as_bytes(), 12)
+    }
+    pub fn identification(&self) -> u64 {
+        be64(self.as_bytes(), 16)
+    }
+    pub fn extensions(&self) -> Extensions<'_> {
+        Extensions::new(self.as_bytes(), REQUEST_LEN)
+    }
+    /// The Mobile-Home Authentication Extension, if any (see [`find_mh_auth`]).
+    pub fn mh_auth(&self) -> Result<Option<MhAuth<'_>>, WireError> {
+        find_mh_auth(self.as_bytes(), REQUEST_LEN)
+    }
+}
+
+/// A Registration Reply view.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Reply<T> {
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let b = buffer.as_ref();
+        if b.len() < REPLY_LEN {
+            return Err(WireError::Truncated(b.len()));
+        }
+        if b[0] != TYPE_REPLY {
+            return Err(WireError::WrongType(b[0], TYPE_REPLY));
+        }
+        Ok(Reply { buffer })
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+    pub fn code(&self) -> u8 {
+        self.as_bytes().get(1).copied().unwrap_or(0)
+    }
+    pub fn lifetime(&self) -> u16 {
+        be16(self.as_bytes(), 2)
+    }
+    pub fn home_address(&self) -> Ipv4Addr {
+        addr(self.as_bytes(), 4)
+    }
+    pub fn home_agent(&self) -> Ipv4Addr {
+        addr(self.as_bytes(), 8)
+    }
+    pub fn identification(&self) -> u64 {
+        be64(self.as_bytes(), 12)
+    }
+    pub fn extensions(&self) -> Extensions<'_> {
+        Extensions::new(self.as_bytes(), REPLY_LEN)
+    }
+    pub fn mh_auth(&self) -> Result<Option<MhAuth<'_>>, WireError> {
+        find_mh_auth(self.as_bytes(), REPLY_LEN)
+    }
+}
+
+/// One extension: `offset` is where its type byte sits in the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extension<'a> {
+    pub kind: u8,
+    pub offset: usize,
+    pub data: &'a [u8],
+}
+
+impl Extension<'_> {
+    /// RFC 5944 §1.9: types 0-127 must be understood or the whole message
+    /// is discarded; 128-255 may be skipped.
+    pub fn skippable(&self) -> bool {
+        self.kind >= 128
+    }
+}
+
+/// Iterator over the type-length-value extensions after the fixed part.
+/// Yields an error once (then stops) if a length overruns the message.
+#[derive(Debug, Clone)]
+pub struct Extensions<'a> {
+    msg: &'a [u8],
+    pos: usize,
+    failed: bool,
+}
+
+impl<'a> Extensions<'a> {
+    fn new(msg: &'a [u8], start: usize) -> Self {
+        Extensions {
+            msg,
+            pos: start,
+            failed: false,
+        }
+    }
+}
+
+impl<'a> Iterator for Extensions<'a> {
+    type Item = Result<Extension<'a>, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.pos >= self.msg.len() {
+            return None;
+        }
+        let offset = self.pos;
+        let kind = self.msg[offset];
+        let data = self
+            .msg
+            .get(offset + 1)
+            .map(|&len| offset + 2 + usize::from(len))
+            .and_then(|end| self.msg.get(offset + 2..end));
+        match data {
+            Some(data) => {
+                self.pos = offset + 2 + data.len();
+                Some(Ok(Extension { kind, offset, data }))
+            }
+            None => {
+                self.failed = true;
+                Some(Err(WireError::ExtensionOverrun { kind, offset }))
+            }
+        }
+    }
+}
+
+/// A Mobile-Home Authentication Extension: SPI, authenticator, and the
+/// bytes the authenticator covers (RFC 5944 §3.5.1: the message and every
+/// extension before this one, then this one's type, length and SPI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MhAuth<'a> {
+    pub spi: u32,
+    pub authenticator: &'a [u8],
+    pub covered: &'a [u8],
+    /// Unknown non-skippable extensions before it (the message must then be
+    /// discarded, RFC 5944 §1.9).
+    pub unknown_before: Option<u8>,
+}
+
+/// Finds the first Mobile-Home Authentication Extension. Extensions after
+/// it are not authenticated by it and are not looked at.
+pub fn find_mh_auth(msg: &[u8], fixed_len: usize) -> Result<Option<MhAuth<'_>>, WireError> {
+    let mut unknown_before = None;
+    for ext in Extensions::new(msg, fixed_len) {
+        let ext = ext?;
+        if ext.kind == EXT_MH_AUTH {
+            if ext.data.len() < 4 {
+                return Err(WireError::ShortAuth(ext.data.len()));
+            }
+            let (spi, authenticator) = ext.data.split_at(4);
+            let covered = msg.get(..ext.offset + 6).unwrap_or(msg);
+            return Ok(Some(MhAuth {
+                spi: be32(spi, 0),
+                authenticator,
+                covered,
+                unknown_before,
+            }));
+        }
+        if !ext.skippable() && unknown_before.is_none() {
+            unknown_before = Some(ext.kind);
+        }
+    }
+    Ok(None)
+}
+
+/// The fixed part of a Registration Request, for building one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestFields {
+    pub flags: u8,
+    pub lifetime: u16,
+    pub home_address: Ipv4Addr,
+    pub home_agent: Ipv4Addr,
+    pub care_of: Ipv4Addr,
+    pub identification: u64,
+}
+
+impl RequestFields {
+    /// Appends the fixed part to `out`; extensions go after it.
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        out.push(TYPE_REQUEST);
+        out.push(self.flags);
+        out.extend_from_slice(&self.lifetime.to_be_bytes());
+        out.extend_from_slice(&self.home_address.octets());
+        out.extend_from_slice(&self.home_agent.octets());
+        out.extend_from_slice(&self.care_of.octets());
+        out.extend_from_slice(&self.identification.to_be_bytes());
+    }
+}
+
+/// The fixed part of a Registration Reply, for building one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyFields {
+    pub code: u8,
+    pub lifetime: u16,
+    pub home_address: Ipv4Addr,
+    pub home_agent: Ipv4Addr,
+    pub identification: u64,
+}
+
+impl ReplyFields {
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        out.push(TYPE_REPLY);
+        out.push(self.code);
+        out.extend_from_slice(&self.lifetime.to_be_bytes());
+        out.extend_from_slice(&self.home_address.octets());
+        out.extend_from_slice(&self.home_agent.octets());
+        out.extend_from_slice(&self.identification.to_be_bytes());
+    }
+}
+
+/// Appends one extension. `data` longer than 255 bytes cannot be encoded
+/// in a short TLV; callers only pass fixed, small payloads.
+pub fn push_extension(out: &mut Vec<u8>, kind: u8, data: &[u8]) {
+    let len = u8::try_from(data.len()).unwrap_or(u8::MAX);
+    out.push(kind);
+    out.push(len);
+    out.extend_from_slice(&data[..usize::from(len)]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+        hex::decode(s).unwrap()
+    }
+
+    // A request: T flag, lifetime 60, home 192.0.2.50, HA 198.51.100.1,
+    // CoA 198.51.100.2, id 0x0102030405060708, MH auth SPI 256 with a
+    // 4-byte authenticator.
+    const REQUEST: &str = "01 02 003c c0000232 c6336401 c6336402 0102030405060708
+                           20 08 00000100 deadbeef";
+
+    #[test]
+    fn request_fixture_parses() {
+        let bytes = unhex(REQUEST);
+        let r = Request::new_checked(&bytes[..]).unwrap();
+        assert_eq!(r.flags(), flags::T);
+        assert_eq!(r.lifetime(), 60);
+        assert_eq!(r.home_address(), Ipv4Addr::new(192, 0, 2, 50));
+        assert_eq!(r.home_agent(), Ipv4Addr::new(198, 51, 100, 1));
+        assert_eq!(r.care_of(), Ipv4Addr::new(198, 51, 100, 2));
+        assert_eq!(r.identification(), 0x0102_0304_0506_0708);
+        let auth = r.mh_auth().unwrap().unwrap();
+        assert_eq!(auth.spi, 256);
+        assert_eq!(auth.authenticator, &[0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(auth.covered, &bytes[..30]);
+        assert_eq!(auth.unknown_before, None);
+    }
+
+    #[test]
+    fn request_builds_to_the_fixture() {
+        let mut out = Vec::new();
+        RequestFields {
+            flags: flags::T,
+            lifetime: 60,
+            home_address: Ipv4Addr::new(192, 0, 2, 50),
+            home_agent: Ipv4Addr::new(198, 51, 100, 1),
+            care_of: Ipv4Addr::new(198, 51, 100, 2),
+            identification: 0x0102_0304_0506_0708,
+        }
+        .emit(&mut out);
+        push_extension(&mut out, EXT_MH_AUTH, &unhex("00000100 deadbeef"));
+        assert_eq!(out, unhex(REQUEST));
+    }
+
+    #[test]
+    fn reply_fixture_round_trips() {
+        let bytes = unhex("03 85 0000 c0000232 c6336401 e1b2c3d4 05060708");
+        let r = Reply::new_checked(&bytes[..]).unwrap();
+        assert_eq!(r.code(), code::ID_MISMATCH);
+        assert_eq!(r.lifetime(), 0);
+        assert_eq!(r.identification(), 0xe1b2_c3d4_0506_0708);
+        assert_eq!(r.mh_auth().unwrap(), None);
+        let mut out = Vec::new();
+        ReplyFields {
+            code: r.code(),
+            lifetime: r.lifetime(),
+            home_address: r.home_address(),
+            home_agent: r.home_agent(),
+            identification: r.identification(),
+        }
+        .emit(&mut out);
+        assert_eq!(out, bytes);
+    }
+
+    #[test]
+    fn extensions_are_walked_and_checked() {
+        // A skippable NAI-like extension (131), then unknown type 5, then MH auth.
+        let mut bytes = unhex("03 00 0000 c0000232 c6336401 0000000000000001");
+        bytes.extend(unhex("83 02 6869  05 00  20 04 00000101"));
+        let r = Reply::new_checked(&bytes[..]).unwrap();
+        let kinds: Vec<u8> = r.extensions().map(|e| e.unwrap().kind).collect();
+        assert_eq!(kinds, [131, 5, 32]);
+        let auth = r.mh_auth().unwrap().unwrap();
+        assert_eq!(auth.spi, 257);
+        assert!(auth.authenticator.is_empty());
+        assert_eq!(auth.unknown_before, Some(5));
+        // Overrun: the length says 9 but only 4 bytes follow.
+        let mut bad = bytes[..REPLY_LEN].to_vec();
+        bad.extend(unhex("20 09 00000101"));
+        assert_eq!(
+            Reply::new_checked(&bad[..]).unwrap().mh_auth(),
+            Err(WireError::ExtensionOverrun {
+                kind: 32,
+                offset: 20
+            })
+        );
+        // Too short for an SPI.
+        let mut short = bytes[..REPLY_LEN].to_vec();
+        short.extend(unhex("20 02 0000"));
+        assert_eq!(
+            Reply::new_checked(&short[..]).unwrap().mh_auth(),
+            Err(WireError::ShortAuth(2))
+        );
+        // A lone type byte at the end.
+        let mut lone = bytes[..REPLY_LEN].to_vec();
+        lone.push(0x20);
+        assert!(Reply::new_checked(&lone[..]).unwrap().mh_auth().is_err());
+    }
+
+    #[test]
+    fn short_and_wrong_type_are_refused() {
+        let bytes = unhex(REQUEST);
+        for n in 0..REQUEST_LEN {
+            assert_eq!(
+                Request::new_checked(&bytes[..n]).unwrap_err(),
+                WireError::Truncated(n)
+            );
+        }
+        assert_eq!(
+            Reply::new_checked(&bytes[..]).unwrap_err(),
+            WireError::WrongType(1, 3)
+        );
+    }
+
+    /// Deterministic xorshift, so failures reproduce.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn poke(b: &[u8]) {
+        if let Ok(r) = Request::new_checked(b) {
+            let _ = (r.flags(), r.lifetime(), r.home_address(), r.home_agent());
+            let _ = (r.care_of(), r.identification(), r.mh_auth());
+            let _ = r.extensions().count();
+        }
+        if let Ok(r) = Reply::new_checked(b) {
+            let _ = (r.code(), r.lifetime(), r.identification(), r.mh_auth());
+            let _ = r.extensions().count();
+        }
+    }
+
+    #[test]
+    fn random_and_mutated_inputs_never_panic() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let len = (rng.next() % 80) as usize;
+            let mut b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            if let Some(first) = b.first_mut() {
+                *first = [1, 3][(rng.next() % 2) as usize];
+            }
+            poke(&b);
+        }
+        let base = unhex(REQUEST);
+        for _ in 0..20_000 {
+            let mut b = base.clone();
+            for _ in 0..1 + rng.next() % 4 {
+                let i = (rng.next() as usize) % b.len();
+                b[i] ^= 1 << (rng.next() % 8);
+            }
+            b.truncate((rng.next() as usize) % (base.len() + 1));
+            poke(&b);
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! RFC 5944 registration end to end: `homeward run` with a key file in the
+//! HA namespace, Registration Requests from the foreign namespace (the
+//! care-of address) sent by `homeward register` or built independently in
+//! Python (`tests/scapy/mip_send.py`, `tests/scapy/mip_interop.py` with
+//! scapy's Mobile IP layer).
+//! Needs root and `cargo build --release -p homeward`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use homeward_tests::agent::HomeAgent;
+use homeward_tests::decode::{script, PYTHON};
+use homeward_tests::{require_root, Topology, UdpSend};
+use serde_json::Value;
+
+const KEY: &str = "00112233445566778899aabbccddeeff0011223344556677";
+const MD5_KEY: &str = "0f0e0d0c0b0a09080706050403020100";
+const WRONG_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa9988";
+const VM_MAC: &str = "02:00:5e:00:00:50";
+
+/// SPI 256 (HMAC-SHA256) may register the VM's address only; SPI 300
+/// (HMAC-MD5) the whole home subnet.
+fn keys_toml() -> String {
+    format!(
+        "[[spi]]\nspi = 256\nkey = \"{KEY}\"\nhome_addresses = [\"192.0.2.50/32\"]\n\n\
+         [[spi]]\nspi = 300\nalgorithm = \"hmac-md5\"\nkey = \"{MD5_KEY}\"\nhome_addresses = [\"192.0.2.0/24\"]\n"
+    )
+}
+
+/// Key file and replay state in a private temporary directory.
+struct Files {
+    dir: tempfile::TempDir,
+    keys: PathBuf,
+    state: PathBuf,
+}
+
+fn files() -> Files {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(&keys, keys_toml()).expect("write keys");
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let state = dir.path().join("state/registration.json");
+    Files { dir, keys, state }
+}
+
+impl Files {
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--registration-keys".into(),
+            self.keys.display().to_string(),
+            "--registration-state".into(),
+            self.state.display().to_string(),
+        ]
+    }
+}
+
+#[track_caller]
+fn start<'a>(lab: &'a Topology, f: &Files, extra: &[&str]) -> HomeAgent<'a> {
+    let mut flags = f.flags();
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    HomeAgent::start(lab, &flags)
+}
+
+/// `homeward register` from the foreign namespace for the lab's VM.
+#[track_caller]
+fn register(ha: &HomeAgent, lab: &Topology, f: &Files, extra: &[&str]) -> Output {
+    let keys = f.keys.display().to_string();
+    let ha_addr = lab.ha_wan.addr.to_string();
+    let vm = lab.vm_home.to_string();
+    let care_of = lab.care_of.to_string();
+    let mut args = vec![
+        "--home-agent",
+        &ha_addr,
+        "--home-address",
+        &vm,
+        "--care-of",
+        &care_of,
+        "--spi",
+        "256",
+        "--keys",
+        &keys,
+        "--json",
+        "--timeout",
+        "3",
+    ];
+    // Repeated options are usage errors: `extra` adds only new ones.
+    args.extend(extra);
+    ha.register_from(&lab.foreign, &args)
+}
+
+fn json_out(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "register printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `tests/scapy/mip_send.py ARGS` in the foreign namespace; its JSON.
+#[track_caller]
+fn send(lab: &Topology, args: &[&str]) -> Value {
+    let mut full = vec![
+        "env".to_string(),
+        "PYTHONDONTWRITEBYTECODE=1".into(),
+        PYTHON.into(),
+        script("mip_send.py").to_string_lossy().into_owned(),
+        "--ha".into(),
+        lab.ha_wan.addr.to_string(),
+        "--coa".into(),
+        lab.care_of.to_string(),
+    ];
+    full.extend(args.iter().map(|s| s.to_string()));
+    let out = lab.foreign.exec_ok(&full);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("mip_send.py: {e}: {out}"))
+}
+
+/// A genuine request for the lab's VM with SPI 256, plus `extra`.
+fn vm_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    vm_args_with_key(KEY, extra)
+}
+
+fn vm_args_with_key<'a>(key: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["--home", "192.0.2.50", "--spi", "256", "--key", key];
+    a.extend(extra);
+    a
+}
+
+fn code(v: &Value) -> Option<u64> {
+    v["reply"]["code"].as_u64()
+}
+
+fn ntp_now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2_208_988_800
+}
+
+#[track_caller]
+fn stop_clean(ha: HomeAgent) {
+    let t = ha.stop();
+    assert!(t.success, "homeward did not exit cleanly:\n{}", t.stderr);
+    assert!(
+        t.unaccounted().iter().all(|u| *u == 0),
+        "leaked frames\n{}",
+        t.stderr
+    );
+}
+
+#[test]
+fn registration_binds_with_proxy_arp_and_deregistration_unbinds() {
+    require_root();
+    let lab = Topology::home_agent_lab("rgb");
+    let f = files();
+    // The HA knew the VM while it was at home: its MAC is announced when
+    // the binding ends.
+    lab.ha.ip(&[
+        "neigh",
+        "replace",
+        "192.0.2.50",
+        "lladdr",
+        VM_MAC,
+        "dev",
+        "lan0",
+        "nud",
+        "stale",
+    ]);
+    let ha = start(&lab, &f, &[]);
+    assert!(
+        ha.stderr().contains("registration enabled"),
+        "{}",
+        ha.stderr()
+    );
+
+    let out = register(&ha, &lab, &f, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json_out(&out);
+    assert_eq!(r["accepted"], true, "{r}");
+    assert_eq!(r["code"], 0);
+    assert_eq!(r["lifetime"], 60);
+    let b = ha.binding("192.0.2.50").expect("a binding");
+    assert_eq!(b["care_of"], "198.51.100.2");
+    assert_eq!(b["vm_mac"], VM_MAC);
+    let expires = b["expires_in"].as_u64().expect("a lifetime");
+    assert!((55..=60).contains(&expires), "{b}");
+
+    // Proxy ARP: the client's kernel resolves the VM to the HA's MAC.
+    std::thread::sleep(Duration::from_millis(300));
+    lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 32));
+    std::thread::sleep(Duration::from_millis(300));
+    let n = lab.client.neighbor(lab.vm_home).expect("neighbour entry");
+    assert_eq!(n.lladdr, Some(lab.ha_lan.mac), "{n:?}");
+
+    // The text form, refreshing the binding.
+    let out = ha.register_from(
+        &lab.foreign,
+        &[
+            "--home-agent",
+            "198.51.100.1",
+            "--home-address",
+            "192.0.2.50",
+            "--care-of",
+            "198.51.100.2",
+            "--spi",
+            "256",
+            "--keys",
+            &f.keys.display().to_string(),
+            "--lifetime",
+            "30",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("registered 192.0.2.50 -> 198.51.100.2 for 30s"),
+        "{text}"
+    );
+    assert_eq!(
+        ha.binding("192.0.2.50").unwrap()["expires_in"]
+            .as_u64()
+            .map(|e| e <= 30),
+        Some(true)
+    );
+
+    // Back home: lifetime 0, care-of = home address.
+    let out = ha.register_from(
+        &lab.foreign,
+        &[
+            "--home-agent",
+            "198.51.100.1",
+            "--home-address",
+            "192.0.2.50",
+            "--care-of",
+            "192.0.2.50",
+            "--spi",
+            "256",
+            "--keys",
+            &f.keys.display().to_string(),
+            "--lifetime",
+            "0",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json_out(&out)["code"], 0);
+    assert!(ha.list().is_empty());
+
+    let s = ha.registration_stats();
+    assert_eq!(s["enabled"], true);
+    assert_eq!(s["replies"]["0"], 3, "{s}");
+    assert_eq!(s["denied"], 0, "{s}");
+    stop_clean(ha);
+}
+
+#[test]
+fn forged_and_bit_flipped_requests_leave_the_table_alone() {
+    require_root();
+    let lab = Topology::home_agent_lab("rgf");
+    let f = files();
+    let ha = start(&lab, &f, &[]);
+
+    // Signed with the wrong key: 131, answered with the right one.
+    let r = send(&lab, &vm_args_with_key(WRONG_KEY, &["--reply-key", KEY]));
+    assert_eq!(code(&r), Some(131), "{r}");
+    assert_eq!(r["reply"]["auth_ok"], true, "{r}");
+    // Unknown SPI: 131, and nothing to authenticate the reply with.
+    let r = send(
+        &lab,
+        &["--home", "192.0.2.50", "--spi", "999", "--key", KEY],
+    );
+    assert_eq!(code(&r), Some(131), "{r}");
+    assert!(ha.list().is_empty());
+
+    // One bit flipped anywhere (every 7th bit, plus the last byte's).
+    let len_bits = (24 + 6 + 32) * 8;
+    for bit in (0..len_bits).step_by(7).chain([len_bits - 1]) {
+        let bit = bit.to_string();
+        let r = send(&lab, &vm_args(&["--flip", &bit, "--timeout", "0.5"]));
+        let c = code(&r);
+        assert!(!matches!(c, Some(0 | 1)), "bit {bit} accepted: {r}");
+    }
+    assert!(ha.list().is_empty(), "{:?}", ha.list());
+    let s = ha.registration_stats();
+    assert_eq!(s["accepted"], 0, "{s}");
+
+    // The replay state did not move: a genuine request passes.
+    let r = send(&lab, &vm_args(&[]));
+    assert_eq!(code(&r), Some(0), "{r}");
+    assert_eq!(r["reply"]["auth_ok"], true);
+    assert!(ha.binding("192.0.2.50").is_some());
+    stop_clean(ha);
+}
+
+#[test]
+fn replays_are_refused_also_after_a_restart() {
+    require_root();
+    let lab = Topology::home_agent_lab("rgr");
+    let f = files();
+    // A wide window, so that after the restart only the saved state can
+    // refuse the replay.
+    let config = f.dir.path().join("run.toml");
+    std::fs::write(&config, "[registration]\nreplay_window = 300\n").unwrap();
+    let config = config.display().to_string();
+    let ha = start(&lab, &f, &["--config", &config]);
+
+    let first = send(&lab, &vm_args(&[]));
+    assert_eq!(code(&first), Some(0), "{first}");
+    let raw = first["request_hex"].as_str().unwrap().to_string();
+    ha.unbind("192.0.2.50");
+
+    let r = send(&lab, &vm_args(&["--raw", &raw]));
+    assert_eq!(code(&r), Some(133), "{r}");
+    assert_eq!(r["reply"]["auth_ok"], true);
+    assert!(ha.list().is_empty());
+    stop_clean(ha);
+
+    let saved = std::fs::read_to_string(&f.state).expect("replay state saved");
+    assert!(saved.contains("\"256\""), "{saved}");
+
+    let ha = start(&lab, &f, &["--config", &config]);
+    let r = send(&lab, &vm_args(&["--raw", &raw]));
+    assert_eq!(code(&r), Some(133), "replay accepted after a restart: {r}");
+    assert!(ha.list().is_empty());
+    // A fresh one still passes.
+    let r = send(&lab, &vm_args(&[]));
+    assert_eq!(code(&r), Some(0), "{r}");
+    stop_clean(ha);
+}
+
+#[test]
+fn stale_identification_gets_133_with_the_ha_time_and_register_resyncs() {
+    require_root();
+    let lab = Topology::home_agent_lab("rgt");
+    let f = files();
+    let ha = start(&lab, &f, &[]);
+
+    for offset in ["-100", "30"] {
+        let r = send(&lab, &vm_args(&["--id-offset", offset]));
+        assert_eq!(code(&r), Some(133), "{r}");
+        assert_eq!(r["reply"]["auth_ok"], true, "{r}");
+        let sent = r["sent_id"].as_u64().unwrap();
+        let id = r["reply"]["id"].as_u64().unwrap();
+        assert_eq!(id & 0xffff_ffff, sent & 0xffff_ffff, "low 32 bits copied");
+        let ha_secs = id >> 32;
+        assert!(ha_secs.abs_diff(ntp_now_secs()) <= 2, "HA time {ha_secs}");
+    }
+    assert!(ha.list().is_empty());
+
+    // An agent whose clock is 1000 s slow learns the HA's time from the
+    // 133 and succeeds at once.
+    let out = register(&ha, &lab, &f, &["--clock-skew", "-1000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json_out(&out)["code"], 0);
+    assert!(ha.binding("192.0.2.50").is_some());
+    let s = ha.registration_stats();
+    assert_eq!(s["replies"]["133"], 3, "{s}");
+    assert_eq!(s["replies"]["0"], 1, "{s}");
+    stop_clean(ha);
+}
+
+#[test]
+fn unauthorized_home_address_and_bad_care_of_are_refused() {
+    require_root();
+    let lab = Topology::home_agent_lab("rga");
+    let f = files();
+    let ha = start(&lab, &f, &[]);
+    let keys = f.keys.display().to_string();
+
+    let try_register = |home: &str, care_of: &str| -> Output {
+        ha.register_from(
+            &lab.foreign,
+            &[
+                "--home-agent",
+                "198.51.100.1",
+                "--home-address",
+                home,
+                "--care-of",
+                care_of,
+                "--spi",
+                "256",
+                "--keys",
+                &keys,
+                "--timeout",
+                "3",
+            ],
+        )
+    };
+    // SPI 256 may only register 192.0.2.50.
+    let out = try_register("192.0.2.51", "198.51.100.2");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("code 129"), "{err}");
+    for care_of in [
+        "192.0.2.10",   // inside the home subnet
+        "198.51.100.1", // the HA itself
+        "127.0.0.1",
+        "224.0.0.5",
+        "255.255.255.255",
+        "0.0.0.0",
+    ] {
+        let out = try_register("192.0.2.50", care_of);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("code 129"),
+            "care-of {care_of}: {err}"
+        );
+        assert!(ha.list().is_empty(), "care-of {care_of}");
+    }
+    // M or G (minimal or GRE encapsulation): 139.
+    for flags in ["0x12", "0x0a"] {
+        let r = send(&lab, &vm_args(&["--flags", flags]));
+        assert_eq!(code(&r), Some(139), "{r}");
+    }
+    // The Home Agent field naming someone else: 136, with our address.
+    let r = send(&lab, &vm_args(&["--ha-field", "198.51.100.9"]));
+    assert_eq!(code(&r), Some(136), "{r}");
+    assert_eq!(r["reply"]["ha"], "198.51.100.1", "{r}");
+    assert!(ha.list().is_empty());
+    let s = ha.registration_stats();
+    assert_eq!(s["replies"]["129"], 7, "{s}");
+    assert_eq!(s["replies"]["139"], 2, "{s}");
+    assert_eq!(s["replies"]["136"], 1, "{s}");
+    let log = ha.stderr();
+    assert!(
+        log.contains("registration denied: administratively prohibited")
+            && log.contains("care-of address inside the home network"),
+        "{log}"
+    );
+    assert!(
+        s["last_error"].as_str().unwrap_or("").contains("136"),
+        "{s}"
+    );
+    stop_clean(ha);
+}
+
+#[test]
+fn scapy_built_hmac_md5_request_interoperates() {
+    require_root();
+    let lab = Topology::home_agent_lab("rgi");
+    let f = files();
+    let ha = start(&lab, &f, &[]);
+    let out = lab.foreign.exec_ok(&[
+        "env",
+        "PYTHONDONTWRITEBYTECODE=1",
+        PYTHON,
+        &script("mip_interop.py").to_string_lossy(),
+        "198.51.100.1",
+        "192.0.2.77",
+        "198.51.100.2",
+        "300",
+        MD5_KEY,
+        "45",
+    ]);
+    let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(r["is_rrp"], true, "{r}");
+    assert_eq!(r["code"], 0, "{r}");
+    assert_eq!(r["lifetime"], 45, "{r}");
+    assert_eq!(r["haaddr"], "198.51.100.1", "{r}");
+    assert_eq!(r["id"], r["sent_id"], "{r}");
+    assert_eq!(r["auth_ok"], true, "{r}");
+    let b = ha.binding("192.0.2.77").expect("a binding");
+    assert_eq!(b["care_of"], "198.51.100.2");
+    stop_clean(ha);
+}
