@@ -14,12 +14,8 @@ pub mod qmp;
 mod registrar;
 mod watch;
 
-// The home agent's control socket, reused as is: daemon::server is private
-// to the daemon module, so the file is compiled here a second time. Once
-// the daemon exports it (`pub(crate) mod server`), use that instead.
-#[allow(clippy::duplicate_mod)]
-#[path = "../daemon/server.rs"]
-mod server;
+// The home agent's control socket, reused as is.
+use crate::daemon::server;
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};

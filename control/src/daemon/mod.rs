@@ -4,7 +4,7 @@
 mod announce;
 mod bindings;
 mod registration;
-mod server;
+pub(crate) mod server;
 mod stats;
 
 use std::net::Ipv4Addr;
