@@ -8,196 +8,21 @@
 //! Needs root, QEMU 10, the guest kernel (scripts/install-deps.sh) and
 //! `cargo build --release -p homeward`.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use homeward_tests::homeward_lab::{agent_vm, Homeward};
 use homeward_tests::qemu::MigrationReport;
 use homeward_tests::vm::{HELLO_BODY, HELLO_PATH, VM_MAC};
 use homeward_tests::{
-    decode_arp, homeward_bin, Capture, MigrateOptions, MigrationLab, Netns, NsChild, Storage,
-    StreamOptions, StreamReport,
+    decode_arp, Capture, MigrateOptions, MigrationLab, Storage, StreamOptions, StreamReport,
 };
-use serde_json::Value;
 
 /// One guest at a time on this 2-core machine (see vm_migration.rs).
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-const KEY: &str = "6b6579206f662074686520766d277320737069203235362c2068657821";
-
-/// homeward on the lab: the HA and an agent on each hypervisor, their key
-/// file, replay state and sockets in a private directory.
-struct Homeward {
-    dir: tempfile::TempDir,
-    ha: NsChild,
-    agent_a: NsChild,
-    agent_b: NsChild,
-}
-
-impl Homeward {
-    #[track_caller]
-    fn start(lab: &MigrationLab) -> Homeward {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let keys = dir.path().join("keys.toml");
-        std::fs::write(
-            &keys,
-            format!(
-                "[[spi]]\nspi = 256\nalgorithm = \"hmac-sha256\"\nkey = \"{KEY}\"\n\
-                 home_addresses = [\"192.0.2.0/24\"]\n"
-            ),
-        )
-        .expect("write keys");
-        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-
-        let bin = homeward_bin().to_string_lossy().into_owned();
-        let mut args = vec![bin.clone()];
-        args.extend(lab.homeward_run_args());
-        args.extend([
-            "--registration-keys".into(),
-            keys.display().to_string(),
-            "--registration-state".into(),
-            dir.path().join("replay.json").display().to_string(),
-            "--socket".into(),
-            dir.path().join("ha.sock").display().to_string(),
-        ]);
-        let mut ha = lab.ha.spawn(&args);
-        assert!(
-            ha.wait_for_output("homeward is running", Duration::from_secs(20)),
-            "homeward run did not start:\n{}",
-            ha.stderr()
-        );
-
-        let agent = |ns: &Netns, label: &str| -> NsChild {
-            let config = dir.path().join(format!("agent-{label}.toml"));
-            write_agent_config(
-                &config,
-                &keys,
-                lab,
-                ns,
-                &dir.path().join(format!("agent-{label}.sock")),
-            );
-            let mut args = vec![bin.clone()];
-            args.extend(if label == "a" {
-                lab.agent_args_a(&config)
-            } else {
-                lab.agent_args_b(&config)
-            });
-            let mut child = ns.spawn(&args);
-            assert!(
-                child.wait_for_output("homeward agent is running", Duration::from_secs(20)),
-                "homeward agent ({label}) did not start:\n{}",
-                child.stderr()
-            );
-            child
-        };
-        let agent_a = agent(&lab.hyp_a, "a");
-        let agent_b = agent(&lab.hyp_b, "b");
-        Homeward {
-            dir,
-            ha,
-            agent_a,
-            agent_b,
-        }
-    }
-
-    /// `homeward ARGS --socket <which>.sock --json` in `ns`, parsed.
-    #[track_caller]
-    fn json(&self, ns: &Netns, which: &str, args: &[&str]) -> Value {
-        let socket = self.dir.path().join(format!("{which}.sock"));
-        let mut full = vec![homeward_bin().to_string_lossy().into_owned()];
-        full.extend(args.iter().map(|s| s.to_string()));
-        full.extend([
-            "--json".into(),
-            "--socket".into(),
-            socket.display().to_string(),
-        ]);
-        let out = ns.exec(&full);
-        assert!(
-            out.status.success(),
-            "homeward {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON from homeward")
-    }
-
-    /// The HA's binding of the VM, if any.
-    fn binding(&self, lab: &MigrationLab) -> Option<Value> {
-        let list = self.json(&lab.ha, "ha", &["list"]);
-        list.as_array()?
-            .iter()
-            .find(|b| b["vm"] == "192.0.2.50")
-            .cloned()
-    }
-
-    /// Polls until the HA's binding is (`Some(care_of)`) or is not (`None`).
-    #[track_caller]
-    fn wait_binding(&self, lab: &MigrationLab, want: Option<&str>, timeout: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            let got = self.binding(lab);
-            let care_of = got
-                .as_ref()
-                .and_then(|b| b["care_of"].as_str().map(String::from));
-            if care_of.as_deref() == want {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "HA binding {got:?}, want care-of {want:?}\nagent B:\n{}\nHA:\n{}",
-                self.agent_b.stderr(),
-                self.ha.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops every daemon and checks each teardown accounted for every frame.
-    #[track_caller]
-    fn stop(mut self) {
-        for (name, child) in [
-            ("HA", &mut self.ha),
-            ("agent A", &mut self.agent_a),
-            ("agent B", &mut self.agent_b),
-        ] {
-            let status = child.stop();
-            let err = child.stderr();
-            assert!(status.success(), "{name} exited {status}:\n{err}");
-            assert!(
-                err.lines()
-                    .filter(|l| l.contains("frames at teardown"))
-                    .all(|l| l.ends_with("unaccounted 0")),
-                "{name} leaked frames:\n{err}"
-            );
-        }
-    }
-}
-
-/// The agent's config on hypervisor `ns`: the lab's VM, on the lab's tap,
-/// with QEMU's spare QMP socket there.
-fn write_agent_config(path: &Path, keys: &Path, lab: &MigrationLab, ns: &Netns, socket: &Path) {
-    std::fs::write(
-        path,
-        format!(
-            "keys = \"{}\"\nvm_link = \"{}\"\nlifetime = 30\nsocket = \"{}\"\n\n\
-             [[vm]]\nname = \"vm\"\nmac = \"{VM_MAC}\"\nhome_address = \"192.0.2.50\"\n\
-             home_prefix_len = 24\nspi = 256\nqmp = \"{}\"\n",
-            keys.display(),
-            lab.tap,
-            socket.display(),
-            lab.agent_qmp_socket(ns).display()
-        ),
-    )
-    .expect("write agent config");
-}
-
-/// The agent on `ns`'s view of the VM (`homeward list` on its socket).
-fn agent_vm(hw: &Homeward, ns: &Netns, which: &str) -> Value {
-    hw.json(ns, which, &["list"])["vms"][0].clone()
 }
 
 /// One migration A -> B during a download: the transfer must complete,
