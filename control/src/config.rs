@@ -89,20 +89,26 @@ pub struct RunConfig {
     pub registration: Option<RegistrationConfig>,
 }
 
+/// Reads a TOML config file into `T`; errors name the file.
+pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigRead {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    toml::from_str(&text).map_err(|e| Error::ConfigParse {
+        path: path.to_path_buf(),
+        message: e.message().to_string(),
+    })
+}
+
 impl FileConfig {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<FileConfig, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigRead {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
-        Self::parse(&text).map_err(|message| Error::ConfigParse {
-            path: path.to_path_buf(),
-            message,
-        })
+        load_toml(path)
     }
 
-    /// Parses config text; the error is toml's one-line message.
+    /// Parses config text; the error is toml's one-line message (tests).
+    #[cfg(test)]
     pub fn parse(text: &str) -> Result<FileConfig, String> {
         toml::from_str(text).map_err(|e| e.message().to_string())
     }

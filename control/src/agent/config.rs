@@ -139,17 +139,11 @@ impl AgentConfig {
 impl AgentFile {
     /// Reads and parses the agent's config file.
     pub fn load(path: &Path) -> Result<AgentFile, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigRead {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
-        Self::parse(&text).map_err(|message| Error::ConfigParse {
-            path: path.to_path_buf(),
-            message,
-        })
+        crate::config::load_toml(path)
     }
 
-    /// Parses config text; the error is toml's one-line message.
+    /// Parses config text; the error is toml's one-line message (tests).
+    #[cfg(test)]
     pub fn parse(text: &str) -> Result<AgentFile, String> {
         toml::from_str(text).map_err(|e| e.message().to_string())
     }

@@ -24,6 +24,7 @@ use dataplane::table::{binding_table, Binding, TableWriter};
 use dataplane::xsk::{FrameAccounting, QueueSockets, Worker, WorkerShared, XskConfig};
 use serde_json::{json, Map, Value};
 
+use crate::daemon::link;
 use crate::error::Error;
 use crate::proto::format_mac;
 
@@ -66,13 +67,6 @@ pub struct DataPath {
 
 fn dp_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Dataplane(format!("{what}: {e}"))
-}
-
-fn link(name: &str) -> Result<neigh::LinkInfo, Error> {
-    neigh::link_by_name(name).map_err(|e| match e {
-        neigh::NeighError::NoSuchInterface(n) => Error::NoSuchInterface(n),
-        other => dp_err(&format!("interface {name}"), other),
-    })
 }
 
 impl DataPath {

@@ -15,7 +15,7 @@ mod registrar;
 mod watch;
 
 // The home agent's control socket, reused as is.
-use crate::daemon::server;
+use crate::daemon::{is_root, server};
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -400,18 +400,6 @@ impl<D: Serving> Agent<D> {
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-/// Is the effective user root? Read from /proc so no unsafe is needed.
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
 }
 
 fn load_keys(config: &AgentConfig) -> Result<KeyFile, Error> {

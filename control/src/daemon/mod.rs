@@ -38,7 +38,7 @@ struct Daemon {
 }
 
 /// Is the effective user root? Read from /proc so no unsafe is needed here.
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -49,7 +49,8 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn link(name: &str) -> Result<LinkInfo, Error> {
+/// An interface by name; a missing one is [`Error::NoSuchInterface`].
+pub(crate) fn link(name: &str) -> Result<LinkInfo, Error> {
     neigh::link_by_name(name).map_err(|e| match e {
         neigh::NeighError::NoSuchInterface(n) => Error::NoSuchInterface(n),
         other => Error::Dataplane(format!("interface {name}: {other}")),

@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use dataplane::pipeline::DropReason;
 use dataplane::stats::CounterSnapshot;
 use serde_json::{json, Map, Value};
 
@@ -33,18 +32,7 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
         }));
     }
     let p = &total.pipeline;
-    let mut drops = Map::new();
-    for reason in DropReason::ALL {
-        drops.insert(reason.as_str().into(), p.drops[reason as usize].into());
-    }
-    drops.insert("tx_ring_full".into(), total.tx_ring_full.into());
-    drops.insert("no_free_frame".into(), total.no_free_frame.into());
-    drops.insert("bad_verdict".into(), total.bad_verdict.into());
-    // Dropped by the kernel before the worker saw them (XDP_STATISTICS).
-    drops.insert("xsk_rx_ring_full".into(), total.xsk_rx_ring_full.into());
-    drops.insert("xsk_rx_dropped".into(), total.xsk_rx_dropped.into());
-    drops.insert("xsk_rx_invalid".into(), total.xsk_rx_invalid.into());
-    drops.insert("xsk_tx_invalid".into(), total.xsk_tx_invalid.into());
+    let drops: Map<String, Value> = total.drops().map(|(k, v)| (k.into(), v.into())).collect();
     let steering = match d.bindings.steering().counters() {
         Ok(c) => json!({
             "steered_ipv4": c.steered_ipv4,
