@@ -11,10 +11,25 @@
 //! ifindex is the LAN's (so always in one-armed mode), 1 when it is the
 //! WAN's; the socket key is `port * 64 + ctx->rx_queue_index`.
 //!
-//! Nothing is pinned by default: the program and its maps live exactly as
-//! long as the [`Steering`] value; dropping it detaches the program from every
-//! interface it attached to and unloads it. [`Steering::pin_maps`] pins the
-//! maps on request (for bpftool).
+//! Without a pin directory nothing is pinned: the program and its maps live
+//! exactly as long as the [`Steering`] value; dropping it detaches the
+//! program from every interface it attached to and unloads it.
+//! [`Steering::pin_maps`] pins the maps on request (for bpftool).
+//!
+//! # Restart after a crash
+//!
+//! The XDP attachment outlives the process: after `kill -9` the program
+//! stays attached (steering bound VMs' traffic to sockets that no longer
+//! exist). Given a pin directory (`pin` of [`Steering::attach`] and
+//! [`Steering::attach_foreign_agent`], e.g. `/sys/fs/bpf/homeward/<instance>`),
+//! the loader pins each new program there as `prog-<kernel id>` before
+//! attaching it. A later start with the same directory recognises a program
+//! attached to one of its interfaces as a previous homeward's when that pin
+//! holds it, and replaces it atomically (`XDP_FLAGS_REPLACE`, in the mode it
+//! is attached in: no moment without a program); any other program is
+//! refused with [`LoaderError::AlreadyAttached`] and never touched. Once
+//! every interface is attached, the earlier runs' pins are removed. A clean
+//! drop detaches and removes the pins. See `loader/pin.rs`.
 //!
 //! # Maps (their names are API)
 //!
@@ -34,7 +49,7 @@ use std::fmt;
 use std::io;
 use std::mem::size_of;
 use std::net::Ipv4Addr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
@@ -115,6 +130,8 @@ const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 const XDP_FLAGS_REPLACE: u32 = 1 << 4;
 
+mod pin;
+
 /// Value of `config[0]` (`struct steer_config` in bpf/structs.h).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -178,6 +195,57 @@ pub struct Attachment {
     pub ifname: String,
     /// How it is attached.
     pub mode: AttachMode,
+    /// Kernel id of the program a previous homeward left attached here (a
+    /// crash) and that ours replaced; `None` if the interface had none.
+    pub replaced: Option<u32>,
+}
+
+/// Why an XDP program found attached is not replaced (see
+/// [`LoaderError::AlreadyAttached`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotOurs {
+    /// No pin directory was given: nothing to recognise a previous
+    /// homeward's program by.
+    NoPinDir,
+    /// Nothing, or another program, is pinned at `pin`, where a previous
+    /// homeward with this pin directory would have pinned it.
+    NotPinned {
+        /// `<pin dir>/prog-<id>`
+        pin: PathBuf,
+    },
+    /// Pinned as ours, but attached in a way homeward never attaches
+    /// (offloaded, or in two modes at once).
+    UnexpectedMode {
+        /// `<pin dir>/prog-<id>`
+        pin: PathBuf,
+    },
+    /// It appeared or changed while we were attaching (another loader raced us).
+    Changed,
+}
+
+impl fmt::Display for NotOurs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotOurs::NoPinDir => f.write_str(
+                "refusing to replace it: without a pin directory homeward cannot tell a program \
+                 a previous homeward left from anyone else's",
+            ),
+            NotOurs::NotPinned { pin } => write!(
+                f,
+                "it is not homeward's (no matching pin: {} does not hold it), so it is left alone",
+                pin.display()
+            ),
+            NotOurs::UnexpectedMode { pin } => write!(
+                f,
+                "it is pinned as homeward's at {} but attached offloaded or in two modes at once, \
+                 which homeward never does, so it is left alone",
+                pin.display()
+            ),
+            NotOurs::Changed => f.write_str(
+                "another loader attached or changed it while homeward was attaching, so it is left alone",
+            ),
+        }
+    }
 }
 
 /// The steering program's counters, summed over CPUs.
@@ -280,8 +348,9 @@ pub enum LoaderError {
         /// the index
         ifindex: u32,
     },
-    /// Another XDP program is attached already; we never replace it.
-    #[error("{ifname} (ifindex {ifindex}) already has an XDP program attached (id {prog_id}); refusing to replace it (remove it with `ip link set dev {ifname} xdp off` if it is stale)")]
+    /// Another XDP program is attached already and it is not one that a
+    /// previous homeward with this pin directory left: we never replace it.
+    #[error("{ifname} (ifindex {ifindex}) already has an XDP program attached (id {prog_id}{}); {why}; remove it with `ip link set dev {ifname} {ip_mode} off` if it is stale, or use another interface", named(.prog_name))]
     AlreadyAttached {
         /// interface name
         ifname: String,
@@ -289,6 +358,13 @@ pub enum LoaderError {
         ifindex: u32,
         /// id of the program found there (0 if the kernel did not say)
         prog_id: u32,
+        /// its name ("" if unknown)
+        prog_name: String,
+        /// why it is not replaced
+        why: NotOurs,
+        /// the `ip link` keyword of the mode it is attached in (`xdpdrv`,
+        /// `xdpgeneric`, `xdpoffload`; `xdp` if unknown)
+        ip_mode: &'static str,
     },
     /// Reading the interface's XDP state failed.
     #[error("querying the XDP program of {ifname} (ifindex {ifindex}): {source}")]
@@ -360,6 +436,22 @@ pub enum LoaderError {
         /// errno
         source: io::Error,
     },
+    /// Setting up or using the pin directory failed.
+    #[error("pin directory: {op} {}: {source}", path.display())]
+    PinDir {
+        /// what was being done ("creating", "locking", "pinning the steering program at", ...)
+        op: &'static str,
+        /// the path
+        path: PathBuf,
+        /// errno
+        source: io::Error,
+    },
+    /// Another running homeward holds the pin directory.
+    #[error("pin directory {} is in use by another running homeward (it holds the directory's lock); give each instance its own pin directory", path.display())]
+    PinDirBusy {
+        /// the path
+        path: PathBuf,
+    },
     /// The pin directory is not on a bpf filesystem.
     #[error("{} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)", path.display())]
     NotBpffs {
@@ -375,6 +467,15 @@ macro_rules! opts_size {
     ($t:ty, $last:ident, $last_ty:ty) => {
         std::mem::offset_of!($t, $last) + size_of::<$last_ty>()
     };
+}
+
+/// `, name `x`` for a non-empty program name (in [`LoaderError::AlreadyAttached`]).
+fn named(name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        format!(", name `{name}`")
+    }
 }
 
 /// `-ret` as an io::Error (libbpf returns negative errno).
@@ -439,9 +540,11 @@ struct MapFds {
 ///
 /// Owns the BPF object, the list of interfaces it is attached to, and the
 /// userspace mirror of the bindings and care-of reference counts that it
-/// writes to `bound_vms` and `care_ofs`. Nothing is pinned (see
-/// [`Steering::pin_maps`]). Dropping it detaches the program from every
-/// interface where it is still the attached program, and unloads it.
+/// writes to `bound_vms` and `care_ofs`. Without a pin directory nothing is
+/// pinned (see [`Steering::pin_maps`]). Dropping it detaches the program from
+/// every interface where it is still the attached program, removes its pins
+/// from the pin directory (and the directory if that empties it), and
+/// unloads it.
 pub struct Steering {
     /// Kept alive: closing it unloads the program and frees the maps.
     _obj: Object,
@@ -453,6 +556,8 @@ pub struct Steering {
     bindings: HashMap<Ipv4Addr, Ipv4Addr>,
     care_of_refs: HashMap<Ipv4Addr, u32>,
     ncpus: usize,
+    /// The locked pin directory, if attached with one.
+    pins: Option<pin::PinDir>,
 }
 
 impl fmt::Debug for Steering {
@@ -463,6 +568,7 @@ impl fmt::Debug for Steering {
             .field("attached", &self.attached)
             .field("bindings", &self.bindings.len())
             .field("max_bindings", &self.max_bindings)
+            .field("pin_dir", &self.pin_dir())
             .finish_non_exhaustive()
     }
 }
@@ -470,45 +576,89 @@ impl fmt::Debug for Steering {
 impl Steering {
     /// Load the program and attach it to `lan_ifindex` and, if given and
     /// different, `wan_ifindex`: native XDP (`XDP_FLAGS_DRV_MODE`) where the
-    /// driver has it, else generic (`XDP_FLAGS_SKB_MODE`). Refuses, with
-    /// [`LoaderError::AlreadyAttached`], an interface that already has an XDP
-    /// program (`XDP_FLAGS_UPDATE_IF_NOEXIST`). `max_bindings` sizes
-    /// `bound_vms` and `care_ofs`.
+    /// driver has it, else generic (`XDP_FLAGS_SKB_MODE`). `max_bindings`
+    /// sizes `bound_vms` and `care_ofs`.
+    ///
+    /// An interface that already has an XDP program is refused with
+    /// [`LoaderError::AlreadyAttached`] (`XDP_FLAGS_UPDATE_IF_NOEXIST`),
+    /// unless `pin` is given and the program is one a previous homeward with
+    /// this pin directory left there (it crashed): that one is replaced
+    /// atomically, in the mode it is attached in (see the module docs).
+    ///
+    /// `pin` (e.g. `/sys/fs/bpf/homeward/<instance>`, one per instance) is
+    /// created, mounting bpffs at `/sys/fs/bpf` first if it is below and
+    /// not mounted, and locked for the life of the value
+    /// ([`LoaderError::PinDirBusy`] if another running homeward holds it).
+    /// The program is pinned there as `prog-<id>` before it is attached, the
+    /// maps as `maps/<name>` (replacing older pins); the pins of earlier
+    /// runs are removed once every interface is attached. With `pin` `None`
+    /// nothing is pinned.
     ///
     /// With `wan_ifindex` `None` or equal to `lan_ifindex` (one-armed mode),
     /// every frame is on port 0 and only port-0 sockets are used.
-    /// Nothing is pinned. If attaching the second interface fails, the first
-    /// is detached again before the error is returned.
+    /// If attaching the second interface fails, the first is detached again
+    /// before the error is returned (and the pins of earlier runs are kept).
     pub fn attach(
         lan_ifindex: u32,
         wan_ifindex: Option<u32>,
         max_bindings: u32,
+        pin: Option<&Path>,
     ) -> Result<Steering, LoaderError> {
-        let mut steering = Steering::load(lan_ifindex, wan_ifindex, max_bindings)?;
-        steering.attach_to(lan_ifindex)?;
-        if let Some(wan) = wan_ifindex.filter(|&w| w != lan_ifindex) {
-            steering.attach_to(wan)?;
-        }
-        Ok(steering)
+        let steering = Steering::load(lan_ifindex, wan_ifindex, max_bindings)?;
+        let mut ifaces = vec![lan_ifindex];
+        ifaces.extend(wan_ifindex.filter(|&w| w != lan_ifindex));
+        steering.attach_all(&ifaces, pin)
     }
 
     /// The foreign agent's steering: the program in the foreign-agent role
     /// (see bpf/steer.c), attached to the VM link (port 0) and the uplink
     /// (port 1), which must differ. `care_of` is the uplink address the
     /// home agents tunnel to. In this role `bind(vm, home_agent)` serves a VM.
+    /// `pin` as in [`Steering::attach`].
     pub fn attach_foreign_agent(
         vm_link_ifindex: u32,
         uplink_ifindex: u32,
         care_of: Ipv4Addr,
         max_bindings: u32,
+        pin: Option<&Path>,
     ) -> Result<Steering, LoaderError> {
         let mut steering = Steering::load(vm_link_ifindex, Some(uplink_ifindex), max_bindings)?;
         steering.set_foreign_agent(care_of)?;
-        steering.attach_to(vm_link_ifindex)?;
+        let mut ifaces = vec![vm_link_ifindex];
         if uplink_ifindex != vm_link_ifindex {
-            steering.attach_to(uplink_ifindex)?;
+            ifaces.push(uplink_ifindex);
         }
-        Ok(steering)
+        steering.attach_all(&ifaces, pin)
+    }
+
+    /// Pin (if `pin`), attach to `ifaces` in order, then drop the pins of
+    /// earlier runs. On error `self` is dropped, which detaches what was
+    /// attached and removes this run's pins.
+    fn attach_all(mut self, ifaces: &[u32], pin: Option<&Path>) -> Result<Steering, LoaderError> {
+        if let Some(dir) = pin {
+            let mut pins = pin::PinDir::open(dir)?;
+            let id = self.prog_id().map_err(|source| LoaderError::PinDir {
+                op: "reading the kernel id of the program to pin in",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            // Pinned before attaching: a crash from here on leaves a program
+            // that the next start recognises.
+            let pinned = pins.pin_program(self.prog_fd, id);
+            self.pins = Some(pins);
+            pinned?;
+            let maps = self.map_fds();
+            if let Some(pins) = self.pins.as_mut() {
+                pins.pin_maps(&maps)?;
+            }
+        }
+        for &ifindex in ifaces {
+            self.attach_to(ifindex)?;
+        }
+        if let Some(pins) = &self.pins {
+            pins.remove_stale();
+        }
+        Ok(self)
     }
 
     /// Switch a loaded program to the foreign-agent role with this care-of address.
@@ -681,6 +831,7 @@ impl Steering {
             bindings: HashMap::new(),
             care_of_refs: HashMap::new(),
             ncpus: ncpus.max(1),
+            pins: None,
         })
     }
 
@@ -689,17 +840,20 @@ impl Steering {
         let ifindex_c =
             c_int::try_from(ifindex).map_err(|_| LoaderError::NoSuchInterface { ifindex })?;
 
-        let prog_id = xdp_query(ifindex_c).map_err(|source| LoaderError::Query {
+        let state = xdp_state(ifindex_c).map_err(|source| LoaderError::Query {
             ifname: ifname.clone(),
             ifindex,
             source,
         })?;
-        if prog_id != 0 {
-            return Err(LoaderError::AlreadyAttached {
-                ifname,
+        if state.any() != 0 {
+            let mode = self.replace_stale(ifindex_c, &ifname, ifindex, &state)?;
+            self.attached.push(Attachment {
                 ifindex,
-                prog_id,
+                ifname,
+                mode,
+                replaced: Some(state.any()),
             });
+            return Ok(());
         }
 
         let mut mode = AttachMode::Native;
@@ -717,13 +871,10 @@ impl Steering {
         match result {
             Ok(()) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::EBUSY)) => {
-                // Raced with another loader since the query.
-                let prog_id = xdp_query(ifindex_c).unwrap_or(0);
-                return Err(LoaderError::AlreadyAttached {
-                    ifname,
-                    ifindex,
-                    prog_id,
-                });
+                // Raced with another loader since the query. Not replaced
+                // even if ours: it came after we looked, so it is not stale.
+                let state = xdp_state(ifindex_c).unwrap_or_default();
+                return Err(self.not_ours(ifname, ifindex, &state, NotOurs::Changed));
             }
             Err(source) => {
                 return Err(LoaderError::Attach {
@@ -739,8 +890,81 @@ impl Steering {
             ifindex,
             ifname,
             mode,
+            replaced: None,
         });
         Ok(())
+    }
+
+    /// `ifindex` has an XDP program (`state`): if a previous homeward with
+    /// our pin directory left it, replace it with ours atomically, in the
+    /// mode it is attached in, and return that mode; else refuse.
+    fn replace_stale(
+        &self,
+        ifindex_c: c_int,
+        ifname: &str,
+        ifindex: u32,
+        state: &XdpState,
+    ) -> Result<AttachMode, LoaderError> {
+        let old_id = state.any();
+        let refuse = |why| Err(self.not_ours(ifname.to_string(), ifindex, state, why));
+        let Some(pins) = &self.pins else {
+            return refuse(NotOurs::NoPinDir);
+        };
+        let pin = pins.prog_pin(old_id);
+        let Some(old_fd) = pins.recognise(old_id)? else {
+            return refuse(NotOurs::NotPinned { pin });
+        };
+        let Some(mode) = state.single_mode() else {
+            return refuse(NotOurs::UnexpectedMode { pin });
+        };
+        match xdp_replace(ifindex_c, self.prog_fd, old_fd.as_raw_fd(), mode) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::EBUSY)) => {
+                // The attached program is no longer `old_fd`'s.
+                let now = xdp_state(ifindex_c).unwrap_or_default();
+                return Err(self.not_ours(ifname.to_string(), ifindex, &now, NotOurs::Changed));
+            }
+            Err(source) => {
+                return Err(LoaderError::Attach {
+                    ifname: ifname.to_string(),
+                    ifindex,
+                    mode,
+                    source,
+                })
+            }
+        }
+        tracing::info!(
+            ifname,
+            ifindex,
+            %mode,
+            old_prog_id = old_id,
+            pin = %pin.display(),
+            "replaced the XDP program a previous homeward left (id {old_id})"
+        );
+        Ok(mode)
+    }
+
+    fn not_ours(
+        &self,
+        ifname: String,
+        ifindex: u32,
+        state: &XdpState,
+        why: NotOurs,
+    ) -> LoaderError {
+        let prog_id = state.any();
+        LoaderError::AlreadyAttached {
+            ifname,
+            ifindex,
+            prog_id,
+            prog_name: prog_name_by_id(prog_id),
+            why,
+            ip_mode: state.ip_mode(),
+        }
+    }
+
+    /// The pin directory given to [`Steering::attach`], if any.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.as_ref().map(|p| p.path())
     }
 
     /// How the program is attached: [`AttachMode::Generic`] if it is in
@@ -1049,16 +1273,7 @@ impl Steering {
             path: path.to_path_buf(),
             source,
         };
-        let bpffs = Path::new("/sys/fs/bpf");
-        if dir.starts_with(bpffs) && !is_bpffs(bpffs).map_err(|e| pin_err(bpffs, e))? {
-            mount_bpffs(bpffs).map_err(|e| pin_err(bpffs, e))?;
-        }
-        std::fs::create_dir_all(dir).map_err(|e| pin_err(dir, e))?;
-        if !is_bpffs(dir).map_err(|e| pin_err(dir, e))? {
-            return Err(LoaderError::NotBpffs {
-                path: dir.to_path_buf(),
-            });
-        }
+        pin::prepare_dir(dir, |_, path, e| pin_err(path, e))?;
         for (name, fd) in self.map_fds() {
             let path = dir.join(name);
             let cpath = path_cstring(&path).map_err(|e| pin_err(&path, e))?;
@@ -1097,39 +1312,26 @@ impl Steering {
 
     /// The kernel id of our program.
     fn prog_id(&self) -> io::Result<u32> {
-        // SAFETY: bpf_prog_info is a plain C struct; all-zero is valid.
-        let mut info: sys::bpf_prog_info = unsafe { std::mem::zeroed() };
-        let mut len = size_of::<sys::bpf_prog_info>() as u32;
-        // SAFETY: `info` is writable for `len` bytes; `prog_fd` is live.
-        let ret = unsafe { sys::bpf_prog_get_info_by_fd(self.prog_fd, &mut info, &mut len) };
-        if ret < 0 {
-            return Err(neg_errno(ret));
-        }
-        Ok(info.id)
+        prog_info(self.prog_fd).map(|info| info.id)
     }
 }
 
 impl Drop for Steering {
     fn drop(&mut self) {
         let ours = self.prog_id().ok();
+        // Whether ours may still be attached somewhere: then its pin stays,
+        // so that the next start recognises it.
+        let mut maybe_attached = false;
         for a in self.attached.drain(..).rev() {
             let Ok(ifindex) = c_int::try_from(a.ifindex) else {
                 continue;
             };
-            // SAFETY: bpf_xdp_attach_opts is a plain C struct; all-zero is valid.
-            let mut opts: sys::bpf_xdp_attach_opts = unsafe { std::mem::zeroed() };
-            opts.sz = opts_size!(sys::bpf_xdp_attach_opts, old_prog_fd, c_int);
-            opts.old_prog_fd = self.prog_fd;
             // XDP_FLAGS_REPLACE with our fd as the expected program: the kernel
             // detaches only if ours is still the one attached.
-            // SAFETY: `opts` is a valid, initialised options struct for the call.
-            let ret =
-                unsafe { sys::bpf_xdp_detach(ifindex, a.mode.flag() | XDP_FLAGS_REPLACE, &opts) };
-            if ret == 0 {
+            let Err(e) = xdp_detach(ifindex, a.mode, self.prog_fd) else {
                 tracing::info!(ifname = a.ifname, "XDP steering program detached");
                 continue;
-            }
-            let e = neg_errno(ret);
+            };
             match e.raw_os_error() {
                 Some(libc::ENODEV) => {
                     tracing::debug!(ifname = a.ifname, "interface gone before detach")
@@ -1139,8 +1341,20 @@ impl Drop for Steering {
                     prog_id = ?ours,
                     "another XDP program replaced ours; leaving it attached"
                 ),
-                _ => tracing::warn!(ifname = a.ifname, error = %e, "detaching XDP failed"),
+                _ => {
+                    maybe_attached = true;
+                    tracing::warn!(ifname = a.ifname, error = %e, "detaching XDP failed");
+                }
             }
+        }
+        if let Some(pins) = self.pins.take() {
+            if maybe_attached {
+                tracing::warn!(
+                    dir = %pins.path().display(),
+                    "keeping the program's pin: it may still be attached"
+                );
+            }
+            pins.close(maybe_attached);
         }
     }
 }
@@ -1217,8 +1431,53 @@ fn ifname(ifindex: u32) -> Result<String, LoaderError> {
     Ok(name.to_string_lossy().into_owned())
 }
 
-/// Id of the XDP program attached to `ifindex` in any mode, 0 if none.
-fn xdp_query(ifindex: c_int) -> io::Result<u32> {
+/// The XDP programs attached to an interface, per mode (0: none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct XdpState {
+    drv: u32,
+    skb: u32,
+    hw: u32,
+}
+
+impl XdpState {
+    /// Id of a program attached in any mode, 0 if none.
+    fn any(&self) -> u32 {
+        [self.drv, self.skb, self.hw]
+            .into_iter()
+            .find(|&id| id != 0)
+            .unwrap_or(0)
+    }
+
+    /// The mode of the one program attached, if it is attached in exactly
+    /// one of the modes homeward uses.
+    fn single_mode(&self) -> Option<AttachMode> {
+        match (self.drv, self.skb, self.hw) {
+            (d, 0, 0) if d != 0 => Some(AttachMode::Native),
+            (0, s, 0) if s != 0 => Some(AttachMode::Generic),
+            _ => None,
+        }
+    }
+
+    /// `(mode, id)` of the modes homeward uses (id 0: none).
+    fn per_mode(&self) -> [(AttachMode, u32); 2] {
+        [
+            (AttachMode::Native, self.drv),
+            (AttachMode::Generic, self.skb),
+        ]
+    }
+
+    /// The `ip link` keyword that names the attached program's mode.
+    fn ip_mode(&self) -> &'static str {
+        match (self.drv, self.skb, self.hw) {
+            (d, 0, 0) if d != 0 => "xdpdrv",
+            (0, s, 0) if s != 0 => "xdpgeneric",
+            (0, 0, h) if h != 0 => "xdpoffload",
+            _ => "xdp",
+        }
+    }
+}
+
+fn xdp_state(ifindex: c_int) -> io::Result<XdpState> {
     // SAFETY: bpf_xdp_query_opts is a plain C struct; all-zero is valid.
     let mut opts: sys::bpf_xdp_query_opts = unsafe { std::mem::zeroed() };
     opts.sz = opts_size!(sys::bpf_xdp_query_opts, xdp_zc_max_segs, u32);
@@ -1227,15 +1486,30 @@ fn xdp_query(ifindex: c_int) -> io::Result<u32> {
     if ret < 0 {
         return Err(neg_errno(ret));
     }
-    Ok([
-        opts.prog_id,
-        opts.drv_prog_id,
-        opts.skb_prog_id,
-        opts.hw_prog_id,
-    ]
-    .into_iter()
-    .find(|&id| id != 0)
-    .unwrap_or(0))
+    let mut state = XdpState {
+        drv: opts.drv_prog_id,
+        skb: opts.skb_prog_id,
+        hw: opts.hw_prog_id,
+    };
+    // Older kernels report a single attachment in `prog_id` only.
+    if state.any() == 0 && opts.prog_id != 0 {
+        match u32::from(opts.attach_mode) {
+            XDP_ATTACHED_SKB => state.skb = opts.prog_id,
+            XDP_ATTACHED_HW => state.hw = opts.prog_id,
+            _ => state.drv = opts.prog_id,
+        }
+    }
+    Ok(state)
+}
+
+// linux/if_link.h, `IFLA_XDP_ATTACHED` values.
+const XDP_ATTACHED_SKB: u32 = 2;
+const XDP_ATTACHED_HW: u32 = 3;
+
+/// Id of the XDP program attached to `ifindex` in any mode, 0 if none.
+#[cfg(test)]
+fn xdp_query(ifindex: c_int) -> io::Result<u32> {
+    xdp_state(ifindex).map(|s| s.any())
 }
 
 fn xdp_attach(ifindex: c_int, prog_fd: RawFd, mode: AttachMode) -> io::Result<()> {
@@ -1246,6 +1520,110 @@ fn xdp_attach(ifindex: c_int, prog_fd: RawFd, mode: AttachMode) -> io::Result<()
         return Err(neg_errno(ret));
     }
     Ok(())
+}
+
+/// Atomically replace the program attached to `ifindex` in `mode` by
+/// `prog_fd`, only if it is `old_fd`'s (else EEXIST).
+fn xdp_replace(ifindex: c_int, prog_fd: RawFd, old_fd: RawFd, mode: AttachMode) -> io::Result<()> {
+    // SAFETY: bpf_xdp_attach_opts is a plain C struct; all-zero is valid.
+    let mut opts: sys::bpf_xdp_attach_opts = unsafe { std::mem::zeroed() };
+    opts.sz = opts_size!(sys::bpf_xdp_attach_opts, old_prog_fd, c_int);
+    opts.old_prog_fd = old_fd;
+    // SAFETY: `opts` is a valid, initialised options struct for the call.
+    let ret =
+        unsafe { sys::bpf_xdp_attach(ifindex, prog_fd, mode.flag() | XDP_FLAGS_REPLACE, &opts) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    Ok(())
+}
+
+/// Detach the program attached to `ifindex` in `mode`, only if it is
+/// `expected_fd`'s (else EEXIST).
+fn xdp_detach(ifindex: c_int, mode: AttachMode, expected_fd: RawFd) -> io::Result<()> {
+    // SAFETY: bpf_xdp_attach_opts is a plain C struct; all-zero is valid.
+    let mut opts: sys::bpf_xdp_attach_opts = unsafe { std::mem::zeroed() };
+    opts.sz = opts_size!(sys::bpf_xdp_attach_opts, old_prog_fd, c_int);
+    opts.old_prog_fd = expected_fd;
+    // SAFETY: `opts` is a valid, initialised options struct for the call.
+    let ret = unsafe { sys::bpf_xdp_detach(ifindex, mode.flag() | XDP_FLAGS_REPLACE, &opts) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    Ok(())
+}
+
+/// What the kernel says about a program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ProgInfo {
+    id: u32,
+    prog_type: u32,
+    name: String,
+}
+
+fn prog_info(fd: RawFd) -> io::Result<ProgInfo> {
+    // SAFETY: bpf_prog_info is a plain C struct; all-zero is valid.
+    let mut info: sys::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<sys::bpf_prog_info>() as u32;
+    // SAFETY: `info` is writable for `len` bytes; the kernel validates `fd`
+    // (EINVAL if it is not a program) and writes at most `len` bytes.
+    let ret = unsafe { sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    let name: Vec<u8> = info
+        .name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Ok(ProgInfo {
+        id: info.id,
+        prog_type: info.type_,
+        name: String::from_utf8_lossy(&name).into_owned(),
+    })
+}
+
+/// The name of the program of kernel id `id`, "" if it cannot be read.
+fn prog_name_by_id(id: u32) -> String {
+    if id == 0 {
+        return String::new();
+    }
+    // SAFETY: plain syscall wrapper.
+    let fd = unsafe { sys::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return String::new();
+    }
+    // SAFETY: the kernel just returned `fd` to us; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    prog_info(fd.as_raw_fd())
+        .map(|info| info.name)
+        .unwrap_or_default()
+}
+
+/// The ifindexes of the calling thread's network namespace.
+fn interfaces() -> io::Result<Vec<u32>> {
+    // SAFETY: no arguments; returns a malloc'd array or null with errno set.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut entry = list;
+    loop {
+        // SAFETY: `entry` points into the array, which ends with an entry of
+        // index 0 and a null name; we stop there and never read past it.
+        let item = unsafe { &*entry };
+        if item.if_index == 0 && item.if_name.is_null() {
+            break;
+        }
+        out.push(item.if_index);
+        // SAFETY: not the terminating entry, so the next one is in the array.
+        entry = unsafe { entry.add(1) };
+    }
+    // SAFETY: `list` came from if_nameindex and is freed once, here.
+    unsafe { libc::if_freenameindex(list) };
+    Ok(out)
 }
 
 /// Only called with the key and value types checked against the map at load.

@@ -11,6 +11,7 @@
 use super::*;
 
 use std::os::fd::RawFd;
+use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
 fn is_root() -> bool {
@@ -659,7 +660,7 @@ fn attach_native_on_veth_and_detach_on_drop() {
     require_root!();
     in_fresh_netns(|| {
         let (lan, wan) = veth_pair("hwl0", "hww0", 1);
-        let s = Steering::attach(lan, Some(wan), 1024).expect("attach");
+        let s = Steering::attach(lan, Some(wan), 1024, None).expect("attach");
         assert_eq!(s.mode(), AttachMode::Native);
         assert_eq!(s.mode().to_string(), "native");
         assert_eq!(s.attachments().len(), 2);
@@ -676,7 +677,7 @@ fn attach_native_on_veth_and_detach_on_drop() {
         }
 
         // A second loader is refused, clearly, on an interface that has XDP.
-        let err = Steering::attach(lan, None, 16).unwrap_err();
+        let err = Steering::attach(lan, None, 16, None).unwrap_err();
         match &err {
             LoaderError::AlreadyAttached {
                 ifname, prog_id, ..
@@ -703,7 +704,7 @@ fn one_armed_attaches_once() {
     require_root!();
     in_fresh_netns(|| {
         let (lan, _) = veth_pair("hwl0", "hwp0", 1);
-        let s = Steering::attach(lan, Some(lan), 16).expect("attach");
+        let s = Steering::attach(lan, Some(lan), 16, None).expect("attach");
         assert_eq!(s.attachments().len(), 1);
         assert!(s.one_armed());
         assert!(xdp_prog_id("hwl0").is_some());
@@ -718,7 +719,7 @@ fn attach_generic_where_no_native_xdp() {
     require_root!();
     in_fresh_netns(|| {
         // Loopback has no native XDP; this is the namespace's own `lo`.
-        let s = Steering::attach(1, None, 16).expect("attach to lo");
+        let s = Steering::attach(1, None, 16, None).expect("attach to lo");
         assert_eq!(s.mode(), AttachMode::Generic);
         assert_eq!(s.mode().to_string(), "generic (skb)");
         let shown = link_show("lo");
@@ -733,10 +734,10 @@ fn drop_leaves_a_program_that_replaced_ours() {
     require_root!();
     in_fresh_netns(|| {
         let (lan, _) = veth_pair("hwl0", "hwp0", 1);
-        let first = Steering::attach(lan, None, 16).expect("attach first");
+        let first = Steering::attach(lan, None, 16, None).expect("attach first");
         // Someone removes ours and attaches theirs.
         ip(&["link", "set", "dev", "hwl0", "xdp", "off"]);
-        let second = Steering::attach(lan, None, 16).expect("attach second");
+        let second = Steering::attach(lan, None, 16, None).expect("attach second");
         let second_id = second.prog_id().unwrap();
         drop(first);
         assert_eq!(xdp_prog_id("hwl0"), Some(second_id));
@@ -750,8 +751,8 @@ fn failed_wan_attach_detaches_lan() {
     require_root!();
     in_fresh_netns(|| {
         let (lan, wan) = veth_pair("hwl0", "hww0", 1);
-        let other = Steering::attach(wan, None, 16).expect("attach on WAN");
-        let err = Steering::attach(lan, Some(wan), 16).unwrap_err();
+        let other = Steering::attach(wan, None, 16, None).expect("attach on WAN");
+        let err = Steering::attach(lan, Some(wan), 16, None).unwrap_err();
         assert!(
             matches!(&err, LoaderError::AlreadyAttached { ifname, .. } if ifname == "hww0"),
             "{err}"
@@ -765,7 +766,7 @@ fn failed_wan_attach_detaches_lan() {
 fn attach_to_missing_interface_fails_clearly() {
     require_root!();
     in_fresh_netns(|| {
-        let err = Steering::attach(999_999, None, 16).unwrap_err();
+        let err = Steering::attach(999_999, None, 16, None).unwrap_err();
         assert!(
             matches!(err, LoaderError::NoSuchInterface { ifindex: 999_999 }),
             "{err}"
@@ -933,9 +934,388 @@ fn pin_maps_child() {
     for name in MAP_NAMES {
         assert!(!dir.join(name).exists(), "{name} still pinned");
     }
+    // bpffs may be the root namespace's one (if it was mounted before).
+    std::fs::remove_dir(dir).unwrap();
     // Not bpffs: refused.
     let tmp = std::env::temp_dir().join(format!("homeward-pin-{}", std::process::id()));
     let err = s.pin_maps(&tmp).unwrap_err();
+    let _ = std::fs::remove_dir(&tmp);
+    assert!(matches!(err, LoaderError::NotBpffs { .. }), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// 4. Restart after a crash: the pin directory.
+//
+// bpffs pins are global (per mount namespace, not per network namespace), so
+// each test uses its own pin directory, removed by a guard even when the test
+// fails. These tests need root and fail without it.
+
+fn must_be_root() {
+    assert!(
+        is_root(),
+        "this test needs root (BPF, network namespaces, bpffs); CI runs it as root"
+    );
+}
+
+/// A unique pin directory below /sys/fs/bpf, removed with everything in it on drop.
+struct TestPinDir(PathBuf);
+
+impl TestPinDir {
+    fn new() -> TestPinDir {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TestPinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/homeward-test-{}-{n}",
+            std::process::id()
+        )))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The names in the directory, sorted (`maps/` entries as `maps/<name>`).
+    fn entries(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let Ok(dir) = std::fs::read_dir(&self.0) else {
+            return out;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() {
+                for sub in std::fs::read_dir(e.path()).unwrap().flatten() {
+                    out.push(format!("{name}/{}", sub.file_name().to_string_lossy()));
+                }
+            } else {
+                out.push(name);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn prog_pins(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .entries()
+            .iter()
+            .filter_map(|n| pin::pinned_id(n))
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+impl Drop for TestPinDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != io::ErrorKind::NotFound {
+                eprintln!("removing {}: {e}", self.0.display());
+            }
+        }
+    }
+}
+
+fn map_pins() -> Vec<String> {
+    let mut names: Vec<String> = MAP_NAMES
+        .iter()
+        .map(|n| format!("{}/{n}", pin::MAPS_DIR))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Whether a program of this kernel id still exists (polls up to 2 s for it
+/// to go: the last reference of a pinned program goes after an RCU grace
+/// period).
+fn prog_exists(id: u32) -> bool {
+    for _ in 0..200 {
+        // SAFETY: plain syscall wrapper.
+        let fd = unsafe { sys::bpf_prog_get_fd_by_id(id) };
+        if fd < 0 {
+            assert_eq!(fd, -libc::ENOENT, "bpf_prog_get_fd_by_id({id})");
+            return false;
+        }
+        // SAFETY: the kernel just returned `fd`; nothing else owns it.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    true
+}
+
+const CRASH_CHILD_ENV: &str = "HOMEWARD_TEST_CRASH_CHILD";
+
+/// Attach with `dir` in a child process (this test binary, running
+/// `crash_child`) that then dies of SIGKILL, like a crashed homeward.
+/// The child inherits the calling thread's network namespace. Returns the
+/// id of the program it left attached.
+fn attach_and_crash(dir: &Path, lan: u32, wan: Option<u32>) -> u32 {
+    let exe = std::env::current_exe().unwrap();
+    let spec = format!(
+        "{}\n{lan}\n{}",
+        dir.display(),
+        wan.map_or(String::new(), |w| w.to_string())
+    );
+    let out = Command::new(exe)
+        .args([
+            "--exact",
+            "loader::tests::crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_CHILD_ENV, spec)
+        .output()
+        .expect("running the crash child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "crash child did not die of SIGKILL: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.split_once("crash-child prog id ").map(|(_, id)| id))
+        .and_then(|id| id.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no prog id from the crash child:\n{stdout}"))
+}
+
+/// Run by `attach_and_crash` only: attach, bind, and die of SIGKILL.
+#[test]
+#[ignore = "run as a child process by the crash-recovery tests"]
+fn crash_child() {
+    let Ok(spec) = std::env::var(CRASH_CHILD_ENV) else {
+        eprintln!("skipped: only runs as the child of a crash-recovery test");
+        return;
+    };
+    let mut lines = spec.lines();
+    let dir = PathBuf::from(lines.next().unwrap());
+    let lan: u32 = lines.next().unwrap().parse().unwrap();
+    let wan: Option<u32> = lines.next().and_then(|w| w.parse().ok());
+    let mut s = Steering::attach(lan, wan, 16, Some(&dir)).expect("attach in the crash child");
+    s.bind(VM, CARE_OF).unwrap();
+    println!("crash-child prog id {}", s.prog_id().unwrap());
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    unreachable!("survived SIGKILL");
+}
+
+#[test]
+fn restart_after_kill_replaces_the_stale_program() {
+    must_be_root();
+    in_fresh_netns(|| {
+        let pins = TestPinDir::new();
+        // LAN on a veth (native XDP), WAN on lo (generic only): both modes.
+        let (lan, _) = veth_pair("hwl0", "hwp0", 1);
+        let old = attach_and_crash(pins.path(), lan, Some(1));
+
+        // The crash left the program attached and its pins in place.
+        assert_eq!(xdp_prog_id("hwl0"), Some(old));
+        assert_eq!(xdp_prog_id("lo"), Some(old));
+        assert!(link_show("lo").contains("xdpgeneric"));
+        let mut expected = map_pins();
+        expected.push(format!("prog-{old}"));
+        expected.sort();
+        assert_eq!(pins.entries(), expected);
+
+        // A plain restart with the same settings comes back.
+        let s = Steering::attach(lan, Some(1), 16, Some(pins.path())).expect("restart");
+        let new = s.prog_id().unwrap();
+        assert_ne!(new, old);
+        assert_eq!(s.pin_dir(), Some(pins.path()));
+        assert_eq!(xdp_prog_id("hwl0"), Some(new));
+        assert_eq!(xdp_prog_id("lo"), Some(new));
+        // In the mode each was attached in.
+        let modes: Vec<(AttachMode, Option<u32>)> = s
+            .attachments()
+            .iter()
+            .map(|a| (a.mode, a.replaced))
+            .collect();
+        assert_eq!(
+            modes,
+            vec![
+                (AttachMode::Native, Some(old)),
+                (AttachMode::Generic, Some(old)),
+            ]
+        );
+        assert!(link_show("lo").contains("xdpgeneric"));
+        // Fresh maps: the caller restores the bindings.
+        assert!(s.bound().unwrap().is_empty());
+
+        // The stale pin is gone, ours is there, and the old program is unloaded.
+        assert_eq!(pins.prog_pins(), vec![new]);
+        assert!(pins.entries().iter().any(|e| e.starts_with("maps/")));
+        assert!(!prog_exists(old), "the stale program {old} is still loaded");
+
+        drop(s);
+        assert_eq!(xdp_prog_id("hwl0"), None);
+        assert_eq!(xdp_prog_id("lo"), None);
+        assert!(!pins.path().exists(), "{:?}", pins.entries());
+    });
+}
+
+#[test]
+fn restart_after_kill_detaches_a_stale_program_from_an_interface_no_longer_used() {
+    must_be_root();
+    in_fresh_netns(|| {
+        let pins = TestPinDir::new();
+        let (lan, wan) = veth_pair("hwl0", "hww0", 1);
+        let old = attach_and_crash(pins.path(), lan, Some(wan));
+        assert_eq!(xdp_prog_id("hww0"), Some(old));
+
+        // Restarted one-armed: hww0 is not ours to steer any more, but the
+        // stale program there is ours and is not left behind, unpinned.
+        let s = Steering::attach(lan, None, 16, Some(pins.path())).expect("restart");
+        let new = s.prog_id().unwrap();
+        assert_eq!(xdp_prog_id("hwl0"), Some(new));
+        assert_eq!(xdp_prog_id("hww0"), None);
+        assert_eq!(pins.prog_pins(), vec![new]);
+        drop(s);
+        assert!(!pins.path().exists(), "{:?}", pins.entries());
+    });
+}
+
+#[test]
+fn a_program_that_is_not_homewards_is_never_replaced() {
+    must_be_root();
+    in_fresh_netns(|| {
+        let pins = TestPinDir::new();
+        let (lan, wan) = veth_pair("hwl0", "hww0", 1);
+
+        // Another program (a steering program attached without a pin
+        // directory: nothing says it is this homeward's) on the LAN.
+        let foreign = Steering::attach(lan, None, 16, None).expect("attach the foreign program");
+        let foreign_id = foreign.prog_id().unwrap();
+        let err = Steering::attach(lan, Some(wan), 16, Some(pins.path())).unwrap_err();
+        match &err {
+            LoaderError::AlreadyAttached {
+                ifname,
+                prog_id,
+                prog_name,
+                why,
+                ip_mode,
+                ..
+            } => {
+                assert_eq!(ifname, "hwl0");
+                assert_eq!(*prog_id, foreign_id);
+                assert_eq!(prog_name, PROGRAM_NAME);
+                assert_eq!(*ip_mode, "xdpdrv");
+                assert_eq!(
+                    why,
+                    &NotOurs::NotPinned {
+                        pin: pins.path().join(format!("prog-{foreign_id}"))
+                    }
+                );
+            }
+            other => panic!("expected AlreadyAttached, got {other}"),
+        }
+        let msg = err.to_string();
+        for part in [
+            "hwl0",
+            "not homeward's",
+            "no matching pin",
+            &pins.path().display().to_string(),
+            "ip link set dev hwl0 xdpdrv off",
+        ] {
+            assert!(msg.contains(part), "{part:?} not in: {msg}");
+        }
+        assert_eq!(xdp_prog_id("hwl0"), Some(foreign_id));
+        assert_eq!(xdp_prog_id("hww0"), None);
+        // The failed start left nothing pinned.
+        assert!(pins.entries().is_empty(), "{:?}", pins.entries());
+
+        // A pin named after the foreign program's id but holding another
+        // program does not make it ours: the pinned object's id is checked.
+        let decoy = Steering::load(lan, None, 16).expect("load decoy");
+        std::fs::create_dir_all(pins.path()).unwrap();
+        let forged = pins.path().join(format!("prog-{foreign_id}"));
+        let cforged = path_cstring(&forged).unwrap();
+        // SAFETY: live program fd; NUL-terminated path that outlives the call.
+        let ret = unsafe { sys::bpf_obj_pin(decoy.prog_fd(), cforged.as_ptr()) };
+        assert_eq!(ret, 0, "pinning the decoy");
+        let err = Steering::attach(lan, None, 16, Some(pins.path())).unwrap_err();
+        assert!(
+            matches!(&err, LoaderError::AlreadyAttached { prog_id, .. } if *prog_id == foreign_id),
+            "{err}"
+        );
+        assert_eq!(xdp_prog_id("hwl0"), Some(foreign_id));
+        // ... and the decoy pin, not this run's, is not removed by the failure.
+        assert!(forged.exists());
+
+        // Without a pin directory the message says why it cannot tell.
+        let err = Steering::attach(lan, None, 16, None).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                LoaderError::AlreadyAttached {
+                    why: NotOurs::NoPinDir,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("without a pin directory"), "{err}");
+
+        drop(foreign);
+        assert_eq!(xdp_prog_id("hwl0"), None);
+    });
+}
+
+#[test]
+fn a_running_instance_is_never_taken_over() {
+    must_be_root();
+    in_fresh_netns(|| {
+        let pins = TestPinDir::new();
+        let (lan, _) = veth_pair("hwl0", "hwp0", 1);
+        let running = Steering::attach(lan, None, 16, Some(pins.path())).expect("attach");
+        let id = running.prog_id().unwrap();
+        // Same pin directory, the first still running: refused, not replaced.
+        let err = Steering::attach(lan, None, 16, Some(pins.path())).unwrap_err();
+        assert!(matches!(&err, LoaderError::PinDirBusy { .. }), "{err}");
+        assert!(err.to_string().contains("in use"), "{err}");
+        assert_eq!(xdp_prog_id("hwl0"), Some(id));
+        assert_eq!(pins.prog_pins(), vec![id]);
+        drop(running);
+        assert_eq!(xdp_prog_id("hwl0"), None);
+    });
+}
+
+#[test]
+fn clean_drop_detaches_and_removes_the_pins() {
+    must_be_root();
+    in_fresh_netns(|| {
+        let pins = TestPinDir::new();
+        let (vm_link, uplink) = veth_pair("hwv0", "hwu0", 1);
+        let s = Steering::attach_foreign_agent(vm_link, uplink, CARE_OF, 16, Some(pins.path()))
+            .expect("attach");
+        let id = s.prog_id().unwrap();
+        let mut expected = map_pins();
+        expected.push(format!("prog-{id}"));
+        expected.sort();
+        assert_eq!(pins.entries(), expected);
+        assert!(s.attachments().iter().all(|a| a.replaced.is_none()));
+        assert_eq!(xdp_prog_id("hwv0"), Some(id));
+        assert_eq!(xdp_prog_id("hwu0"), Some(id));
+        assert!(format!("{s:?}").contains("homeward-test-"));
+
+        drop(s);
+        assert_eq!(xdp_prog_id("hwv0"), None);
+        assert_eq!(xdp_prog_id("hwu0"), None);
+        assert!(!pins.path().exists(), "{:?}", pins.entries());
+        assert!(!prog_exists(id), "program {id} still loaded after drop");
+
+        // And a start after a clean stop needs nothing either.
+        let again = Steering::attach(vm_link, None, 16, Some(pins.path())).expect("attach again");
+        assert!(again.attachments()[0].replaced.is_none());
+    });
+}
+
+#[test]
+fn pin_dir_not_on_bpffs_is_refused() {
+    must_be_root();
+    let tmp = std::env::temp_dir().join(format!("homeward-pindir-{}", std::process::id()));
+    let err = Steering::attach(1, None, 16, Some(&tmp)).unwrap_err();
     let _ = std::fs::remove_dir(&tmp);
     assert!(matches!(err, LoaderError::NotBpffs { .. }), "{err}");
 }
