@@ -89,9 +89,10 @@ pub struct RunArgs {
     /// RFC 5944 registration key file; registration is off without one.
     #[arg(long)]
     pub registration_keys: Option<PathBuf>,
-    /// Registration replay state file.
+    /// Where the bindings and the registration replay state are kept
+    /// (default /var/lib/homeward); one daemon per directory.
     #[arg(long)]
-    pub registration_state: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     /// TOML file with the same settings; flags take precedence.
     #[arg(long)]
     pub config: Option<PathBuf>,

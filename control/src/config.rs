@@ -10,8 +10,8 @@ use crate::cli::{RunArgs, DEFAULT_SOCKET};
 use crate::error::Error;
 use crate::registration::keys::Prefix;
 
-/// Where the registration replay state goes unless told otherwise.
-pub const DEFAULT_REGISTRATION_STATE: &str = "/var/lib/homeward/registration.json";
+/// Where the bindings and the replay state are kept unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/homeward";
 
 /// The config file: the same settings as the `run` flags. Unknown keys are
 /// errors, so a typo cannot silently fall back to a default.
@@ -32,6 +32,8 @@ pub struct FileConfig {
     /// CPUs to pin the queue workers to, queue `i` on `worker_cpus[i % len]`
     /// (default: not pinned).
     pub worker_cpus: Option<Vec<usize>>,
+    /// Directory of the durable store (bindings, replay state).
+    pub state_dir: Option<PathBuf>,
     /// RFC 5944 registration (UDP port 434 on `address`).
     pub registration: Option<RegistrationFile>,
 }
@@ -42,7 +44,7 @@ pub struct FileConfig {
 pub struct RegistrationFile {
     /// Key file; without it registration is off.
     pub keys: Option<PathBuf>,
-    /// Replay state file.
+    /// Gone: the replay state lives in the store under `state_dir`.
     pub state: Option<PathBuf>,
     /// Seconds an Identification may differ from our clock.
     pub replay_window: Option<u64>,
@@ -65,7 +67,6 @@ pub enum OneOrMany {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrationConfig {
     pub keys: PathBuf,
-    pub state: PathBuf,
     pub replay_window: Duration,
     pub max_lifetime: u16,
     /// `None`: read the LAN interface's prefixes at start.
@@ -85,6 +86,8 @@ pub struct RunConfig {
     pub max_bindings: u32,
     pub icmp_rate: u32,
     pub worker_cpus: Vec<usize>,
+    /// The durable store's directory.
+    pub state_dir: PathBuf,
     /// `None`: registration is off (no key file).
     pub registration: Option<RegistrationConfig>,
 }
@@ -116,7 +119,12 @@ impl FileConfig {
 
 impl RegistrationConfig {
     fn merge(args: &RunArgs, file: RegistrationFile) -> Result<Option<RegistrationConfig>, Error> {
-        let state = args.registration_state.clone().or(file.state);
+        if let Some(state) = &file.state {
+            return Err(Error::Invalid(format!(
+                "[registration] state = {:?} is no longer used: the replay state is kept with the bindings in state_dir (default {DEFAULT_STATE_DIR}); remove the line",
+                state.display()
+            )));
+        }
         let Some(keys) = args.registration_keys.clone().or(file.keys) else {
             return Ok(None);
         };
@@ -154,7 +162,6 @@ impl RegistrationConfig {
         };
         Ok(Some(RegistrationConfig {
             keys,
-            state: state.unwrap_or_else(|| PathBuf::from(DEFAULT_REGISTRATION_STATE)),
             replay_window: Duration::from_secs(replay_window),
             max_lifetime,
             home_prefix,
@@ -190,6 +197,11 @@ impl RunConfig {
             max_bindings: file.max_bindings.unwrap_or(65536),
             icmp_rate: file.icmp_rate.unwrap_or(100),
             worker_cpus: file.worker_cpus.unwrap_or_default(),
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             registration: RegistrationConfig::merge(args, file.registration.unwrap_or_default())?,
         };
         config.validate()?;
@@ -287,7 +299,6 @@ mod tests {
         .unwrap();
         let r = RunConfig::merge(&a, file).unwrap().registration.unwrap();
         assert_eq!(r.keys, PathBuf::from("/etc/homeward/keys.toml"));
-        assert_eq!(r.state, PathBuf::from(DEFAULT_REGISTRATION_STATE));
         assert_eq!(r.replay_window, Duration::from_secs(3));
         assert_eq!(r.max_lifetime, 600);
         assert_eq!(
@@ -295,13 +306,22 @@ mod tests {
             Some(vec![Prefix::parse("192.0.2.0/24").unwrap()])
         );
         a.registration_keys = Some("/k".into());
-        a.registration_state = Some("/s".into());
+        a.state_dir = Some("/s".into());
         let file =
             FileConfig::parse("[registration]\nhome_prefix = [\"192.0.2.0/25\", \"10.0.0.0/8\"]\n")
                 .unwrap();
-        let r = RunConfig::merge(&a, file).unwrap().registration.unwrap();
-        assert_eq!((r.keys, r.state), ("/k".into(), "/s".into()));
+        let c = RunConfig::merge(&a, file).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/s"));
+        let r = c.registration.unwrap();
+        assert_eq!(r.keys, PathBuf::from("/k"));
         assert_eq!(r.home_prefix.unwrap().len(), 2);
+        // The old replay state file is named and refused, not ignored.
+        let e = RunConfig::merge(
+            &a,
+            FileConfig::parse("[registration]\nstate = \"/x.json\"\n").unwrap(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("state_dir"), "{e}");
         for bad in [
             "[registration]\nkeys = \"/k\"\nreplay_window = 0\n",
             "[registration]\nkeys = \"/k\"\nmax_lifetime = 0\n",

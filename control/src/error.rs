@@ -36,4 +36,6 @@ pub enum Error {
     Daemon(String),
     #[error("{0}")]
     Dataplane(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }

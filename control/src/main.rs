@@ -1,24 +1,16 @@
-//! `homeward`: the home agent daemon and its command line.
-
-mod agent;
-mod cli;
-mod client;
-mod config;
-mod daemon;
-mod error;
-mod proto;
-mod register;
-mod registration;
+//! `homeward`: the command line on top of the library (home agent, agent,
+//! registration, control socket).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use serde_json::Value;
 
-use cli::{Cli, Command};
-use config::{FileConfig, RunConfig};
-use error::Error;
-use proto::{BindingInfo, Request};
+use homeward::cli::{Cli, Command};
+use homeward::config::{FileConfig, RunConfig};
+use homeward::error::Error;
+use homeward::proto::{self, BindingInfo, Request};
+use homeward::{agent, client, daemon, register};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

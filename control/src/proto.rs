@@ -66,6 +66,12 @@ pub struct BindingInfo {
     pub bytes: u64,
     /// MAC of the next hop toward the care-of address, if resolved.
     pub next_hop: Option<String>,
+    /// "admin" (`homeward bind`) or "registration".
+    #[serde(default)]
+    pub origin: String,
+    /// The SPI of the registration that made it.
+    #[serde(default)]
+    pub spi: Option<u32>,
 }
 
 /// Formats a MAC the usual way.

@@ -50,8 +50,8 @@ impl Homeward {
         args.extend([
             "--registration-keys".into(),
             keys.display().to_string(),
-            "--registration-state".into(),
-            dir.path().join("replay.json").display().to_string(),
+            "--state-dir".into(),
+            dir.path().join("state").display().to_string(),
             "--socket".into(),
             dir.path().join("ha.sock").display().to_string(),
         ]);

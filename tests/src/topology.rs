@@ -237,7 +237,14 @@ impl Topology {
             self.ha_wan.addr.to_string(),
             "--socket".into(),
             self.control_socket().to_string_lossy().into_owned(),
+            "--state-dir".into(),
+            self.state_dir().to_string_lossy().into_owned(),
         ]
+    }
+
+    /// homeward's state directory (bindings, replay state): `<ha dir>/state`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir().join("state")
     }
 
     /// Starts `homeward run ...` ([`Topology::homeward_run_args`] plus

@@ -459,6 +459,8 @@ fn one_armed_mode_tunnels_back_out_of_the_lan_interface() {
         "203.0.113.1",
         "--socket",
         socket.to_str().unwrap(),
+        "--state-dir",
+        lab.state_dir().to_str().unwrap(),
     ]);
     assert!(
         child.wait_for_output("homeward is running", Duration::from_secs(20)),

@@ -886,6 +886,8 @@ impl HomewardProc {
             .arg(wan_mtu.to_string())
             .arg("--socket")
             .arg(&socket)
+            .arg("--state-dir")
+            .arg(scratch.join(format!("homeward-q{}.state", lab.queues)))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)

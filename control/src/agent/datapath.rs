@@ -45,6 +45,9 @@ pub struct DataPathConfig {
     pub home_agents: Vec<Ipv4Addr>,
     /// AF_XDP queues (a tap has one).
     pub queues: u32,
+    /// Where the XDP program is pinned, so a restart after a crash
+    /// recognises and replaces the one this agent left.
+    pub pin_dir: std::path::PathBuf,
 }
 
 struct Served {
@@ -87,9 +90,14 @@ impl DataPath {
         for ha in &config.home_agents {
             neigh.track(*ha);
         }
-        let steering =
-            Steering::attach_foreign_agent(vm_link.index, uplink.index, config.address, MAX_SERVED)
-                .map_err(|e| dp_err("XDP steering", e))?;
+        let steering = Steering::attach_foreign_agent(
+            vm_link.index,
+            uplink.index,
+            config.address,
+            MAX_SERVED,
+            Some(&config.pin_dir),
+        )
+        .map_err(|e| dp_err("XDP steering", e))?;
         tracing::info!(
             mode = %steering.mode(),
             vm_link = %config.vm_link,

@@ -13,7 +13,36 @@ use dataplane::table::{Binding, TableWriter};
 use dataplane::xsk::WorkerShared;
 
 use super::announce::Announcer;
+use super::claims::Claims;
 use crate::proto::{format_mac, BindingInfo};
+use crate::store::{Origin, StoredBinding};
+
+/// The time, read once by the shell and handed in: the monotonic clock for
+/// timers, the wall clock for the store's absolute expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub mono: Instant,
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// Reads both clocks.
+    pub fn read() -> Now {
+        Now {
+            mono: Instant::now(),
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+/// When a binding ends, on both clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Expiry {
+    mono: Instant,
+    unix_ms: u64,
+}
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -21,7 +50,8 @@ struct Entry {
     vm_mac: Option<[u8; 6]>,
     slot: u32,
     refreshed: Instant,
-    expires: Option<Instant>,
+    expires: Option<Expiry>,
+    origin: Origin,
     /// Slot counters when the binding was made: a reused slot starts at zero.
     baseline: (u64, u64),
 }
@@ -65,6 +95,7 @@ pub struct Bindings {
     ha_addr: Ipv4Addr,
     lan_mac: [u8; 6],
     max_bindings: usize,
+    claims: Claims,
 }
 
 /// An address that can be neither a VM's home address nor a care-of address.
@@ -93,17 +124,78 @@ impl Bindings {
             ha_addr,
             lan_mac,
             max_bindings,
+            claims: Claims::default(),
+        }
+    }
+
+    /// The addresses nobody may bind (see [`Claims`]).
+    pub fn set_claims(&mut self, claims: Claims) {
+        self.claims = claims;
+    }
+
+    /// `vm`'s binding as the store keeps it.
+    pub fn stored(&self, vm: Ipv4Addr) -> Option<StoredBinding> {
+        self.entries.get(&vm).map(|e| StoredBinding {
+            vm,
+            care_of: e.care_of,
+            vm_mac: e.vm_mac,
+            expires_unix_ms: e.expires.map(|x| x.unix_ms),
+            origin: e.origin,
+        })
+    }
+
+    /// Binds what the store held, keeping its absolute expiry (a binding
+    /// already expired at `now` is refused).
+    pub fn restore(&mut self, now: Now, b: &StoredBinding) -> Result<BindOutcome, BindError> {
+        let expires = match b.expires_unix_ms {
+            None => None,
+            Some(t) if t <= now.unix_ms => {
+                return Err(BindError::Refused(format!("binding of {} expired", b.vm)))
+            }
+            Some(t) => Some(Expiry {
+                mono: now.mono + Duration::from_millis(t - now.unix_ms),
+                unix_ms: t,
+            }),
+        };
+        self.bind_until(now.mono, b.vm, b.care_of, expires, b.vm_mac, b.origin)
+    }
+
+    /// Undoes a change the store could not take: puts `vm` back as
+    /// `previous` (or removes it, without announcing anything, if it was not
+    /// bound).
+    pub fn revert(&mut self, now: Now, vm: Ipv4Addr, previous: Option<&StoredBinding>) {
+        let result = match previous {
+            Some(p) => {
+                // Never refused: it was bound a moment ago.
+                self.restore(now, p).map(|_| ()).or_else(|_| {
+                    self.remove_quietly(vm);
+                    Ok(())
+                })
+            }
+            None => {
+                self.remove_quietly(vm);
+                Ok::<(), BindError>(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(%vm, "cannot revert the binding: {e}");
+        }
+    }
+
+    /// Removes `vm` without handing its address back (a binding that was
+    /// never acknowledged).
+    fn remove_quietly(&mut self, vm: Ipv4Addr) {
+        if let Some(entry) = self.entries.remove(&vm) {
+            let _ = self.steering.unbind(vm);
+            self.table.remove(vm);
+            self.untrack(entry.care_of);
+            self.announcer.cancel(vm);
         }
     }
 
     /// The VM's own MAC, if known (for handing its address back).
     pub fn vm_mac(&self, vm: Ipv4Addr) -> Option<[u8; 6]> {
         self.entries.get(&vm).and_then(|e| e.vm_mac)
-    }
-
-    /// Whether `vm` is bound.
-    pub fn is_bound(&self, vm: Ipv4Addr) -> bool {
-        self.entries.contains_key(&vm)
     }
 
     /// The steering program, for its counters and mode.
@@ -119,15 +211,44 @@ impl Bindings {
     /// Bind `vm` to `care_of`. On any error nothing has changed.
     pub fn bind(
         &mut self,
-        now: Instant,
+        now: Now,
         vm: Ipv4Addr,
         care_of: Ipv4Addr,
         lifetime: Option<Duration>,
         vm_mac: Option<[u8; 6]>,
+        origin: Origin,
+    ) -> Result<BindOutcome, BindError> {
+        if lifetime == Some(Duration::ZERO) {
+            return Err(BindError::Refused(
+                "lifetime must be at least 1 second (unbind removes a binding)".into(),
+            ));
+        }
+        let expires = lifetime.map(|l| Expiry {
+            mono: now.mono + l,
+            unix_ms: now
+                .unix_ms
+                .saturating_add(u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
+        });
+        self.bind_until(now.mono, vm, care_of, expires, vm_mac, origin)
+    }
+
+    fn bind_until(
+        &mut self,
+        now: Instant,
+        vm: Ipv4Addr,
+        care_of: Ipv4Addr,
+        expires: Option<Expiry>,
+        vm_mac: Option<[u8; 6]>,
+        origin: Origin,
     ) -> Result<BindOutcome, BindError> {
         if unusable(vm) || vm == self.ha_addr {
             return Err(BindError::Refused(format!(
                 "{vm} cannot be a VM's home address"
+            )));
+        }
+        if let Some(why) = self.claims.refuse_home(vm) {
+            return Err(BindError::Refused(format!(
+                "{vm} cannot be a VM's home address: {why}"
             )));
         }
         if unusable(care_of) || care_of == self.ha_addr || care_of == vm {
@@ -135,10 +256,10 @@ impl Bindings {
                 "{care_of} cannot be a care-of address"
             )));
         }
-        if lifetime == Some(Duration::ZERO) {
-            return Err(BindError::Refused(
-                "lifetime must be at least 1 second (unbind removes a binding)".into(),
-            ));
+        if let Some(why) = self.claims.refuse_care_of(care_of) {
+            return Err(BindError::Refused(format!(
+                "{care_of} cannot be a care-of address: {why}"
+            )));
         }
         let previous = self.entries.get(&vm).cloned();
         // The XDP map holds `max_bindings`: refuse here, cleanly, before
@@ -191,7 +312,8 @@ impl Bindings {
                 vm_mac,
                 slot,
                 refreshed: now,
-                expires: lifetime.map(|l| now + l),
+                expires,
+                origin,
                 baseline,
             },
         );
@@ -225,20 +347,21 @@ impl Bindings {
         Ok(())
     }
 
-    /// Remove bindings whose lifetime has run out.
-    pub fn expire(&mut self, now: Instant) {
+    /// Remove bindings whose lifetime has run out; returns them.
+    pub fn expire(&mut self, now: Instant) -> Vec<Ipv4Addr> {
         let expired: Vec<Ipv4Addr> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.expires.is_some_and(|t| t <= now))
+            .filter(|(_, e)| e.expires.is_some_and(|t| t.mono <= now))
             .map(|(vm, _)| *vm)
             .collect();
-        for vm in expired {
+        for &vm in &expired {
             tracing::info!(%vm, "binding expired");
             if let Err(e) = self.unbind(now, vm) {
                 tracing::warn!(%vm, "cannot expire: {e}");
             }
         }
+        expired
     }
 
     /// Announcements due now, handed to `send`.
@@ -248,7 +371,11 @@ impl Bindings {
 
     /// The next time something must happen (an announcement or an expiry).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let expiry = self.entries.values().filter_map(|e| e.expires).min();
+        let expiry = self
+            .entries
+            .values()
+            .filter_map(|e| e.expires.map(|x| x.mono))
+            .min();
         match (expiry, self.announcer.next_due()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -273,11 +400,19 @@ impl Bindings {
                     vm_mac: e.vm_mac.map(format_mac),
                     expires_in: e
                         .expires
-                        .map(|t| t.saturating_duration_since(now).as_secs()),
+                        .map(|t| t.mono.saturating_duration_since(now).as_secs()),
                     age: now.saturating_duration_since(e.refreshed).as_secs(),
                     packets: packets.saturating_sub(e.baseline.0),
                     bytes: bytes.saturating_sub(e.baseline.1),
                     next_hop: egress.get(&e.care_of).copied().flatten().map(format_mac),
+                    origin: match e.origin {
+                        Origin::Admin => "admin".into(),
+                        Origin::Registration { .. } => "registration".into(),
+                    },
+                    spi: match e.origin {
+                        Origin::Admin => None,
+                        Origin::Registration { spi } => Some(spi),
+                    },
                 }
             })
             .collect()

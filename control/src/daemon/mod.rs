@@ -3,6 +3,8 @@
 
 mod announce;
 mod bindings;
+mod claims;
+mod denials;
 mod registration;
 pub(crate) mod server;
 mod stats;
@@ -23,7 +25,9 @@ use dataplane::xsk::{Command, FrameAccounting, QueueSockets, Worker, WorkerShare
 use crate::config::RunConfig;
 use crate::error::Error;
 use crate::proto::{parse_mac, Reply, Request};
-use bindings::Bindings;
+use crate::store::{Change, Origin, SqliteStore, Store};
+use bindings::{Bindings, Now};
+use claims::Claims;
 use server::ControlSocket;
 
 /// Everything a running home agent holds.
@@ -35,6 +39,8 @@ struct Daemon {
     started: Instant,
     /// RFC 5944 registration, if a key file is configured.
     registration: Option<registration::Registration>,
+    /// Where every binding change is made durable before it is acknowledged.
+    store: Box<dyn Store>,
 }
 
 /// Is the effective user root? Read from /proc so no unsafe is needed here.
@@ -69,12 +75,25 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
         None => None,
     };
     let socket = ControlSocket::bind(&config.socket)?;
+    // The store before the data path: a damaged one stops us before
+    // anything is attached.
+    let mut store = SqliteStore::open(&config.state_dir)?;
+    let snapshot = store.load(Now::read().unix_ms)?;
+    tracing::info!(
+        store = %store.path().display(),
+        bindings = snapshot.bindings.len(),
+        expired = snapshot.expired,
+        replay = snapshot.replay.len(),
+        "state store loaded"
+    );
+    let claims = claims(config.address, lan.index, wan.as_ref().map(|w| w.index))?;
     let registration = match &config.registration {
         Some(r) => Some(registration::Registration::start(
             r,
             config.address,
             lan.index,
             || neigh::ipv4_prefixes(lan.index).map_err(|e| e.to_string()),
+            snapshot.replay.clone(),
         )?),
         None => {
             tracing::info!(
@@ -94,10 +113,12 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     }
     let (neigh, neigh_reader) =
         neigh::spawn(ifindexes, lan.index).map_err(|e| Error::Dataplane(e.to_string()))?;
+    let pin = crate::common::bpf_pin_dir("ha", &config.state_dir);
     let steering = Steering::attach(
         lan.index,
         wan.as_ref().map(|w| w.index),
         config.max_bindings,
+        Some(&pin),
     )
     .map_err(|e| Error::Dataplane(e.to_string()))?;
     tracing::info!(mode = %steering.mode(), lan = %config.lan, wan = ?config.wan, "XDP steering attached");
@@ -169,21 +190,25 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     })
     .map_err(|e| Error::Dataplane(format!("cannot install the signal handler: {e}")))?;
 
+    let mut bindings = Bindings::new(
+        table,
+        steering,
+        neigh,
+        workers.clone(),
+        config.address,
+        lan.mac,
+        config.max_bindings as usize,
+    );
+    bindings.set_claims(claims);
+    restore(&mut bindings, &snapshot.bindings);
     let mut daemon = Daemon {
-        bindings: Bindings::new(
-            table,
-            steering,
-            neigh,
-            workers.clone(),
-            config.address,
-            lan.mac,
-            config.max_bindings as usize,
-        ),
+        bindings,
         config,
         workers,
         announce: announce_tx,
         started: Instant::now(),
         registration,
+        store: Box::new(store),
     };
     daemon.serve(&socket, &stop_rx);
 
@@ -201,7 +226,54 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     Ok(accounting)
 }
 
+/// The home agent's own addresses and home subnets, which nobody may bind.
+fn claims(address: Ipv4Addr, lan: u32, wan: Option<u32>) -> Result<Claims, Error> {
+    let mut own = vec![address];
+    let mut prefixes = Vec::new();
+    for (i, ifindex) in std::iter::once(lan).chain(wan).enumerate() {
+        let list = neigh::ipv4_prefixes(ifindex).map_err(|e| {
+            Error::Dataplane(format!(
+                "cannot read the addresses of ifindex {ifindex}: {e}"
+            ))
+        })?;
+        for (a, len) in list {
+            own.push(a);
+            // The LAN's prefixes are home subnets.
+            if i == 0 {
+                prefixes.push((a, len));
+            }
+        }
+    }
+    Ok(Claims::new(own, prefixes))
+}
+
+/// Binds what the store held; what cannot be bound any more is logged.
+fn restore(bindings: &mut Bindings, stored: &[crate::store::StoredBinding]) {
+    let now = Now::read();
+    let mut restored = 0;
+    for b in stored {
+        match bindings.restore(now, b) {
+            Ok(_) => restored += 1,
+            Err(e) => tracing::warn!(vm = %b.vm, "stored binding not restored: {e}"),
+        }
+    }
+    if restored > 0 {
+        tracing::info!(restored, "bindings restored from the state store");
+    }
+}
+
 impl Daemon {
+    /// `homeward unbind`: removed, made durable, acknowledged.
+    fn unbind(&mut self, now: Now, vm: Ipv4Addr) -> Result<serde_json::Value, String> {
+        let previous = self.bindings.stored(vm);
+        self.bindings.unbind(now.mono, vm)?;
+        if let Err(e) = self.store.commit(&[Change::Delete(vm)]) {
+            self.bindings.revert(now, vm, previous.as_ref());
+            return Err(format!("cannot unbind {vm}: {e}"));
+        }
+        Ok(serde_json::json!({ "vm": vm }))
+    }
+
     fn serve(&mut self, socket: &ControlSocket, stop: &Receiver<()>) {
         let datagrams = self
             .registration
@@ -222,17 +294,40 @@ impl Daemon {
                 }
                 recv(datagrams) -> d => {
                     if let (Ok(d), Some(r)) = (d, self.registration.as_mut()) {
-                        r.handle(d, &mut self.bindings, Instant::now());
+                        // Group commit: what queued up meanwhile shares
+                        // this burst's store commit.
+                        let mut burst = vec![d];
+                        while burst.len() < registration::BURST {
+                            match datagrams.try_recv() {
+                                Ok(d) => burst.push(d),
+                                Err(_) => break,
+                            }
+                        }
+                        r.handle_burst(burst, &mut self.bindings, &mut *self.store, Now::read());
                     }
                 }
                 recv(stop) -> _ => {
                     tracing::info!("stopping");
+                    if let Some(r) = self.registration.as_mut() {
+                        r.summarize(Instant::now(), true);
+                    }
                     return;
                 }
                 default(wait) => {}
             }
             let now = Instant::now();
-            self.bindings.expire(now);
+            let expired = self.bindings.expire(now);
+            if !expired.is_empty() {
+                let deletes: Vec<Change> = expired.into_iter().map(Change::Delete).collect();
+                // Not acknowledged to anyone; a binding left in the store
+                // is dropped as expired at the next start anyway.
+                if let Err(e) = self.store.commit(&deletes) {
+                    tracing::warn!("expired bindings not removed from the store: {e}");
+                }
+            }
+            if let Some(r) = self.registration.as_mut() {
+                r.summarize(now, false);
+            }
             let announce = &self.announce;
             self.bindings.run_announcements(now, |addr, mac| {
                 let _ = announce.send(Command::Announce { addr, mac });
@@ -241,18 +336,16 @@ impl Daemon {
     }
 
     fn handle(&mut self, req: Request) -> Reply {
-        let now = Instant::now();
+        let clock = Now::read();
+        let now = clock.mono;
         let result = match req {
             Request::Bind {
                 vm,
                 care_of,
                 lifetime,
                 vm_mac,
-            } => self.bind(now, vm, care_of, lifetime, vm_mac.as_deref()),
-            Request::Unbind { vm } => self
-                .bindings
-                .unbind(now, vm)
-                .map(|()| serde_json::json!({ "vm": vm })),
+            } => self.bind(clock, vm, care_of, lifetime, vm_mac.as_deref()),
+            Request::Unbind { vm } => self.unbind(clock, vm),
             Request::List {} => {
                 serde_json::to_value(self.bindings.list(now)).map_err(|e| e.to_string())
             }
@@ -269,9 +362,11 @@ impl Daemon {
         }
     }
 
+    /// `homeward bind`: applied, then made durable, then acknowledged; if
+    /// the store fails, the binding is put back as it was.
     fn bind(
         &mut self,
-        now: Instant,
+        now: Now,
         vm: Ipv4Addr,
         care_of: Ipv4Addr,
         lifetime: Option<u32>,
@@ -282,7 +377,18 @@ impl Daemon {
             None => None,
         };
         let lifetime = lifetime.map(|s| Duration::from_secs(s.into()));
-        let outcome = self.bindings.bind(now, vm, care_of, lifetime, mac)?;
+        let previous = self.bindings.stored(vm);
+        let outcome = self
+            .bindings
+            .bind(now, vm, care_of, lifetime, mac, Origin::Admin)?;
+        let stored = self
+            .bindings
+            .stored(vm)
+            .ok_or_else(|| format!("cannot bind {vm}: binding vanished"))?;
+        if let Err(e) = self.store.commit(&[Change::Put(stored)]) {
+            self.bindings.revert(now, vm, previous.as_ref());
+            return Err(format!("cannot bind {vm}: {e}"));
+        }
         Ok(serde_json::json!({
             "vm": vm,
             "care_of": care_of,

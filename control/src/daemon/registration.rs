@@ -1,7 +1,9 @@
 //! RFC 5944 registration in the daemon: a thread reads datagrams from UDP
 //! port 434 on the home agent's address and hands them to the control
-//! loop, which runs the pure handler with the binding manager as its sink
-//! (so bindings keep a single writer) and sends the reply.
+//! loop, which runs the pure handler on a burst of them with the binding
+//! manager as its sink (so bindings keep a single writer), makes the
+//! burst's binding and replay changes durable in one store commit (group
+//! commit), and only then sends the replies.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
@@ -13,17 +15,24 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam::channel::{self, Receiver, Sender};
 use serde_json::{json, Value};
 
-use super::bindings::{BindError, Bindings};
+use super::bindings::{BindError, Bindings, Now};
+use super::denials::DenialSummary;
 use crate::config::RegistrationConfig;
 use crate::error::Error;
 use crate::registration::home_agent::{Action, BindingSink, Denial, HomeAgent, HomeAgentConfig};
 use crate::registration::keys::{KeyFile, Prefix};
 use crate::registration::replay::ReplayGuard;
-use crate::registration::wire::{self, code_meaning};
+use crate::registration::wire;
+use crate::store::{Change, Origin, Store, StoredBinding};
 
 /// Datagrams waiting for the control loop; more are dropped (and counted)
 /// rather than queued without bound.
 const QUEUE: usize = 1024;
+/// Most datagrams handled per store commit.
+pub(super) const BURST: usize = 256;
+/// The socket's receive buffer: a burst of honest registrations from many
+/// agents fits while the control loop commits.
+const RCVBUF: usize = 4 << 20;
 /// How often the reader thread looks at its stop flag.
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -39,6 +48,10 @@ struct Counters {
     replies: BTreeMap<u8, u64>,
     dropped: u64,
     last_error: Option<String>,
+    /// Store commits, and the datagrams they carried.
+    commits: u64,
+    committed_datagrams: u64,
+    commit_failures: u64,
 }
 
 /// The registration service: socket, reader thread, handler, counters.
@@ -51,6 +64,7 @@ pub(super) struct Registration {
     queue_full: Arc<AtomicU64>,
     counters: Counters,
     lan_index: u32,
+    denials: DenialSummary,
 }
 
 impl Registration {
@@ -61,10 +75,10 @@ impl Registration {
         address: std::net::Ipv4Addr,
         lan_index: u32,
         lan_prefixes: impl FnOnce() -> Result<Vec<(std::net::Ipv4Addr, u8)>, String>,
+        replay_state: crate::store::ReplayState,
     ) -> Result<Registration, Error> {
         let keys = KeyFile::load(&config.keys).map_err(|e| Error::Invalid(e.to_string()))?;
-        let replay = ReplayGuard::load(&config.state, config.replay_window)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let replay = ReplayGuard::new(config.replay_window, replay_state);
         let home_prefixes = match &config.home_prefix {
             Some(p) => p.clone(),
             None => lan_prefixes()
@@ -85,6 +99,7 @@ impl Registration {
         socket
             .set_read_timeout(Some(READ_TIMEOUT))
             .map_err(|e| Error::Invalid(format!("registration socket: {e}")))?;
+        set_rcvbuf(&socket, RCVBUF);
         let socket = Arc::new(socket);
         let (tx, rx) = channel::bounded(QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
@@ -105,7 +120,6 @@ impl Registration {
             home_prefixes = %home_prefixes.iter().map(Prefix::to_string).collect::<Vec<_>>().join(","),
             replay_window = config.replay_window.as_secs(),
             max_lifetime = config.max_lifetime,
-            state = %config.state.display(),
             "registration enabled"
         );
         Ok(Registration {
@@ -125,6 +139,7 @@ impl Registration {
             queue_full,
             counters: Counters::default(),
             lan_index,
+            denials: DenialSummary::new(Instant::now()),
         })
     }
 
@@ -133,54 +148,142 @@ impl Registration {
         &self.rx
     }
 
-    /// Runs the handler on one datagram, applies its action to `bindings`,
-    /// sends the reply and logs one line.
-    pub fn handle(&mut self, d: Datagram, bindings: &mut Bindings, now: Instant) {
-        let mut sink = Sink {
-            bindings,
-            now,
-            lan_index: self.lan_index,
-            error: None,
-        };
-        let outcome = self
-            .handler
-            .handle(&d.bytes, d.from, SystemTime::now(), &mut sink);
-        let sink_error = sink.error.take();
-        let Some(code) = outcome.code else {
-            self.counters.dropped += 1;
-            tracing::debug!(from = %d.from, reason = outcome.reason, "registration datagram dropped");
-            return;
-        };
-        *self.counters.replies.entry(code).or_insert(0) += 1;
-        let home = outcome
-            .home_address
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let care_of = outcome.care_of.map(|a| a.to_string()).unwrap_or_default();
-        let spi = outcome.spi.unwrap_or(0);
-        if code <= wire::code::ACCEPTED_NO_SIMULTANEOUS {
-            let lifetime = match outcome.action {
-                Some(Action::Bind { lifetime, .. }) => lifetime,
-                _ => 0,
+    /// Runs the handler on a burst of datagrams, commits their binding and
+    /// replay changes to `store` in one transaction, then sends the
+    /// replies. If the commit fails, every change of the burst is undone
+    /// and no accept is sent (the agents retransmit).
+    pub fn handle_burst(
+        &mut self,
+        burst: Vec<Datagram>,
+        bindings: &mut Bindings,
+        store: &mut dyn Store,
+        now: Now,
+    ) {
+        let mut changes = Vec::new();
+        let mut undo: Vec<Undo> = Vec::new();
+        let mut replies: Vec<(Vec<u8>, SocketAddrV4, bool)> = Vec::new();
+        let mut accepted_lines = Vec::new();
+        for d in &burst {
+            let mut sink = Sink {
+                bindings,
+                now,
+                lan_index: self.lan_index,
+                error: None,
+                previous: None,
             };
-            tracing::info!(from = %d.from, spi, home = %home, care_of = %care_of, lifetime, code, "registration accepted: {}", outcome.reason);
-        } else {
-            let detail = sink_error.as_deref().unwrap_or(outcome.reason);
-            tracing::warn!(from = %d.from, spi, home = %home, care_of = %care_of, code, "registration denied: {} ({detail})", code_meaning(code));
-            self.counters.last_error =
-                Some(format!("{} from {}: code {code} ({detail})", home, d.from));
-        }
-        if let Some(e) = &outcome.persist_error {
-            tracing::error!(
-                "registration replay state not saved, replays possible after a restart: {e}"
-            );
-            self.counters.last_error = Some(e.clone());
-        }
-        if let Some(reply) = &outcome.reply {
-            if let Err(e) = self.socket.send_to(reply, d.from) {
-                tracing::warn!(to = %d.from, "cannot send the registration reply: {e}");
-                self.counters.last_error = Some(format!("send to {}: {e}", d.from));
+            let outcome = self
+                .handler
+                .handle(&d.bytes, d.from, SystemTime::now(), &mut sink);
+            let (sink_error, previous) = (sink.error.take(), sink.previous.take());
+            let Some(code) = outcome.code else {
+                self.counters.dropped += 1;
+                self.denials.record(*d.from.ip(), 0, outcome.reason);
+                continue;
+            };
+            *self.counters.replies.entry(code).or_insert(0) += 1;
+            let accepted = code <= wire::code::ACCEPTED_NO_SIMULTANEOUS;
+            if accepted {
+                if let Some(action) = outcome.action {
+                    let vm = match action {
+                        Action::Bind { vm, .. } | Action::Deregister { vm } => vm,
+                    };
+                    changes.push(match bindings.stored(vm) {
+                        Some(b) => Change::Put(b),
+                        None => Change::Delete(vm),
+                    });
+                    undo.push(Undo::Binding(vm, previous));
+                }
+                if let Some(r) = outcome.replay {
+                    changes.push(Change::Replay {
+                        spi: r.spi,
+                        home: r.home,
+                        id: r.id,
+                    });
+                    undo.push(Undo::Replay(r));
+                }
+                let lifetime = match outcome.action {
+                    Some(Action::Bind { lifetime, .. }) => lifetime,
+                    _ => 0,
+                };
+                accepted_lines.push((
+                    d.from,
+                    outcome.spi.unwrap_or(0),
+                    outcome.home_address,
+                    outcome.care_of,
+                    lifetime,
+                    code,
+                    outcome.reason,
+                ));
+            } else {
+                self.denials.record(*d.from.ip(), code, outcome.reason);
+                let detail = sink_error.as_deref().unwrap_or(outcome.reason);
+                self.counters.last_error = Some(format!(
+                    "{} from {}: code {code} ({detail})",
+                    outcome
+                        .home_address
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    d.from
+                ));
             }
+            if let Some(reply) = outcome.reply {
+                replies.push((reply, d.from, accepted));
+            }
+        }
+
+        let committed = if changes.is_empty() {
+            true
+        } else {
+            match store.commit(&changes) {
+                Ok(()) => {
+                    self.counters.commits += 1;
+                    self.counters.committed_datagrams += burst.len() as u64;
+                    true
+                }
+                Err(e) => {
+                    tracing::error!("registrations not acknowledged, undone: {e}");
+                    self.counters.commit_failures += 1;
+                    self.counters.last_error = Some(e.to_string());
+                    for u in undo.iter().rev() {
+                        match u {
+                            Undo::Binding(vm, previous) => {
+                                bindings.revert(now, *vm, previous.as_ref())
+                            }
+                            Undo::Replay(r) => self.handler.undo_replay(r),
+                        }
+                    }
+                    false
+                }
+            }
+        };
+        if committed {
+            for (from, spi, home, care_of, lifetime, code, reason) in accepted_lines {
+                let home = home.map(|a| a.to_string()).unwrap_or_default();
+                let care_of = care_of.map(|a| a.to_string()).unwrap_or_default();
+                tracing::info!(%from, spi, home = %home, care_of = %care_of, lifetime, code, "registration accepted: {reason}");
+            }
+        }
+        for (reply, to, accepted) in replies {
+            if accepted && !committed {
+                continue;
+            }
+            if let Err(e) = self.socket.send_to(&reply, to) {
+                tracing::debug!(%to, "cannot send the registration reply: {e}");
+                self.counters.last_error = Some(format!("send to {to}: {e}"));
+            }
+        }
+    }
+
+    /// Writes the denial summary if its period is over, or at once with
+    /// `now_anyway` (at exit).
+    pub fn summarize(&mut self, now: Instant, now_anyway: bool) {
+        let lines = if now_anyway {
+            self.denials.flush_now(now)
+        } else {
+            self.denials.flush(now)
+        };
+        for line in lines.unwrap_or_default() {
+            tracing::warn!("{line}");
         }
     }
 
@@ -213,6 +316,9 @@ impl Registration {
             "replies": replies,
             "dropped": self.counters.dropped,
             "queue_full": self.queue_full.load(Ordering::Relaxed),
+            "commits": self.counters.commits,
+            "committed_datagrams": self.counters.committed_datagrams,
+            "commit_failures": self.counters.commit_failures,
             "last_error": self.counters.last_error,
         })
     }
@@ -263,13 +369,22 @@ fn read_loop(socket: &UdpSocket, tx: &Sender<Datagram>, stop: &AtomicBool, queue
     }
 }
 
+/// What to undo if a burst's commit fails.
+enum Undo {
+    /// The VM's binding before the change.
+    Binding(std::net::Ipv4Addr, Option<StoredBinding>),
+    Replay(crate::registration::home_agent::ReplayCommit),
+}
+
 /// The binding manager as the handler's sink.
 struct Sink<'a> {
     bindings: &'a mut Bindings,
-    now: Instant,
+    now: Now,
     lan_index: u32,
     /// The binding manager's own message for a refusal, for the log.
     error: Option<String>,
+    /// The binding before the applied change.
+    previous: Option<StoredBinding>,
 }
 
 impl BindingSink for Sink<'_> {
@@ -280,7 +395,9 @@ impl BindingSink for Sink<'_> {
                 care_of,
                 lifetime,
                 reverse_tunnel: _,
+                spi,
             } => {
+                self.previous = self.bindings.stored(vm);
                 // The VM's MAC, for the gratuitous ARP that hands its address
                 // back when the binding ends: the HA still has it from when
                 // the VM was at home (a STALE entry will do).
@@ -297,7 +414,14 @@ impl BindingSink for Sink<'_> {
                 };
                 let lifetime = Duration::from_secs(lifetime.into());
                 self.bindings
-                    .bind(self.now, vm, care_of, Some(lifetime), mac)
+                    .bind(
+                        self.now,
+                        vm,
+                        care_of,
+                        Some(lifetime),
+                        mac,
+                        Origin::Registration { spi },
+                    )
                     .map(|_| ())
                     .map_err(|e| {
                         let d = match &e {
@@ -311,14 +435,39 @@ impl BindingSink for Sink<'_> {
             }
             Action::Deregister { vm } => {
                 // Deregistering what is not bound is already done.
-                if !self.bindings.is_bound(vm) {
+                self.previous = self.bindings.stored(vm);
+                if self.previous.is_none() {
                     return Ok(());
                 }
-                self.bindings.unbind(self.now, vm).map_err(|e| {
+                self.bindings.unbind(self.now.mono, vm).map_err(|e| {
                     self.error = Some(e);
                     Denial::Unspecified
                 })
             }
         }
+    }
+}
+
+/// Asks for a larger receive buffer; the kernel caps it at rmem_max, which
+/// is fine (the log says what we got).
+fn set_rcvbuf(socket: &UdpSocket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&value`,
+    // which lives across the call; the fd is the socket's own.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(
+            "registration socket: cannot set SO_RCVBUF: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

@@ -40,6 +40,10 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
             "steered_ipip": c.steered_ipip,
             "passed": c.passed,
             "no_socket": c.no_socket,
+            "malformed_l2": c.malformed_l2,
+            "malformed_l3": c.malformed_l3,
+            "unknown_ingress": c.unknown_ingress,
+            "dropped_ipip": c.dropped_ipip,
         }),
         Err(e) => json!({ "error": e.to_string() }),
     };

@@ -1,6 +1,6 @@
 //! The home agent's side of registration, as a pure handler: a datagram
-//! in, a reply and at most one binding change out. It does no I/O besides
-//! the replay state file and reads no clock (`now` is an argument), so the
+//! in, a reply, at most one binding change and the Identification to store
+//! out. It does no I/O and reads no clock (`now` is an argument), so the
 //! daemon drives it from its control loop and tests drive it in memory.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -32,6 +32,8 @@ pub enum Action {
         /// Granted lifetime, seconds (never 0).
         lifetime: u16,
         reverse_tunnel: bool,
+        /// The SPI that authenticated it (the binding's origin).
+        spi: u32,
     },
     Deregister {
         vm: Ipv4Addr,
@@ -79,8 +81,19 @@ pub struct Outcome {
     pub spi: Option<u32>,
     pub home_address: Option<Ipv4Addr>,
     pub care_of: Option<Ipv4Addr>,
-    /// The replay state was accepted in memory but could not be persisted.
-    pub persist_error: Option<String>,
+    /// The Identification accepted (only on accept): the caller stores it
+    /// with the binding change before the reply goes out, or hands it back
+    /// to [`HomeAgent::undo_replay`] if the store fails.
+    pub replay: Option<ReplayCommit>,
+}
+
+/// An accepted Identification, with what it replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayCommit {
+    pub spi: u32,
+    pub home: Ipv4Addr,
+    pub id: u64,
+    pub previous: Option<u64>,
 }
 
 impl Outcome {
@@ -93,7 +106,7 @@ impl Outcome {
             spi: None,
             home_address: None,
             care_of: None,
-            persist_error: None,
+            replay: None,
         }
     }
 }
@@ -184,7 +197,7 @@ impl HomeAgent {
 
         // Replay protection (RFC 5944 §5.7).
         let now_ntp = ntp_timestamp(now);
-        if let Err(stale) = self.replay.check(auth.spi, id, now_ntp) {
+        if let Err(stale) = self.replay.check(auth.spi, req.home_address(), id, now_ntp) {
             // The HA's clock in the high bits, the request's low bits kept
             // so the agent can match the reply and resynchronise.
             let resync = (now_ntp & 0xffff_ffff_0000_0000) | (id & 0xffff_ffff);
@@ -277,6 +290,7 @@ impl HomeAgent {
                     care_of,
                     lifetime: granted,
                     reverse_tunnel: req.flags() & flags::T != 0,
+                    spi: auth.spi,
                 },
                 granted,
             )
@@ -291,9 +305,13 @@ impl HomeAgent {
             );
         }
         // Only an accepted request moves the replay state.
-        if let Err(e) = self.replay.commit(auth.spi, id) {
-            out.persist_error = Some(e.to_string());
-        }
+        let previous = self.replay.commit(auth.spi, home, id);
+        out.replay = Some(ReplayCommit {
+            spi: auth.spi,
+            home,
+            id,
+            previous,
+        });
         out.action = Some(action);
         // No simultaneous bindings here: say so if they were asked for.
         let c = if req.flags() & flags::S != 0 {
@@ -307,6 +325,12 @@ impl HomeAgent {
             "registered"
         };
         self.finish(out, &req, c, reason, Some(&entry), id, granted)
+    }
+
+    /// Takes back an accepted Identification whose commit failed, so the
+    /// agent's retransmission of the same request is not a replay.
+    pub fn undo_replay(&mut self, c: &ReplayCommit) {
+        self.replay.restore(c.spi, c.home, c.previous);
     }
 
     fn in_home(&self, a: Ipv4Addr) -> bool {
@@ -418,7 +442,7 @@ key = "ffeeddccbbaa99887766554433221100"
                 max_lifetime: 600,
             },
             KeyFile::parse(KEYS).unwrap(),
-            ReplayGuard::in_memory(Duration::from_secs(7)),
+            ReplayGuard::new(Duration::from_secs(7), []),
         )
     }
 
@@ -484,7 +508,8 @@ key = "ffeeddccbbaa99887766554433221100"
                 vm: VM,
                 care_of: COA,
                 lifetime: 60,
-                reverse_tunnel: true
+                reverse_tunnel: true,
+                spi: 256,
             })
         );
         let (c, life, id, authed) = reply(&o, 256);
