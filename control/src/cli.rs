@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// (default /var/lib/homeward); one daemon per directory.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// The bpf filesystem to pin the XDP program in, so that a restart
+    /// after a crash recognises it (default /sys/fs/bpf).
+    #[arg(long)]
+    pub bpffs: Option<PathBuf>,
     /// TOML file with the same settings; flags take precedence.
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -2,14 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-/// Where homeward's instances pin their XDP program in bpffs.
-pub const BPF_PIN_ROOT: &str = "/sys/fs/bpf/homeward";
+/// The bpf filesystem homeward pins its XDP program in, unless told
+/// otherwise (`--bpffs`). Mounted there if it is not yet.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
-/// The bpffs directory of one instance, named after what identifies it (the
-/// home agent's state directory, the agent's control socket), so that a
-/// restart with the same settings finds what the previous run left, and
-/// two instances never share one.
-pub fn bpf_pin_dir(role: &str, key: &Path) -> PathBuf {
+/// The pin directory of one instance under the bpffs mount `bpffs`, named
+/// after what identifies the instance (the home agent's state directory,
+/// the agent's control socket), so that a restart with the same settings
+/// finds what the previous run left, and two instances never share one.
+pub fn bpf_pin_dir(bpffs: &Path, role: &str, key: &Path) -> PathBuf {
     let key: String = key
         .to_string_lossy()
         .trim_matches('/')
@@ -24,7 +25,7 @@ pub fn bpf_pin_dir(role: &str, key: &Path) -> PathBuf {
         .collect();
     // bpffs names, like any, stop at 255 bytes; keep the distinctive tail.
     let key = &key[key.len().saturating_sub(200)..];
-    Path::new(BPF_PIN_ROOT).join(format!("{role}-{key}"))
+    bpffs.join("homeward").join(format!("{role}-{key}"))
 }
 
 #[cfg(test)]
@@ -34,15 +35,19 @@ mod tests {
     #[test]
     fn pin_dirs_are_distinct_and_tame() {
         assert_eq!(
-            bpf_pin_dir("ha", Path::new("/var/lib/homeward")),
+            bpf_pin_dir(
+                Path::new(DEFAULT_BPFFS),
+                "ha",
+                Path::new("/var/lib/homeward")
+            ),
             Path::new("/sys/fs/bpf/homeward/ha-var_lib_homeward")
         );
         assert_ne!(
-            bpf_pin_dir("ha", Path::new("/tmp/a/state")),
-            bpf_pin_dir("ha", Path::new("/tmp/b/state"))
+            bpf_pin_dir(Path::new("/b"), "ha", Path::new("/tmp/a/state")),
+            bpf_pin_dir(Path::new("/b"), "ha", Path::new("/tmp/b/state"))
         );
         let long = "x/".repeat(300);
-        let d = bpf_pin_dir("agent", Path::new(&long));
+        let d = bpf_pin_dir(Path::new("/b"), "agent", Path::new(&long));
         assert!(d.file_name().unwrap().len() < 255);
     }
 }

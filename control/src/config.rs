@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub worker_cpus: Option<Vec<usize>>,
     /// Directory of the durable store (bindings, replay state).
     pub state_dir: Option<PathBuf>,
+    /// The bpf filesystem the XDP program is pinned in.
+    pub bpffs: Option<PathBuf>,
     /// RFC 5944 registration (UDP port 434 on `address`).
     pub registration: Option<RegistrationFile>,
 }
@@ -88,6 +90,8 @@ pub struct RunConfig {
     pub worker_cpus: Vec<usize>,
     /// The durable store's directory.
     pub state_dir: PathBuf,
+    /// The bpf filesystem the XDP program is pinned in.
+    pub bpffs: PathBuf,
     /// `None`: registration is off (no key file).
     pub registration: Option<RegistrationConfig>,
 }
@@ -202,6 +206,11 @@ impl RunConfig {
                 .clone()
                 .or(file.state_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            bpffs: args
+                .bpffs
+                .clone()
+                .or(file.bpffs)
+                .unwrap_or_else(|| PathBuf::from(crate::common::DEFAULT_BPFFS)),
             registration: RegistrationConfig::merge(args, file.registration.unwrap_or_default())?,
         };
         config.validate()?;

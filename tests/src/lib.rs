@@ -21,6 +21,7 @@ pub mod agent;
 pub mod capture;
 pub mod decode;
 pub mod homeward_lab;
+pub mod inns;
 pub mod link;
 pub mod migration_lab;
 pub mod netns;

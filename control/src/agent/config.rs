@@ -33,6 +33,10 @@ pub struct AgentArgs {
     /// Control socket path (overrides `socket`).
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// The bpf filesystem to pin the XDP program in, so that a restart
+    /// after a crash recognises it (default /sys/fs/bpf).
+    #[arg(long)]
+    pub bpffs: Option<PathBuf>,
 }
 
 /// The agent's config file. Unknown keys are errors, so a typo cannot
@@ -52,6 +56,8 @@ pub struct AgentFile {
     #[serde(default = "default_queues")]
     pub queues: u32,
     pub socket: Option<PathBuf>,
+    /// The bpf filesystem the XDP program is pinned in.
+    pub bpffs: Option<PathBuf>,
     #[serde(default)]
     pub vm: Vec<VmFile>,
 }
@@ -119,6 +125,7 @@ pub struct AgentConfig {
     pub reverse_tunnel: bool,
     pub queues: u32,
     pub socket: PathBuf,
+    pub bpffs: PathBuf,
     pub vms: Vec<VmConfig>,
 }
 
@@ -239,6 +246,11 @@ impl AgentConfig {
                 .clone()
                 .or(file.socket)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET)),
+            bpffs: args
+                .bpffs
+                .clone()
+                .or(file.bpffs)
+                .unwrap_or_else(|| PathBuf::from(crate::common::DEFAULT_BPFFS)),
             vms,
         })
     }
@@ -280,6 +292,7 @@ qmp = "/run/homeward/db1.qmp"
             config: "/etc/homeward/agent.toml".into(),
             vm_link: None,
             socket: None,
+            bpffs: None,
         }
     }
 

@@ -461,7 +461,7 @@ pub fn run(args: &AgentArgs) -> Result<Vec<FrameAccounting>, Error> {
         address: config.address,
         home_agents: config.home_agents(),
         queues: config.queues,
-        pin_dir: crate::common::bpf_pin_dir("agent", &config.socket),
+        pin_dir: crate::common::bpf_pin_dir(&config.bpffs, "agent", &config.socket),
     })?;
     let mut agent = Agent::new(&config, datapath, job_senders);
 

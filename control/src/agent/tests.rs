@@ -58,6 +58,7 @@ fn agent(fail_serve: bool) -> (Agent<Recorder>, Vec<Receiver<Job>>) {
         reverse_tunnel: true,
         queues: 1,
         socket: "/tmp/x".into(),
+        bpffs: "/sys/fs/bpf".into(),
         // web1 is away from home here; local1's home subnet is this one.
         vms: vec![vm("web1", WEB1, 256), vm("local1", LOCAL1, 257)],
     };

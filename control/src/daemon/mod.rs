@@ -113,7 +113,7 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     }
     let (neigh, neigh_reader) =
         neigh::spawn(ifindexes, lan.index).map_err(|e| Error::Dataplane(e.to_string()))?;
-    let pin = crate::common::bpf_pin_dir("ha", &config.state_dir);
+    let pin = crate::common::bpf_pin_dir(&config.bpffs, "ha", &config.state_dir);
     let steering = Steering::attach(
         lan.index,
         wan.as_ref().map(|w| w.index),
