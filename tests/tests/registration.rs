@@ -480,3 +480,173 @@ fn scapy_built_hmac_md5_request_interoperates() {
     assert_eq!(b["care_of"], "198.51.100.2");
     stop_clean(ha);
 }
+
+/// Signed requests and `homeward bind` for the home agent's own addresses
+/// (LAN and WAN) and the home subnet's network and broadcast addresses are
+/// refused (129), and nothing is bound.
+#[test]
+fn claims_on_the_gateways_own_addresses_are_refused() {
+    require_root();
+    let lab = Topology::home_agent_lab("rgc");
+    let f = files();
+    let ha = start(&lab, &f, &[]);
+    // SPI 300 may register anything in 192.0.2.0/24.
+    for home in ["192.0.2.1", "192.0.2.0", "192.0.2.255"] {
+        let r = send(
+            &lab,
+            &[
+                "--home", home, "--spi", "300", "--key", MD5_KEY, "--alg", "md5",
+            ],
+        );
+        assert_eq!(code(&r), Some(129), "{home}: {r}");
+        assert_eq!(r["reply"]["auth_ok"], true, "{home}: {r}");
+    }
+    for (vm, care_of) in [
+        ("192.0.2.1", "198.51.100.2"),
+        ("198.51.100.1", "203.0.113.9"),
+        ("192.0.2.0", "198.51.100.2"),
+        ("192.0.2.255", "198.51.100.2"),
+        ("192.0.2.50", "192.0.2.1"),
+    ] {
+        let sock = lab.control_socket();
+        let out = lab.homeward_cli(&["bind", vm, care_of, "--socket", sock.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("cannot be a"),
+            "bind {vm} {care_of}: {err}"
+        );
+    }
+    assert!(ha.list().is_empty());
+    assert_eq!(ha.registration_stats()["replies"]["129"], 3);
+    stop_clean(ha);
+}
+
+/// Forged registrations as fast as one core sends them, for 10 s, while an
+/// honest agent registers every 200 ms: the honest ones are accepted
+/// within 1 s, homeward's CPU stays bounded and its log small.
+#[test]
+fn a_forged_flood_does_not_starve_honest_registrations() {
+    use homeward::registration::wire::{flags, RequestFields};
+    use homeward::registration::{KeyFile, RegistrationClient, RegistrationParams};
+    use homeward_tests::inns::spawn_in_netns;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    require_root();
+    let lab = Topology::home_agent_lab("rgf");
+    let f = files();
+    let ha = start(&lab, &f, &[]);
+    let log_before = ha.stderr().len();
+    let cpu_before = cpu_seconds(ha.pid());
+    let duration = Duration::from_secs(10);
+
+    // The flood: correctly formed requests under a known SPI with a wrong
+    // key, so each costs the home agent an HMAC.
+    let forged = {
+        let mut b = Vec::new();
+        RequestFields {
+            flags: flags::T,
+            lifetime: 600,
+            home_address: "192.0.2.50".parse().unwrap(),
+            home_agent: lab.ha_wan.addr,
+            care_of: lab.care_of,
+            identification: 0x1234_5678_9abc_def0,
+        }
+        .emit(&mut b);
+        let wrong =
+            KeyFile::parse(&format!("[[spi]]\nspi = 256\nkey = \"{WRONG_KEY}\"\n")).unwrap();
+        wrong.get(256).unwrap().key.append_mh_auth(&mut b, 256);
+        b
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let ha_addr = std::net::SocketAddrV4::new(lab.ha_wan.addr, 434);
+    let flooder = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        spawn_in_netns(&lab.foreign, move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..256 {
+                    if s.send_to(&forged, ha_addr).is_ok() {
+                        n += 1;
+                    }
+                }
+            }
+            sent.store(n, Ordering::Relaxed);
+        })
+    };
+
+    let keys = KeyFile::parse(&keys_toml()).unwrap();
+    let care_of = lab.care_of;
+    let home_agent = lab.ha_wan.addr;
+    let honest = spawn_in_netns(&lab.foreign, move || {
+        let mut client = RegistrationClient::new(std::net::Ipv4Addr::UNSPECIFIED, keys).unwrap();
+        let p = RegistrationParams {
+            home_address: "192.0.2.50".parse().unwrap(),
+            home_agent,
+            care_of,
+            lifetime: 600,
+            reverse_tunnel: true,
+            spi: 256,
+        };
+        let start = std::time::Instant::now();
+        let mut results = Vec::new();
+        let mut i = 0u32;
+        while start.elapsed() < duration {
+            let t = std::time::Instant::now();
+            let ok = client.register(&p, Duration::from_secs(1), 4).is_ok();
+            results.push(ok && t.elapsed() <= Duration::from_secs(1));
+            i += 1;
+            let next = Duration::from_millis(200) * i;
+            if let Some(wait) = next.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        results
+    });
+    let results = honest.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    flooder.join().unwrap();
+
+    let cpu = cpu_seconds(ha.pid()) - cpu_before;
+    let log_growth = ha.stderr().len() - log_before;
+    let accepted = results.iter().filter(|ok| **ok).count();
+    let s = ha.registration_stats();
+    eprintln!(
+        "flood: {} forged datagrams sent in {duration:?} ({:.0}/s); honest {accepted}/{} accepted within 1 s; homeward CPU {cpu:.2} s ({:.0} % of one core); log grew {log_growth} bytes; stats {s}",
+        sent.load(Ordering::Relaxed),
+        sent.load(Ordering::Relaxed) as f64 / duration.as_secs_f64(),
+        results.len(),
+        cpu / duration.as_secs_f64() * 100.0,
+    );
+    assert!(results.len() >= 45, "{} honest attempts", results.len());
+    assert!(
+        accepted * 100 >= results.len() * 99,
+        "only {accepted} of {} honest registrations accepted within 1 s",
+        results.len()
+    );
+    // The reader and the control loop: at most about one core each.
+    assert!(
+        cpu < 2.0 * duration.as_secs_f64(),
+        "homeward used {cpu} s of CPU"
+    );
+    assert!(
+        log_growth < 8192,
+        "the log grew {log_growth} bytes:\n{}",
+        ha.stderr()
+    );
+    assert!(s["replies"]["131"].as_u64().unwrap_or(0) > 0, "{s}");
+    stop_clean(ha);
+}
+
+/// User plus system CPU time of a process, seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // /proc reports in USER_HZ, 100 on every architecture homeward runs on.
+    ticks / 100.0
+}

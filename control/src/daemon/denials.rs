@@ -85,6 +85,52 @@ impl DenialSummary {
     }
 }
 
+/// Limits the replies sent to requests that failed authentication: per
+/// source and overall, per one-second window. A forged flood from spoofed
+/// sources must not turn the home agent into a reflector, and a
+/// misconfigured agent still hears why it is refused.
+#[derive(Debug)]
+pub struct ReplyLimiter {
+    per_source: u32,
+    overall: u32,
+    window: Instant,
+    sent: u32,
+    by_source: HashMap<Ipv4Addr, u32>,
+}
+
+impl ReplyLimiter {
+    pub fn new(now: Instant, per_source: u32, overall: u32) -> ReplyLimiter {
+        ReplyLimiter {
+            per_source,
+            overall,
+            window: now,
+            sent: 0,
+            by_source: HashMap::new(),
+        }
+    }
+
+    /// Whether a reply to `source` may go out now (and counts it if so).
+    pub fn allow(&mut self, now: Instant, source: Ipv4Addr) -> bool {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.sent = 0;
+            self.by_source.clear();
+        }
+        if self.sent >= self.overall {
+            return false;
+        }
+        // The map is bounded by `overall`: only sources that got a reply
+        // this window are in it.
+        let n = self.by_source.entry(source).or_insert(0);
+        if *n >= self.per_source {
+            return false;
+        }
+        *n += 1;
+        self.sent += 1;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +154,19 @@ mod tests {
         assert!(lines.last().unwrap().contains("more from"));
         // Nothing new: nothing to say.
         assert_eq!(s.flush(t0 + PERIOD * 2), None);
+    }
+
+    #[test]
+    fn replies_to_forgeries_are_limited_per_source_and_overall() {
+        let t0 = Instant::now();
+        let mut l = ReplyLimiter::new(t0, 3, 5);
+        let a = Ipv4Addr::new(203, 0, 113, 1);
+        let b = Ipv4Addr::new(203, 0, 113, 2);
+        assert_eq!((0..10).filter(|_| l.allow(t0, a)).count(), 3);
+        assert_eq!((0..10).filter(|_| l.allow(t0, b)).count(), 2);
+        assert!(!l.allow(t0, Ipv4Addr::new(203, 0, 113, 3)));
+        // A new window.
+        assert!(l.allow(t0 + Duration::from_secs(1), a));
     }
 
     #[test]

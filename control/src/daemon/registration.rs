@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,10 +16,12 @@ use crossbeam::channel::{self, Receiver, Sender};
 use serde_json::{json, Value};
 
 use super::bindings::{BindError, Bindings, Now};
-use super::denials::DenialSummary;
+use super::denials::{DenialSummary, ReplyLimiter};
 use crate::config::RegistrationConfig;
 use crate::error::Error;
-use crate::registration::home_agent::{Action, BindingSink, Denial, HomeAgent, HomeAgentConfig};
+use crate::registration::home_agent::{
+    screen, Action, BindingSink, Denial, HomeAgent, HomeAgentConfig,
+};
 use crate::registration::keys::{KeyFile, Prefix};
 use crate::registration::replay::ReplayGuard;
 use crate::registration::wire;
@@ -28,6 +30,9 @@ use crate::store::{Change, Origin, Store, StoredBinding};
 /// Datagrams waiting for the control loop; more are dropped (and counted)
 /// rather than queued without bound.
 const QUEUE: usize = 1024;
+/// Replies to unauthenticated requests per second, per source and overall.
+const DENIAL_REPLIES_PER_SOURCE: u32 = 10;
+const DENIAL_REPLIES: u32 = 1000;
 /// Most datagrams handled per store commit.
 pub(super) const BURST: usize = 256;
 /// The socket's receive buffer: a burst of honest registrations from many
@@ -65,6 +70,30 @@ pub(super) struct Registration {
     counters: Counters,
     lan_index: u32,
     denials: DenialSummary,
+    /// What the reader thread refused before queueing.
+    screened: Arc<Mutex<Screened>>,
+}
+
+/// Requests refused by the reader thread (failed authentication,
+/// malformed, unknown extensions): counted and summarised, never queued.
+#[derive(Debug)]
+struct Screened {
+    denials: DenialSummary,
+    replies: BTreeMap<u8, u64>,
+    dropped: u64,
+    /// Denial replies not sent (rate limit).
+    suppressed: u64,
+}
+
+impl Screened {
+    fn new(now: Instant) -> Screened {
+        Screened {
+            denials: DenialSummary::new(now),
+            replies: BTreeMap::new(),
+            dropped: 0,
+            suppressed: 0,
+        }
+    }
 }
 
 impl Registration {
@@ -104,11 +133,29 @@ impl Registration {
         let (tx, rx) = channel::bounded(QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let queue_full = Arc::new(AtomicU64::new(0));
+        let screened = Arc::new(Mutex::new(Screened::new(Instant::now())));
+        let handler = HomeAgent::new(
+            HomeAgentConfig {
+                address,
+                home_prefixes: home_prefixes.clone(),
+                max_lifetime: config.max_lifetime,
+            },
+            keys,
+            replay,
+        );
         let reader = {
-            let (socket, stop, queue_full) = (socket.clone(), stop.clone(), queue_full.clone());
+            let reader = Reader {
+                socket: socket.clone(),
+                tx,
+                stop: stop.clone(),
+                queue_full: queue_full.clone(),
+                keys: handler.keys().clone(),
+                address,
+                screened: screened.clone(),
+            };
             std::thread::Builder::new()
                 .name("homeward-reg".into())
-                .spawn(move || read_loop(&socket, &tx, &stop, &queue_full))
+                .spawn(move || reader.run())
                 .map_err(|e| {
                     Error::Dataplane(format!("cannot start the registration thread: {e}"))
                 })?
@@ -116,22 +163,15 @@ impl Registration {
         tracing::info!(
             address = %address,
             port = wire::PORT,
-            spis = keys.len(),
+            spis = handler.keys().len(),
             home_prefixes = %home_prefixes.iter().map(Prefix::to_string).collect::<Vec<_>>().join(","),
             replay_window = config.replay_window.as_secs(),
             max_lifetime = config.max_lifetime,
             "registration enabled"
         );
         Ok(Registration {
-            handler: HomeAgent::new(
-                HomeAgentConfig {
-                    address,
-                    home_prefixes,
-                    max_lifetime: config.max_lifetime,
-                },
-                keys,
-                replay,
-            ),
+            handler,
+            screened,
             socket,
             rx,
             stop,
@@ -183,11 +223,16 @@ impl Registration {
             *self.counters.replies.entry(code).or_insert(0) += 1;
             let accepted = code <= wire::code::ACCEPTED_NO_SIMULTANEOUS;
             if accepted {
+                // A refresh of an unchanged binding is not worth a log line.
+                let mut changed = false;
                 if let Some(action) = outcome.action {
                     let vm = match action {
                         Action::Bind { vm, .. } | Action::Deregister { vm } => vm,
                     };
-                    changes.push(match bindings.stored(vm) {
+                    let now_bound = bindings.stored(vm);
+                    changed = previous.as_ref().map(|p| p.care_of)
+                        != now_bound.as_ref().map(|b| b.care_of);
+                    changes.push(match now_bound {
                         Some(b) => Change::Put(b),
                         None => Change::Delete(vm),
                     });
@@ -206,6 +251,7 @@ impl Registration {
                     _ => 0,
                 };
                 accepted_lines.push((
+                    changed,
                     d.from,
                     outcome.spi.unwrap_or(0),
                     outcome.home_address,
@@ -257,10 +303,14 @@ impl Registration {
             }
         };
         if committed {
-            for (from, spi, home, care_of, lifetime, code, reason) in accepted_lines {
+            for (changed, from, spi, home, care_of, lifetime, code, reason) in accepted_lines {
                 let home = home.map(|a| a.to_string()).unwrap_or_default();
                 let care_of = care_of.map(|a| a.to_string()).unwrap_or_default();
-                tracing::info!(%from, spi, home = %home, care_of = %care_of, lifetime, code, "registration accepted: {reason}");
+                if changed {
+                    tracing::info!(%from, spi, home = %home, care_of = %care_of, lifetime, code, "registration accepted: {reason}");
+                } else {
+                    tracing::debug!(%from, spi, home = %home, care_of = %care_of, lifetime, code, "registration refreshed");
+                }
             }
         }
         for (reply, to, accepted) in replies {
@@ -277,44 +327,50 @@ impl Registration {
     /// Writes the denial summary if its period is over, or at once with
     /// `now_anyway` (at exit).
     pub fn summarize(&mut self, now: Instant, now_anyway: bool) {
-        let lines = if now_anyway {
-            self.denials.flush_now(now)
-        } else {
-            self.denials.flush(now)
+        let flush = |d: &mut DenialSummary| {
+            if now_anyway {
+                d.flush_now(now)
+            } else {
+                d.flush(now)
+            }
         };
-        for line in lines.unwrap_or_default() {
+        let screened = match self.screened.lock() {
+            Ok(mut s) => flush(&mut s.denials),
+            Err(_) => None,
+        };
+        for line in screened
+            .into_iter()
+            .chain(flush(&mut self.denials))
+            .flatten()
+        {
             tracing::warn!("{line}");
         }
     }
 
     /// The `registration` object of `homeward stats`.
     pub fn stats(&self) -> Value {
-        let replies: serde_json::Map<String, Value> = self
-            .counters
-            .replies
+        let mut all = self.counters.replies.clone();
+        let (mut screened_dropped, mut suppressed) = (0, 0);
+        if let Ok(s) = self.screened.lock() {
+            for (c, n) in &s.replies {
+                *all.entry(*c).or_insert(0) += n;
+            }
+            screened_dropped = s.dropped;
+            suppressed = s.suppressed;
+        }
+        let replies: serde_json::Map<String, Value> = all
             .iter()
             .map(|(c, n)| (c.to_string(), (*n).into()))
             .collect();
-        let accepted: u64 = self
-            .counters
-            .replies
-            .iter()
-            .filter(|(c, _)| **c <= 1)
-            .map(|(_, n)| n)
-            .sum();
-        let denied: u64 = self
-            .counters
-            .replies
-            .iter()
-            .filter(|(c, _)| **c > 1)
-            .map(|(_, n)| n)
-            .sum();
+        let accepted: u64 = all.iter().filter(|(c, _)| **c <= 1).map(|(_, n)| n).sum();
+        let denied: u64 = all.iter().filter(|(c, _)| **c > 1).map(|(_, n)| n).sum();
         json!({
             "enabled": true,
             "accepted": accepted,
             "denied": denied,
             "replies": replies,
-            "dropped": self.counters.dropped,
+            "dropped": self.counters.dropped + screened_dropped,
+            "replies_suppressed": suppressed,
             "queue_full": self.queue_full.load(Ordering::Relaxed),
             "commits": self.counters.commits,
             "committed_datagrams": self.counters.committed_datagrams,
@@ -338,34 +394,85 @@ pub(super) fn disabled_stats() -> Value {
     json!({ "enabled": false })
 }
 
-fn read_loop(socket: &UdpSocket, tx: &Sender<Datagram>, stop: &AtomicBool, queue_full: &AtomicU64) {
-    let mut buf = vec![0u8; 2048];
-    while !stop.load(Ordering::Relaxed) {
-        match socket.recv_from(&mut buf) {
-            Ok((n, SocketAddr::V4(from))) => {
-                let bytes = buf.get(..n).unwrap_or_default().to_vec();
-                match tx.try_send(Datagram { bytes, from }) {
-                    Ok(()) => {}
-                    Err(channel::TrySendError::Full(_)) => {
-                        queue_full.fetch_add(1, Ordering::Relaxed);
+/// The socket's reader: screens each datagram (parse, extensions,
+/// authentication) and queues only authentic requests for the control
+/// loop; the rest is answered here, rate-limited, and counted. A flood of
+/// forged requests therefore costs one HMAC each and never delays an
+/// honest registration in the queue.
+struct Reader {
+    socket: Arc<UdpSocket>,
+    tx: Sender<Datagram>,
+    stop: Arc<AtomicBool>,
+    queue_full: Arc<AtomicU64>,
+    keys: Arc<KeyFile>,
+    address: std::net::Ipv4Addr,
+    screened: Arc<Mutex<Screened>>,
+}
+
+impl Reader {
+    fn run(self) {
+        let mut buf = vec![0u8; 2048];
+        let mut limiter =
+            ReplyLimiter::new(Instant::now(), DENIAL_REPLIES_PER_SOURCE, DENIAL_REPLIES);
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, SocketAddr::V4(from))) => {
+                    let bytes = buf.get(..n).unwrap_or_default();
+                    if !self.screen(bytes, from, &mut limiter) {
+                        continue;
                     }
-                    Err(channel::TrySendError::Disconnected(_)) => return,
+                    match self.tx.try_send(Datagram {
+                        bytes: bytes.to_vec(),
+                        from,
+                    }) {
+                        Ok(()) => {}
+                        Err(channel::TrySendError::Full(_)) => {
+                            self.queue_full.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(channel::TrySendError::Disconnected(_)) => return,
+                    }
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                            | std::io::ErrorKind::ConnectionRefused
+                    ) => {}
+                Err(e) => {
+                    tracing::warn!("registration socket: {e}");
+                    std::thread::sleep(READ_TIMEOUT);
                 }
             }
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                        | std::io::ErrorKind::ConnectionRefused
-                ) => {}
-            Err(e) => {
-                tracing::warn!("registration socket: {e}");
-                std::thread::sleep(READ_TIMEOUT);
+        }
+    }
+
+    /// Whether the datagram is an authentic request (to be queued); if not,
+    /// it is answered (rate-limited) and counted here.
+    fn screen(&self, bytes: &[u8], from: SocketAddrV4, limiter: &mut ReplyLimiter) -> bool {
+        let outcome = match screen(&self.keys, self.address, bytes) {
+            Ok(_) => return true,
+            Err(outcome) => outcome,
+        };
+        let now = Instant::now();
+        let send = outcome.reply.is_some() && limiter.allow(now, *from.ip());
+        if let Ok(mut s) = self.screened.lock() {
+            match outcome.code {
+                Some(code) => *s.replies.entry(code).or_insert(0) += 1,
+                None => s.dropped += 1,
+            }
+            s.denials
+                .record(*from.ip(), outcome.code.unwrap_or(0), outcome.reason);
+            if outcome.reply.is_some() && !send {
+                s.suppressed += 1;
             }
         }
+        if let (true, Some(reply)) = (send, &outcome.reply) {
+            let _ = self.socket.send_to(reply, from);
+        }
+        false
     }
 }
 
@@ -448,25 +555,28 @@ impl BindingSink for Sink<'_> {
     }
 }
 
-/// Asks for a larger receive buffer; the kernel caps it at rmem_max, which
-/// is fine (the log says what we got).
+/// A larger receive buffer, so a burst of honest registrations fits while
+/// the control loop commits. SO_RCVBUFFORCE (we hold CAP_NET_ADMIN) goes
+/// past `net.core.rmem_max`; plain SO_RCVBUF, capped there, otherwise.
 fn set_rcvbuf(socket: &UdpSocket, bytes: usize) {
     use std::os::fd::AsRawFd;
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&value`,
-    // which lives across the call; the fd is the socket's own.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
+    let set = |opt| {
+        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from
+        // `&value`, which lives across the call; the fd is the socket's own.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
     };
-    if rc != 0 {
+    if set(libc::SO_RCVBUFFORCE) != 0 && set(libc::SO_RCVBUF) != 0 {
         tracing::warn!(
-            "registration socket: cannot set SO_RCVBUF: {}",
+            "registration socket: cannot set its receive buffer: {}",
             std::io::Error::last_os_error()
         );
     }

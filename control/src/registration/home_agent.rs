@@ -4,11 +4,12 @@
 //! daemon drives it from its control loop and tests drive it in memory.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::keys::{KeyFile, Prefix, SpiEntry};
 use super::replay::{ntp_timestamp, ReplayGuard, Stale};
-use super::wire::{self, code, flags, ReplyFields, Request, WireError};
+use super::wire::{self, code, flags, MhAuth, ReplyFields, Request, WireError};
 
 /// What the home agent is.
 #[derive(Debug, Clone)]
@@ -115,7 +116,7 @@ impl Outcome {
 #[derive(Debug)]
 pub struct HomeAgent {
     config: HomeAgentConfig,
-    keys: KeyFile,
+    keys: Arc<KeyFile>,
     replay: ReplayGuard,
 }
 
@@ -128,7 +129,7 @@ impl HomeAgent {
     pub fn new(config: HomeAgentConfig, keys: KeyFile, replay: ReplayGuard) -> HomeAgent {
         HomeAgent {
             config,
-            keys,
+            keys: Arc::new(keys),
             replay,
         }
     }
@@ -144,56 +145,20 @@ impl HomeAgent {
         sink: &mut impl BindingSink,
     ) -> Outcome {
         let _ = source; // replies go to the source; nothing else depends on it
-        let req = match Request::new_checked(datagram) {
-            Ok(r) => r,
-            // Not a request, or too short to answer (no Identification to
-            // echo): drop, as RFC 5944 §3.8.2 allows for unparsable input.
-            Err(WireError::WrongType(..)) => return Outcome::dropped("not a registration request"),
-            Err(_) => return Outcome::dropped("truncated request"),
+        let Authentic {
+            req,
+            auth,
+            entry,
+            mut out,
+        } = match screen(&self.keys, self.config.address, datagram) {
+            Ok(a) => a,
+            Err(rejected) => return rejected,
         };
-        let mut out = Outcome::dropped("");
-        out.home_address = Some(req.home_address());
-        out.care_of = Some(req.care_of());
+        let entry = entry.clone();
         let deny = |out: Outcome, c: u8, reason, entry: Option<&SpiEntry>, id: u64| {
             self.finish(out, &req, c, reason, entry, id, 0)
         };
         let id = req.identification();
-
-        // Authentication first (RFC 5944 §3.8.2.1): nothing else is
-        // looked at, or answered with our time, before it passes.
-        let auth = match req.mh_auth() {
-            Ok(Some(a)) => a,
-            Ok(None) => {
-                return deny(
-                    out,
-                    code::MN_AUTH_FAILED,
-                    "no mobile-home authentication extension",
-                    None,
-                    id,
-                )
-            }
-            Err(_) => return deny(out, code::POORLY_FORMED, "malformed extensions", None, id),
-        };
-        out.spi = Some(auth.spi);
-        if let Some(_kind) = auth.unknown_before {
-            // RFC 5944 §1.9: an unknown extension in 0-127 means discard.
-            return Outcome {
-                reason: "unknown non-skippable extension",
-                ..out
-            };
-        }
-        let Some(entry) = self.keys.get(auth.spi).cloned() else {
-            return deny(out, code::MN_AUTH_FAILED, "unknown SPI", None, id);
-        };
-        if !entry.key.verify(auth.covered, auth.authenticator) {
-            return deny(
-                out,
-                code::MN_AUTH_FAILED,
-                "bad authenticator",
-                Some(&entry),
-                id,
-            );
-        }
 
         // Replay protection (RFC 5944 §5.7).
         let now_ntp = ntp_timestamp(now);
@@ -333,12 +298,15 @@ impl HomeAgent {
         self.replay.restore(c.spi, c.home, c.previous);
     }
 
+    /// The keys, for [`screen`] outside the handler.
+    pub fn keys(&self) -> &Arc<KeyFile> {
+        &self.keys
+    }
+
     fn in_home(&self, a: Ipv4Addr) -> bool {
         self.config.home_prefixes.iter().any(|p| p.contains(a))
     }
 
-    /// Builds the reply: authenticated with the request's key when the SPI
-    /// is known.
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
@@ -350,25 +318,125 @@ impl HomeAgent {
         identification: u64,
         lifetime: u16,
     ) -> Outcome {
-        let mut reply = Vec::with_capacity(wire::REPLY_LEN + 6 + 32);
-        ReplyFields {
-            code: c,
-            lifetime,
-            home_address: req.home_address(),
-            // RFC 5944 §3.8.3.1: our own unicast address, also on 136.
-            home_agent: self.config.address,
-            identification,
-        }
-        .emit(&mut reply);
-        if let Some(e) = entry {
-            e.key.append_mh_auth(&mut reply, e.spi);
-        }
-        Outcome {
-            reply: Some(reply),
-            code: Some(c),
+        finish(
+            self.config.address,
+            out,
+            req,
+            c,
             reason,
-            ..out
+            entry,
+            identification,
+            lifetime,
+        )
+    }
+}
+
+/// A request whose authenticator checked out, from [`screen`].
+pub struct Authentic<'a, 'k> {
+    pub req: Request<&'a [u8]>,
+    pub auth: MhAuth<'a>,
+    pub entry: &'k SpiEntry,
+    /// The outcome so far (addresses and SPI filled in).
+    pub out: Outcome,
+}
+
+/// The first, cheap stage of the handler: parse, RFC 5944 §1.9's rule for
+/// unknown extensions, then authentication (§3.8.2.1: nothing else is
+/// looked at, or answered with our time, before it passes). Pure and
+/// needing only the keys, so the socket's reader runs it before anything
+/// is queued: forged traffic never reaches the control loop, and honest
+/// registrations never wait behind it.
+pub fn screen<'a, 'k>(
+    keys: &'k KeyFile,
+    address: Ipv4Addr,
+    datagram: &'a [u8],
+) -> Result<Authentic<'a, 'k>, Outcome> {
+    let req = match Request::new_checked(datagram) {
+        Ok(r) => r,
+        // Not a request, or too short to answer (no Identification to
+        // echo): drop, as RFC 5944 §3.8.2 allows for unparsable input.
+        Err(WireError::WrongType(..)) => {
+            return Err(Outcome::dropped("not a registration request"))
         }
+        Err(_) => return Err(Outcome::dropped("truncated request")),
+    };
+    // RFC 5944 §1.9: an unrecognised extension in 0-127 anywhere in the
+    // message means it is silently discarded, authenticated or not.
+    let unknown = req.extensions().filter_map(Result::ok).any(|e| {
+        !e.skippable()
+            && !matches!(
+                e.kind,
+                wire::EXT_MH_AUTH | wire::EXT_MF_AUTH | wire::EXT_FH_AUTH
+            )
+    });
+    if unknown {
+        return Err(Outcome::dropped("unknown non-skippable extension"));
+    }
+    let mut out = Outcome::dropped("");
+    out.home_address = Some(req.home_address());
+    out.care_of = Some(req.care_of());
+    let id = req.identification();
+    let deny = |out: Outcome, c: u8, reason, entry: Option<&SpiEntry>| {
+        Err(finish(address, out, &req, c, reason, entry, id, 0))
+    };
+    let auth = match wire::find_mh_auth(datagram, wire::REQUEST_LEN) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            return deny(
+                out,
+                code::MN_AUTH_FAILED,
+                "no mobile-home authentication extension",
+                None,
+            )
+        }
+        Err(_) => return deny(out, code::POORLY_FORMED, "malformed extensions", None),
+    };
+    out.spi = Some(auth.spi);
+    let Some(entry) = keys.get(auth.spi) else {
+        return deny(out, code::MN_AUTH_FAILED, "unknown SPI", None);
+    };
+    if !entry.key.verify(auth.covered, auth.authenticator) {
+        return deny(out, code::MN_AUTH_FAILED, "bad authenticator", Some(entry));
+    }
+    Ok(Authentic {
+        req,
+        auth,
+        entry,
+        out,
+    })
+}
+
+/// Builds the reply: authenticated with the request's key when the SPI is
+/// known.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    address: Ipv4Addr,
+    out: Outcome,
+    req: &Request<&[u8]>,
+    c: u8,
+    reason: &'static str,
+    entry: Option<&SpiEntry>,
+    identification: u64,
+    lifetime: u16,
+) -> Outcome {
+    let mut reply = Vec::with_capacity(wire::REPLY_LEN + 6 + 32);
+    ReplyFields {
+        code: c,
+        lifetime,
+        home_address: req.home_address(),
+        // RFC 5944 §3.8.3.1: our own unicast address, also on 136.
+        home_agent: address,
+        identification,
+    }
+    .emit(&mut reply);
+    if let Some(e) = entry {
+        e.key.append_mh_auth(&mut reply, e.spi);
+    }
+    Outcome {
+        reply: Some(reply),
+        code: Some(c),
+        reason,
+        ..out
     }
 }
 
@@ -697,6 +765,28 @@ key = "ffeeddccbbaa99887766554433221100"
             .key
             .append_mh_auth(&mut req, 256);
         assert_denied(&mut h, &req, now(), None);
+        // RFC 5944 §1.9: silently discarded also without any authenticator
+        // (not 131), and after it.
+        let mut req = Vec::new();
+        Req::new(now()).fields.emit(&mut req);
+        req.extend([5, 0]);
+        let o = assert_denied(&mut h, &req, now(), None);
+        assert_eq!(o.reason, "unknown non-skippable extension");
+        let mut req = Req::new(now()).bytes();
+        req.extend([127, 2, 0, 0]);
+        assert_denied(&mut h, &req, now(), None);
+        // A skippable one (128-255) is skipped: accepted.
+        let mut req = Vec::new();
+        Req::new(now()).fields.emit(&mut req);
+        req.extend([200, 1, 0]);
+        KeyFile::parse(KEYS)
+            .unwrap()
+            .get(256)
+            .unwrap()
+            .key
+            .append_mh_auth(&mut req, 256);
+        let mut sink = Sink::default();
+        assert_eq!(h.handle(&req, SRC, now(), &mut sink).code, Some(0));
     }
 
     /// What a request cut to `n` bytes gets: dropped below the fixed part,
