@@ -26,6 +26,7 @@ pub mod link;
 pub mod migration_lab;
 pub mod netns;
 pub mod qemu;
+pub mod restart;
 pub mod topology;
 pub mod traffic;
 pub mod vm;
