@@ -83,11 +83,56 @@ pub enum BindOutcome {
     Updated,
 }
 
+/// What the binding manager writes into the XDP program's maps: a seam,
+/// the kernel's maps in the daemon and a map in memory in unit tests.
+pub trait SteeringMaps {
+    fn bind(&mut self, vm: Ipv4Addr, care_of: Ipv4Addr) -> Result<(), String>;
+    fn unbind(&mut self, vm: Ipv4Addr) -> Result<(), String>;
+    /// What the maps hold, to check them against the table.
+    fn bound(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, String>;
+}
+
+impl SteeringMaps for Steering {
+    fn bind(&mut self, vm: Ipv4Addr, care_of: Ipv4Addr) -> Result<(), String> {
+        Steering::bind(self, vm, care_of).map_err(|e| e.to_string())
+    }
+    fn unbind(&mut self, vm: Ipv4Addr) -> Result<(), String> {
+        Steering::unbind(self, vm).map_err(|e| e.to_string())
+    }
+    fn bound(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, String> {
+        Steering::bound(self).map_err(|e| e.to_string())
+    }
+}
+
+/// Next-hop tracking of the care-of addresses in use: a seam like
+/// [`SteeringMaps`].
+pub trait NextHops {
+    fn track(&self, care_of: Ipv4Addr);
+    fn untrack(&self, care_of: Ipv4Addr);
+    /// The next hop's MAC per tracked address, if resolved.
+    fn macs(&self) -> Vec<(Ipv4Addr, Option<[u8; 6]>)>;
+}
+
+impl NextHops for NeighHandle {
+    fn track(&self, care_of: Ipv4Addr) {
+        NeighHandle::track(self, care_of)
+    }
+    fn untrack(&self, care_of: Ipv4Addr) {
+        NeighHandle::untrack(self, care_of)
+    }
+    fn macs(&self) -> Vec<(Ipv4Addr, Option<[u8; 6]>)> {
+        self.snapshot()
+            .into_iter()
+            .map(|(a, e)| (a, e.map(|e| e.mac)))
+            .collect()
+    }
+}
+
 /// Owns every copy of the bindings and keeps them equal.
-pub struct Bindings {
+pub struct Bindings<S = Steering, N = NeighHandle> {
     table: TableWriter,
-    steering: Steering,
-    neigh: NeighHandle,
+    steering: S,
+    neigh: N,
     workers: Vec<Arc<WorkerShared>>,
     entries: BTreeMap<Ipv4Addr, Entry>,
     care_of_refs: HashMap<Ipv4Addr, u32>,
@@ -103,11 +148,11 @@ fn unusable(a: Ipv4Addr) -> bool {
     a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback()
 }
 
-impl Bindings {
+impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     pub fn new(
         table: TableWriter,
-        steering: Steering,
-        neigh: NeighHandle,
+        steering: S,
+        neigh: N,
         workers: Vec<Arc<WorkerShared>>,
         ha_addr: Ipv4Addr,
         lan_mac: [u8; 6],
@@ -199,12 +244,12 @@ impl Bindings {
     }
 
     /// The steering program, for its counters and mode.
-    pub fn steering(&self) -> &Steering {
+    pub fn steering(&self) -> &S {
         &self.steering
     }
 
     /// The neighbour thread's handle, for its snapshot.
-    pub fn neigh(&self) -> &NeighHandle {
+    pub fn neigh(&self) -> &N {
         &self.neigh
     }
 
@@ -384,12 +429,7 @@ impl Bindings {
 
     /// The bindings with their counters.
     pub fn list(&self, now: Instant) -> Vec<BindingInfo> {
-        let egress: HashMap<Ipv4Addr, Option<[u8; 6]>> = self
-            .neigh
-            .snapshot()
-            .into_iter()
-            .map(|(a, e)| (a, e.map(|e| e.mac)))
-            .collect();
+        let egress: HashMap<Ipv4Addr, Option<[u8; 6]>> = self.neigh.macs().into_iter().collect();
         self.entries
             .iter()
             .map(|(vm, e)| {
@@ -421,7 +461,7 @@ impl Bindings {
     /// The bindings as the kernel's XDP map holds them, for checking that
     /// maps and table agree.
     pub fn steered(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, String> {
-        self.steering.bound().map_err(|e| e.to_string())
+        self.steering.bound()
     }
 
     /// Remove every binding (at shutdown), without announcements.
@@ -457,5 +497,238 @@ impl Bindings {
                 self.neigh.untrack(care_of);
             }
         }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    use dataplane::table::{binding_table, TableReader};
+
+    /// The XDP maps, in memory; `fail_next` makes the next write fail.
+    #[derive(Default)]
+    pub(in crate::daemon) struct Maps {
+        bound: BTreeMap<Ipv4Addr, Ipv4Addr>,
+        fail_next: bool,
+    }
+    impl SteeringMaps for Maps {
+        fn bind(&mut self, vm: Ipv4Addr, care_of: Ipv4Addr) -> Result<(), String> {
+            if std::mem::take(&mut self.fail_next) {
+                return Err("injected map failure".into());
+            }
+            self.bound.insert(vm, care_of);
+            Ok(())
+        }
+        fn unbind(&mut self, vm: Ipv4Addr) -> Result<(), String> {
+            self.bound.remove(&vm);
+            Ok(())
+        }
+        fn bound(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, String> {
+            Ok(self.bound.iter().map(|(a, b)| (*a, *b)).collect())
+        }
+    }
+
+    /// Tracked care-of addresses with their track/untrack balance.
+    #[derive(Default)]
+    pub(in crate::daemon) struct Hops(RefCell<BTreeMap<Ipv4Addr, i32>>);
+    impl NextHops for Hops {
+        fn track(&self, a: Ipv4Addr) {
+            *self.0.borrow_mut().entry(a).or_default() += 1;
+        }
+        fn untrack(&self, a: Ipv4Addr) {
+            let mut m = self.0.borrow_mut();
+            *m.entry(a).or_default() -= 1;
+            if m[&a] == 0 {
+                m.remove(&a);
+            }
+        }
+        fn macs(&self) -> Vec<(Ipv4Addr, Option<[u8; 6]>)> {
+            self.0.borrow().keys().map(|a| (*a, None)).collect()
+        }
+    }
+
+    const HA: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+    const VM: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+    const COA1: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+    const COA2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+
+    /// A binding manager on in-memory maps: HA 198.51.100.1, LAN
+    /// 192.0.2.1/24, room for 4 bindings.
+    pub(in crate::daemon) fn bindings() -> (Bindings<Maps, Hops>, TableReader, Now) {
+        let (table, reader) = binding_table(16);
+        let mut b = Bindings::new(
+            table,
+            Maps::default(),
+            Hops::default(),
+            vec![WorkerShared::new(16)],
+            HA,
+            [2, 0, 0, 0, 0, 1],
+            4,
+        );
+        b.set_claims(Claims::new(
+            vec![HA, Ipv4Addr::new(192, 0, 2, 1)],
+            vec![(Ipv4Addr::new(192, 0, 2, 1), 24)],
+        ));
+        let now = Now {
+            mono: Instant::now(),
+            unix_ms: 1_800_000_000_000,
+        };
+        (b, reader, now)
+    }
+
+    /// Table, maps and next-hop tracking hold the same bindings.
+    #[track_caller]
+    fn assert_consistent(
+        b: &Bindings<Maps, Hops>,
+        reader: &TableReader,
+        want: &[(Ipv4Addr, Ipv4Addr)],
+    ) {
+        let maps = b.steering.bound().unwrap();
+        assert_eq!(maps, want);
+        for (vm, care_of) in want {
+            assert_eq!(reader.lookup(*vm).map(|(x, _)| x.care_of), Some(*care_of));
+        }
+        let mut refs: BTreeMap<Ipv4Addr, i32> = BTreeMap::new();
+        for (_, c) in want {
+            *refs.entry(*c).or_default() += 1;
+        }
+        // One track per care-of in use, whatever the number of bindings.
+        let tracked: Vec<Ipv4Addr> = b.neigh.0.borrow().keys().copied().collect();
+        assert_eq!(tracked, refs.keys().copied().collect::<Vec<_>>());
+        assert!(b.neigh.0.borrow().values().all(|n| *n == 1));
+    }
+
+    #[test]
+    fn bind_move_unbind_keep_every_copy_equal() {
+        let (mut b, reader, now) = bindings();
+        let d = Duration::from_secs(60);
+        assert_eq!(
+            b.bind(
+                now,
+                VM,
+                COA1,
+                Some(d),
+                None,
+                Origin::Registration { spi: 256 }
+            ),
+            Ok(BindOutcome::Created)
+        );
+        let vm2 = Ipv4Addr::new(192, 0, 2, 51);
+        b.bind(now, vm2, COA1, None, None, Origin::Admin).unwrap();
+        assert_consistent(&b, &reader, &[(VM, COA1), (vm2, COA1)]);
+        assert_eq!(
+            b.bind(now, VM, COA2, Some(d), None, Origin::Admin),
+            Ok(BindOutcome::Updated)
+        );
+        assert_consistent(&b, &reader, &[(VM, COA2), (vm2, COA1)]);
+        let s = b.stored(VM).unwrap();
+        assert_eq!(s.expires_unix_ms, Some(now.unix_ms + 60_000));
+        assert_eq!(s.origin, Origin::Admin);
+        b.unbind(now.mono, vm2).unwrap();
+        assert_consistent(&b, &reader, &[(VM, COA2)]);
+        assert!(reader.lookup(vm2).is_none());
+        assert!(b.unbind(now.mono, vm2).is_err());
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        let (mut b, reader, now) = bindings();
+        for (vm, care_of) in [
+            (Ipv4Addr::new(192, 0, 2, 1), COA1), // the HA's LAN address
+            (HA, COA1),
+            (Ipv4Addr::new(192, 0, 2, 0), COA1),
+            (Ipv4Addr::new(192, 0, 2, 255), COA1),
+            (VM, HA),
+            (VM, Ipv4Addr::new(192, 0, 2, 1)),
+            (VM, VM),
+            (Ipv4Addr::new(224, 0, 0, 1), COA1),
+        ] {
+            let e = b
+                .bind(now, vm, care_of, None, None, Origin::Admin)
+                .unwrap_err();
+            assert!(matches!(e, BindError::Refused(_)), "{vm} {care_of}: {e}");
+        }
+        // The maps refuse: the table is put back.
+        b.steering.fail_next = true;
+        assert!(matches!(
+            b.bind(now, VM, COA1, None, None, Origin::Admin),
+            Err(BindError::Failed(_))
+        ));
+        assert_consistent(&b, &reader, &[]);
+        assert!(reader.lookup(VM).is_none());
+        // Full: max_bindings is 4.
+        for i in 0..4 {
+            b.bind(
+                now,
+                Ipv4Addr::new(192, 0, 2, 60 + i),
+                COA1,
+                None,
+                None,
+                Origin::Admin,
+            )
+            .unwrap();
+        }
+        assert!(matches!(
+            b.bind(now, VM, COA1, None, None, Origin::Admin),
+            Err(BindError::Full(..))
+        ));
+        assert_eq!(b.list(now.mono).len(), 4);
+    }
+
+    #[test]
+    fn revert_puts_back_what_the_store_did_not_take() {
+        let (mut b, reader, now) = bindings();
+        // A new binding that was never acknowledged: gone, and no
+        // announcement of it goes out.
+        b.bind(now, VM, COA1, None, None, Origin::Admin).unwrap();
+        b.revert(now, VM, None);
+        assert_consistent(&b, &reader, &[]);
+        assert_eq!(b.next_deadline(), None);
+        // A move: back to the previous care-of, with its absolute expiry.
+        b.bind(
+            now,
+            VM,
+            COA1,
+            Some(Duration::from_secs(30)),
+            None,
+            Origin::Registration { spi: 7 },
+        )
+        .unwrap();
+        let before = b.stored(VM);
+        b.bind(now, VM, COA2, None, None, Origin::Admin).unwrap();
+        b.revert(now, VM, before.as_ref());
+        assert_consistent(&b, &reader, &[(VM, COA1)]);
+        assert_eq!(b.stored(VM), before);
+        // An unbind: bound again.
+        b.unbind(now.mono, VM).unwrap();
+        b.revert(now, VM, before.as_ref());
+        assert_eq!(b.stored(VM), before);
+    }
+
+    #[test]
+    fn restore_keeps_absolute_expiry_and_skips_the_expired() {
+        let (mut b, reader, now) = bindings();
+        let alive = StoredBinding {
+            vm: VM,
+            care_of: COA1,
+            vm_mac: Some([2, 0, 0, 0, 0, 0x50]),
+            expires_unix_ms: Some(now.unix_ms + 5_000),
+            origin: Origin::Registration { spi: 256 },
+        };
+        b.restore(now, &alive).unwrap();
+        assert_eq!(b.stored(VM).as_ref(), Some(&alive));
+        let dead = StoredBinding {
+            vm: Ipv4Addr::new(192, 0, 2, 51),
+            expires_unix_ms: Some(now.unix_ms),
+            ..alive.clone()
+        };
+        assert!(b.restore(now, &dead).is_err());
+        assert_consistent(&b, &reader, &[(VM, COA1)]);
+        // It expires 5 s later on the monotonic clock.
+        assert!(b.expire(now.mono + Duration::from_millis(4_999)).is_empty());
+        assert_eq!(b.expire(now.mono + Duration::from_secs(5)), vec![VM]);
+        assert_consistent(&b, &reader, &[]);
     }
 }

@@ -5,6 +5,7 @@ mod announce;
 mod bindings;
 mod claims;
 mod denials;
+mod durable;
 mod registration;
 pub(crate) mod server;
 mod stats;
@@ -25,7 +26,7 @@ use dataplane::xsk::{Command, FrameAccounting, QueueSockets, Worker, WorkerShare
 use crate::config::RunConfig;
 use crate::error::Error;
 use crate::proto::{parse_mac, Reply, Request};
-use crate::store::{Change, Origin, SqliteStore, Store};
+use crate::store::{Change, SqliteStore, Store};
 use bindings::{Bindings, Now};
 use claims::Claims;
 use server::ControlSocket;
@@ -265,12 +266,7 @@ fn restore(bindings: &mut Bindings, stored: &[crate::store::StoredBinding]) {
 impl Daemon {
     /// `homeward unbind`: removed, made durable, acknowledged.
     fn unbind(&mut self, now: Now, vm: Ipv4Addr) -> Result<serde_json::Value, String> {
-        let previous = self.bindings.stored(vm);
-        self.bindings.unbind(now.mono, vm)?;
-        if let Err(e) = self.store.commit(&[Change::Delete(vm)]) {
-            self.bindings.revert(now, vm, previous.as_ref());
-            return Err(format!("cannot unbind {vm}: {e}"));
-        }
+        durable::unbind(&mut self.bindings, &mut *self.store, now, vm)?;
         Ok(serde_json::json!({ "vm": vm }))
     }
 
@@ -377,18 +373,15 @@ impl Daemon {
             None => None,
         };
         let lifetime = lifetime.map(|s| Duration::from_secs(s.into()));
-        let previous = self.bindings.stored(vm);
-        let outcome = self
-            .bindings
-            .bind(now, vm, care_of, lifetime, mac, Origin::Admin)?;
-        let stored = self
-            .bindings
-            .stored(vm)
-            .ok_or_else(|| format!("cannot bind {vm}: binding vanished"))?;
-        if let Err(e) = self.store.commit(&[Change::Put(stored)]) {
-            self.bindings.revert(now, vm, previous.as_ref());
-            return Err(format!("cannot bind {vm}: {e}"));
-        }
+        let outcome = durable::bind(
+            &mut self.bindings,
+            &mut *self.store,
+            now,
+            vm,
+            care_of,
+            lifetime,
+            mac,
+        )?;
         Ok(serde_json::json!({
             "vm": vm,
             "care_of": care_of,

@@ -44,6 +44,8 @@ fn sorted(mut s: Snapshot) -> Snapshot {
 
 #[test]
 fn changes_survive_a_reopen_and_expired_bindings_go() {
+    // Failpoints are process-wide: every test that commits holds the lock.
+    let _serial = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     {
         let mut s = SqliteStore::open(dir.path()).unwrap();
@@ -81,6 +83,7 @@ fn changes_survive_a_reopen_and_expired_bindings_go() {
 
 #[test]
 fn one_directory_one_daemon() {
+    let _serial = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let _first = SqliteStore::open(dir.path()).unwrap();
     let e = SqliteStore::open(dir.path()).unwrap_err();
@@ -123,6 +126,7 @@ fn failed_commit_leaves_nothing_and_later_commits_work() {
 
 #[test]
 fn a_checksum_mismatch_is_an_error_not_a_wrong_binding() {
+    let _serial = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     {
         let mut s = SqliteStore::open(dir.path()).unwrap();
@@ -159,6 +163,7 @@ impl XorShift {
 /// content is exactly what was written. Never a panic, never other data.
 #[test]
 fn damaged_files_are_detected() {
+    let _serial = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     {
         let mut s = SqliteStore::open(dir.path()).unwrap();
