@@ -10,7 +10,8 @@ attribute every counter movement to one class.
 
 Usage: hostile.py --iface IF --src-mac MAC --dst-mac MAC --side lan|wan
                   --ha A --vm A --coa A --host A --count N --seed N
-                  [--classes a,b,...] --stats-cmd JSON_ARGV
+                  [--classes a,b,...] --stats-cmd JSON_ARGV [--stats-key K]
+                  [--from-vm]
 Prints one JSON object: {"before": stats, "classes": [{"name", "sent",
 "errors", "bytes", "seconds", "stats"}...]}."""
 
@@ -96,6 +97,10 @@ class Gen:
         self.coa = ip_bytes(a.coa)
         self.host = ip_bytes(a.host)
         self.ident = 0
+        if a.from_vm:
+            # Datagrams *from* the VM (a foreign agent's VM link): the VM's
+            # address is the source, the other host the destination.
+            self.vm, self.host = self.host, self.vm
 
     def rb(self, n):
         return self.r.randbytes(n)
@@ -326,13 +331,19 @@ def main():
     p.add_argument("--pause", type=float, default=0.0006)
     p.add_argument("--settle", type=float, default=0.15)
     p.add_argument("--stats-cmd", required=True)
+    p.add_argument("--stats-key", help="the counters are under this key of the stats")
+    p.add_argument("--from-vm", action="store_true")
     a = p.parse_args()
-    cmd = json.loads(a.stats_cmd)
+    argv = json.loads(a.stats_cmd)
+
+    def cmd_stats():
+        st = stats(argv)
+        return st.get(a.stats_key, st) if a.stats_key and "error" not in st else st
     g = Gen(a)
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((a.iface, 0))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
-    out = {"before": stats(cmd), "classes": []}
+    out = {"before": cmd_stats(), "classes": []}
     for name in a.classes.split(","):
         make = getattr(g, name)
         frames = [make() for _ in range(a.count)]
@@ -350,7 +361,7 @@ def main():
         seconds = time.monotonic() - t0
         time.sleep(a.settle)
         out["classes"].append({"name": name, "sent": sent, "errors": errors, "bytes": nbytes,
-                               "seconds": round(seconds, 3), "stats": stats(cmd)})
+                               "seconds": round(seconds, 3), "stats": cmd_stats()})
     print(json.dumps(out))
     return 0
 

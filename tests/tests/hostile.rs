@@ -228,61 +228,82 @@ fn assert_alive(ha: &HomeAgent) {
     );
 }
 
-/// Runs `hostile.py` in `ns` out of `iface` toward `dst_mac`, one class
-/// after another, and checks each class's counters. Returns the frames sent
-/// per class.
-#[track_caller]
-#[allow(clippy::too_many_arguments)]
-fn blast(
-    lab: &Topology,
-    ha: &HomeAgent,
-    ns: &Netns,
-    iface: &Iface,
+/// Where `hostile.py` writes and whom it aims at.
+struct Shot<'a> {
+    /// The namespace it runs in and the interface it writes to (source MAC).
+    ns: &'a Netns,
+    iface: &'a Iface,
+    /// The daemon's MAC on the receiving interface.
     dst_mac: Mac,
-    side: &str,
-    host: &str,
-    classes: &[Class],
+    /// Names the side in messages: `wan`, `lan`, `fa-uplink`, ...
+    side: &'a str,
+    /// The daemon's own tunnel address, the bound/served VM, the tunnel
+    /// peer whose IPIP is steered, and another host.
+    local: String,
+    vm: String,
+    peer: String,
+    host: String,
+    /// Datagrams from the VM rather than to it.
+    from_vm: bool,
+    /// The daemon's control socket, and the key of its stats that holds
+    /// the counters (the agent's are under `datapath`).
+    socket: std::path::PathBuf,
+    stats_key: Option<&'a str>,
     seed: u32,
-) -> BTreeMap<String, u64> {
+}
+
+/// Runs `hostile.py` as `shot` says, one class after another, and checks
+/// each class's counters. `alive` checks the daemon and returns its stderr.
+/// Returns the frames sent per class.
+#[track_caller]
+fn blast(shot: &Shot, classes: &[Class], alive: &dyn Fn() -> String) -> BTreeMap<String, u64> {
+    let side = shot.side;
     let stats_cmd = serde_json::to_string(&[
         homeward_bin().to_string_lossy().into_owned(),
         "stats".into(),
         "--json".into(),
         "--socket".into(),
-        lab.control_socket().to_string_lossy().into_owned(),
+        shot.socket.to_string_lossy().into_owned(),
     ])
     .unwrap();
     let names: Vec<&str> = classes.iter().map(|c| c.name).collect();
-    let args = [
+    let mut args = vec![
         "env".to_string(),
         "PYTHONDONTWRITEBYTECODE=1".into(),
         PYTHON.into(),
         script("hostile.py").to_string_lossy().into_owned(),
         "--iface".into(),
-        iface.name.clone(),
+        shot.iface.name.clone(),
         "--src-mac".into(),
-        iface.mac.to_string(),
+        shot.iface.mac.to_string(),
         "--dst-mac".into(),
-        dst_mac.to_string(),
+        shot.dst_mac.to_string(),
         "--side".into(),
         side.into(),
         "--ha".into(),
-        lab.ha_wan.addr.to_string(),
+        shot.local.clone(),
         "--vm".into(),
-        lab.vm_home.to_string(),
+        shot.vm.clone(),
         "--coa".into(),
-        lab.care_of.to_string(),
+        shot.peer.clone(),
         "--host".into(),
-        host.into(),
+        shot.host.clone(),
         "--count".into(),
         PER_CLASS.to_string(),
         "--seed".into(),
-        seed.to_string(),
+        shot.seed.to_string(),
         "--classes".into(),
         names.join(","),
         "--stats-cmd".into(),
         stats_cmd,
     ];
+    if let Some(k) = shot.stats_key {
+        args.extend(["--stats-key".into(), k.into()]);
+    }
+    if shot.from_vm {
+        args.push("--from-vm".into());
+    }
+    let ns = shot.ns;
     let out = ns.exec_timeout(&args, Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -292,7 +313,7 @@ fn blast(
     );
     let report: Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("hostile.py printed no JSON ({e}): {stdout}"));
-    assert_alive(ha);
+    alive();
 
     let mut sent_per_class = BTreeMap::new();
     let mut before = report["before"].clone();
@@ -308,7 +329,7 @@ fn blast(
             after["error"].is_null(),
             "stats after {} ({side}): homeward not answering: {after}\n{}",
             c.name,
-            ha.stderr()
+            alive()
         );
         let sent = r["sent"].as_u64().unwrap();
         let errors = r["errors"].as_u64().unwrap();
@@ -478,18 +499,37 @@ fn hostile_frames_and_registrations_leave_homeward_standing() {
 
     // --- frames ---------------------------------------------------------
     let t_frames = Instant::now();
+    let alive = || {
+        assert_alive(&ha);
+        ha.stderr()
+    };
+    let shot = |ns, iface, dst_mac, side, host: String, seed| Shot {
+        ns,
+        iface,
+        dst_mac,
+        side,
+        local: lab.ha_wan.addr.to_string(),
+        vm: vm.clone(),
+        peer: care_of.clone(),
+        host,
+        from_vm: false,
+        socket: lab.control_socket(),
+        stats_key: None,
+        seed,
+    };
+    // An Internet host behind the foreign network (not the care-of address,
+    // whose datagrams are a class of their own).
     let mut sent = blast(
-        &lab,
-        &ha,
-        &lab.foreign,
-        &lab.foreign_wan,
-        lab.ha_wan.mac,
-        "wan",
-        // An Internet host behind the foreign network (not the care-of
-        // address, whose datagrams are a class of their own).
-        "203.0.113.7",
+        &shot(
+            &lab.foreign,
+            &lab.foreign_wan,
+            lab.ha_wan.mac,
+            "wan",
+            "203.0.113.7".into(),
+            11,
+        ),
         &wan_classes(),
-        11,
+        &alive,
     );
     // The LAN side is written straight into the bridge port facing the HA
     // (with the client's source MAC), so that the frames reach the HA as
@@ -500,15 +540,16 @@ fn hostile_frames_and_registrations_leave_homeward_standing() {
         ..lab.client_lan.clone()
     };
     sent.extend(blast(
-        &lab,
-        &ha,
-        &lab.lan,
-        &lan_wire,
-        lab.ha_lan.mac,
-        "lan",
-        &lab.client_lan.addr.to_string(),
+        &shot(
+            &lab.lan,
+            &lan_wire,
+            lab.ha_lan.mac,
+            "lan",
+            lab.client_lan.addr.to_string(),
+            12,
+        ),
         &lan_classes(),
-        12,
+        &alive,
     ));
     let frames: u64 = sent.values().sum();
     let frames_secs = t_frames.elapsed().as_secs_f64();
@@ -717,6 +758,276 @@ fn hostile_frames_and_registrations_leave_homeward_standing() {
         get(&stats, "steering.malformed_l3"),
         reg_after["dropped"],
         reg_after["queue_full"],
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Only checked not to be steered: the agent's stats do not show the
+/// steering program's malformed counters.
+const fn unseen(name: &'static str) -> Class {
+    Class {
+        name,
+        absorb: &[],
+        min: 0.0,
+        still: NOT_STEERED,
+    }
+}
+
+#[test]
+fn hostile_frames_at_the_foreign_agent() {
+    require_root();
+    let started = Instant::now();
+    let lab = Topology::home_agent_lab_with(
+        "hfa",
+        LabOptions {
+            lan_mtu: MTU,
+            wan_mtu: MTU,
+            ..LabOptions::default()
+        },
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!("[[spi]]\nspi = 256\nkey = \"{KEY}\"\nhome_addresses = [\"{REG_VM}/32\"]\n"),
+    )
+    .expect("write keys");
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let keys_arg = keys.display().to_string();
+    let ha = HomeAgent::start(&lab, &["--registration-keys", &keys_arg]);
+
+    // The VM's link on the foreign hypervisor: no QEMU, a namespace; QMP
+    // is a stand-in that says the VM runs.
+    let vmns = Netns::new("hfa-vm");
+    vmns.disable_ipv6();
+    let vm_if = Iface {
+        name: "vm0".into(),
+        mac: Mac::derive("hfa", 0x51),
+        addr: REG_VM.parse().unwrap(),
+        prefix: 24,
+    };
+    let vmlink_mac = Mac::derive("hfa", 0x52);
+    homeward_tests::veth_pair(
+        &homeward_tests::link::VethEnd::new(&vmns, &vm_if.name, vm_if.mac)
+            .addr(vm_if.addr, 24)
+            .mtu(MTU),
+        &homeward_tests::link::VethEnd::new(&lab.foreign, "vmlink", vmlink_mac).mtu(MTU),
+    );
+    let qmp = dir.path().join("vm.qmp");
+    let mut fake_qmp = lab.foreign.spawn(&[
+        PYTHON.to_string(),
+        script("fake_qmp.py").to_string_lossy().into_owned(),
+        qmp.display().to_string(),
+    ]);
+    assert!(fake_qmp.wait_for_output("listening", Duration::from_secs(10)));
+    // No '.' anywhere in the socket path: the agent names its bpffs pin
+    // directory after it, and bpffs refuses names with a dot (EPERM).
+    let agent_sock = lab.foreign.dir().join("agent-sock");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "keys = \"{}\"\nvm_link = \"vmlink\"\nlifetime = 60\nsocket = \"{}\"\n\n\
+             [[vm]]\nname = \"vm\"\nmac = \"{}\"\nhome_address = \"{REG_VM}\"\n\
+             home_prefix_len = 24\nspi = 256\nqmp = \"{}\"\n",
+            keys.display(),
+            agent_sock.display(),
+            vm_if.mac,
+            qmp.display()
+        ),
+    )
+    .expect("agent config");
+    let mut agent = lab.foreign.spawn(&[
+        homeward_bin().to_string_lossy().into_owned(),
+        "agent".into(),
+        "--uplink".into(),
+        lab.foreign_wan.name.clone(),
+        "--address".into(),
+        lab.care_of.to_string(),
+        "--home-agent".into(),
+        lab.ha_wan.addr.to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ]);
+    assert!(
+        agent.wait_for_output("homeward agent is running", Duration::from_secs(20)),
+        "agent did not start:\n{}",
+        agent.stderr()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ha.binding(REG_VM).is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        ha.binding(REG_VM).is_some(),
+        "the agent did not register the VM:\n{}",
+        agent.stderr()
+    );
+    let agent_pid = agent.id();
+    let alive = || {
+        let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status"))
+            .unwrap_or_else(|e| panic!("homeward agent is gone: {e}"));
+        assert!(
+            !status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z')),
+            "homeward agent died"
+        );
+        String::new()
+    };
+    let fa_stats = || -> Value {
+        let out = lab.foreign.exec(&[
+            homeward_bin().to_string_lossy().into_owned(),
+            "stats".into(),
+            "--json".into(),
+            "--socket".into(),
+            agent_sock.display().to_string(),
+        ]);
+        let v: Value = serde_json::from_slice(&out.stdout).expect("agent stats --json");
+        v["datapath"].clone()
+    };
+    let shot = |ns, iface, dst_mac, side, host: &str, from_vm, seed| Shot {
+        ns,
+        iface,
+        dst_mac,
+        side,
+        local: lab.care_of.to_string(),
+        vm: REG_VM.into(),
+        peer: lab.ha_wan.addr.to_string(),
+        host: host.into(),
+        from_vm,
+        socket: agent_sock.clone(),
+        stats_key: Some("datapath"),
+        seed,
+    };
+    // Uplink: written from the HA's namespace into its WAN link (the
+    // agent's uplink peer). The "peer" is the HA: its IPIP is steered.
+    let uplink = vec![
+        class("random_ethertype", &["steering.passed"], NOT_STEERED),
+        class("qinq", &["steering.passed"], NOT_STEERED),
+        class("ipip_unbound", &["steering.dropped_ipip"], NOT_STEERED),
+        class(
+            "ipip_coa_garbage",
+            &["steering.steered_ipip"],
+            &["counters.delivered_to_vm"],
+        ),
+        class("icmp_error_to_ha", &["steering.passed"], NOT_STEERED),
+        class("arp_request", &["steering.passed"], NOT_STEERED),
+        unseen("random_fuzz"),
+        unseen("ipv4_truncated"),
+        unseen("ipv4_bad_ihl"),
+        unseen("vlan_truncated"),
+        unseen("arp_truncated"),
+    ];
+    let mut sent = blast(
+        &shot(
+            &lab.ha,
+            &lab.ha_wan,
+            lab.foreign_wan.mac,
+            "fa-uplink",
+            "203.0.113.7",
+            false,
+            21,
+        ),
+        &uplink,
+        &alive,
+    );
+    // The VM link: datagrams from the served VM's address.
+    let vm_link = vec![
+        class(
+            "ipv4_bad_checksum",
+            &["drops.ipv4_bad_checksum"],
+            &["counters.tunnelled_to_home_agent"],
+        ),
+        class(
+            "ipv4_length_lies",
+            &[
+                "drops.ipv4_total_length_too_short",
+                "drops.ipv4_total_length_beyond_frame",
+            ],
+            &["counters.tunnelled_to_home_agent"],
+        ),
+        class(
+            "oversize",
+            &["drops.xsk_rx_dropped"],
+            &["counters.tunnelled_to_home_agent"],
+        ),
+        class(
+            "ttl_expiring",
+            &["drops.ttl_exceeded"],
+            &["counters.tunnelled_to_home_agent"],
+        ),
+        class("random_ethertype", &["steering.passed"], NOT_STEERED),
+        class("arp_bad_types", &["steering.passed"], NOT_STEERED),
+        unseen("ipv4_truncated"),
+        unseen("ipv4_bad_version"),
+        unseen("arp_truncated"),
+    ];
+    sent.extend(blast(
+        &shot(
+            &vmns,
+            &vm_if,
+            vmlink_mac,
+            "fa-vmlink",
+            "192.0.2.10",
+            true,
+            22,
+        ),
+        &vm_link,
+        &alive,
+    ));
+    let frames: u64 = sent.values().sum();
+
+    // Still serving: a datagram from the client reaches the VM's link.
+    let before = fa_stats();
+    let udp = lab
+        .client
+        .send_udp(&UdpSend::new(vm_if.addr, 4009, 100).sport(5009));
+    assert_eq!(udp.sent(), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = fa_stats();
+    assert!(
+        delta(&before, &after, "counters.delivered_to_vm") >= 1,
+        "not delivered after the hostile frames: {after}"
+    );
+    let steered = get(&after, "steering.steered_ipv4")
+        + get(&after, "steering.steered_arp")
+        + get(&after, "steering.steered_ipip")
+        - get(&after, "steering.no_socket");
+    let seen = pipeline_drops(&after)
+        + get(&after, "counters.tunnelled_to_home_agent")
+        + get(&after, "counters.delivered_to_vm")
+        + get(&after, "counters.arp_replies")
+        + get(&after, "drops.xsk_rx_dropped")
+        + get(&after, "drops.xsk_rx_ring_full");
+    assert_eq!(
+        steered, seen,
+        "agent: steered {steered}, accounted {seen}: {after}"
+    );
+
+    let status = agent.stop_with("INT", Duration::from_secs(10));
+    let stderr = agent.stderr();
+    assert!(status.success(), "agent did not exit cleanly:\n{stderr}");
+    let unaccounted: Vec<i64> = stderr
+        .lines()
+        .filter(|l| l.contains("frames at teardown"))
+        .filter_map(|l| l.rsplit("unaccounted ").next()?.trim().parse().ok())
+        .collect();
+    assert!(
+        !unaccounted.is_empty() && unaccounted.iter().all(|u| *u == 0),
+        "agent leaked frames: {unaccounted:?}\n{stderr}"
+    );
+    assert!(stderr.len() < 64 * 1024, "agent stderr {} B", stderr.len());
+    fake_qmp.stop();
+    let t = ha.stop();
+    assert!(t.success, "{}", t.stderr);
+    assert!(t.unaccounted().iter().all(|u| *u == 0), "{}", t.stderr);
+    eprintln!(
+        "hostile (foreign agent): {frames} frames in {} classes; steered {steered} = accounted \
+         {seen}; dropped_ipip {}, passed {}; total {:.1}s",
+        sent.len(),
+        get(&after, "steering.dropped_ipip"),
+        get(&after, "steering.passed"),
         started.elapsed().as_secs_f64()
     );
 }

@@ -39,7 +39,9 @@ fn parse_args() -> Args {
             "--homeward" => a.bin = it.next(),
             "--legacy" => a.legacy = true,
             "--count" => a.count = it.next().and_then(|v| v.parse().ok()).unwrap_or(5000),
-            "--clients" => a.clients.extend(it.next().and_then(|v| v.parse::<u32>().ok())),
+            "--clients" => a
+                .clients
+                .extend(it.next().and_then(|v| v.parse::<u32>().ok())),
             other => {
                 eprintln!("registration-rate: unknown argument {other}");
                 std::process::exit(2);
