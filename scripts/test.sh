@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine, as root:
 # installs what it needs, checks formatting and lints, runs every test
-# (unit, byte fixtures, loom model, network-namespace labs).
+# (unit, byte fixtures, loom model, network-namespace labs, crash and
+# hostile-input labs) and a short fuzzing run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,3 +22,6 @@ cargo test --workspace --locked --release
 
 echo "== loom model of the binding table"
 bash dataplane/run-loom.sh
+
+echo "== fuzzing smoke run (each target briefly; saved regressions replayed)"
+bash scripts/fuzz.sh smoke

@@ -28,6 +28,19 @@ pub fn bpf_pin_dir(bpffs: &Path, role: &str, key: &Path) -> PathBuf {
     bpffs.join("homeward").join(format!("{role}-{key}"))
 }
 
+/// SIGINT and SIGTERM as a channel, installed before any set-up: a stop
+/// asked for while the data path is being assembled waits for the serve
+/// loop, which then tears down cleanly, instead of killing the process
+/// with the XDP program attached.
+pub fn stop_on_signal() -> Result<crossbeam::channel::Receiver<()>, String> {
+    let (tx, rx) = crossbeam::channel::bounded::<()>(1);
+    ctrlc::set_handler(move || {
+        let _ = tx.try_send(());
+    })
+    .map_err(|e| format!("cannot install the signal handler: {e}"))?;
+    Ok(rx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,8 +143,11 @@ fn check(outcome: &Outcome, sink: &Sink, datagram: &[u8], request: Option<&Reque
         assert_eq!(Some(auth.spi), outcome.spi);
         let entry = keys().get(auth.spi).expect("accepted an unknown SPI");
         assert!(entry.key.verify(auth.covered, auth.authenticator));
+        // RFC 5944 §3.6.1.3: nothing non-skippable before the
+        // mobile-home authenticator (MF/FH authentication come after it).
+        assert_eq!(auth.unknown_before, None);
         // RFC 5944 §1.9: no unknown extension in 0-127 anywhere (the
-        // authentication extensions 32-34 are known wherever they stand).
+        // authentication extensions 32-34 are known).
         assert!(req
             .extensions()
             .filter_map(Result::ok)

@@ -434,6 +434,7 @@ pub fn run(args: &AgentArgs) -> Result<Vec<FrameAccounting>, Error> {
             "homeward agent needs root (CAP_NET_ADMIN and CAP_BPF): run it as root".into(),
         ));
     }
+    let stop_rx = crate::common::stop_on_signal().map_err(Error::Daemon)?;
     let config = AgentConfig::merge(args, AgentFile::load(&args.config)?)?;
     let keys = load_keys(&config)?;
     let socket = ControlSocket::bind(&config.socket)?;
@@ -464,12 +465,6 @@ pub fn run(args: &AgentArgs) -> Result<Vec<FrameAccounting>, Error> {
         pin_dir: crate::common::bpf_pin_dir(&config.bpffs, "agent", &config.socket),
     })?;
     let mut agent = Agent::new(&config, datapath, job_senders);
-
-    let (stop_tx, stop_rx) = channel::bounded::<()>(1);
-    ctrlc::set_handler(move || {
-        let _ = stop_tx.try_send(());
-    })
-    .map_err(|e| Error::Daemon(format!("cannot install the signal handler: {e}")))?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (watch_tx, watch_rx) = channel::unbounded();

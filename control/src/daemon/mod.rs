@@ -70,6 +70,7 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     if !is_root() {
         return Err(Error::NotRoot);
     }
+    let stop_rx = crate::common::stop_on_signal().map_err(Error::Daemon)?;
     let lan = link(&config.lan)?;
     let wan = match &config.wan {
         Some(w) => Some(link(w)?),
@@ -178,18 +179,6 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
         workers.push(shared);
         threads.push(thread);
     }
-    tracing::info!(
-        queues = config.queues,
-        address = %config.address,
-        socket = %config.socket.display(),
-        "homeward is running"
-    );
-
-    let (stop_tx, stop_rx) = channel::bounded::<()>(1);
-    ctrlc::set_handler(move || {
-        let _ = stop_tx.try_send(());
-    })
-    .map_err(|e| Error::Dataplane(format!("cannot install the signal handler: {e}")))?;
 
     let mut bindings = Bindings::new(
         table,
@@ -202,6 +191,13 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     );
     bindings.set_claims(claims);
     restore(&mut bindings, &snapshot.bindings);
+    // Ready once the stored bindings are steered again.
+    tracing::info!(
+        queues = config.queues,
+        address = %config.address,
+        socket = %config.socket.display(),
+        "homeward is running"
+    );
     let mut daemon = Daemon {
         bindings,
         config,

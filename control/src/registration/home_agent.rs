@@ -392,6 +392,14 @@ pub fn screen<'a, 'k>(
         Err(_) => return deny(out, code::POORLY_FORMED, "malformed extensions", None),
     };
     out.spi = Some(auth.spi);
+    // §3.6.1.3: the mobile-home authenticator follows every other
+    // non-skippable extension; MF and FH authentication come after it.
+    if auth.unknown_before.is_some() {
+        return Err(Outcome {
+            reason: "authentication extension out of order",
+            ..out
+        });
+    }
     let Some(entry) = keys.get(auth.spi) else {
         return deny(out, code::MN_AUTH_FAILED, "unknown SPI", None);
     };
@@ -775,6 +783,19 @@ key = "ffeeddccbbaa99887766554433221100"
         let mut req = Req::new(now()).bytes();
         req.extend([127, 2, 0, 0]);
         assert_denied(&mut h, &req, now(), None);
+        // Foreign-home authentication before the mobile-home one: out of
+        // order (RFC 5944 §3.6.1.3), discarded (a fuzzer's find).
+        let mut req = Vec::new();
+        Req::new(now()).fields.emit(&mut req);
+        req.extend([34, 6, 0, 0, 1, 0, 0, 0]);
+        KeyFile::parse(KEYS)
+            .unwrap()
+            .get(256)
+            .unwrap()
+            .key
+            .append_mh_auth(&mut req, 256);
+        let o = assert_denied(&mut h, &req, now(), None);
+        assert_eq!(o.reason, "authentication extension out of order");
         // A skippable one (128-255) is skipped: accepted.
         let mut req = Vec::new();
         Req::new(now()).fields.emit(&mut req);
