@@ -16,7 +16,8 @@ pub fn bpf_pin_dir(bpffs: &Path, role: &str, key: &Path) -> PathBuf {
         .trim_matches('/')
         .chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+            // bpffs refuses names with a dot (EPERM).
+            if c.is_ascii_alphanumeric() || c == '-' {
                 c
             } else {
                 '_'
@@ -62,5 +63,12 @@ mod tests {
         let long = "x/".repeat(300);
         let d = bpf_pin_dir(Path::new("/b"), "agent", Path::new(&long));
         assert!(d.file_name().unwrap().len() < 255);
+        // bpffs takes no dots in names.
+        let d = bpf_pin_dir(
+            Path::new("/b"),
+            "agent",
+            Path::new("/run/homeward/agent.sock"),
+        );
+        assert_eq!(d, Path::new("/b/homeward/agent-run_homeward_agent_sock"));
     }
 }

@@ -257,6 +257,9 @@ impl DataPath {
                 "passed": c.passed,
                 "no_socket": c.no_socket,
                 "dropped_ipip": c.dropped_ipip,
+                "malformed_l2": c.malformed_l2,
+                "malformed_l3": c.malformed_l3,
+                "unknown_ingress": c.unknown_ingress,
             }),
             Err(e) => json!({ "error": e.to_string() }),
         };
