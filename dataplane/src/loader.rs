@@ -254,7 +254,7 @@ impl fmt::Display for NotOurs {
 /// `passed`, `malformed_*`, `unknown_ingress`. A steered frame went to the
 /// AF_XDP socket unless `no_socket` was counted for it too (no socket at its
 /// port and queue: it went to the kernel instead).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SteerCounters {
     /// IPv4 to a bound VM address.
     pub steered_ipv4: u64,

@@ -21,7 +21,7 @@ use dataplane::neigh::{self, NeighHandle};
 use dataplane::pipeline::{PipelineConfig, Role};
 use dataplane::stats::CounterSnapshot;
 use dataplane::table::{binding_table, Binding, TableWriter};
-use dataplane::xsk::{FrameAccounting, QueueSockets, Worker, WorkerShared, XskConfig};
+use dataplane::xsk::{FrameAccounting, QueueFrames, QueueSockets, Worker, WorkerShared, XskConfig};
 use serde_json::{json, Map, Value};
 
 use crate::daemon::link;
@@ -233,13 +233,13 @@ impl DataPath {
         let mut frames = Vec::new();
         let mut per_slot = vec![(0u64, 0u64); self.table.capacity()];
         for (queue, w) in self.workers.iter().enumerate() {
-            total.add(&w.counters.snapshot());
-            let a = w.accounting.load();
-            frames.push(json!({
-                "queue": queue, "total": a.total, "free": a.free, "fill": a.fill,
-                "rx": a.rx, "worker": a.worker, "tx": a.tx, "completion": a.completion,
-                "unaccounted": a.unaccounted(),
-            }));
+            let snapshot = w.counters.snapshot();
+            total.add(&snapshot);
+            frames.push(QueueFrames::new(
+                queue,
+                snapshot.pipeline.encapsulated,
+                w.accounting.load(),
+            ));
             for s in self.served.values() {
                 let (p, b) = w.slot_counts(s.slot);
                 if let Some(t) = per_slot.get_mut(s.slot as usize) {
@@ -250,17 +250,7 @@ impl DataPath {
         }
         let drops: Map<String, Value> = total.drops().map(|(k, v)| (k.into(), v.into())).collect();
         let steering = match self.steering.counters() {
-            Ok(c) => json!({
-                "steered_ipv4": c.steered_ipv4,
-                "steered_arp": c.steered_arp,
-                "steered_ipip": c.steered_ipip,
-                "passed": c.passed,
-                "no_socket": c.no_socket,
-                "dropped_ipip": c.dropped_ipip,
-                "malformed_l2": c.malformed_l2,
-                "malformed_l3": c.malformed_l3,
-                "unknown_ingress": c.unknown_ingress,
-            }),
+            Ok(c) => serde_json::to_value(c).unwrap_or(Value::Null),
             Err(e) => json!({ "error": e.to_string() }),
         };
         let served: Vec<Value> = self

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use dataplane::stats::CounterSnapshot;
+use dataplane::xsk::QueueFrames;
 use serde_json::{json, Map, Value};
 
 use super::Daemon;
@@ -15,36 +16,16 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
     for (queue, w) in d.workers.iter().enumerate() {
         let snapshot = w.counters.snapshot();
         total.add(&snapshot);
-        let a = w.accounting.load();
-        frames.push(json!({
-            "queue": queue,
-            "encapsulated": snapshot.pipeline.encapsulated,
-            "total": a.total,
-            "free": a.free,
-            "fill": a.fill,
-            "rx": a.rx,
-            "worker": a.worker,
-            "tx": a.tx,
-            "completion": a.completion,
-            "kernel_rx": a.kernel_rx,
-            "kernel_tx": a.kernel_tx,
-            "unaccounted": a.unaccounted(),
-        }));
+        frames.push(QueueFrames::new(
+            queue,
+            snapshot.pipeline.encapsulated,
+            w.accounting.load(),
+        ));
     }
     let p = &total.pipeline;
     let drops: Map<String, Value> = total.drops().map(|(k, v)| (k.into(), v.into())).collect();
     let steering = match d.bindings.steering().counters() {
-        Ok(c) => json!({
-            "steered_ipv4": c.steered_ipv4,
-            "steered_arp": c.steered_arp,
-            "steered_ipip": c.steered_ipip,
-            "passed": c.passed,
-            "no_socket": c.no_socket,
-            "malformed_l2": c.malformed_l2,
-            "malformed_l3": c.malformed_l3,
-            "unknown_ingress": c.unknown_ingress,
-            "dropped_ipip": c.dropped_ipip,
-        }),
+        Ok(c) => serde_json::to_value(c).unwrap_or(Value::Null),
         Err(e) => json!({ "error": e.to_string() }),
     };
     let next_hops: Vec<Value> = d

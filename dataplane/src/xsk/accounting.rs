@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// One snapshot of where a queue's frames are.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FrameAccounting {
     /// Frames in the UMEM.
     pub total: u64,
@@ -146,6 +146,29 @@ impl SharedAccounting {
             completion: f(6),
             kernel_rx: f(7),
             kernel_tx: f(8),
+        }
+    }
+}
+
+/// One queue's frames as `homeward stats` shows them, in both roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct QueueFrames {
+    pub queue: usize,
+    /// Packets this queue encapsulated.
+    pub encapsulated: u64,
+    #[serde(flatten)]
+    pub frames: FrameAccounting,
+    /// Frames in no place at all: nonzero is a leak.
+    pub unaccounted: i64,
+}
+
+impl QueueFrames {
+    pub fn new(queue: usize, encapsulated: u64, frames: FrameAccounting) -> QueueFrames {
+        QueueFrames {
+            queue,
+            encapsulated,
+            frames,
+            unaccounted: frames.unaccounted(),
         }
     }
 }

@@ -7,7 +7,7 @@ mod sockets;
 mod sys;
 mod worker;
 
-pub use accounting::{FrameAccounting, SharedAccounting};
+pub use accounting::{FrameAccounting, QueueFrames, SharedAccounting};
 pub use sockets::{QueueSockets, SocketRings, XskConfig};
 pub use sys::pin_current_thread;
 pub use worker::{Command, Worker, WorkerShared};
