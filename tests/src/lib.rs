@@ -20,6 +20,7 @@
 pub mod agent;
 pub mod capture;
 pub mod decode;
+pub mod foreign_agent;
 pub mod homeward_lab;
 pub mod inns;
 pub mod link;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use homeward_tests::agent::HomeAgent;
 use homeward_tests::decode::{script, PYTHON};
+use homeward_tests::foreign_agent::ForeignAgentLab;
 use homeward_tests::{
     decode_ipip, homeward_bin, payload_pattern, require_root, Capture, Iface, LabOptions, Mac,
     Netns, Topology, UdpSend,
@@ -803,62 +804,18 @@ fn hostile_frames_at_the_foreign_agent() {
 
     // The VM's link on the foreign hypervisor: no QEMU, a namespace; QMP
     // is a stand-in that says the VM runs.
-    let vmns = Netns::new("hfa-vm");
-    vmns.disable_ipv6();
-    let vm_if = Iface {
-        name: "vm0".into(),
-        mac: Mac::derive("hfa", 0x51),
-        addr: REG_VM.parse().unwrap(),
-        prefix: 24,
-    };
-    let vmlink_mac = Mac::derive("hfa", 0x52);
-    homeward_tests::veth_pair(
-        &homeward_tests::link::VethEnd::new(&vmns, &vm_if.name, vm_if.mac)
-            .addr(vm_if.addr, 24)
-            .mtu(MTU),
-        &homeward_tests::link::VethEnd::new(&lab.foreign, "vmlink", vmlink_mac).mtu(MTU),
+    let fa = ForeignAgentLab::new(
+        &lab,
+        "hfa",
+        dir.path(),
+        &keys,
+        REG_VM.parse().unwrap(),
+        MTU,
+        &[],
     );
-    let qmp = dir.path().join("vm.qmp");
-    let mut fake_qmp = lab.foreign.spawn(&[
-        PYTHON.to_string(),
-        script("fake_qmp.py").to_string_lossy().into_owned(),
-        qmp.display().to_string(),
-    ]);
-    assert!(fake_qmp.wait_for_output("listening", Duration::from_secs(10)));
-    // No '.' anywhere in the socket path: the agent names its bpffs pin
-    // directory after it, and bpffs refuses names with a dot (EPERM).
-    let agent_sock = lab.foreign.dir().join("agent-sock");
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "keys = \"{}\"\nvm_link = \"vmlink\"\nlifetime = 60\nsocket = \"{}\"\n\n\
-             [[vm]]\nname = \"vm\"\nmac = \"{}\"\nhome_address = \"{REG_VM}\"\n\
-             home_prefix_len = 24\nspi = 256\nqmp = \"{}\"\n",
-            keys.display(),
-            agent_sock.display(),
-            vm_if.mac,
-            qmp.display()
-        ),
-    )
-    .expect("agent config");
-    let mut agent = lab.foreign.spawn(&[
-        homeward_bin().to_string_lossy().into_owned(),
-        "agent".into(),
-        "--uplink".into(),
-        lab.foreign_wan.name.clone(),
-        "--address".into(),
-        lab.care_of.to_string(),
-        "--home-agent".into(),
-        lab.ha_wan.addr.to_string(),
-        "--config".into(),
-        config.display().to_string(),
-    ]);
-    assert!(
-        agent.wait_for_output("homeward agent is running", Duration::from_secs(20)),
-        "agent did not start:\n{}",
-        agent.stderr()
-    );
+    let (vmns, vm_if, vmlink_mac) = (&fa.vm, &fa.vm_if, fa.vmlink_mac);
+    let agent_sock = fa.socket.clone();
+    let mut agent = fa.spawn(&lab);
     let deadline = Instant::now() + Duration::from_secs(10);
     while ha.binding(REG_VM).is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -970,8 +927,8 @@ fn hostile_frames_at_the_foreign_agent() {
     ];
     sent.extend(blast(
         &shot(
-            &vmns,
-            &vm_if,
+            vmns,
+            vm_if,
             vmlink_mac,
             "fa-vmlink",
             "192.0.2.10",
@@ -1023,7 +980,6 @@ fn hostile_frames_at_the_foreign_agent() {
         "agent leaked frames: {unaccounted:?}\n{stderr}"
     );
     assert!(stderr.len() < 64 * 1024, "agent stderr {} B", stderr.len());
-    fake_qmp.stop();
     let t = ha.stop();
     assert!(t.success, "{}", t.stderr);
     assert!(t.unaccounted().iter().all(|u| *u == 0), "{}", t.stderr);

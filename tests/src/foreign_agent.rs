@@ -1,0 +1,113 @@
+//! `homeward agent` on the lab's foreign host, serving one "VM": a network
+//! namespace on a veth VM link, its QMP a stand-in (`tests/scapy/fake_qmp.py`)
+//! that says the VM runs, so the agent serves and registers it at once.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::decode::{script, PYTHON};
+use crate::link::{Iface, Mac, VethEnd};
+use crate::{homeward_bin, veth_pair, Netns, NsChild, Topology};
+
+/// The VM, its link and QMP stand-in, and the agent's command line.
+pub struct ForeignAgentLab {
+    /// The VM's namespace, with `vm0` on the agent's `vmlink`.
+    pub vm: Netns,
+    pub vm_if: Iface,
+    /// The MAC of the agent's end of the VM link.
+    pub vmlink_mac: Mac,
+    /// `homeward agent ...` as started (for a restart with the same line).
+    pub args: Vec<String>,
+    /// The agent's control socket.
+    pub socket: PathBuf,
+    _qmp: NsChild,
+}
+
+impl ForeignAgentLab {
+    /// Sets up the VM `vm_addr` (home subnet /24) with `tag`, its QMP
+    /// stand-in and an agent config in `dir` using key file `keys` (SPI 256),
+    /// plus `extra` agent flags. The agent is not started: see
+    /// [`ForeignAgentLab::spawn`].
+    #[track_caller]
+    pub fn new(
+        lab: &Topology,
+        tag: &str,
+        dir: &Path,
+        keys: &Path,
+        vm_addr: Ipv4Addr,
+        mtu: u32,
+        extra: &[&str],
+    ) -> ForeignAgentLab {
+        let vm = Netns::new(&format!("{tag}-vm"));
+        vm.disable_ipv6();
+        let vmlink_mac = Mac::derive(tag, 0x52);
+        let vm_if = Iface {
+            name: "vm0".into(),
+            mac: Mac::derive(tag, 0x51),
+            addr: vm_addr,
+            prefix: 24,
+        };
+        veth_pair(
+            &VethEnd::new(&vm, &vm_if.name, vm_if.mac)
+                .addr(vm_if.addr, 24)
+                .mtu(mtu),
+            &VethEnd::new(&lab.foreign, "vmlink", vmlink_mac).mtu(mtu),
+        );
+        let qmp = dir.join("vm.qmp");
+        let mut fake_qmp = lab.foreign.spawn(&[
+            PYTHON.to_string(),
+            script("fake_qmp.py").to_string_lossy().into_owned(),
+            qmp.display().to_string(),
+        ]);
+        assert!(fake_qmp.wait_for_output("listening", Duration::from_secs(10)));
+        let socket = lab.foreign.dir().join("agent.sock");
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "keys = \"{}\"\nvm_link = \"vmlink\"\nlifetime = 60\nsocket = \"{}\"\n\n\
+                 [[vm]]\nname = \"vm\"\nmac = \"{}\"\nhome_address = \"{vm_addr}\"\n\
+                 home_prefix_len = 24\nspi = 256\nqmp = \"{}\"\n",
+                keys.display(),
+                socket.display(),
+                vm_if.mac,
+                qmp.display()
+            ),
+        )
+        .expect("agent config");
+        let mut args = vec![
+            homeward_bin().to_string_lossy().into_owned(),
+            "agent".into(),
+            "--uplink".into(),
+            lab.foreign_wan.name.clone(),
+            "--address".into(),
+            lab.care_of.to_string(),
+            "--home-agent".into(),
+            lab.ha_wan.addr.to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        ForeignAgentLab {
+            vm,
+            vm_if,
+            vmlink_mac,
+            args,
+            socket,
+            _qmp: fake_qmp,
+        }
+    }
+
+    /// Starts the agent in the foreign namespace and waits until it runs.
+    #[track_caller]
+    pub fn spawn(&self, lab: &Topology) -> NsChild {
+        let mut agent = lab.foreign.spawn(&self.args);
+        assert!(
+            agent.wait_for_output("homeward agent is running", Duration::from_secs(20)),
+            "agent did not start:\n{}",
+            agent.stderr()
+        );
+        agent
+    }
+}

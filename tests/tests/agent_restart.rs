@@ -1,0 +1,91 @@
+//! `homeward agent` after a crash: killed with SIGKILL while it serves a
+//! VM, its XDP program stays attached; the same command line started again
+//! (what systemd's `Restart=` does) recognises the program by its pin,
+//! replaces it, and serves the VM again.
+//! Needs root and `cargo build --release -p homeward`.
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use homeward_tests::agent::HomeAgent;
+use homeward_tests::foreign_agent::ForeignAgentLab;
+use homeward_tests::inns::BpffsMount;
+use homeward_tests::{require_root, Topology, UdpSend};
+
+const KEY: &str = "6167656e742d726573746172742d6b65792d303031";
+const VM: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 51);
+
+/// A datagram from the client on the home LAN reaches the VM through the
+/// home agent's tunnel and the agent.
+#[track_caller]
+fn assert_delivered(lab: &Topology, fa: &ForeignAgentLab, port: u16) {
+    let listener = fa.vm.udp_listen(port);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    while got.is_empty() && Instant::now() < deadline {
+        lab.client.send_udp(&UdpSend::new(VM, port, 64).sport(5000));
+        got = listener.wait_for(1, Duration::from_millis(300));
+    }
+    assert!(!got.is_empty(), "nothing reached the VM on port {port}");
+}
+
+#[test]
+fn the_agent_comes_back_after_kill_9() {
+    require_root();
+    let lab = Topology::home_agent_lab("far");
+    let bpffs = BpffsMount::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!("[[spi]]\nspi = 256\nkey = \"{KEY}\"\nhome_addresses = [\"{VM}/32\"]\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ha = HomeAgent::start(&lab, &["--registration-keys", keys.to_str().unwrap()]);
+    let fa = ForeignAgentLab::new(
+        &lab,
+        "far",
+        dir.path(),
+        &keys,
+        VM,
+        1500,
+        &["--bpffs", bpffs.path().to_str().unwrap()],
+    );
+
+    let mut agent = fa.spawn(&lab);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ha.binding(&VM.to_string()).is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ha.binding(&VM.to_string()).is_some(), "{}", agent.stderr());
+    assert_delivered(&lab, &fa, 4001);
+
+    assert!(agent.signal("KILL"));
+    assert!(agent.wait_timeout(Duration::from_secs(10)).is_some());
+    let link = lab.foreign.ip(&["link", "show", "vmlink"]);
+    assert!(
+        link.contains("xdp"),
+        "the crash should leave the program: {link}"
+    );
+
+    let t = Instant::now();
+    let mut agent = fa.spawn(&lab);
+    let took = t.elapsed();
+    let log = agent.stderr();
+    assert!(
+        log.contains("replaced the XDP program a previous homeward left"),
+        "{log}"
+    );
+    assert_delivered(&lab, &fa, 4002);
+    eprintln!("agent restart after kill -9: running again in {took:?}, the VM served again");
+
+    let status = agent.stop_with("INT", Duration::from_secs(10));
+    let log = agent.stderr();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("frames leaked"), "{log}");
+    let link = lab.foreign.ip(&["link", "show", "vmlink"]);
+    assert!(!link.contains("xdp"), "a clean stop detaches: {link}");
+    assert!(ha.stop().success);
+}
