@@ -153,3 +153,38 @@ fn the_control_socket_is_root_only() {
         .stop_with("INT", std::time::Duration::from_secs(10))
         .success());
 }
+
+#[test]
+fn a_damaged_state_store_stops_the_start_with_what_to_do() {
+    require_root();
+    let ns = Netns::new("clis");
+    let state = ns.dir().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let db = state.join("homeward.db");
+    std::fs::write(&db, b"this is not what homeward wrote\n".repeat(200)).unwrap();
+    let sock = ns.dir().join("c.sock");
+    let bin = homeward_bin();
+    let out = ns.exec(&[
+        bin.to_str().unwrap(),
+        "run",
+        "--lan",
+        "lo",
+        "--address",
+        "198.51.100.1",
+        "--socket",
+        sock.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    fails_with_one_line(&out, "is damaged");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(db.to_str().unwrap()) && err.contains("move it aside"),
+        "{err}"
+    );
+    // Never emptied: the file is as it was.
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        b"this is not what homeward wrote\n".repeat(200)
+    );
+}

@@ -926,15 +926,7 @@ fn hostile_frames_at_the_foreign_agent() {
         unseen("arp_truncated"),
     ];
     sent.extend(blast(
-        &shot(
-            vmns,
-            vm_if,
-            vmlink_mac,
-            "fa-vmlink",
-            "192.0.2.10",
-            true,
-            22,
-        ),
+        &shot(vmns, vm_if, vmlink_mac, "fa-vmlink", "192.0.2.10", true, 22),
         &vm_link,
         &alive,
     ));

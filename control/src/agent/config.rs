@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::common::claims::Claims;
 use crate::error::Error;
 use crate::proto::parse_mac;
 
@@ -218,6 +219,17 @@ impl AgentConfig {
                 "--address {a} cannot be a care-of address"
             )));
         }
+        for vm in &vms {
+            // The agent would answer ARP for, and tunnel, its own address or a
+            // subnet's broadcast: refuse such a VM, as the home agent does.
+            let claims = Claims::new(vec![a], vec![(vm.home_address, vm.home_prefix_len)]);
+            if let Some(why) = claims.refuse_home(vm.home_address) {
+                return Err(bad(format!(
+                    "[[vm]] {}: home_address {} cannot be a VM's address: {why}",
+                    vm.name, vm.home_address
+                )));
+            }
+        }
         if file.lifetime == 0 {
             return Err(bad("lifetime must be at least 1 second".into()));
         }
@@ -293,6 +305,19 @@ qmp = "/run/homeward/db1.qmp"
             vm_link: None,
             socket: None,
             bpffs: None,
+        }
+    }
+
+    #[test]
+    fn vms_on_reserved_addresses_are_refused() {
+        for (home, why) in [
+            ("203.0.113.2", "own addresses"),
+            ("192.0.2.0", "network address"),
+            ("192.0.2.255", "broadcast address"),
+        ] {
+            let text = EXAMPLE.replace("192.0.2.50", home);
+            let e = AgentConfig::merge(&args(), AgentFile::parse(&text).unwrap()).unwrap_err();
+            assert!(e.to_string().contains(why), "{home}: {e}");
         }
     }
 

@@ -13,7 +13,7 @@ use dataplane::table::{Binding, TableWriter};
 use dataplane::xsk::WorkerShared;
 
 use super::announce::Announcer;
-use super::claims::Claims;
+use crate::common::claims::Claims;
 use crate::proto::{format_mac, BindingInfo};
 use crate::store::{Origin, StoredBinding};
 

@@ -3,7 +3,6 @@
 
 mod announce;
 mod bindings;
-mod claims;
 mod denials;
 mod durable;
 mod registration;
@@ -23,12 +22,12 @@ use dataplane::pipeline::PipelineConfig;
 use dataplane::table::binding_table;
 use dataplane::xsk::{Command, FrameAccounting, QueueSockets, Worker, WorkerShared, XskConfig};
 
+use crate::common::claims::Claims;
 use crate::config::RunConfig;
 use crate::error::Error;
 use crate::proto::{parse_mac, Reply, Request};
 use crate::store::{Change, SqliteStore, Store};
 use bindings::{Bindings, Now};
-use claims::Claims;
 use server::ControlSocket;
 
 /// Everything a running home agent holds.

@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS replay (
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// Whether the file checked out: only then is it checkpointed at drop
+    /// (a damaged store is left exactly as found).
+    healthy: bool,
     /// Held (flock) for as long as the store is open; the kernel releases
     /// it when the process dies, so a crash never leaves it stuck.
     _lock: File,
@@ -88,12 +91,14 @@ impl SqliteStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| classify(&path, e))?;
-        let store = SqliteStore {
+        let mut store = SqliteStore {
             conn,
             path,
+            healthy: false,
             _lock: lock,
         };
         store.init()?;
+        store.healthy = true;
         Ok(store)
     }
 
@@ -236,7 +241,7 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn load(&mut self, now_unix_ms: u64) -> Result<Snapshot, StoreError> {
-        let (all, replay) = self.read()?;
+        let (all, replay) = self.read().inspect_err(|_| self.healthy = false)?;
         let (alive, expired): (Vec<_>, Vec<_>) = all
             .into_iter()
             .partition(|b| b.expires_unix_ms.is_none_or(|t| t > now_unix_ms));
@@ -321,6 +326,9 @@ impl Store for SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        if !self.healthy {
+            return;
+        }
         if let Err(e) = self.checkpoint() {
             tracing::warn!("state store checkpoint at exit: {e}");
         }

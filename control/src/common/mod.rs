@@ -1,5 +1,7 @@
 //! Small things both roles use; imports nothing above it.
 
+pub mod claims;
+
 use std::path::{Path, PathBuf};
 
 /// The bpf filesystem homeward pins its XDP program in, unless told

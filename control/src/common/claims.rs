@@ -2,7 +2,8 @@
 //! signed registration may bind the home agent's own addresses (on every
 //! interface it serves) or a home subnet's network or broadcast address,
 //! and no care-of address may be one of ours. Otherwise the gateway's own
-//! traffic, or the subnet's broadcasts, would go into a tunnel.
+//! traffic, or the subnet's broadcasts, would go into a tunnel. The agent
+//! applies the same to the VMs it is configured to serve.
 
 use std::net::Ipv4Addr;
 
@@ -24,7 +25,7 @@ impl Claims {
     /// Why `vm` cannot be a VM's home address, if it cannot.
     pub fn refuse_home(&self, vm: Ipv4Addr) -> Option<String> {
         if self.own.contains(&vm) {
-            return Some(format!("{vm} is one of the home agent's own addresses"));
+            return Some(format!("{vm} is one of this host's own addresses"));
         }
         for &(addr, len) in &self.prefixes {
             // /31 and /32 have no network or broadcast address (RFC 3021).
@@ -53,7 +54,7 @@ impl Claims {
     pub fn refuse_care_of(&self, care_of: Ipv4Addr) -> Option<String> {
         self.own
             .contains(&care_of)
-            .then(|| format!("{care_of} is one of the home agent's own addresses"))
+            .then(|| format!("{care_of} is one of this host's own addresses"))
     }
 }
 
