@@ -664,6 +664,44 @@ key = "0f0e0d0c0b0a09080706050403020100ff"
     );
 }
 
+/// Store files as `homeward run` leaves them: empty, and with bindings
+/// (admin and registration, with and without expiry) and replay state.
+fn store_seeds(o: &mut Out) {
+    use homeward::store::{Change, Origin, SqliteStore, Store, StoredBinding};
+    let file = |changes: &[Change]| -> Vec<u8> {
+        let dir = std::env::temp_dir().join(format!("homeward-seed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let mut s = SqliteStore::open(&dir).unwrap();
+            s.commit(changes).unwrap();
+        } // dropped: checkpointed into the one file
+        let bytes = std::fs::read(dir.join("homeward.db")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        bytes
+    };
+    o.put("empty", &file(&[]));
+    let mut changes = Vec::new();
+    for n in 1..=6u8 {
+        changes.push(Change::Put(StoredBinding {
+            vm: Ipv4Addr::new(192, 0, 2, 50 + n),
+            care_of: Ipv4Addr::new(203, 0, 113, n),
+            vm_mac: (n % 2 == 0).then_some([0x52, 0x54, 0, 0, 0, n]),
+            expires_unix_ms: (n % 3 != 0).then_some(1_900_000_000_000),
+            origin: if n % 2 == 0 {
+                Origin::Admin
+            } else {
+                Origin::Registration { spi: 256 }
+            },
+        }));
+        changes.push(Change::Replay {
+            spi: 256,
+            home: Ipv4Addr::new(192, 0, 2, 50 + n),
+            id: 0xe000_0000_0000_0000 | u64::from(n),
+        });
+    }
+    o.put("bindings", &file(&changes));
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
     let mut report = Vec::new();
@@ -673,6 +711,7 @@ fn main() {
         ("registration", registration_seeds),
         ("qmp_event", qmp_seeds),
         ("config", config_seeds),
+        ("store_recovery", store_seeds),
     ] {
         let mut o = Out::new(&root, target);
         gen(&mut o);

@@ -475,12 +475,11 @@ fn udp_errors(ns: &Netns) -> u64 {
         .sum()
 }
 
-#[test]
-fn hostile_frames_and_registrations_leave_homeward_standing() {
-    require_root();
-    let started = Instant::now();
+/// The lab with MTU 3500 and a key file (SPI 256 for the registered VM)
+/// in a private directory.
+fn lab_with_keys(tag: &str) -> (Topology, tempfile::TempDir, std::path::PathBuf) {
     let lab = Topology::home_agent_lab_with(
-        "hos",
+        tag,
         LabOptions {
             lan_mtu: MTU,
             wan_mtu: MTU,
@@ -495,6 +494,14 @@ fn hostile_frames_and_registrations_leave_homeward_standing() {
     )
     .expect("write keys");
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    (lab, dir, keys)
+}
+
+#[test]
+fn hostile_frames_and_registrations_leave_homeward_standing() {
+    require_root();
+    let started = Instant::now();
+    let (lab, _dir, keys) = lab_with_keys("hos");
     let keys_arg = keys.display().to_string();
     let ha = HomeAgent::start(&lab, &["--registration-keys", &keys_arg]);
     let vm = lab.vm_home.to_string();
@@ -783,22 +790,7 @@ const fn unseen(name: &'static str) -> Class {
 fn hostile_frames_at_the_foreign_agent() {
     require_root();
     let started = Instant::now();
-    let lab = Topology::home_agent_lab_with(
-        "hfa",
-        LabOptions {
-            lan_mtu: MTU,
-            wan_mtu: MTU,
-            ..LabOptions::default()
-        },
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let keys = dir.path().join("keys.toml");
-    std::fs::write(
-        &keys,
-        format!("[[spi]]\nspi = 256\nkey = \"{KEY}\"\nhome_addresses = [\"{REG_VM}/32\"]\n"),
-    )
-    .expect("write keys");
-    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (lab, dir, keys) = lab_with_keys("hfa");
     let keys_arg = keys.display().to_string();
     let ha = HomeAgent::start(&lab, &["--registration-keys", &keys_arg]);
 

@@ -19,9 +19,8 @@ use dataplane::loader::Steering;
 use dataplane::lookup::Tables;
 use dataplane::neigh::{self, NeighHandle};
 use dataplane::pipeline::{PipelineConfig, Role};
-use dataplane::stats::CounterSnapshot;
 use dataplane::table::{binding_table, Binding, TableWriter};
-use dataplane::xsk::{FrameAccounting, QueueFrames, QueueSockets, Worker, WorkerShared, XskConfig};
+use dataplane::xsk::{FrameAccounting, QueueSockets, Worker, WorkerShared, XskConfig};
 use serde_json::{json, Map, Value};
 
 use crate::daemon::link;
@@ -229,17 +228,9 @@ impl DataPath {
 
     /// Counters as one JSON document (the `stats` of `homeward agent`).
     pub fn stats(&self) -> Value {
-        let mut total = CounterSnapshot::default();
-        let mut frames = Vec::new();
+        let (total, frames) = WorkerShared::snapshot_all(&self.workers);
         let mut per_slot = vec![(0u64, 0u64); self.table.capacity()];
-        for (queue, w) in self.workers.iter().enumerate() {
-            let snapshot = w.counters.snapshot();
-            total.add(&snapshot);
-            frames.push(QueueFrames::new(
-                queue,
-                snapshot.pipeline.encapsulated,
-                w.accounting.load(),
-            ));
+        for w in &self.workers {
             for s in self.served.values() {
                 let (p, b) = w.slot_counts(s.slot);
                 if let Some(t) = per_slot.get_mut(s.slot as usize) {

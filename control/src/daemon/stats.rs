@@ -3,25 +3,14 @@
 
 use std::time::Instant;
 
-use dataplane::stats::CounterSnapshot;
-use dataplane::xsk::QueueFrames;
+use dataplane::xsk::WorkerShared;
 use serde_json::{json, Map, Value};
 
 use super::Daemon;
 use crate::proto::format_mac;
 
 pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
-    let mut total = CounterSnapshot::default();
-    let mut frames = Vec::new();
-    for (queue, w) in d.workers.iter().enumerate() {
-        let snapshot = w.counters.snapshot();
-        total.add(&snapshot);
-        frames.push(QueueFrames::new(
-            queue,
-            snapshot.pipeline.encapsulated,
-            w.accounting.load(),
-        ));
-    }
+    let (total, frames) = WorkerShared::snapshot_all(&d.workers);
     let p = &total.pipeline;
     let drops: Map<String, Value> = total.drops().map(|(k, v)| (k.into(), v.into())).collect();
     let steering = match d.bindings.steering().counters() {

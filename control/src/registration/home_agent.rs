@@ -156,7 +156,7 @@ impl HomeAgent {
         };
         let entry = entry.clone();
         let deny = |out: Outcome, c: u8, reason, entry: Option<&SpiEntry>, id: u64| {
-            self.finish(out, &req, c, reason, entry, id, 0)
+            finish(self.config.address, out, &req, c, reason, entry, id, 0)
         };
         let id = req.identification();
 
@@ -170,7 +170,8 @@ impl HomeAgent {
                 Stale::OutOfWindow => "identification out of the replay window",
                 Stale::NotNewer => "identification not newer (replay)",
             };
-            return self.finish(
+            return finish(
+                self.config.address,
                 out,
                 &req,
                 code::ID_MISMATCH,
@@ -289,7 +290,16 @@ impl HomeAgent {
         } else {
             "registered"
         };
-        self.finish(out, &req, c, reason, Some(&entry), id, granted)
+        finish(
+            self.config.address,
+            out,
+            &req,
+            c,
+            reason,
+            Some(&entry),
+            id,
+            granted,
+        )
     }
 
     /// Takes back an accepted Identification whose commit failed, so the
@@ -305,29 +315,6 @@ impl HomeAgent {
 
     fn in_home(&self, a: Ipv4Addr) -> bool {
         self.config.home_prefixes.iter().any(|p| p.contains(a))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &self,
-        out: Outcome,
-        req: &Request<&[u8]>,
-        c: u8,
-        reason: &'static str,
-        entry: Option<&SpiEntry>,
-        identification: u64,
-        lifetime: u16,
-    ) -> Outcome {
-        finish(
-            self.config.address,
-            out,
-            req,
-            c,
-            reason,
-            entry,
-            identification,
-            lifetime,
-        )
     }
 }
 

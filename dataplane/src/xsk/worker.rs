@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, TryRecvError};
 use xsk_rs::FrameDesc;
 
-use super::accounting::{account, FrameAccounting, FrameFlow, RingOccupancy, SharedAccounting};
+use super::accounting::{
+    account, FrameAccounting, FrameFlow, QueueFrames, RingOccupancy, SharedAccounting,
+};
 use super::sockets::{QueueSockets, SocketRings};
 use crate::pipeline::{write_gratuitous_arp, Lookup, Pipeline, PipelineConfig, Port, Verdict};
-use crate::stats::SharedCounters;
+use crate::stats::{CounterSnapshot, SharedCounters};
 
 /// Work the control plane hands to a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +47,23 @@ impl WorkerShared {
             counters: SharedCounters::default(),
             per_slot: (0..slots * 2).map(|_| AtomicU64::new(0)).collect(),
         })
+    }
+
+    /// Every queue's counters summed, and each queue's frames: what the
+    /// `stats` of both roles report.
+    pub fn snapshot_all(workers: &[Arc<WorkerShared>]) -> (CounterSnapshot, Vec<QueueFrames>) {
+        let mut total = CounterSnapshot::default();
+        let mut frames = Vec::with_capacity(workers.len());
+        for (queue, w) in workers.iter().enumerate() {
+            let snapshot = w.counters.snapshot();
+            total.add(&snapshot);
+            frames.push(QueueFrames::new(
+                queue,
+                snapshot.pipeline.encapsulated,
+                w.accounting.load(),
+            ));
+        }
+        (total, frames)
     }
 
     /// Ask the worker to finish: it drains its TX rings and returns.
