@@ -14,4 +14,5 @@ pub mod neigh;
 pub mod pipeline;
 pub mod stats;
 pub mod table;
+pub mod workers;
 pub mod xsk;

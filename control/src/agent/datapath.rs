@@ -11,8 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use crossbeam::channel;
 use dataplane::loader::Steering;
@@ -20,7 +18,8 @@ use dataplane::lookup::Tables;
 use dataplane::neigh::{self, NeighHandle};
 use dataplane::pipeline::{PipelineConfig, Role};
 use dataplane::table::{binding_table, Binding, TableWriter};
-use dataplane::xsk::{FrameAccounting, QueueSockets, Worker, WorkerShared, XskConfig};
+use dataplane::workers::{Workers, WorkersConfig};
+use dataplane::xsk::{FrameAccounting, WorkerShared};
 use serde_json::{json, Map, Value};
 
 use crate::daemon::link;
@@ -61,8 +60,7 @@ pub struct DataPath {
     table: TableWriter,
     steering: Steering,
     neigh: NeighHandle,
-    workers: Vec<Arc<WorkerShared>>,
-    threads: Vec<JoinHandle<FrameAccounting>>,
+    workers: Workers,
     served: BTreeMap<Ipv4Addr, Served>,
     config: DataPathConfig,
 }
@@ -106,51 +104,33 @@ impl DataPath {
 
         let mut pipeline = PipelineConfig::new(config.address, vm_link.mac, uplink.mac);
         pipeline.role = Role::ForeignAgent;
-        let mut workers = Vec::new();
-        let mut threads = Vec::new();
-        for queue in 0..config.queues {
-            let sockets = QueueSockets::open(
-                &config.vm_link,
-                Some(&config.uplink),
-                queue,
-                XskConfig::default(),
-            )
-            .map_err(|e| dp_err("AF_XDP sockets", e))?;
-            steering
-                .register_socket(0, queue, sockets.lan().fd())
-                .map_err(|e| dp_err("XSKMAP", e))?;
-            if let Some(w) = sockets.wan() {
-                steering
-                    .register_socket(1, queue, w.fd())
-                    .map_err(|e| dp_err("XSKMAP", e))?;
-            }
-            let shared = WorkerShared::new(table.capacity());
-            let tables = Tables::foreign_agent(
-                reader.clone(),
-                neigh_reader.clone(),
-                vm_link.index,
-                uplink.index,
-            );
-            let worker = Worker::new(
-                sockets,
-                pipeline.clone(),
-                tables,
-                channel::never(),
-                shared.clone(),
-            );
-            let thread = std::thread::Builder::new()
-                .name(format!("homeward-fa-q{queue}"))
-                .spawn(move || worker.run())
-                .map_err(|e| dp_err("worker thread", e))?;
-            workers.push(shared);
-            threads.push(thread);
-        }
+        let workers = Workers::start(
+            WorkersConfig {
+                lan: &config.vm_link,
+                wan: Some(&config.uplink),
+                queues: config.queues,
+                slots: table.capacity(),
+                pipeline,
+                cpus: &[],
+                name: "homeward-fa-q",
+            },
+            &steering,
+            || {
+                Tables::foreign_agent(
+                    reader.clone(),
+                    neigh_reader.clone(),
+                    vm_link.index,
+                    uplink.index,
+                )
+            },
+            |_| channel::never(),
+        )
+        .map_err(|e| dp_err("workers", e))?;
         Ok(DataPath {
             table,
             steering,
             neigh,
             workers,
-            threads,
             served: BTreeMap::new(),
             config,
         })
@@ -228,9 +208,9 @@ impl DataPath {
 
     /// Counters as one JSON document (the `stats` of `homeward agent`).
     pub fn stats(&self) -> Value {
-        let (total, frames) = WorkerShared::snapshot_all(&self.workers);
+        let (total, frames) = WorkerShared::snapshot_all(self.workers.shared());
         let mut per_slot = vec![(0u64, 0u64); self.table.capacity()];
-        for w in &self.workers {
+        for w in self.workers.shared() {
             for s in self.served.values() {
                 let (p, b) = w.slot_counts(s.slot);
                 if let Some(t) = per_slot.get_mut(s.slot as usize) {
@@ -287,14 +267,7 @@ impl DataPath {
                 tracing::warn!("{e}");
             }
         }
-        for w in &self.workers {
-            w.stop();
-        }
-        let accounting = self
-            .threads
-            .drain(..)
-            .map(|t| t.join().unwrap_or_default())
-            .collect();
+        let accounting = self.workers.stop();
         self.neigh.shutdown();
         accounting
     }

@@ -10,8 +10,6 @@ pub(crate) mod server;
 mod stats;
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender};
@@ -20,7 +18,8 @@ use dataplane::lookup::Tables;
 use dataplane::neigh::{self, LinkInfo};
 use dataplane::pipeline::PipelineConfig;
 use dataplane::table::binding_table;
-use dataplane::xsk::{Command, FrameAccounting, QueueSockets, Worker, WorkerShared, XskConfig};
+use dataplane::workers::{Workers, WorkersConfig};
+use dataplane::xsk::{Command, FrameAccounting};
 
 use crate::common::claims::Claims;
 use crate::config::RunConfig;
@@ -34,7 +33,7 @@ use server::ControlSocket;
 struct Daemon {
     config: RunConfig,
     bindings: Bindings,
-    workers: Vec<Arc<WorkerShared>>,
+    workers: Workers,
     announce: Sender<Command>,
     started: Instant,
     /// RFC 5944 registration, if a key file is configured.
@@ -134,56 +133,34 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     pipeline.icmp_rate_per_sec = config.icmp_rate;
 
     let (announce_tx, announce_rx) = channel::unbounded();
-    let mut workers = Vec::new();
-    let mut threads: Vec<JoinHandle<FrameAccounting>> = Vec::new();
-    for queue in 0..config.queues {
-        let sockets = QueueSockets::open(
-            &config.lan,
-            config.wan.as_deref(),
-            queue,
-            XskConfig::default(),
-        )
-        .map_err(|e| Error::Dataplane(e.to_string()))?;
-        steering
-            .register_socket(0, queue, sockets.lan().fd())
-            .map_err(|e| Error::Dataplane(e.to_string()))?;
-        if let Some(w) = sockets.wan() {
-            steering
-                .register_socket(1, queue, w.fd())
-                .map_err(|e| Error::Dataplane(e.to_string()))?;
-        }
-        let shared = WorkerShared::new(table.capacity());
+    let workers = Workers::start(
+        WorkersConfig {
+            lan: &config.lan,
+            wan: config.wan.as_deref(),
+            queues: config.queues,
+            slots: table.capacity(),
+            pipeline,
+            cpus: &config.worker_cpus,
+            name: "homeward-q",
+        },
+        &steering,
+        || Tables::new(reader.clone(), neigh_reader.clone(), lan.index, wan_index),
         // Announcements go out once, through queue 0.
-        let commands = if queue == 0 {
-            announce_rx.clone()
-        } else {
-            channel::never()
-        };
-        let tables = Tables::new(reader.clone(), neigh_reader.clone(), lan.index, wan_index);
-        let worker = Worker::new(sockets, pipeline.clone(), tables, commands, shared.clone());
-        let cpu = (!config.worker_cpus.is_empty())
-            .then(|| config.worker_cpus[queue as usize % config.worker_cpus.len()]);
-        let thread = std::thread::Builder::new()
-            .name(format!("homeward-q{queue}"))
-            .spawn(move || {
-                if let Some(cpu) = cpu {
-                    match dataplane::xsk::pin_current_thread(cpu) {
-                        Ok(()) => tracing::info!(queue, cpu, "worker pinned"),
-                        Err(e) => tracing::warn!(queue, cpu, "cannot pin worker: {e}"),
-                    }
-                }
-                worker.run()
-            })
-            .map_err(|e| Error::Dataplane(format!("cannot start worker thread: {e}")))?;
-        workers.push(shared);
-        threads.push(thread);
-    }
+        |queue| {
+            if queue == 0 {
+                announce_rx.clone()
+            } else {
+                channel::never()
+            }
+        },
+    )
+    .map_err(|e| Error::Dataplane(e.to_string()))?;
 
     let mut bindings = Bindings::new(
         table,
         steering,
         neigh,
-        workers.clone(),
+        workers.shared().to_vec(),
         config.address,
         lan.mac,
         config.max_bindings as usize,
@@ -210,13 +187,7 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
 
     // Teardown: stop steering new traffic, stop the workers, count frames.
     daemon.bindings.clear();
-    for w in &daemon.workers {
-        w.stop();
-    }
-    let accounting: Vec<FrameAccounting> = threads
-        .into_iter()
-        .map(|t| t.join().unwrap_or_default())
-        .collect();
+    let accounting = daemon.workers.stop();
     drop(daemon);
     drop(socket);
     Ok(accounting)

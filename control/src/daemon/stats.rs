@@ -10,7 +10,7 @@ use super::Daemon;
 use crate::proto::format_mac;
 
 pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
-    let (total, frames) = WorkerShared::snapshot_all(&d.workers);
+    let (total, frames) = WorkerShared::snapshot_all(d.workers.shared());
     let p = &total.pipeline;
     let drops: Map<String, Value> = total.drops().map(|(k, v)| (k.into(), v.into())).collect();
     let steering = match d.bindings.steering().counters() {

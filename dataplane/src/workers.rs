@@ -1,0 +1,142 @@
+//! The workers of one data path, assembled the same way for both roles:
+//! per queue, the AF_XDP sockets (the LAN or VM link, and the WAN or
+//! uplink if there is one) on one UMEM, registered in the steering
+//! program's XSKMAP, and a worker thread running the pipeline; stopped
+//! together, each returning its queue's frame accounting.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam::channel::Receiver;
+
+use crate::loader::{LoaderError, Steering, PORT_LAN, PORT_WAN};
+use crate::lookup::Tables;
+use crate::pipeline::PipelineConfig;
+use crate::xsk::{
+    pin_current_thread, Command, FrameAccounting, QueueSockets, Worker, WorkerShared, XskConfig,
+    XskError,
+};
+
+/// What the workers serve.
+#[derive(Debug, Clone)]
+pub struct WorkersConfig<'a> {
+    /// Port 0: the home agent's LAN, the agent's VM link.
+    pub lan: &'a str,
+    /// Port 1: the WAN or uplink; `None` when one-armed.
+    pub wan: Option<&'a str>,
+    pub queues: u32,
+    /// Binding slots (the table's capacity), for per-binding counters.
+    pub slots: usize,
+    pub pipeline: PipelineConfig,
+    /// Queue `i`'s worker runs on `cpus[i % len]`; empty: not pinned.
+    pub cpus: &'a [usize],
+    /// Thread name prefix (`homeward-q`: threads `homeward-q0`, ...).
+    pub name: &'a str,
+}
+
+/// Why the workers could not start. Workers started before the failure
+/// are stopped again.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkersError {
+    #[error("queue {queue}: {source}")]
+    Sockets { queue: u32, source: XskError },
+    #[error("queue {queue}: registering its AF_XDP socket in the XSKMAP: {source}")]
+    Xskmap { queue: u32, source: LoaderError },
+    #[error("cannot start the worker thread of queue {queue}: {source}")]
+    Thread { queue: u32, source: std::io::Error },
+}
+
+/// The running workers.
+#[derive(Debug)]
+pub struct Workers {
+    shared: Vec<Arc<WorkerShared>>,
+    threads: Vec<JoinHandle<FrameAccounting>>,
+}
+
+impl Workers {
+    /// Opens each queue's sockets, registers them with `steering`, and
+    /// starts its worker with the lookup `tables()` and the command channel
+    /// `commands(queue)`.
+    pub fn start(
+        config: WorkersConfig<'_>,
+        steering: &Steering,
+        mut tables: impl FnMut() -> Tables,
+        mut commands: impl FnMut(u32) -> Receiver<Command>,
+    ) -> Result<Workers, WorkersError> {
+        let mut workers = Workers {
+            shared: Vec::new(),
+            threads: Vec::new(),
+        };
+        for queue in 0..config.queues {
+            if let Err(e) = workers.start_queue(&config, queue, steering, tables(), commands(queue))
+            {
+                workers.stop();
+                return Err(e);
+            }
+        }
+        Ok(workers)
+    }
+
+    fn start_queue(
+        &mut self,
+        config: &WorkersConfig<'_>,
+        queue: u32,
+        steering: &Steering,
+        tables: Tables,
+        commands: Receiver<Command>,
+    ) -> Result<(), WorkersError> {
+        let sockets = QueueSockets::open(config.lan, config.wan, queue, XskConfig::default())
+            .map_err(|source| WorkersError::Sockets { queue, source })?;
+        let xskmap = |source| WorkersError::Xskmap { queue, source };
+        steering
+            .register_socket(PORT_LAN, queue, sockets.lan().fd())
+            .map_err(xskmap)?;
+        if let Some(w) = sockets.wan() {
+            steering
+                .register_socket(PORT_WAN, queue, w.fd())
+                .map_err(xskmap)?;
+        }
+        let shared = WorkerShared::new(config.slots);
+        let worker = Worker::new(
+            sockets,
+            config.pipeline.clone(),
+            tables,
+            commands,
+            shared.clone(),
+        );
+        let cpu =
+            (!config.cpus.is_empty()).then(|| config.cpus[queue as usize % config.cpus.len()]);
+        let thread = std::thread::Builder::new()
+            .name(format!("{}{queue}", config.name))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    match pin_current_thread(cpu) {
+                        Ok(()) => tracing::info!(queue, cpu, "worker pinned"),
+                        Err(e) => tracing::warn!(queue, cpu, "cannot pin worker: {e}"),
+                    }
+                }
+                worker.run()
+            })
+            .map_err(|source| WorkersError::Thread { queue, source })?;
+        self.shared.push(shared);
+        self.threads.push(thread);
+        Ok(())
+    }
+
+    /// Each queue's counters, accounting and per-binding counts.
+    pub fn shared(&self) -> &[Arc<WorkerShared>] {
+        &self.shared
+    }
+
+    /// Stops every worker (each drains its TX rings first) and returns each
+    /// queue's frame accounting.
+    pub fn stop(&mut self) -> Vec<FrameAccounting> {
+        for w in &self.shared {
+            w.stop();
+        }
+        self.threads
+            .drain(..)
+            .map(|t| t.join().unwrap_or_default())
+            .collect()
+    }
+}
