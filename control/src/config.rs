@@ -6,12 +6,54 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{RunArgs, DEFAULT_SOCKET};
 use crate::error::Error;
 use crate::registration::keys::Prefix;
 
+/// Where the daemon listens unless told otherwise. Root-only.
+pub const DEFAULT_SOCKET: &str = "/run/homeward/control.sock";
+
 /// Where the bindings and the replay state are kept unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/homeward";
+
+/// `homeward run` flags; each may also come from the `--config` file.
+#[derive(Debug, Default, clap::Args)]
+pub struct RunArgs {
+    /// The home link interface.
+    #[arg(long)]
+    pub lan: Option<String>,
+    /// The interface toward the care-of addresses (default: the LAN one, one-armed).
+    #[arg(long)]
+    pub wan: Option<String>,
+    /// The home agent's own IPv4 address (outer source of the tunnels).
+    #[arg(long)]
+    pub address: Option<Ipv4Addr>,
+    /// AF_XDP queues (one worker thread each).
+    #[arg(long)]
+    pub queues: Option<u32>,
+    /// Largest outer IPv4 datagram on the tunnel.
+    #[arg(long)]
+    pub tunnel_mtu: Option<u16>,
+    /// TTL of the outer header.
+    #[arg(long)]
+    pub ttl: Option<u8>,
+    /// Control socket path.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// RFC 5944 registration key file; registration is off without one.
+    #[arg(long)]
+    pub registration_keys: Option<PathBuf>,
+    /// Where the bindings and the registration replay state are kept
+    /// (default /var/lib/homeward); one daemon per directory.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// The bpf filesystem to pin the XDP program in, so that a restart
+    /// after a crash recognises it (default /sys/fs/bpf).
+    #[arg(long)]
+    pub bpffs: Option<PathBuf>,
+    /// TOML file with the same settings; flags take precedence.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
 
 /// The config file: the same settings as the `run` flags. Unknown keys are
 /// errors, so a typo cannot silently fall back to a default.

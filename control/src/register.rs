@@ -9,12 +9,60 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::cli::RegisterArgs;
 use crate::error::Error;
 use crate::registration::wire::code_meaning;
 use crate::registration::{
     KeyFile, Registered, RegistrationClient, RegistrationError, RegistrationParams,
 };
+
+/// `homeward register` flags. Optional at parse time so that other forms
+/// (a config file naming the VM) can fill them in; `register.rs` checks.
+#[derive(Debug, Default, clap::Args)]
+pub struct RegisterArgs {
+    /// The home agent's address (Registration Requests go to its UDP port 434).
+    #[arg(long)]
+    pub home_agent: Option<Ipv4Addr>,
+    /// The VM's home address.
+    #[arg(long)]
+    pub home_address: Option<Ipv4Addr>,
+    /// The care-of address: this hypervisor (the home address itself to deregister at home).
+    #[arg(long)]
+    pub care_of: Option<Ipv4Addr>,
+    /// Security Parameter Index of the key to authenticate with.
+    #[arg(long)]
+    pub spi: Option<u32>,
+    /// Key file (TOML, root-owned, mode 0600 or 0400).
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
+    /// Requested lifetime in seconds; 0 deregisters.
+    #[arg(long, default_value_t = 60)]
+    pub lifetime: u16,
+    /// Do not ask for reverse tunnelling (the RFC 3024 T flag).
+    #[arg(long)]
+    pub no_reverse_tunnel: bool,
+    /// Local address to send from (default: any).
+    #[arg(long)]
+    pub bind: Option<Ipv4Addr>,
+    /// Seconds to wait for the reply, retransmissions included.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+    /// Requests to send at most (each with a new Identification).
+    #[arg(long, default_value_t = 4)]
+    pub attempts: u32,
+    /// Print the reply as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The `homeward agent` config: the VM's addresses, SPI and keys come
+    /// from its `[[vm]]` named by --vm.
+    #[arg(long, requires = "vm")]
+    pub config: Option<PathBuf>,
+    /// The VM's name in --config.
+    #[arg(long, requires = "config")]
+    pub vm: Option<String>,
+    /// Testing: pretend our clock is off by this many seconds.
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    pub clock_skew: Option<i64>,
+}
 
 /// Everything one registration needs.
 #[derive(Debug, Clone)]

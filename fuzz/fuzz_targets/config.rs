@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use homeward::agent::config::{AgentArgs, AgentConfig, AgentFile};
-use homeward::cli::RunArgs;
-use homeward::config::{FileConfig, RunConfig};
+use homeward::config::{FileConfig, RunArgs, RunConfig};
 use homeward::registration::keys::KeyFile;
 use libfuzzer_sys::fuzz_target;
 

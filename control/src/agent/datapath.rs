@@ -22,7 +22,7 @@ use dataplane::workers::{Workers, WorkersConfig};
 use dataplane::xsk::{FrameAccounting, WorkerShared};
 use serde_json::{json, Map, Value};
 
-use crate::daemon::link;
+use crate::common::link;
 use crate::error::Error;
 use crate::proto::format_mac;
 

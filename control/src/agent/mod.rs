@@ -15,7 +15,8 @@ mod registrar;
 mod watch;
 
 // The home agent's control socket, reused as is.
-use crate::daemon::{is_root, server};
+use crate::common::control_socket as server;
+use crate::common::is_root;
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,9 +27,9 @@ use crossbeam::channel::{self, Receiver, Sender};
 use dataplane::xsk::FrameAccounting;
 use serde_json::{json, Value};
 
-use crate::cli::RegisterArgs;
 use crate::error::Error;
 use crate::proto::{format_mac, Reply, Request};
+use crate::register::RegisterArgs;
 use crate::registration::{KeyFile, RegistrationClient, RegistrationError, RegistrationParams};
 use config::{AgentArgs, AgentConfig, AgentFile, VmConfig};
 use datapath::{DataPath, DataPathConfig};

@@ -1,8 +1,13 @@
 //! Small things both roles use; imports nothing above it.
 
 pub mod claims;
+pub mod control_socket;
 
 use std::path::{Path, PathBuf};
+
+use dataplane::neigh::{self, LinkInfo};
+
+use crate::error::Error;
 
 /// The bpf filesystem homeward pins its XDP program in, unless told
 /// otherwise (`--bpffs`). Mounted there if it is not yet.
@@ -42,6 +47,26 @@ pub fn stop_on_signal() -> Result<crossbeam::channel::Receiver<()>, String> {
     })
     .map_err(|e| format!("cannot install the signal handler: {e}"))?;
     Ok(rx)
+}
+
+/// Is the effective user root? Read from /proc so no unsafe is needed here.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// An interface by name; a missing one is [`Error::NoSuchInterface`].
+pub fn link(name: &str) -> Result<LinkInfo, Error> {
+    neigh::link_by_name(name).map_err(|e| match e {
+        neigh::NeighError::NoSuchInterface(n) => Error::NoSuchInterface(n),
+        other => Error::Dataplane(format!("interface {name}: {other}")),
+    })
 }
 
 #[cfg(test)]

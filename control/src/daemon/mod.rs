@@ -6,7 +6,6 @@ mod bindings;
 mod denials;
 mod durable;
 mod registration;
-pub(crate) mod server;
 mod stats;
 
 use std::net::Ipv4Addr;
@@ -15,19 +14,20 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver, Sender};
 use dataplane::loader::Steering;
 use dataplane::lookup::Tables;
-use dataplane::neigh::{self, LinkInfo};
+use dataplane::neigh;
 use dataplane::pipeline::PipelineConfig;
 use dataplane::table::binding_table;
 use dataplane::workers::{Workers, WorkersConfig};
 use dataplane::xsk::{Command, FrameAccounting};
 
 use crate::common::claims::Claims;
+use crate::common::control_socket::{self as server, ControlSocket};
+use crate::common::{is_root, link};
 use crate::config::RunConfig;
 use crate::error::Error;
 use crate::proto::{parse_mac, Reply, Request};
 use crate::store::{Change, SqliteStore, Store};
 use bindings::{Bindings, Now};
-use server::ControlSocket;
 
 /// Everything a running home agent holds.
 struct Daemon {
@@ -40,26 +40,6 @@ struct Daemon {
     registration: Option<registration::Registration>,
     /// Where every binding change is made durable before it is acknowledged.
     store: Box<dyn Store>,
-}
-
-/// Is the effective user root? Read from /proc so no unsafe is needed here.
-pub(crate) fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// An interface by name; a missing one is [`Error::NoSuchInterface`].
-pub(crate) fn link(name: &str) -> Result<LinkInfo, Error> {
-    neigh::link_by_name(name).map_err(|e| match e {
-        neigh::NeighError::NoSuchInterface(n) => Error::NoSuchInterface(n),
-        other => Error::Dataplane(format!("interface {name}: {other}")),
-    })
 }
 
 /// Runs the home agent until a signal; returns the frame accounting of
