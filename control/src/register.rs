@@ -4,11 +4,12 @@
 //! Resolving the flags into a [`Target`] is separate from sending, so other
 //! ways of naming the VM (an agent config file) only add a resolver.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::agent::config::AgentFile;
 use crate::error::Error;
 use crate::registration::wire::code_meaning;
 use crate::registration::{
@@ -102,7 +103,7 @@ pub fn target_from_flags(args: &RegisterArgs) -> Result<Target, Error> {
 
 pub fn run(args: &RegisterArgs) -> Result<ExitCode, Error> {
     let target = match args.config {
-        Some(_) => crate::agent::register_target(args)?,
+        Some(_) => target_from_agent_config(args)?,
         None => target_from_flags(args)?,
     };
     register(&target, args.json, args.clock_skew.unwrap_or(0))
@@ -181,4 +182,166 @@ fn to_json(
         v.extend(extra);
     }
     v
+}
+
+/// `homeward register --config AGENT_TOML --vm NAME [--care-of ADDR]`: the
+/// registration target from the agent's config. Without `--care-of`, the
+/// care-of is this host's source address toward the VM's home agent. A
+/// care-of inside the VM's home subnet means the VM is at home: that
+/// deregisters (lifetime 0, care-of = home address).
+fn target_from_agent_config(args: &RegisterArgs) -> Result<Target, Error> {
+    let path = args
+        .config
+        .as_ref()
+        .ok_or(Error::Missing("--config FILE"))?;
+    let name = args.vm.as_deref().ok_or(Error::Missing("--vm NAME"))?;
+    let file = AgentFile::load(path)?;
+    // Validate every VM, but only the named one needs a home agent: the
+    // agent's --home-agent default is not known here.
+    let unknown = Ipv4Addr::UNSPECIFIED;
+    let vms = file
+        .vms(Some(args.home_agent.unwrap_or(unknown)))
+        .map_err(|message| Error::ConfigParse {
+            path: path.clone(),
+            message,
+        })?;
+    let vm = vms
+        .into_iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| Error::Invalid(format!("no VM named {name:?} in {}", path.display())))?;
+    let home_agent = args.home_agent.unwrap_or(vm.home_agent);
+    if home_agent == unknown {
+        return Err(Error::Missing(
+            "--home-agent HA (the VM's [[vm]] has no home_agent)",
+        ));
+    }
+    let care_of = match args.care_of {
+        Some(c) => c,
+        None => route_source(home_agent)?,
+    };
+    let at_home = vm.in_home_subnet(care_of) || args.lifetime == 0;
+    if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 3600.0) {
+        return Err(Error::Invalid(format!(
+            "--timeout {} is out of range (0 to 3600 seconds)",
+            args.timeout
+        )));
+    }
+    Ok(Target {
+        params: RegistrationParams {
+            home_address: vm.home_address,
+            home_agent,
+            care_of: if at_home { vm.home_address } else { care_of },
+            lifetime: if at_home { 0 } else { file.lifetime },
+            reverse_tunnel: file.reverse_tunnel && !args.no_reverse_tunnel && !at_home,
+            spi: args.spi.unwrap_or(vm.spi),
+        },
+        keys: args.keys.clone().unwrap_or(file.keys),
+        bind: args.bind.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        timeout: Duration::from_secs_f64(args.timeout),
+        attempts: args.attempts.max(1),
+    })
+}
+
+/// The source address the kernel would use toward `to`: connecting a UDP
+/// socket picks the route and sends nothing.
+fn route_source(to: Ipv4Addr) -> Result<Ipv4Addr, Error> {
+    let no_route = |e: std::io::Error| {
+        Error::Invalid(format!(
+            "no route to home agent {to} to choose a care-of address ({e}): pass --care-of"
+        ))
+    };
+    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(no_route)?;
+    s.connect((to, 434)).map_err(no_route)?;
+    match s.local_addr().map_err(no_route)?.ip() {
+        std::net::IpAddr::V4(a) if !a.is_unspecified() => Ok(a),
+        other => Err(Error::Invalid(format!(
+            "no usable source address toward {to} (got {other}): pass --care-of"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+    const HA: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+    const WEB1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+
+    fn register_args(
+        config: &std::path::Path,
+        vm: &str,
+        care_of: Option<Ipv4Addr>,
+    ) -> RegisterArgs {
+        RegisterArgs {
+            config: Some(config.into()),
+            vm: Some(vm.into()),
+            care_of,
+            lifetime: 60,
+            timeout: 5.0,
+            attempts: 4,
+            ..RegisterArgs::default()
+        }
+    }
+
+    #[test]
+    fn register_from_the_agent_config_registers_or_deregisters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            r#"keys = "/etc/homeward/keys.toml"
+    lifetime = 90
+    [[vm]]
+    name = "web1"
+    mac = "52:54:00:00:00:50"
+    home_address = "192.0.2.50"
+    home_prefix_len = 24
+    home_agent = "198.51.100.1"
+    spi = 256
+    qmp = "/run/homeward/web1.qmp"
+    [[vm]]
+    name = "nohome"
+    mac = "52:54:00:00:00:51"
+    home_address = "192.0.2.51"
+    home_prefix_len = 24
+    spi = 257
+    qmp = "/run/homeward/nohome.qmp"
+    "#,
+        )
+        .unwrap();
+        // Away: register this care-of for the config's lifetime.
+        let t = target_from_agent_config(&register_args(&path, "web1", Some(AGENT))).unwrap();
+        assert_eq!(t.params.care_of, AGENT);
+        assert_eq!(t.params.lifetime, 90);
+        assert!(t.params.reverse_tunnel);
+        assert_eq!(t.params.spi, 256);
+        assert_eq!(t.params.home_agent, HA);
+        assert_eq!(t.keys, std::path::PathBuf::from("/etc/homeward/keys.toml"));
+        // A care-of inside the home subnet: the VM is home, deregister.
+        let home = Ipv4Addr::new(192, 0, 2, 7);
+        let t = target_from_agent_config(&register_args(&path, "web1", Some(home))).unwrap();
+        assert_eq!(t.params.care_of, WEB1);
+        assert_eq!(t.params.lifetime, 0);
+        // --lifetime 0 deregisters too.
+        let mut args = register_args(&path, "web1", Some(AGENT));
+        args.lifetime = 0;
+        assert_eq!(target_from_agent_config(&args).unwrap().params.lifetime, 0);
+        // Unknown VM, and a VM without a home agent, are named.
+        let e = target_from_agent_config(&register_args(&path, "db9", Some(AGENT))).unwrap_err();
+        assert!(e.to_string().contains("no VM named \"db9\""), "{e}");
+        let e = target_from_agent_config(&register_args(&path, "nohome", Some(AGENT))).unwrap_err();
+        assert!(e.to_string().contains("--home-agent"), "{e}");
+        let mut args = register_args(&path, "nohome", Some(AGENT));
+        args.home_agent = Some(HA);
+        assert_eq!(
+            target_from_agent_config(&args).unwrap().params.home_agent,
+            HA
+        );
+        // Without --care-of: the route's source toward the home agent.
+        let mut args = register_args(&path, "web1", None);
+        args.home_agent = Some(Ipv4Addr::LOCALHOST);
+        let t = target_from_agent_config(&args).unwrap();
+        assert!(t.params.care_of.is_loopback(), "{:?}", t.params);
+    }
 }

@@ -18,7 +18,7 @@ mod watch;
 use crate::common::control_socket as server;
 use crate::common::is_root;
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,7 +29,6 @@ use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::proto::{format_mac, Reply, Request};
-use crate::register::RegisterArgs;
 use crate::registration::{KeyFile, RegistrationClient, RegistrationError, RegistrationParams};
 use config::{AgentArgs, AgentConfig, AgentFile, VmConfig};
 use datapath::{DataPath, DataPathConfig};
@@ -638,82 +637,6 @@ pub fn print_stats(r: &Value) {
             field(f, "completion"),
             field(f, "unaccounted")
         );
-    }
-}
-
-/// `homeward register --config AGENT_TOML --vm NAME [--care-of ADDR]`: the
-/// registration target from the agent's config. Without `--care-of`, the
-/// care-of is this host's source address toward the VM's home agent. A
-/// care-of inside the VM's home subnet means the VM is at home: that
-/// deregisters (lifetime 0, care-of = home address).
-pub fn register_target(args: &RegisterArgs) -> Result<crate::register::Target, Error> {
-    let path = args
-        .config
-        .as_ref()
-        .ok_or(Error::Missing("--config FILE"))?;
-    let name = args.vm.as_deref().ok_or(Error::Missing("--vm NAME"))?;
-    let file = AgentFile::load(path)?;
-    // Validate every VM, but only the named one needs a home agent: the
-    // agent's --home-agent default is not known here.
-    let unknown = Ipv4Addr::UNSPECIFIED;
-    let vms = file
-        .vms(Some(args.home_agent.unwrap_or(unknown)))
-        .map_err(|message| Error::ConfigParse {
-            path: path.clone(),
-            message,
-        })?;
-    let vm = vms
-        .into_iter()
-        .find(|v| v.name == name)
-        .ok_or_else(|| Error::Invalid(format!("no VM named {name:?} in {}", path.display())))?;
-    let home_agent = args.home_agent.unwrap_or(vm.home_agent);
-    if home_agent == unknown {
-        return Err(Error::Missing(
-            "--home-agent HA (the VM's [[vm]] has no home_agent)",
-        ));
-    }
-    let care_of = match args.care_of {
-        Some(c) => c,
-        None => route_source(home_agent)?,
-    };
-    let at_home = vm.in_home_subnet(care_of) || args.lifetime == 0;
-    if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 3600.0) {
-        return Err(Error::Invalid(format!(
-            "--timeout {} is out of range (0 to 3600 seconds)",
-            args.timeout
-        )));
-    }
-    Ok(crate::register::Target {
-        params: RegistrationParams {
-            home_address: vm.home_address,
-            home_agent,
-            care_of: if at_home { vm.home_address } else { care_of },
-            lifetime: if at_home { 0 } else { file.lifetime },
-            reverse_tunnel: file.reverse_tunnel && !args.no_reverse_tunnel && !at_home,
-            spi: args.spi.unwrap_or(vm.spi),
-        },
-        keys: args.keys.clone().unwrap_or(file.keys),
-        bind: args.bind.unwrap_or(Ipv4Addr::UNSPECIFIED),
-        timeout: Duration::from_secs_f64(args.timeout),
-        attempts: args.attempts.max(1),
-    })
-}
-
-/// The source address the kernel would use toward `to`: connecting a UDP
-/// socket picks the route and sends nothing.
-fn route_source(to: Ipv4Addr) -> Result<Ipv4Addr, Error> {
-    let no_route = |e: std::io::Error| {
-        Error::Invalid(format!(
-            "no route to home agent {to} to choose a care-of address ({e}): pass --care-of"
-        ))
-    };
-    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(no_route)?;
-    s.connect((to, 434)).map_err(no_route)?;
-    match s.local_addr().map_err(no_route)?.ip() {
-        std::net::IpAddr::V4(a) if !a.is_unspecified() => Ok(a),
-        other => Err(Error::Invalid(format!(
-            "no usable source address toward {to} (got {other}): pass --care-of"
-        ))),
     }
 }
 
