@@ -27,7 +27,8 @@ const WAN_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
 const GEN_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const SINK_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
 
-fn root() -> bool {
+/// Fails rather than skips without root: a skipped test would pass untested.
+fn require_root() {
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -36,10 +37,10 @@ fn root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
         })
         .unwrap_or(false);
-    if !root {
-        eprintln!("skipped: needs root (BPF_PROG_RUN)");
-    }
-    root
+    assert!(
+        root,
+        "needs root (BPF_PROG_RUN): run the tests as root, as CI does"
+    );
 }
 
 fn udp(len: usize) -> Vec<u8> {
@@ -76,9 +77,7 @@ fn gen_config(template: &[u8], rate_pps: u64, stamp: bool) -> GenConfig {
 
 #[test]
 fn generator_writes_its_frames_and_paces() {
-    if !root() {
-        return;
-    }
+    require_root();
     // Per-CPU pacing state: stay on one CPU.
     sys::pin_to_cpu(0).unwrap();
     let gen = Generator::load().unwrap();
@@ -154,9 +153,7 @@ fn homeward_encap(frame: &[u8]) -> Vec<u8> {
 
 #[test]
 fn ipip_baseline_matches_homeward_byte_for_byte() {
-    if !root() {
-        return;
-    }
+    require_root();
     let b = Baseline::load(BaselineKind::Ipip).unwrap();
     // The DEVMAP needs some interface; loopback (index 1) will do, nothing is sent.
     b.configure(SINK_MAC, WAN_MAC, HA, 1).unwrap();
@@ -197,9 +194,7 @@ fn ipip_baseline_matches_homeward_byte_for_byte() {
 
 #[test]
 fn redirect_baseline_rewrites_macs_only() {
-    if !root() {
-        return;
-    }
+    require_root();
     let b = Baseline::load(BaselineKind::Redirect).unwrap();
     b.configure(SINK_MAC, WAN_MAC, HA, 1).unwrap();
     let frame = udp(60);
@@ -212,9 +207,7 @@ fn redirect_baseline_rewrites_macs_only() {
 
 #[test]
 fn sink_counts_and_finds_timestamps_in_plain_and_ipip_frames() {
-    if !root() {
-        return;
-    }
+    require_root();
     sys::pin_to_cpu(0).unwrap();
     let gen = Generator::load().unwrap();
     let tpl = udp(60);

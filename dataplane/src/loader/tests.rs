@@ -21,10 +21,11 @@ fn is_root() -> bool {
 
 macro_rules! require_root {
     () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (BPF and network namespaces)");
-            return;
-        }
+        // Fails rather than skips: a skipped test would pass untested.
+        assert!(
+            is_root(),
+            "needs root (BPF and network namespaces): run the tests as root, as CI does"
+        );
     };
 }
 
