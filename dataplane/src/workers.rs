@@ -106,6 +106,9 @@ impl Workers {
         );
         let cpu =
             (!config.cpus.is_empty()).then(|| config.cpus[queue as usize % config.cpus.len()]);
+        // The worker pins itself before it touches a ring; start waits for
+        // that, so "running" is logged only once every worker is in place.
+        let (pinned_tx, pinned) = crossbeam::channel::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name(format!("{}{queue}", config.name))
             .spawn(move || {
@@ -115,9 +118,12 @@ impl Workers {
                         Err(e) => tracing::warn!(queue, cpu, "cannot pin worker: {e}"),
                     }
                 }
+                drop(pinned_tx);
                 worker.run()
             })
             .map_err(|source| WorkersError::Thread { queue, source })?;
+        // Disconnected once the worker has pinned itself (or died trying).
+        let _ = pinned.recv();
         self.shared.push(shared);
         self.threads.push(thread);
         Ok(())
