@@ -13,7 +13,7 @@ use crate::register::RegisterArgs;
 
 /// homeward keeps live-migrated VMs reachable at their home addresses.
 #[derive(Debug, Parser)]
-#[command(name = "homeward", version, about)]
+#[command(name = "homeward", version = env!("HOMEWARD_VERSION"), about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

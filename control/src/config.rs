@@ -53,6 +53,12 @@ pub struct RunArgs {
     /// TOML file with the same settings; flags take precedence.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Take the data path over from the homeward running with the same
+    /// control socket (a new binary, a restart): its AF_XDP sockets, UMEM,
+    /// registration socket and control socket are handed over, nothing
+    /// queued in them is lost, and it exits. What systemd's ExecReload runs.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 /// The config file: the same settings as the `run` flags. Unknown keys are
@@ -136,6 +142,8 @@ pub struct RunConfig {
     pub bpffs: PathBuf,
     /// `None`: registration is off (no key file).
     pub registration: Option<RegistrationConfig>,
+    /// `--takeover`: adopt the running daemon's data path.
+    pub takeover: bool,
 }
 
 /// Reads a TOML config file into `T`; errors name the file.
@@ -254,6 +262,7 @@ impl RunConfig {
                 .or(file.bpffs)
                 .unwrap_or_else(|| PathBuf::from(crate::common::DEFAULT_BPFFS)),
             registration: RegistrationConfig::merge(args, file.registration.unwrap_or_default())?,
+            takeover: args.takeover,
         };
         config.validate()?;
         Ok(config)

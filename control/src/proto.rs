@@ -23,6 +23,9 @@ pub enum Request {
     },
     List {},
     Stats {},
+    /// `--takeover`: hand the data path to the process asking (see
+    /// `common::handover`); answered with fds, not a reply line.
+    Takeover {},
 }
 
 /// The daemon's answer: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.

@@ -558,6 +558,10 @@ pub struct Steering {
     ncpus: usize,
     /// The locked pin directory, if attached with one.
     pins: Option<pin::PinDir>,
+    /// Where `pins` is, kept while the lock is lent to a successor.
+    pin_path: Option<PathBuf>,
+    /// Interfaces to attach to, in order (port 0 first).
+    ifaces: Vec<u32>,
 }
 
 impl fmt::Debug for Steering {
@@ -604,10 +608,9 @@ impl Steering {
         max_bindings: u32,
         pin: Option<&Path>,
     ) -> Result<Steering, LoaderError> {
-        let steering = Steering::load(lan_ifindex, wan_ifindex, max_bindings)?;
-        let mut ifaces = vec![lan_ifindex];
-        ifaces.extend(wan_ifindex.filter(|&w| w != lan_ifindex));
-        steering.attach_all(&ifaces, pin)
+        let mut steering = Steering::load(lan_ifindex, wan_ifindex, max_bindings)?;
+        steering.go_live(pin)?;
+        Ok(steering)
     }
 
     /// The foreign agent's steering: the program in the foreign-agent role
@@ -622,20 +625,36 @@ impl Steering {
         max_bindings: u32,
         pin: Option<&Path>,
     ) -> Result<Steering, LoaderError> {
-        let mut steering = Steering::load(vm_link_ifindex, Some(uplink_ifindex), max_bindings)?;
-        steering.set_foreign_agent(care_of)?;
-        let mut ifaces = vec![vm_link_ifindex];
-        if uplink_ifindex != vm_link_ifindex {
-            ifaces.push(uplink_ifindex);
-        }
-        steering.attach_all(&ifaces, pin)
+        let mut steering =
+            Steering::load_foreign_agent(vm_link_ifindex, uplink_ifindex, care_of, max_bindings)?;
+        steering.go_live(pin)?;
+        Ok(steering)
     }
 
-    /// Pin (if `pin`), attach to `ifaces` in order, then drop the pins of
-    /// earlier runs. On error `self` is dropped, which detaches what was
-    /// attached and removes this run's pins.
-    fn attach_all(mut self, ifaces: &[u32], pin: Option<&Path>) -> Result<Steering, LoaderError> {
+    /// [`Steering::attach_foreign_agent`] without the attaching: maps ready
+    /// to fill, then [`Steering::go_live`].
+    pub fn load_foreign_agent(
+        vm_link_ifindex: u32,
+        uplink_ifindex: u32,
+        care_of: Ipv4Addr,
+        max_bindings: u32,
+    ) -> Result<Steering, LoaderError> {
+        let mut steering = Steering::load(vm_link_ifindex, Some(uplink_ifindex), max_bindings)?;
+        steering.set_foreign_agent(care_of)?;
+        Ok(steering)
+    }
+
+    /// Pin (if `pin`), attach to the interfaces given at load, in order
+    /// (replacing the program an earlier run with this pin directory left,
+    /// see [`Steering::attach`]), then drop the pins of earlier runs.
+    ///
+    /// Loading first and going live last lets a caller fill the maps and
+    /// register its sockets before any frame meets the program. On error the
+    /// caller drops `self`, which detaches what was attached and removes
+    /// this run's pins.
+    pub fn go_live(&mut self, pin: Option<&Path>) -> Result<(), LoaderError> {
         if let Some(dir) = pin {
+            self.pin_path = Some(dir.to_path_buf());
             let mut pins = pin::PinDir::open(dir)?;
             let id = self.prog_id().map_err(|source| LoaderError::PinDir {
                 op: "reading the kernel id of the program to pin in",
@@ -652,13 +671,48 @@ impl Steering {
                 pins.pin_maps(&maps)?;
             }
         }
-        for &ifindex in ifaces {
+        for ifindex in self.ifaces.clone() {
             self.attach_to(ifindex)?;
         }
         if let Some(pins) = &self.pins {
             pins.remove_stale();
         }
-        Ok(self)
+        Ok(())
+    }
+
+    /// Takeover, predecessor side: leave the program attached and pinned,
+    /// exactly as a crash would, and unlock the pin directory, so that the
+    /// successor recognises the program and replaces it atomically. After
+    /// this, dropping `self` detaches and unpins nothing.
+    pub fn lend_to_successor(&mut self) {
+        self.attached.clear();
+        // Dropping the PinDir without `close` releases only the lock.
+        self.pins = None;
+    }
+
+    /// Takeover failed after [`Steering::lend_to_successor`]: lock the pin
+    /// directory again, pin the program again (the successor may have
+    /// removed the pin) and make sure it is the attached one everywhere.
+    pub fn reclaim_from_successor(&mut self) -> Result<(), LoaderError> {
+        let Some(dir) = self.pin_path.clone() else {
+            return Ok(());
+        };
+        let mut pins = pin::PinDir::open(&dir)?;
+        let id = self.prog_id().map_err(|source| LoaderError::PinDir {
+            op: "reading the kernel id of the program to pin in",
+            path: dir.clone(),
+            source,
+        })?;
+        pins.repin_program(self.prog_fd, id)?;
+        self.pins = Some(pins);
+        let maps = self.map_fds();
+        if let Some(pins) = self.pins.as_mut() {
+            pins.pin_maps(&maps)?;
+        }
+        for ifindex in self.ifaces.clone() {
+            self.attach_to(ifindex)?;
+        }
+        Ok(())
     }
 
     /// Switch a loaded program to the foreign-agent role with this care-of address.
@@ -832,6 +886,10 @@ impl Steering {
             care_of_refs: HashMap::new(),
             ncpus: ncpus.max(1),
             pins: None,
+            pin_path: None,
+            ifaces: std::iter::once(lan_ifindex)
+                .chain(wan_ifindex.filter(|&w| w != lan_ifindex))
+                .collect(),
         })
     }
 
@@ -845,6 +903,18 @@ impl Steering {
             ifindex,
             source,
         })?;
+        if state.any() != 0 && self.prog_id().ok() == Some(state.any()) {
+            // Already ours (reclaimed after a failed takeover).
+            if let Some(mode) = state.single_mode() {
+                self.attached.push(Attachment {
+                    ifindex,
+                    ifname,
+                    mode,
+                    replaced: None,
+                });
+                return Ok(());
+            }
+        }
         if state.any() != 0 {
             let mode = self.replace_stale(ifindex_c, &ifname, ifindex, &state)?;
             self.attached.push(Attachment {

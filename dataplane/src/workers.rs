@@ -13,8 +13,8 @@ use crate::loader::{LoaderError, Steering, PORT_LAN, PORT_WAN};
 use crate::lookup::Tables;
 use crate::pipeline::PipelineConfig;
 use crate::xsk::{
-    pin_current_thread, Command, FrameAccounting, QueueSockets, Worker, WorkerShared, XskConfig,
-    XskError,
+    pin_current_thread, Command, FrameAccounting, Parked, QueueSockets, Worker, WorkerShared,
+    XskConfig, XskError,
 };
 
 /// What the workers serve.
@@ -50,7 +50,7 @@ pub enum WorkersError {
 #[derive(Debug)]
 pub struct Workers {
     shared: Vec<Arc<WorkerShared>>,
-    threads: Vec<JoinHandle<FrameAccounting>>,
+    threads: Vec<JoinHandle<Parked>>,
 }
 
 impl Workers {
@@ -60,16 +60,35 @@ impl Workers {
     pub fn start(
         config: WorkersConfig<'_>,
         steering: &Steering,
+        tables: impl FnMut() -> Tables,
+        commands: impl FnMut(u32) -> Receiver<Command>,
+    ) -> Result<Workers, WorkersError> {
+        let (lan, wan) = (config.lan, config.wan);
+        Workers::start_with(config.clone(), steering, tables, commands, |queue| {
+            QueueSockets::open(lan, wan, queue, XskConfig::default())
+        })
+    }
+
+    /// Starts workers on sockets that already exist: `sockets(queue)` gives
+    /// queue `queue`'s, e.g. adopted from a predecessor process
+    /// ([`QueueSockets::adopt`]) or parked ([`Workers::park`]). They are
+    /// (re-)registered with `steering` like new ones.
+    pub fn start_with(
+        config: WorkersConfig<'_>,
+        steering: &Steering,
         mut tables: impl FnMut() -> Tables,
         mut commands: impl FnMut(u32) -> Receiver<Command>,
+        mut sockets: impl FnMut(u32) -> Result<QueueSockets, XskError>,
     ) -> Result<Workers, WorkersError> {
         let mut workers = Workers {
             shared: Vec::new(),
             threads: Vec::new(),
         };
         for queue in 0..config.queues {
-            if let Err(e) = workers.start_queue(&config, queue, steering, tables(), commands(queue))
-            {
+            let started = sockets(queue)
+                .map_err(|source| WorkersError::Sockets { queue, source })
+                .and_then(|s| workers.start_queue(&config, s, steering, tables(), commands(queue)));
+            if let Err(e) = started {
                 workers.stop();
                 return Err(e);
             }
@@ -80,13 +99,12 @@ impl Workers {
     fn start_queue(
         &mut self,
         config: &WorkersConfig<'_>,
-        queue: u32,
+        sockets: QueueSockets,
         steering: &Steering,
         tables: Tables,
         commands: Receiver<Command>,
     ) -> Result<(), WorkersError> {
-        let sockets = QueueSockets::open(config.lan, config.wan, queue, XskConfig::default())
-            .map_err(|source| WorkersError::Sockets { queue, source })?;
+        let queue = sockets.queue();
         let xskmap = |source| WorkersError::Xskmap { queue, source };
         steering
             .register_socket(PORT_LAN, queue, sockets.lan().fd())
@@ -137,12 +155,20 @@ impl Workers {
     /// Stops every worker (each drains its TX rings first) and returns each
     /// queue's frame accounting.
     pub fn stop(&mut self) -> Vec<FrameAccounting> {
+        self.park().into_iter().map(|p| p.accounting).collect()
+    }
+
+    /// Stops every worker like [`Workers::stop`], but keeps each queue's
+    /// sockets and free frames: to start again ([`Workers::start_with`]) or
+    /// to hand to a successor process. A worker that panicked has lost its
+    /// queue; it is missing from the list.
+    pub fn park(&mut self) -> Vec<Parked> {
         for w in &self.shared {
             w.stop();
         }
         self.threads
             .drain(..)
-            .map(|t| t.join().unwrap_or_default())
+            .filter_map(|t| t.join().ok())
             .collect()
     }
 }

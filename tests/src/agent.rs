@@ -49,6 +49,33 @@ impl<'a> HomeAgent<'a> {
         HomeAgent { lab, child }
     }
 
+    /// Like [`HomeAgent::start`] with another `homeward` binary (e.g. a
+    /// different build taking over with `--takeover`).
+    #[track_caller]
+    pub fn start_bin(lab: &'a Topology, bin: &std::path::Path, extra: &[&str]) -> HomeAgent<'a> {
+        let mut child = lab.spawn_homeward_bin(bin, extra);
+        let ready = child.wait_for_output("homeward is running", Duration::from_secs(20));
+        assert!(
+            ready,
+            "homeward did not start: {}\n{}",
+            child.command_line(),
+            child.stderr()
+        );
+        HomeAgent { lab, child }
+    }
+
+    /// Wait (up to `timeout`) for it to exit by itself, e.g. after handing
+    /// over to a `--takeover` successor; killed if it does not.
+    #[track_caller]
+    pub fn wait_exit(mut self, timeout: Duration) -> Teardown {
+        let exited = self.child.wait_timeout(timeout).is_some();
+        let status = self.child.stop_with("KILL", Duration::from_secs(5));
+        Teardown {
+            success: exited && status.success(),
+            stderr: self.child.stderr(),
+        }
+    }
+
     /// Runs a CLI command against this daemon's socket; panics on failure.
     #[track_caller]
     pub fn cli(&self, args: &[&str]) -> String {

@@ -52,6 +52,15 @@ pub use traffic::{
 /// Environment variable that overrides where the `homeward` binary is.
 pub const HOMEWARD_BIN_ENV: &str = "HOMEWARD_BIN";
 
+/// What `bin --version` prints, trimmed.
+pub fn version_of(bin: &std::path::Path) -> String {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|e| format!("? ({e})"))
+}
+
 /// The `homeward` binary (package `homeward`, in control/) that the lab
 /// runs: `$HOMEWARD_BIN` if set, else `target/<profile>/homeward` found
 /// among the ancestors of the running test executable

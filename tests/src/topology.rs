@@ -252,7 +252,12 @@ impl Topology {
     /// [`homeward_bin`]. It is killed when the guard drops.
     #[track_caller]
     pub fn spawn_homeward(&self, extra: &[&str]) -> NsChild {
-        let mut args = vec![homeward_bin().to_string_lossy().into_owned()];
+        self.spawn_homeward_bin(&homeward_bin(), extra)
+    }
+
+    /// [`Topology::spawn_homeward`] with another binary.
+    pub fn spawn_homeward_bin(&self, bin: &std::path::Path, extra: &[&str]) -> NsChild {
+        let mut args = vec![bin.to_string_lossy().into_owned()];
         args.extend(self.homeward_run_args());
         args.extend(extra.iter().map(|s| s.to_string()));
         self.ha.spawn(&args)

@@ -107,6 +107,28 @@ fn wait_binding(ha: &HomeAgent, timeout: Duration) -> String {
 enum Stop {
     Term,
     Kill,
+    /// `homeward run --takeover` by [`takeover_bin`] while it runs.
+    Takeover,
+}
+
+/// Where the binary of another build is, for the takeover case: scripts/test.sh
+/// builds one (`HOMEWARD_BUILD_TAG` makes its version differ); without it,
+/// the same binary takes over.
+const TAKEOVER_BIN_ENV: &str = "HOMEWARD_TAKEOVER_BIN";
+
+fn takeover_bin() -> std::path::PathBuf {
+    match std::env::var_os(TAKEOVER_BIN_ENV) {
+        Some(p) => {
+            let p = std::path::PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "{TAKEOVER_BIN_ENV}={} is not a file",
+                p.display()
+            );
+            p
+        }
+        None => homeward_tests::homeward_bin(),
+    }
 }
 
 /// One restart of [`forwarding_across_restarts`].
@@ -146,7 +168,11 @@ fn forwarding_across_restarts() {
     );
 
     let mut cases = Vec::new();
-    for (name, how) in [("SIGTERM", Stop::Term), ("kill -9", Stop::Kill)] {
+    for (name, how) in [
+        ("SIGTERM", Stop::Term),
+        ("kill -9", Stop::Kill),
+        ("takeover", Stop::Takeover),
+    ] {
         let from = sender.sent();
         let start_ns = ns_since(epoch);
         std::thread::sleep(Duration::from_secs(1));
@@ -155,8 +181,74 @@ fn forwarding_across_restarts() {
         let client_before = Snmp::read(&lab.client);
 
         let signal_ns = ns_since(epoch);
+        if how == Stop::Takeover {
+            let bin = takeover_bin();
+            let mut args = extra.to_vec();
+            args.push("--takeover");
+            let successor = HomeAgent::start_bin(&lab, &bin, &args);
+            let ready_ns = ns_since(epoch);
+            let t = std::mem::replace(&mut ha, successor).wait_exit(Duration::from_secs(10));
+            assert!(
+                t.success,
+                "the predecessor did not exit cleanly after the takeover:\n{}",
+                t.stderr
+            );
+            assert!(
+                t.stderr.contains("the successor runs the data path"),
+                "{}",
+                t.stderr
+            );
+            assert!(
+                ha.stderr().contains("handed its data path over"),
+                "{}",
+                ha.stderr()
+            );
+            let exited_ns = ns_since(epoch);
+            eprintln!(
+                "restart: takeover by {} ({}): predecessor said: {}",
+                bin.display(),
+                homeward_tests::version_of(&bin),
+                t.stderr
+                    .lines()
+                    .filter(|l| l.contains("--takeover"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+            eprintln!("restart: takeover: successor said:\n{}", ha.stderr());
+            let care_of = wait_binding(&ha, Duration::from_secs(5));
+            let bound_ns = ns_since(epoch);
+            assert_eq!(care_of, CARE_OF, "binding after {name}");
+            let resumed_seq = sender.sent();
+            assert!(
+                counter.wait_seq(resumed_seq, Duration::from_secs(10)),
+                "bound traffic did not resume after {name}:\n{}",
+                ha.stderr()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+            let stats = ha.stats();
+            eprintln!("restart: takeover: successor stats: {stats}");
+            for (ns, n) in [(&lab.ha, "ha"), (&lab.foreign, "foreign")] {
+                eprintln!(
+                    "restart: takeover: {n} links: {}",
+                    ns.exec_ok(&["ip", "-s", "link"])
+                );
+            }
+            cases.push(Case {
+                name,
+                seqs: from..sender.sent(),
+                start_ns,
+                end_ns: ns_since(epoch),
+                signal_ns,
+                exited_ns,
+                ready_ns: ready_ns.max(signal_ns),
+                bound_ns,
+                resumed_seq,
+                window: format!("veth drops p-ha tx / lan0 rx now {:?}", veth_drops(&lab)),
+            });
+            continue;
+        }
         match how {
-            Stop::Term => {
+            Stop::Term | Stop::Takeover => {
                 let t = ha.stop_with("TERM");
                 assert_clean_teardown("SIGTERM", &t);
             }
@@ -182,7 +274,7 @@ fn forwarding_across_restarts() {
                 );
                 assert!(pins.is_empty(), "pins left after SIGTERM: {pins:?}");
             }
-            Stop::Kill => eprintln!(
+            Stop::Kill | Stop::Takeover => eprintln!(
                 "restart: after kill -9: XDP still attached lan0 {lan_xdp:?} wan0 {wan_xdp:?}; pins {pins:?}"
             ),
         }
@@ -292,7 +384,7 @@ fn forwarding_across_restarts() {
             hole_at,
             l.max_gap_ms,
             ms(c.exited_ns - c.signal_ns),
-            ms(c.ready_ns - c.exited_ns),
+            ms(c.ready_ns.saturating_sub(c.exited_ns)),
             ms(c.ready_ns - c.signal_ns),
             ms(c.bound_ns - c.signal_ns),
             after.len(),

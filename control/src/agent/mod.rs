@@ -345,6 +345,9 @@ impl<D: Serving> Agent<D> {
                 "registration": self.counters,
                 "datapath": self.datapath.stats(),
             })),
+            Request::Takeover {} => Reply::err(
+                "--takeover is for the home agent (homeward run); the agent restarts instead",
+            ),
             Request::Bind { .. } | Request::Unbind { .. } => Reply::err(
                 "this is homeward agent: it serves the VMs of its config as QEMU reports them; bind and unbind are for the home agent (homeward run)",
             ),

@@ -3,22 +3,35 @@
 //! is the only writer of the bindings.
 
 use std::fs;
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{ErrorKind, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam::channel::{self, Receiver};
+use crossbeam::channel::{self, Receiver, Sender};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 use crate::error::Error;
 use crate::proto::{Reply, Request};
 
-/// The listening socket; removed from the file system on drop.
+/// The listening socket; removed from the file system on drop, unless
+/// handed to a successor.
 pub struct ControlSocket {
     path: PathBuf,
+    listener: Arc<UnixListener>,
+    tx: Sender<UnixStream>,
     connections: Receiver<UnixStream>,
+    acceptor: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    handed_over: bool,
 }
+
+/// How long the accept thread waits before looking at its stop flag.
+const ACCEPT_POLL: Duration = Duration::from_millis(50);
 
 impl ControlSocket {
     /// Creates the socket (and its directory, mode 0700), mode 0600. A
@@ -48,51 +61,132 @@ impl ControlSocket {
         }
         let listener = UnixListener::bind(path).map_err(io)?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+        ControlSocket::adopt(path, listener.into())
+    }
+
+    /// Serves `listener`, a predecessor's listening socket at `path`
+    /// handed over with `--takeover`: connections waiting in its backlog
+    /// are served here.
+    pub fn adopt(path: &Path, listener: OwnedFd) -> Result<ControlSocket, Error> {
+        let listener = Arc::new(UnixListener::from(listener));
         let (tx, rx) = channel::bounded(16);
-        std::thread::Builder::new()
-            .name("homeward-ctl".into())
-            .spawn(move || {
-                for conn in listener.incoming().flatten() {
-                    if tx.send(conn).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map_err(io)?;
-        Ok(ControlSocket {
+        let mut socket = ControlSocket {
             path: path.to_path_buf(),
+            listener,
+            tx,
             connections: rx,
-        })
+            acceptor: None,
+            handed_over: false,
+        };
+        socket.resume().map_err(|e| Error::Socket {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Ok(socket)
     }
 
     /// Accepted connections.
     pub fn connections(&self) -> &Receiver<UnixStream> {
         &self.connections
     }
+
+    /// Stop accepting (the backlog keeps what arrives meanwhile) and give
+    /// the listener's fd, for a successor.
+    pub fn park(&mut self) -> RawFd {
+        if let Some((stop, thread)) = self.acceptor.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+        self.listener.as_raw_fd()
+    }
+
+    /// Accept again (after [`ControlSocket::park`], if the successor failed).
+    pub fn resume(&mut self) -> std::io::Result<()> {
+        self.listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (listener, tx, flag) = (self.listener.clone(), self.tx.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("homeward-ctl".into())
+            .spawn(move || accept(&listener, &tx, &flag))?;
+        self.acceptor = Some((stop, thread));
+        Ok(())
+    }
+
+    /// The successor serves the path now: leave it on drop.
+    pub fn handed_over(&mut self) {
+        self.handed_over = true;
+    }
+}
+
+/// Accept until `stop`, waking every [`ACCEPT_POLL`] to look at it.
+fn accept(listener: &UnixListener, tx: &Sender<UnixStream>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                // Served blocking, with timeouts (see `handle`).
+                let _ = conn.set_nonblocking(false);
+                if tx.send(conn).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let mut fds = [PollFd::new(listener, PollFlags::IN)];
+                let timeout = Timespec::try_from(ACCEPT_POLL).ok();
+                let _ = poll(&mut fds, timeout.as_ref());
+            }
+            Err(_) => std::thread::sleep(ACCEPT_POLL),
+        }
+    }
 }
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        if let Some((stop, _)) = &self.acceptor {
+            stop.store(true, Ordering::Relaxed);
+        }
+        if !self.handed_over {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
 /// Reads one request from `conn`, answers it with `f`.
 pub fn handle(conn: UnixStream, mut f: impl FnMut(Request) -> Reply) {
+    let reply = match read_request(&conn) {
+        Ok(req) => f(req),
+        Err(reply) => reply,
+    };
+    send_reply(&conn, &reply);
+}
+
+/// Reads one request from `conn`; what to answer if there is none.
+pub fn read_request(conn: &UnixStream) -> Result<Request, Reply> {
     // A client that does not send its line promptly must not stall the
     // control loop.
     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
     let mut line = String::new();
-    let reply = match BufReader::new(&conn).read_line(&mut line) {
-        Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Ok(req) => f(req),
-            Err(e) => Reply::err(format!("bad request: {e}")),
-        },
-        Err(e) => Reply::err(format!("cannot read request: {e}")),
-    };
-    if let Ok(mut text) = serde_json::to_string(&reply) {
+    // One byte at a time up to the newline, so nothing after the request
+    // (a takeover's messages) is read ahead into a buffer.
+    let mut byte = [0u8; 1];
+    let mut raw = Vec::new();
+    loop {
+        match std::io::Read::read(&mut &*conn, &mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if raw.len() < 64 * 1024 => raw.push(byte[0]),
+            Ok(_) => return Err(Reply::err("request line too long")),
+            Err(e) => return Err(Reply::err(format!("cannot read request: {e}"))),
+        }
+    }
+    line.push_str(&String::from_utf8_lossy(&raw));
+    serde_json::from_str::<Request>(&line).map_err(|e| Reply::err(format!("bad request: {e}")))
+}
+
+/// Writes `reply` as one line.
+pub fn send_reply(conn: &UnixStream, reply: &Reply) {
+    if let Ok(mut text) = serde_json::to_string(reply) {
         text.push('\n');
-        let _ = (&conn).write_all(text.as_bytes());
+        let _ = (&*conn).write_all(text.as_bytes());
     }
 }

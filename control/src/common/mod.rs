@@ -2,6 +2,7 @@
 
 pub mod claims;
 pub mod control_socket;
+pub mod handover;
 
 use std::path::{Path, PathBuf};
 

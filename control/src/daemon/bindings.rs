@@ -249,6 +249,25 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     }
 
     /// The neighbour thread's handle, for its snapshot.
+    /// The workers' shared state (per-binding counters), after they were
+    /// started again.
+    pub fn set_workers(&mut self, workers: Vec<Arc<WorkerShared>>) {
+        self.workers = workers;
+    }
+
+    /// Care-of addresses in use whose next hop is not resolved yet.
+    pub fn unresolved_next_hops(&self) -> usize {
+        self.neigh
+            .macs()
+            .iter()
+            .filter(|(_, m)| m.is_none())
+            .count()
+    }
+
+    pub fn steering_mut(&mut self) -> &mut S {
+        &mut self.steering
+    }
+
     pub fn neigh(&self) -> &N {
         &self.neigh
     }

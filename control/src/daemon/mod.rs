@@ -18,15 +18,16 @@ use dataplane::neigh;
 use dataplane::pipeline::PipelineConfig;
 use dataplane::table::binding_table;
 use dataplane::workers::{Workers, WorkersConfig};
-use dataplane::xsk::{Command, FrameAccounting};
+use dataplane::xsk::{Command, FrameAccounting, Parked, QueueSockets, QueueState, XskError};
 
 use crate::common::claims::Claims;
 use crate::common::control_socket::{self as server, ControlSocket};
+use crate::common::handover::{self, Answer, Successor};
 use crate::common::{is_root, link};
 use crate::config::RunConfig;
 use crate::error::Error;
 use crate::proto::{parse_mac, Reply, Request};
-use crate::store::{Change, SqliteStore, Store};
+use crate::store::{Change, Lent, SqliteStore, Store};
 use bindings::{Bindings, Now};
 
 /// Everything a running home agent holds.
@@ -35,15 +36,36 @@ struct Daemon {
     bindings: Bindings,
     workers: Workers,
     announce: Sender<Command>,
+    /// Queue 0's end of the announcement channel, to start it again after
+    /// a failed takeover.
+    announce_rx: Receiver<Command>,
     started: Instant,
     /// RFC 5944 registration, if a key file is configured.
     registration: Option<registration::Registration>,
     /// Where every binding change is made durable before it is acknowledged.
     store: Box<dyn Store>,
+    /// How to start workers again (after a failed takeover).
+    workers_config: WorkersSpec,
 }
 
-/// Runs the home agent until a signal; returns the frame accounting of
-/// every queue at teardown.
+/// What the workers are started with, kept for a restart on the same sockets.
+struct WorkersSpec {
+    pipeline: PipelineConfig,
+    slots: usize,
+    tables: Box<dyn Fn() -> Tables>,
+}
+
+/// How `serve` ended.
+enum Ending {
+    /// SIGINT/SIGTERM: tear down.
+    Stop,
+    /// A `--takeover` successor runs the data path now: leave it attached.
+    HandedOver,
+}
+
+/// Runs the home agent until a signal (or until a `--takeover` successor
+/// has taken its data path); returns the frame accounting of every queue
+/// at teardown (none when handed over).
 pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     if !is_root() {
         return Err(Error::NotRoot);
@@ -54,7 +76,175 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
         Some(w) => Some(link(w)?),
         None => None,
     };
-    let socket = ControlSocket::bind(&config.socket)?;
+    let wan_index = wan.as_ref().map_or(lan.index, |w| w.index);
+    // First what takes no lock and touches nothing live: with --takeover
+    // the running daemon is stopped only once this is done.
+    let claims = claims(config.address, lan.index, wan.as_ref().map(|w| w.index))?;
+    // Twice the bindings in slots: open addressing stays fast and never
+    // reports full before the XDP map does.
+    let (table, reader) = binding_table(config.max_bindings as usize * 2);
+    let mut ifindexes = vec![lan.index];
+    if wan_index != lan.index {
+        ifindexes.push(wan_index);
+    }
+    let (neigh, neigh_reader) =
+        neigh::spawn(ifindexes, lan.index).map_err(|e| Error::Dataplane(e.to_string()))?;
+    let steering = Steering::load(
+        lan.index,
+        wan.as_ref().map(|w| w.index),
+        config.max_bindings,
+    )
+    .map_err(|e| Error::Dataplane(e.to_string()))?;
+    let mut pipeline = PipelineConfig::new(
+        config.address,
+        lan.mac,
+        wan.as_ref().map_or(lan.mac, |w| w.mac),
+    );
+    pipeline.outer_ttl = config.ttl;
+    pipeline.tunnel_mtu = config.tunnel_mtu;
+    pipeline.icmp_rate_per_sec = config.icmp_rate;
+    let spec = WorkersSpec {
+        pipeline,
+        slots: table.capacity(),
+        tables: {
+            let (reader, neigh_reader, lan_index) =
+                (reader.clone(), neigh_reader.clone(), lan.index);
+            Box::new(move || {
+                Tables::new(reader.clone(), neigh_reader.clone(), lan_index, wan_index)
+            })
+        },
+    };
+
+    let mut successor = if config.takeover {
+        let s = Successor::connect(&config.socket, ROLE).map_err(Error::Daemon)?;
+        tracing::info!(
+            socket = %config.socket.display(),
+            queues = s.queues.len(),
+            "--takeover: the running homeward handed its data path over"
+        );
+        Some(s)
+    } else {
+        None
+    };
+    // With --takeover the predecessor's listener is adopted once everything
+    // else is: a failed takeover leaves the connections in its backlog to it.
+    let bound = match successor {
+        Some(_) => None,
+        None => Some(ControlSocket::bind(&config.socket)?),
+    };
+    let mut started = None;
+    let assembled = assemble(
+        &config,
+        Parts {
+            steering,
+            table,
+            neigh,
+            claims,
+            lan_index: lan.index,
+            lan_mac: lan.mac,
+        },
+        spec,
+        successor.as_mut(),
+        &mut started,
+    );
+    let mut daemon = match assembled {
+        Ok(d) => d,
+        Err(e) => {
+            if let Some(s) = successor {
+                let queues = match started.take() {
+                    Some(mut w) => park_states(&mut w),
+                    None => s.offered().to_vec(),
+                };
+                s.fail(&e.to_string(), queues);
+            }
+            return Err(e);
+        }
+    };
+    let mut socket = match (bound, successor) {
+        (Some(s), _) => s,
+        (None, Some(mut s)) => {
+            let listener = s
+                .listener
+                .take()
+                .ok_or_else(|| Error::Daemon("--takeover: no control socket handed over".into()))?;
+            let socket = ControlSocket::adopt(&config.socket, listener)?;
+            // From here on the predecessor exits; if it cannot hear us it
+            // exits all the same (its answer times out).
+            if let Err(e) = s.accept() {
+                tracing::warn!("--takeover: telling the predecessor: {e}");
+            }
+            socket
+        }
+        (None, None) => return Err(Error::Daemon("no control socket".into())),
+    };
+    // Ready once the stored bindings are steered again.
+    tracing::info!(
+        queues = daemon.config.queues,
+        address = %daemon.config.address,
+        socket = %daemon.config.socket.display(),
+        takeover = daemon.config.takeover,
+        version = env!("HOMEWARD_VERSION"),
+        "homeward is running"
+    );
+    match daemon.serve(&mut socket, &stop_rx) {
+        Ending::HandedOver => {
+            socket.handed_over();
+            daemon.bindings.steering_mut().lend_to_successor();
+            tracing::info!("handed over to the --takeover successor; exiting");
+            Ok(Vec::new())
+        }
+        Ending::Stop => {
+            // Teardown: stop steering new traffic, stop the workers, count frames.
+            daemon.bindings.clear();
+            let accounting = daemon.workers.stop();
+            drop(daemon);
+            drop(socket);
+            Ok(accounting)
+        }
+    }
+}
+
+/// The role's name in a takeover offer.
+const ROLE: &str = "home-agent";
+
+/// The data-path parts made before any lock is taken.
+struct Parts {
+    steering: Steering,
+    table: dataplane::table::TableWriter,
+    neigh: neigh::NeighHandle,
+    claims: Claims,
+    lan_index: u32,
+    lan_mac: [u8; 6],
+}
+
+/// Stop `workers` and give each queue's state (its free frames) back.
+fn park_states(workers: &mut Workers) -> Vec<dataplane::xsk::QueueState> {
+    workers
+        .park()
+        .iter()
+        .map(|p| p.sockets.handover_state())
+        .collect()
+}
+
+/// Store, registration, workers, bindings, then the XDP program goes live:
+/// the maps are filled and the sockets registered before it sees a frame.
+/// With a `successor` (--takeover) the sockets are the predecessor's.
+/// Workers started are left in `started` for the caller to park on error.
+fn assemble(
+    config: &RunConfig,
+    parts: Parts,
+    spec: WorkersSpec,
+    mut successor: Option<&mut Successor>,
+    started: &mut Option<Workers>,
+) -> Result<Daemon, Error> {
+    let Parts {
+        steering,
+        table,
+        neigh,
+        claims,
+        lan_index,
+        lan_mac,
+    } = parts;
     // The store before the data path: a damaged one stops us before
     // anything is attached.
     let mut store = SqliteStore::open(&config.state_dir)?;
@@ -66,14 +256,14 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
         replay = snapshot.replay.len(),
         "state store loaded"
     );
-    let claims = claims(config.address, lan.index, wan.as_ref().map(|w| w.index))?;
     let registration = match &config.registration {
         Some(r) => Some(registration::Registration::start(
             r,
             config.address,
-            lan.index,
-            || neigh::ipv4_prefixes(lan.index).map_err(|e| e.to_string()),
+            lan_index,
+            || neigh::ipv4_prefixes(lan_index).map_err(|e| e.to_string()),
             snapshot.replay.clone(),
+            successor.as_mut().and_then(|s| s.registration.take()),
         )?),
         None => {
             tracing::info!(
@@ -83,94 +273,88 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
         }
     };
 
-    // Twice the bindings in slots: open addressing stays fast and never
-    // reports full before the XDP map does.
-    let (table, reader) = binding_table(config.max_bindings as usize * 2);
-    let wan_index = wan.as_ref().map_or(lan.index, |w| w.index);
-    let mut ifindexes = vec![lan.index];
-    if wan_index != lan.index {
-        ifindexes.push(wan_index);
-    }
-    let (neigh, neigh_reader) =
-        neigh::spawn(ifindexes, lan.index).map_err(|e| Error::Dataplane(e.to_string()))?;
-    let pin = crate::common::bpf_pin_dir(&config.bpffs, "ha", &config.state_dir);
-    let steering = Steering::attach(
-        lan.index,
-        wan.as_ref().map(|w| w.index),
-        config.max_bindings,
-        Some(&pin),
-    )
-    .map_err(|e| Error::Dataplane(e.to_string()))?;
-    tracing::info!(mode = %steering.mode(), lan = %config.lan, wan = ?config.wan, "XDP steering attached");
-
-    let mut pipeline = PipelineConfig::new(
-        config.address,
-        lan.mac,
-        wan.as_ref().map_or(lan.mac, |w| w.mac),
-    );
-    pipeline.outer_ttl = config.ttl;
-    pipeline.tunnel_mtu = config.tunnel_mtu;
-    pipeline.icmp_rate_per_sec = config.icmp_rate;
-
-    let (announce_tx, announce_rx) = channel::unbounded();
-    let workers = Workers::start(
-        WorkersConfig {
-            lan: &config.lan,
-            wan: config.wan.as_deref(),
-            queues: config.queues,
-            slots: table.capacity(),
-            pipeline,
-            cpus: &config.worker_cpus,
-            name: "homeward-q",
-        },
-        &steering,
-        || Tables::new(reader.clone(), neigh_reader.clone(), lan.index, wan_index),
-        // Announcements go out once, through queue 0.
-        |queue| {
-            if queue == 0 {
-                announce_rx.clone()
-            } else {
-                channel::never()
-            }
-        },
-    )
-    .map_err(|e| Error::Dataplane(e.to_string()))?;
-
+    // The table, maps and next hops are ready before a worker runs: with
+    // --takeover the rings already hold frames for the bound VMs.
     let mut bindings = Bindings::new(
         table,
         steering,
         neigh,
-        workers.shared().to_vec(),
+        Vec::new(),
         config.address,
-        lan.mac,
+        lan_mac,
         config.max_bindings as usize,
     );
     bindings.set_claims(claims);
     restore(&mut bindings, &snapshot.bindings);
-    // Ready once the stored bindings are steered again.
-    tracing::info!(
-        queues = config.queues,
-        address = %config.address,
-        socket = %config.socket.display(),
-        "homeward is running"
-    );
-    let mut daemon = Daemon {
+    if successor.is_some() {
+        // The kernel knows the next hops the predecessor used: resolved at
+        // once, unless one went away meanwhile (then bounded).
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while bindings.unresolved_next_hops() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    let (announce_tx, announce_rx) = channel::unbounded();
+    let workers_config = workers_config(config, &spec);
+    let commands = |queue| {
+        // Announcements go out once, through queue 0.
+        if queue == 0 {
+            announce_rx.clone()
+        } else {
+            channel::never()
+        }
+    };
+    let steering = bindings.steering();
+    let workers = match successor.as_mut() {
+        Some(s) => {
+            let mut adopted = std::mem::take(&mut s.queues).into_iter();
+            Workers::start_with(workers_config, steering, &spec.tables, commands, |queue| {
+                match adopted.next() {
+                    Some((state, fds)) if state.queue == queue => QueueSockets::adopt(&state, fds),
+                    _ => Err(XskError::Config(format!(
+                        "the running homeward has no queue {queue} to hand over (--queues differs?)"
+                    ))),
+                }
+            })
+        }
+        None => Workers::start(workers_config, steering, &spec.tables, commands),
+    }
+    .map_err(|e| Error::Dataplane(e.to_string()))?;
+    bindings.set_workers(workers.shared().to_vec());
+    *started = Some(workers);
+    let pin = crate::common::bpf_pin_dir(&config.bpffs, "ha", &config.state_dir);
+    bindings
+        .steering_mut()
+        .go_live(Some(&pin))
+        .map_err(|e| Error::Dataplane(e.to_string()))?;
+    tracing::info!(mode = %bindings.steering().mode(), lan = %config.lan, wan = ?config.wan, "XDP steering attached");
+    let Some(workers) = started.take() else {
+        return Err(Error::Daemon("workers vanished".into()));
+    };
+    Ok(Daemon {
         bindings,
-        config,
+        config: config.clone(),
         workers,
         announce: announce_tx,
+        announce_rx,
         started: Instant::now(),
         registration,
         store: Box::new(store),
-    };
-    daemon.serve(&socket, &stop_rx);
+        workers_config: spec,
+    })
+}
 
-    // Teardown: stop steering new traffic, stop the workers, count frames.
-    daemon.bindings.clear();
-    let accounting = daemon.workers.stop();
-    drop(daemon);
-    drop(socket);
-    Ok(accounting)
+fn workers_config<'a>(config: &'a RunConfig, spec: &WorkersSpec) -> WorkersConfig<'a> {
+    WorkersConfig {
+        lan: &config.lan,
+        wan: config.wan.as_deref(),
+        queues: config.queues,
+        slots: spec.slots,
+        pipeline: spec.pipeline.clone(),
+        cpus: &config.worker_cpus,
+        name: "homeward-q",
+    }
 }
 
 /// The home agent's own addresses and home subnets, which nobody may bind.
@@ -216,7 +400,7 @@ impl Daemon {
         Ok(serde_json::json!({ "vm": vm }))
     }
 
-    fn serve(&mut self, socket: &ControlSocket, stop: &Receiver<()>) {
+    fn serve(&mut self, socket: &mut ControlSocket, stop: &Receiver<()>) -> Ending {
         let datagrams = self
             .registration
             .as_ref()
@@ -231,7 +415,21 @@ impl Daemon {
             channel::select! {
                 recv(socket.connections()) -> conn => {
                     if let Ok(conn) = conn {
-                        server::handle(conn, |req| self.handle(req));
+                        match server::read_request(&conn) {
+                            Ok(Request::Takeover {}) => match self.hand_over(&conn, socket) {
+                                Ok(true) => return Ending::HandedOver,
+                                Ok(false) => {}
+                                Err(e) => {
+                                    // Neither we nor, it seems, the successor
+                                    // hold the data path: exit as after a
+                                    // crash; a restart recovers it.
+                                    tracing::error!("--takeover failed and the data path cannot be taken back: {e}");
+                                    return Ending::HandedOver;
+                                }
+                            },
+                            Ok(req) => server::send_reply(&conn, &self.handle(req)),
+                            Err(reply) => server::send_reply(&conn, &reply),
+                        }
                     }
                 }
                 recv(datagrams) -> d => {
@@ -253,7 +451,7 @@ impl Daemon {
                     if let Some(r) = self.registration.as_mut() {
                         r.summarize(Instant::now(), true);
                     }
-                    return;
+                    return Ending::Stop;
                 }
                 default(wait) => {}
             }
@@ -292,6 +490,7 @@ impl Daemon {
                 serde_json::to_value(self.bindings.list(now)).map_err(|e| e.to_string())
             }
             Request::Stats {} => Ok(stats::collect(self, now)),
+            Request::Takeover {} => Err("takeover is asked by `homeward run --takeover`".into()),
         };
         // Announcements for a new binding start now, not at the next tick.
         let announce = &self.announce;
@@ -302,6 +501,123 @@ impl Daemon {
             Ok(v) => Reply::ok(v),
             Err(e) => Reply::err(e),
         }
+    }
+
+    /// `--takeover`, predecessor side: park everything, offer it on `conn`,
+    /// and either exit (`Ok(true)`: the successor runs it) or take it back
+    /// (`Ok(false)`: the successor failed and handed it back). `Err`: the
+    /// successor went silent, so who holds the frames is unknown.
+    fn hand_over(
+        &mut self,
+        conn: &std::os::unix::net::UnixStream,
+        socket: &mut ControlSocket,
+    ) -> Result<bool, String> {
+        let asked = Instant::now();
+        tracing::info!("--takeover: a successor asks for the data path");
+        // Registrations already read are answered (and committed) here.
+        let registration_fd = match self.registration.as_mut() {
+            Some(r) => {
+                let fd = r.park();
+                loop {
+                    let burst: Vec<_> =
+                        r.datagrams().try_iter().take(registration::BURST).collect();
+                    if burst.is_empty() {
+                        break;
+                    }
+                    r.handle_burst(burst, &mut self.bindings, &mut *self.store, Now::read());
+                }
+                r.summarize(Instant::now(), true);
+                Some(fd)
+            }
+            None => None,
+        };
+        let listener = socket.park();
+        let parked = self.workers.park();
+        let stopped = Instant::now();
+        let path = self.config.state_dir.clone();
+        drop(std::mem::replace(&mut self.store, Box::new(Lent { path })));
+        self.bindings.steering_mut().lend_to_successor();
+        let answer = handover::offer(conn, ROLE, listener, registration_fd, &parked);
+        match answer {
+            Ok(Answer::Accepted) => {
+                tracing::info!(
+                    workers_parked_ms = stopped.duration_since(asked).as_millis() as u64,
+                    handed_over_ms = stopped.elapsed().as_millis() as u64,
+                    "--takeover: the successor runs the data path"
+                );
+                Ok(true)
+            }
+            Ok(Answer::Failed { error, queues }) => {
+                tracing::warn!("--takeover: the successor failed ({error}); carrying on");
+                self.take_back(socket, parked, &queues)
+                    .map(|()| false)
+                    .map_err(|e| format!("taking the data path back: {e}"))
+            }
+            Err(e) => Err(format!("no answer from the successor: {e}")),
+        }
+    }
+
+    /// After a failed takeover: the sockets again (adopted afresh, as the
+    /// successor may have moved their rings on), with the free frames it
+    /// handed back; the store, the pin directory, the threads.
+    fn take_back(
+        &mut self,
+        socket: &mut ControlSocket,
+        parked: Vec<Parked>,
+        returned: &[QueueState],
+    ) -> Result<(), String> {
+        let mut adopted = Vec::with_capacity(parked.len());
+        for p in &parked {
+            let state = returned
+                .iter()
+                .find(|q| q.queue == p.sockets.queue())
+                .ok_or_else(|| format!("queue {} not handed back", p.sockets.queue()))?;
+            let fds = p
+                .sockets
+                .handover_fds()
+                .ok_or("no memfd")?
+                .into_iter()
+                .map(|fd| {
+                    // SAFETY: `fd` is open: it belongs to `p`, alive here.
+                    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("duplicating a socket: {e}"))?;
+            adopted.push((state.clone(), fds));
+        }
+        drop(parked);
+        self.store =
+            Box::new(SqliteStore::open(&self.config.state_dir).map_err(|e| e.to_string())?);
+        self.bindings
+            .steering_mut()
+            .reclaim_from_successor()
+            .map_err(|e| e.to_string())?;
+        let announce_rx = self.announce_rx.clone();
+        let mut adopted = adopted.into_iter();
+        self.workers = Workers::start_with(
+            workers_config(&self.config, &self.workers_config),
+            self.bindings.steering(),
+            &self.workers_config.tables,
+            |queue| {
+                if queue == 0 {
+                    announce_rx.clone()
+                } else {
+                    channel::never()
+                }
+            },
+            |_| match adopted.next() {
+                Some((state, fds)) => QueueSockets::adopt(&state, fds),
+                None => Err(XskError::Config("queue missing".into())),
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        self.bindings.set_workers(self.workers.shared().to_vec());
+        socket.resume().map_err(|e| e.to_string())?;
+        if let Some(r) = self.registration.as_mut() {
+            r.resume().map_err(|e| e.to_string())?;
+        }
+        tracing::info!("--takeover: data path taken back");
+        Ok(())
     }
 
     /// `homeward bind`: applied, then made durable, then acknowledged; if

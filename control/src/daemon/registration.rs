@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -64,6 +65,9 @@ pub(super) struct Registration {
     handler: HomeAgent,
     socket: Arc<UdpSocket>,
     rx: Receiver<Datagram>,
+    /// Kept to start the reader again after a failed takeover.
+    tx: Sender<Datagram>,
+    address: std::net::Ipv4Addr,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
     queue_full: Arc<AtomicU64>,
@@ -97,7 +101,8 @@ impl Screened {
 }
 
 impl Registration {
-    /// Loads keys and replay state, binds `address:434` and starts the
+    /// Loads keys and replay state, binds `address:434` (or serves
+    /// `adopted`, the socket a predecessor handed over) and starts the
     /// reader. `lan_prefixes` is the home subnet unless the config names one.
     pub fn start(
         config: &RegistrationConfig,
@@ -105,6 +110,7 @@ impl Registration {
         lan_index: u32,
         lan_prefixes: impl FnOnce() -> Result<Vec<(std::net::Ipv4Addr, u8)>, String>,
         replay_state: crate::store::ReplayState,
+        adopted: Option<std::os::fd::OwnedFd>,
     ) -> Result<Registration, Error> {
         let keys = KeyFile::load(&config.keys).map_err(|e| Error::Invalid(e.to_string()))?;
         let replay = ReplayGuard::new(config.replay_window, replay_state);
@@ -122,9 +128,12 @@ impl Registration {
         if home_prefixes.is_empty() {
             tracing::warn!("registration: no home prefix (the LAN interface has no IPv4 address and none is configured): every registration will be refused");
         }
-        let socket = UdpSocket::bind(SocketAddrV4::new(address, wire::PORT)).map_err(|e| {
-            Error::Invalid(format!("cannot bind UDP {address}:{}: {e}", wire::PORT))
-        })?;
+        let socket = match adopted {
+            Some(fd) => UdpSocket::from(fd),
+            None => UdpSocket::bind(SocketAddrV4::new(address, wire::PORT)).map_err(|e| {
+                Error::Invalid(format!("cannot bind UDP {address}:{}: {e}", wire::PORT))
+            })?,
+        };
         socket
             .set_read_timeout(Some(READ_TIMEOUT))
             .map_err(|e| Error::Invalid(format!("registration socket: {e}")))?;
@@ -143,23 +152,24 @@ impl Registration {
             keys,
             replay,
         );
-        let reader = {
-            let reader = Reader {
-                socket: socket.clone(),
-                tx,
-                stop: stop.clone(),
-                queue_full: queue_full.clone(),
-                keys: handler.keys().clone(),
-                address,
-                screened: screened.clone(),
-            };
-            std::thread::Builder::new()
-                .name("homeward-reg".into())
-                .spawn(move || reader.run())
-                .map_err(|e| {
-                    Error::Dataplane(format!("cannot start the registration thread: {e}"))
-                })?
+        let mut registration = Registration {
+            handler,
+            screened,
+            socket,
+            rx,
+            tx,
+            address,
+            stop,
+            reader: None,
+            queue_full,
+            counters: Counters::default(),
+            lan_index,
+            denials: DenialSummary::new(Instant::now()),
         };
+        registration
+            .resume()
+            .map_err(|e| Error::Dataplane(format!("cannot start the registration thread: {e}")))?;
+        let handler = &registration.handler;
         tracing::info!(
             address = %address,
             port = wire::PORT,
@@ -169,18 +179,37 @@ impl Registration {
             max_lifetime = config.max_lifetime,
             "registration enabled"
         );
-        Ok(Registration {
-            handler,
-            screened,
-            socket,
-            rx,
-            stop,
-            reader: Some(reader),
-            queue_full,
-            counters: Counters::default(),
-            lan_index,
-            denials: DenialSummary::new(Instant::now()),
-        })
+        Ok(registration)
+    }
+
+    /// Start (again) the reader thread.
+    pub fn resume(&mut self) -> std::io::Result<()> {
+        self.stop.store(false, Ordering::Relaxed);
+        let reader = Reader {
+            socket: self.socket.clone(),
+            tx: self.tx.clone(),
+            stop: self.stop.clone(),
+            queue_full: self.queue_full.clone(),
+            keys: self.handler.keys().clone(),
+            address: self.address,
+            screened: self.screened.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("homeward-reg".into())
+            .spawn(move || reader.run())?;
+        self.reader = Some(thread);
+        Ok(())
+    }
+
+    /// Takeover: stop the reader (what arrives meanwhile waits in the
+    /// socket's buffer) and give the socket's fd. The caller handles what
+    /// is still queued ([`Registration::datagrams`]) before handing over.
+    pub fn park(&mut self) -> RawFd {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.reader.take() {
+            let _ = t.join();
+        }
+        self.socket.as_raw_fd()
     }
 
     /// The channel the control loop selects on.

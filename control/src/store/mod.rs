@@ -87,6 +87,29 @@ pub trait Store {
     fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError>;
 }
 
+/// Where a daemon's store is while a `--takeover` successor holds it: the
+/// control loop is stopped then, so nothing should reach it, and whatever
+/// does is refused rather than acknowledged.
+#[derive(Debug)]
+pub struct Lent {
+    pub path: PathBuf,
+}
+
+impl Store for Lent {
+    fn load(&mut self, _now_unix_ms: u64) -> Result<Snapshot, StoreError> {
+        Err(StoreError::Open {
+            path: self.path.clone(),
+            message: "handed to a --takeover successor".into(),
+        })
+    }
+    fn commit(&mut self, _changes: &[Change]) -> Result<(), StoreError> {
+        Err(StoreError::Commit {
+            path: self.path.clone(),
+            message: "handed to a --takeover successor".into(),
+        })
+    }
+}
+
 /// An in-memory store: for tests of the code above it, never for a daemon.
 #[derive(Debug, Default)]
 pub struct MemoryStore {

@@ -189,6 +189,13 @@ impl PinDir {
         self.path.join(format!("{PROG_PREFIX}{id}"))
     }
 
+    /// Pin our program again as `prog-<id>`, replacing the pin if there.
+    pub(super) fn repin_program(&mut self, prog_fd: RawFd, id: u32) -> Result<(), LoaderError> {
+        let path = self.prog_pin(id);
+        remove_if_there(&path).map_err(|e| pin_err("replacing the pin", &path, e))?;
+        self.pin_program(prog_fd, id)
+    }
+
     /// Pin our (loaded, not yet attached) program as `prog-<id>`.
     pub(super) fn pin_program(&mut self, prog_fd: RawFd, id: u32) -> Result<(), LoaderError> {
         let path = self.prog_pin(id);

@@ -8,9 +8,9 @@ mod sys;
 mod worker;
 
 pub use accounting::{FrameAccounting, QueueFrames, SharedAccounting};
-pub use sockets::{QueueSockets, SocketRings, XskConfig};
+pub use sockets::{QueueSockets, QueueState, SocketRings, XskConfig};
 pub use sys::pin_current_thread;
-pub use worker::{Command, Worker, WorkerShared};
+pub use worker::{Command, Parked, Worker, WorkerShared};
 
 /// Failures opening AF_XDP sockets.
 #[derive(Debug, thiserror::Error)]

@@ -2,17 +2,19 @@
 //! the WAN socket, so a frame received on one interface is transmitted on
 //! the other without a copy in userspace.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use serde::{Deserialize, Serialize};
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
 };
-use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RingSizes, RxQueue, Socket, TxQueue, Umem};
 
 use super::XskError;
 
 /// Sizes of the UMEM and its rings for one queue.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct XskConfig {
     /// Frames in the UMEM shared by the queue's sockets.
     pub frame_count: u32,
@@ -79,18 +81,7 @@ impl QueueSockets {
         queue: u32,
         config: XskConfig,
     ) -> Result<QueueSockets, XskError> {
-        let ring = QueueSize::new(config.ring_size)
-            .map_err(|e| XskError::Config(format!("ring size {}: {e}", config.ring_size)))?;
-        let frame_size = FrameSize::new(config.frame_size)
-            .map_err(|e| XskError::Config(format!("frame size {}: {e}", config.frame_size)))?;
-        let frame_count = std::num::NonZeroU32::new(config.frame_count)
-            .ok_or_else(|| XskError::Config("frame count must not be 0".into()))?;
-        let umem_config = UmemConfig::builder()
-            .frame_size(frame_size)
-            .fill_queue_size(ring)
-            .comp_queue_size(ring)
-            .build()
-            .map_err(|e| XskError::Config(format!("UMEM: {e}")))?;
+        let (umem_config, frame_count, ring) = umem_config(&config)?;
         let (umem, frames) = Umem::new(umem_config, frame_count, false)
             .map_err(|e| XskError::Umem(e.to_string()))?;
 
@@ -123,6 +114,137 @@ impl QueueSockets {
     pub fn queue(&self) -> u32 {
         self.queue
     }
+
+    /// What a successor needs besides the fds ([`QueueSockets::handover_fds`])
+    /// to adopt these sockets: sizes, interfaces and the free frames.
+    pub fn handover_state(&self) -> QueueState {
+        QueueState {
+            queue: self.queue,
+            config: self.config,
+            lan: self.lan.ifname.clone(),
+            wan: self.wan.as_ref().map(|w| w.ifname.clone()),
+            free: self.frames.iter().map(|f| f.addr() as u64).collect(),
+        }
+    }
+
+    /// The fds to hand over, in order: the UMEM's memfd, the LAN socket,
+    /// the WAN socket unless one-armed. `None` if the UMEM has no memfd.
+    pub fn handover_fds(&self) -> Option<Vec<RawFd>> {
+        let mut fds = vec![self.umem.memfd()?, self.lan.fd];
+        fds.extend(self.wan.as_ref().map(|w| w.fd));
+        Some(fds)
+    }
+
+    /// Take over the sockets a predecessor process handed over: `fds` as
+    /// [`QueueSockets::handover_fds`] listed them. The free frames become
+    /// this queue's free list; the frames in the rings stay where they are.
+    ///
+    /// The predecessor must have stopped touching the rings and frames
+    /// (its worker is parked) and must not resume unless handed them back.
+    pub fn adopt(state: &QueueState, fds: Vec<OwnedFd>) -> Result<QueueSockets, XskError> {
+        let (umem_config, frame_count, _) = umem_config(&state.config)?;
+        let expected = 2 + usize::from(state.wan.is_some());
+        if fds.len() != expected {
+            return Err(XskError::Config(format!(
+                "queue {}: {} fds handed over, {expected} expected",
+                state.queue,
+                fds.len()
+            )));
+        }
+        let mut fds = fds.into_iter();
+        let (Some(memfd), Some(lan_fd)) = (fds.next(), fds.next()) else {
+            return Err(XskError::Config("missing fds".into()));
+        };
+        let umem = Umem::adopt(umem_config, frame_count, memfd)
+            .map_err(|e| XskError::Umem(e.to_string()))?;
+        let mut frames = Vec::with_capacity(state.free.len());
+        for &addr in &state.free {
+            let desc = usize::try_from(addr)
+                .ok()
+                .and_then(|a| umem.frame_desc(a))
+                .ok_or_else(|| {
+                    XskError::Config(format!("handed-over frame {addr:#x} is outside the UMEM"))
+                })?;
+            frames.push(desc);
+        }
+        let lan = adopt_socket(&umem, lan_fd, &state.lan, state.queue, &state.config)?;
+        let wan = match (&state.wan, fds.next()) {
+            (Some(name), Some(fd)) => {
+                Some(adopt_socket(&umem, fd, name, state.queue, &state.config)?)
+            }
+            _ => None,
+        };
+        Ok(QueueSockets {
+            umem,
+            frames,
+            lan,
+            wan,
+            queue: state.queue,
+            config: state.config,
+        })
+    }
+}
+
+/// One queue as handed to a successor process; the fds travel beside it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    pub queue: u32,
+    pub config: XskConfig,
+    pub lan: String,
+    pub wan: Option<String>,
+    /// Addresses of the frames on the worker's free list.
+    pub free: Vec<u64>,
+}
+
+fn umem_config(config: &XskConfig) -> Result<(UmemConfig, NonZeroU32, QueueSize), XskError> {
+    let ring = QueueSize::new(config.ring_size)
+        .map_err(|e| XskError::Config(format!("ring size {}: {e}", config.ring_size)))?;
+    let frame_size = FrameSize::new(config.frame_size)
+        .map_err(|e| XskError::Config(format!("frame size {}: {e}", config.frame_size)))?;
+    let frame_count = NonZeroU32::new(config.frame_count)
+        .ok_or_else(|| XskError::Config("frame count must not be 0".into()))?;
+    let umem_config = UmemConfig::builder()
+        .frame_size(frame_size)
+        .fill_queue_size(ring)
+        .comp_queue_size(ring)
+        .build()
+        .map_err(|e| XskError::Config(format!("UMEM: {e}")))?;
+    Ok((umem_config, frame_count, ring))
+}
+
+fn adopt_socket(
+    umem: &Umem,
+    fd: OwnedFd,
+    ifname: &str,
+    queue: u32,
+    config: &XskConfig,
+) -> Result<SocketRings, XskError> {
+    let raw = fd.as_raw_fd();
+    let size = config.ring_size;
+    let sizes = RingSizes {
+        rx: size,
+        tx: size,
+        fill: size,
+        comp: size,
+    };
+    // SAFETY: the predecessor parked its worker before handing the socket
+    // over (see `QueueSockets::adopt`), so these queues are the only
+    // userspace side of its rings.
+    let (tx, rx, fill, comp) =
+        unsafe { Socket::adopt(fd, umem, sizes) }.map_err(|e| XskError::Socket {
+            ifname: ifname.to_string(),
+            queue,
+            reason: format!("adopting a handed-over socket: {e}"),
+            cause: std::error::Error::source(&e).map(|s| s.to_string()),
+        })?;
+    Ok(SocketRings {
+        tx,
+        rx,
+        fill,
+        comp,
+        fd: raw,
+        ifname: ifname.to_string(),
+    })
 }
 
 fn open_socket(

@@ -109,6 +109,25 @@ pub struct Worker<L: Lookup> {
     fruitless_kicks: u32,
 }
 
+/// A stopped worker's queue: its sockets with every frame the worker held
+/// back on their free list (the rest are in the kernel's rings), ready to
+/// run again or to be handed to a successor process.
+pub struct Parked {
+    /// The accounting when it stopped.
+    pub accounting: FrameAccounting,
+    /// The sockets; `frames` is the worker's free list.
+    pub sockets: QueueSockets,
+}
+
+impl std::fmt::Debug for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parked")
+            .field("queue", &self.sockets.queue)
+            .field("free", &self.sockets.frames.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Which socket of the queue a port maps to.
 #[derive(Clone, Copy)]
 enum Side {
@@ -130,6 +149,23 @@ impl<L: Lookup> Worker<L> {
         let free = std::mem::take(&mut sockets.frames);
         let ident_seed = (sockets.queue as u16).wrapping_mul(0x9e37);
         let reserve = sockets.config.batch * 4;
+        // Adopted sockets (--takeover) come with frames already in the
+        // rings or the kernel: every frame not on the free list. Counted as
+        // handed over, on the TX side as far as the TX and completion rings
+        // hold them, else on the RX side. Fresh sockets: nothing.
+        let size = sockets.config.ring_size as u64;
+        let mut rings = RingOccupancy::default();
+        occupancy(&mut sockets.lan, size, &mut rings);
+        if let Some(wan) = sockets.wan.as_mut() {
+            occupancy(wan, size, &mut rings);
+        }
+        let outside = (sockets.config.frame_count as u64).saturating_sub(free.len() as u64);
+        let tx_side = (rings.tx + rings.completion).min(outside);
+        let flow = FrameFlow {
+            filled: outside - tx_side,
+            sent: tx_side,
+            ..FrameFlow::default()
+        };
         Worker {
             pipeline: Pipeline::new(config, ident_seed),
             sockets,
@@ -137,7 +173,7 @@ impl<L: Lookup> Worker<L> {
             commands,
             shared,
             free,
-            flow: FrameFlow::default(),
+            flow,
             reserve,
             started: Instant::now(),
             kicked_at: 0,
@@ -146,8 +182,9 @@ impl<L: Lookup> Worker<L> {
     }
 
     /// Runs until [`WorkerShared::stop`]; then drains in-flight
-    /// transmissions and publishes the final frame accounting.
-    pub fn run(mut self) -> FrameAccounting {
+    /// transmissions, publishes the final frame accounting and hands back
+    /// the sockets with the frames it held.
+    pub fn run(mut self) -> Parked {
         let batch = self.sockets.config.batch;
         let mut rx_descs = vec![FrameDesc::default(); batch];
         let mut lan_tx: Vec<FrameDesc> = Vec::with_capacity(batch * 4);
@@ -176,7 +213,13 @@ impl<L: Lookup> Worker<L> {
         }
         self.drain(&mut comp_descs);
         self.read_socket_counters();
-        self.publish()
+        let accounting = self.publish();
+        let mut sockets = self.sockets;
+        sockets.frames = self.free;
+        Parked {
+            accounting,
+            sockets,
+        }
     }
 
     /// The kernel's XDP_STATISTICS for the queue's sockets (one getsockopt

@@ -134,7 +134,7 @@ cfg_if! {
         pub use umem::{frame::FrameDesc, CompQueue, FillQueue, Umem};
 
         pub mod socket;
-        pub use socket::{RxQueue, Socket, TxQueue};
+        pub use socket::{RingSizes, RxQueue, Socket, TxQueue};
 
         pub mod config;
 

@@ -1,5 +1,8 @@
 //! Types for creating and using an AF_XDP [`Socket`].
 
+mod adopt;
+pub use adopt::RingSizes;
+
 mod fd;
 pub use fd::{Fd, XdpStatistics};
 
@@ -35,10 +38,13 @@ use crate::{
 /// in.
 #[derive(Debug)]
 struct SocketInner {
-    ptr: NonNull<xsk_socket>,
+    /// `None` for a socket adopted from another process (homeward
+    /// patch): then `adopted` owns its fd and ring mappings instead.
+    ptr: Option<NonNull<xsk_socket>>,
     _rx_ring: XskRingConsHandle,
     _tx_ring: XskRingProdHandle,
     umem: Umem,
+    _adopted: Option<adopt::AdoptedRings>,
 }
 
 impl SocketInner {
@@ -59,20 +65,25 @@ impl SocketInner {
         umem: Umem,
     ) -> Self {
         Self {
-            ptr,
+            ptr: Some(ptr),
             _rx_ring: rx_ring,
             _tx_ring: tx_ring,
             umem,
+            _adopted: None,
         }
     }
 
     fn as_ptr(&self) -> *mut xsk_socket {
-        self.ptr.as_ptr()
+        self.ptr.map_or(ptr::null_mut(), NonNull::as_ptr)
     }
 }
 
 impl Drop for SocketInner {
     fn drop(&mut self) {
+        if self.ptr.is_none() {
+            // Adopted: `_adopted` unmaps the rings and closes the fd.
+            return;
+        }
         // SAFETY: unsafe constructor contract guarantees that the
         // socket has not been deleted already and that it was created
         // from this UMEM, and every ring libxdp is about to

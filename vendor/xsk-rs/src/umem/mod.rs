@@ -45,7 +45,10 @@ use crate::{
 /// dropped, whatever order the fields are written in.
 #[derive(Debug)]
 struct UmemInner {
-    ptr: NonNull<xsk_umem>,
+    /// `None` for a UMEM adopted from another process (homeward
+    /// patch): the kernel's UMEM belongs to the sockets handed over
+    /// with it, and libxdp has no object for it here.
+    ptr: Option<NonNull<xsk_umem>>,
     saved_fq_and_cq: Option<(XskRingProd, XskRingCons)>,
     // Handles to the fill and comp rings libxdp kept hold of when
     // creating a socket. It stores those pointers on the context
@@ -79,7 +82,7 @@ impl UmemInner {
         mem: UmemRegion,
     ) -> Self {
         Self {
-            ptr,
+            ptr: Some(ptr),
             saved_fq_and_cq: Some(saved_fq_and_cq),
             ring_handles: Vec::new(),
             _mem: mem,
@@ -87,12 +90,15 @@ impl UmemInner {
     }
 
     fn as_mut_ptr(&self) -> *mut xsk_umem {
-        self.ptr.as_ptr()
+        self.ptr.map_or(ptr::null_mut(), NonNull::as_ptr)
     }
 }
 
 impl Drop for UmemInner {
     fn drop(&mut self) {
+        if self.ptr.is_none() {
+            return;
+        }
         // SAFETY: unsafe constructor contract guarantees that the
         // UMEM has not been deleted already, and everything libxdp is
         // about to dereference is a field of this struct, so none of
@@ -206,6 +212,49 @@ impl Umem {
         };
 
         Ok((umem, frame_descs))
+    }
+
+    /// homeward patch: a `Umem` over the frames of a UMEM that another
+    /// process registered with the kernel and handed over, its memfd
+    /// with it (see [`Umem::memfd`]). `config` and `frame_count` must
+    /// be the ones it was created with. Such a `Umem` serves only the
+    /// sockets adopted with it ([`Socket::adopt`](crate::Socket::adopt));
+    /// it cannot create new ones.
+    pub fn adopt(
+        config: UmemConfig,
+        frame_count: NonZeroU32,
+        memfd: std::os::fd::OwnedFd,
+    ) -> Result<Self, UmemCreateError> {
+        let frame_layout: FrameLayout = config.into();
+        let mem = UmemRegion::from_memfd(memfd, frame_count, frame_layout).map_err(|e| {
+            UmemCreateError {
+                reason: "failed to map the handed-over UMEM memfd",
+                err: Some(e),
+            }
+        })?;
+        let inner = UmemInner {
+            ptr: None,
+            saved_fq_and_cq: None,
+            ring_handles: Vec::new(),
+            _mem: mem.clone(),
+        };
+        Ok(Umem {
+            inner: Arc::new(Mutex::new(inner)),
+            mem,
+        })
+    }
+
+    /// homeward patch: the memfd behind the frames, to hand them over
+    /// to another process together with the sockets.
+    pub fn memfd(&self) -> Option<std::os::fd::RawFd> {
+        self.mem.memfd()
+    }
+
+    /// homeward patch: the descriptor of the frame data at `addr` (as
+    /// [`FrameDesc::addr`] gave it, e.g. in another process), or `None`
+    /// if `addr` is outside this UMEM.
+    pub fn frame_desc(&self, addr: usize) -> Option<FrameDesc> {
+        (addr < self.mem.len()).then(|| FrameDesc::new(addr))
     }
 
     /// The headroom and packet data segments of the `Umem` frame
@@ -386,6 +435,10 @@ impl Umem {
         // Taken first because `as_mut_ptr` borrows the whole struct,
         // which the exclusive borrow of the rings below rules out.
         let umem_ptr = inner.as_mut_ptr();
+        if umem_ptr.is_null() {
+            // An adopted UMEM has no libxdp object to create sockets on.
+            return Err(-libc::EOPNOTSUPP);
+        }
 
         let (fq, cq) = inner.saved_fq_and_cq.as_mut().unwrap_or(&mut fresh);
 

@@ -4,44 +4,82 @@ use std::{io, ptr::NonNull};
 
 #[cfg(not(test))]
 mod inner {
-    use libc::{
-        MAP_ANONYMOUS, MAP_FAILED, MAP_HUGETLB, MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WRITE,
-    };
+    use libc::{MAP_FAILED, MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WRITE};
     use log::error;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     use std::ptr;
 
     use super::*;
 
-    /// An anonymous memory mapped region.
+    /// A shared mapping of a memfd.
+    ///
+    /// homeward patch: the region is a memfd rather than anonymous
+    /// memory, so that it can be handed to another process (with
+    /// `SCM_RIGHTS`) which maps the very same pages: the kernel keeps
+    /// the UMEM's pages pinned, not the mapping, and a successor that
+    /// maps the memfd sees every frame where the predecessor left it.
     #[derive(Debug)]
     pub struct Mmap {
         addr: NonNull<libc::c_void>,
         len: usize,
+        memfd: OwnedFd,
     }
 
     unsafe impl Send for Mmap {}
 
     impl Mmap {
         pub fn new(len: usize, use_huge_pages: bool) -> io::Result<Self> {
-            // MAP_ANONYMOUS: mapping not backed by a file.
-            // MAP_SHARED: shares this mapping, so changes are visible
-            // to other processes mapping the same file.
-            // MAP_POPULATE: pre-populate page tables, reduces
-            // blocking on page faults later.
-            let mut flags = MAP_ANONYMOUS | MAP_SHARED | MAP_POPULATE;
-
+            let mut flags = libc::MFD_CLOEXEC;
             if use_huge_pages {
-                flags |= MAP_HUGETLB;
+                flags |= libc::MFD_HUGETLB;
             }
+            // SAFETY: the name is a NUL-terminated string; memfd_create
+            // has no other memory-safety preconditions.
+            let fd = unsafe { libc::memfd_create(c"xsk-umem".as_ptr(), flags) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just returned to us and nothing else owns it.
+            let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let size = libc::off_t::try_from(len)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            // SAFETY: plain syscall on an fd we own.
+            if unsafe { libc::ftruncate(memfd.as_raw_fd(), size) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Self::map(memfd, len)
+        }
 
+        /// Map `len` bytes of a memfd another process created with
+        /// [`Mmap::new`].
+        pub fn from_memfd(memfd: OwnedFd, len: usize) -> io::Result<Self> {
+            // SAFETY: `stat` is plain data, written by fstat.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `st` is a valid, writeable stat for the call.
+            if unsafe { libc::fstat(memfd.as_raw_fd(), &mut st) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if (st.st_size as u64) < len as u64 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("memfd holds {} bytes, UMEM needs {len}", st.st_size),
+                ));
+            }
+            Self::map(memfd, len)
+        }
+
+        fn map(memfd: OwnedFd, len: usize) -> io::Result<Self> {
+            // MAP_SHARED: the kernel and any process mapping the memfd
+            // see the same pages. MAP_POPULATE: pre-populate page
+            // tables, reduces blocking on page faults later.
             let addr = unsafe {
                 libc::mmap(
                     ptr::null_mut(),
                     len,
-                    PROT_READ | PROT_WRITE, // prot
-                    flags,
-                    -1, // file
-                    0,  // offset
+                    PROT_READ | PROT_WRITE,
+                    MAP_SHARED | MAP_POPULATE,
+                    memfd.as_raw_fd(),
+                    0,
                 )
             };
 
@@ -51,7 +89,7 @@ mod inner {
                 let addr =
                     NonNull::new(addr).expect("ptr non-null since we confirmed `mmap()` succeeded");
 
-                Ok(Mmap { addr, len })
+                Ok(Mmap { addr, len, memfd })
             }
         }
 
@@ -59,6 +97,11 @@ mod inner {
         #[inline]
         pub fn addr(&self) -> NonNull<libc::c_void> {
             self.addr
+        }
+
+        /// The memfd behind the region.
+        pub fn memfd(&self) -> Option<RawFd> {
+            Some(self.memfd.as_raw_fd())
         }
     }
 
@@ -116,6 +159,14 @@ mod inner {
     impl Mmap {
         pub fn new(len: usize, _use_huge_pages: bool) -> io::Result<Self> {
             Ok(Self(VecParts::new(vec![0; len])))
+        }
+
+        pub fn from_memfd(_memfd: std::os::fd::OwnedFd, len: usize) -> io::Result<Self> {
+            Self::new(len, false)
+        }
+
+        pub fn memfd(&self) -> Option<std::os::fd::RawFd> {
+            None
         }
 
         /// Returns a pointer to the start of the mmap'd region.

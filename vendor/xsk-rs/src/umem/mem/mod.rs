@@ -55,6 +55,30 @@ impl UmemRegion {
         })
     }
 
+    /// homeward patch: the region of `frame_count` frames that another
+    /// process created, mapped from its memfd.
+    pub(super) fn from_memfd(
+        memfd: std::os::fd::OwnedFd,
+        frame_count: NonZeroU32,
+        frame_layout: FrameLayout,
+    ) -> io::Result<Self> {
+        let len = (frame_count.get() as usize) * frame_layout.frame_size();
+
+        let mmap = Mmap::from_memfd(memfd, len)?;
+
+        Ok(Self {
+            layout: frame_layout,
+            addr: mmap.addr(),
+            len,
+            _mmap: Arc::new(Mutex::new(mmap)),
+        })
+    }
+
+    /// homeward patch: the memfd behind the region, to hand over.
+    pub fn memfd(&self) -> Option<std::os::fd::RawFd> {
+        self._mmap.lock().ok().and_then(|m| m.memfd())
+    }
+
     /// The size of the underlying memory region.
     #[inline]
     pub fn len(&self) -> usize {
