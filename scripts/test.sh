@@ -14,6 +14,11 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== a second build, tagged, that takes over from the first in the restart test"
+HOMEWARD_BUILD_TAG=takeover-test cargo build --release --locked -p homeward
+cp target/release/homeward target/release/homeward-takeover-test
+export HOMEWARD_TAKEOVER_BIN="$PWD/target/release/homeward-takeover-test"
+
 echo "== build (the namespace tests run the release binary)"
 cargo build --release --locked -p homeward
 

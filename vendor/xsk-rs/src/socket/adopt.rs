@@ -200,16 +200,45 @@ impl Socket {
             err: Some(err),
         };
         let raw = fd.as_raw_fd();
-        let off = mmap_offsets(raw).map_err(|e| fail("cannot read the socket's ring offsets", e))?;
+        let off =
+            mmap_offsets(raw).map_err(|e| fail("cannot read the socket's ring offsets", e))?;
         let mut maps = Vec::with_capacity(4);
         let desc = mem::size_of::<xdp_desc>();
         let addr = mem::size_of::<u64>();
         let mapped = (|| {
             Ok::<_, io::Error>((
-                map_ring(raw, XDP_PGOFF_RX_RING.into(), off.rx, sizes.rx, desc, &mut maps)?,
-                map_ring(raw, XDP_PGOFF_TX_RING.into(), off.tx, sizes.tx, desc, &mut maps)?,
-                map_ring(raw, XDP_UMEM_PGOFF_FILL_RING, off.fr, sizes.fill, addr, &mut maps)?,
-                map_ring(raw, XDP_UMEM_PGOFF_COMPLETION_RING, off.cr, sizes.comp, addr, &mut maps)?,
+                map_ring(
+                    raw,
+                    XDP_PGOFF_RX_RING.into(),
+                    off.rx,
+                    sizes.rx,
+                    desc,
+                    &mut maps,
+                )?,
+                map_ring(
+                    raw,
+                    XDP_PGOFF_TX_RING.into(),
+                    off.tx,
+                    sizes.tx,
+                    desc,
+                    &mut maps,
+                )?,
+                map_ring(
+                    raw,
+                    XDP_UMEM_PGOFF_FILL_RING,
+                    off.fr,
+                    sizes.fill,
+                    addr,
+                    &mut maps,
+                )?,
+                map_ring(
+                    raw,
+                    XDP_UMEM_PGOFF_COMPLETION_RING,
+                    off.cr,
+                    sizes.comp,
+                    addr,
+                    &mut maps,
+                )?,
             ))
         })();
         let adopted = AdoptedRings { maps, _fd: fd };
