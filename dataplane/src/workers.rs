@@ -80,15 +80,20 @@ impl Workers {
         mut commands: impl FnMut(u32) -> Receiver<Command>,
         mut sockets: impl FnMut(u32) -> Result<QueueSockets, XskError>,
     ) -> Result<Workers, WorkersError> {
+        // Every queue's sockets before any worker runs: a queue that cannot
+        // be had leaves the others' rings untouched (a failed takeover hands
+        // them back as they were).
+        let mut all = Vec::with_capacity(config.queues as usize);
+        for queue in 0..config.queues {
+            all.push(sockets(queue).map_err(|source| WorkersError::Sockets { queue, source })?);
+        }
         let mut workers = Workers {
             shared: Vec::new(),
             threads: Vec::new(),
         };
-        for queue in 0..config.queues {
-            let started = sockets(queue)
-                .map_err(|source| WorkersError::Sockets { queue, source })
-                .and_then(|s| workers.start_queue(&config, s, steering, tables(), commands(queue)));
-            if let Err(e) = started {
+        for s in all {
+            let queue = s.queue();
+            if let Err(e) = workers.start_queue(&config, s, steering, tables(), commands(queue)) {
                 workers.stop();
                 return Err(e);
             }

@@ -589,3 +589,79 @@ fn start_stop_cycles_leak_nothing() {
         netns_after.len(),
     );
 }
+
+/// A `--takeover` successor that cannot run the data path (here: configured
+/// for other queues) hands everything back; the running daemon carries on
+/// forwarding, with its store, pins and control socket, and tears down
+/// accounting for every frame.
+#[test]
+fn a_failed_takeover_leaves_the_running_daemon_forwarding() {
+    require_root();
+    let _serial = serial();
+    let lab = Topology::home_agent_lab("tkf");
+    let bpffs = BpffsMount::mount();
+    let bpffs_path = bpffs.path().to_str().unwrap().to_string();
+    let extra = ["--bpffs", bpffs_path.as_str()];
+    let vm: Ipv4Addr = VM.parse().unwrap();
+    let ha = HomeAgent::start(&lab, &extra);
+    ha.bind(VM, CARE_OF, &[]);
+    let epoch = Instant::now();
+    let counter = IpipCounter::start(&lab.foreign, epoch, PORT);
+    let sender = SeqSender::start(&lab.client, epoch, vm, PORT, 20_000);
+    assert!(
+        counter.wait_seq(0, Duration::from_secs(5)),
+        "{}",
+        ha.stderr()
+    );
+
+    let mut successor = lab.spawn_homeward(&[
+        "--bpffs",
+        bpffs_path.as_str(),
+        "--takeover",
+        "--queues",
+        "2",
+    ]);
+    let status = successor.wait_timeout(Duration::from_secs(20));
+    let said = successor.stderr();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the successor should have failed: {status:?}\n{said}"
+    );
+    assert!(
+        said.contains("a takeover keeps interfaces and queues"),
+        "{said}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ha.stderr().contains("data path taken back") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        ha.stderr().contains("data path taken back"),
+        "{}",
+        ha.stderr()
+    );
+
+    // Still forwarding, still committing, still serving its socket.
+    let resumed = sender.sent();
+    assert!(
+        counter.wait_seq(resumed, Duration::from_secs(5)),
+        "traffic stopped after the failed takeover:\n{}",
+        ha.stderr()
+    );
+    ha.bind("192.0.2.51", CARE_OF, &[]);
+    assert!(ha.binding("192.0.2.51").is_some());
+    let sent = sender.stop();
+    let seen = counter.stop();
+    let l = analyze(&seen.arrivals, 0..sent.sent);
+    eprintln!(
+        "failed takeover: sent {} received {} lost {}; longest hole {:.1} ms",
+        l.sent, l.received, l.lost, l.outage_ms
+    );
+    let t = ha.stop();
+    assert_clean_teardown("SIGINT after a failed takeover", &t);
+    assert!(
+        pins_in(bpffs.path()).is_empty(),
+        "{:?}",
+        pins_in(bpffs.path())
+    );
+}

@@ -306,6 +306,9 @@ fn assemble(
         }
     };
     let steering = bindings.steering();
+    if let Some(s) = successor.as_ref() {
+        check_offer(config, s.offered())?;
+    }
     let workers = match successor.as_mut() {
         Some(s) => {
             let mut adopted = std::mem::take(&mut s.queues).into_iter();
@@ -343,6 +346,40 @@ fn assemble(
         store: Box::new(store),
         workers_config: spec,
     })
+}
+
+/// The predecessor's queues must be the ones this configuration serves.
+fn check_offer(config: &RunConfig, offered: &[QueueState]) -> Result<(), Error> {
+    let wan = config.wan.as_deref().filter(|w| *w != config.lan);
+    let fits = offered.len() == config.queues as usize
+        && offered
+            .iter()
+            .enumerate()
+            .all(|(i, q)| q.queue == i as u32 && q.lan == config.lan && q.wan.as_deref() == wan);
+    if fits {
+        return Ok(());
+    }
+    let theirs: Vec<String> = offered
+        .iter()
+        .map(|q| {
+            format!(
+                "{} queue {}{}",
+                q.lan,
+                q.queue,
+                q.wan
+                    .as_ref()
+                    .map(|w| format!(" + {w}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    Err(Error::Daemon(format!(
+        "--takeover: the running homeward serves {} but this one is configured for {} queue(s) on {}{}: a takeover keeps interfaces and queues; change them with a stop and a start",
+        theirs.join(", "),
+        config.queues,
+        config.lan,
+        wan.map(|w| format!(" + {w}")).unwrap_or_default()
+    )))
 }
 
 fn workers_config<'a>(config: &'a RunConfig, spec: &WorkersSpec) -> WorkersConfig<'a> {
