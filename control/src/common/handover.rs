@@ -154,6 +154,16 @@ pub fn recv<T: DeserializeOwned>(conn: &UnixStream) -> io::Result<(T, Vec<OwnedF
     Ok((msg, fds))
 }
 
+/// Why an offer came to nothing.
+#[derive(Debug)]
+pub enum OfferError {
+    /// Not sent: the successor has nothing, the predecessor carries on.
+    NotSent(io::Error),
+    /// Sent, but no answer: whether the successor runs the data path is
+    /// unknown.
+    NoAnswer(io::Error),
+}
+
 /// The predecessor's side: offer the parked data path on `conn` and wait
 /// for the successor's answer. `listener` is the control socket's,
 /// `registration` the registration socket's, `queues` the parked workers'.
@@ -163,15 +173,14 @@ pub fn offer(
     listener: RawFd,
     registration: Option<RawFd>,
     queues: &[Parked],
-) -> io::Result<Answer> {
+) -> Result<Answer, OfferError> {
     let mut fds = vec![listener];
     fds.extend(registration);
     let mut states = Vec::with_capacity(queues.len());
     for p in queues {
-        let queue_fds = p
-            .sockets
-            .handover_fds()
-            .ok_or_else(|| io::Error::other("the UMEM has no memfd to hand over"))?;
+        let queue_fds = p.sockets.handover_fds().ok_or_else(|| {
+            OfferError::NotSent(io::Error::other("the UMEM has no memfd to hand over"))
+        })?;
         fds.extend(queue_fds);
         states.push(p.sockets.handover_state());
     }
@@ -185,8 +194,8 @@ pub fn offer(
     // a minute means it hangs.
     let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
-    send(conn, &offer, &fds)?;
-    let (answer, _): (Answer, _) = recv(conn)?;
+    send(conn, &offer, &fds).map_err(OfferError::NotSent)?;
+    let (answer, _): (Answer, _) = recv(conn).map_err(OfferError::NoAnswer)?;
     Ok(answer)
 }
 

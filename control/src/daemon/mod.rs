@@ -22,7 +22,7 @@ use dataplane::xsk::{Command, FrameAccounting, Parked, QueueSockets, QueueState,
 
 use crate::common::claims::Claims;
 use crate::common::control_socket::{self as server, ControlSocket};
-use crate::common::handover::{self, Answer, Successor};
+use crate::common::handover::{self, Answer, OfferError, Successor};
 use crate::common::{is_root, link};
 use crate::config::RunConfig;
 use crate::error::Error;
@@ -150,11 +150,11 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     let mut daemon = match assembled {
         Ok(d) => d,
         Err(e) => {
+            // Workers that ran are parked: their free frames go back to a
+            // predecessor, or nowhere (we exit).
+            let parked = started.take().map(|mut w| park_states(&mut w));
             if let Some(s) = successor {
-                let queues = match started.take() {
-                    Some(mut w) => park_states(&mut w),
-                    None => s.offered().to_vec(),
-                };
+                let queues = parked.unwrap_or_else(|| s.offered().to_vec());
                 s.fail(&e.to_string(), queues);
             }
             return Err(e);
@@ -590,7 +590,15 @@ impl Daemon {
                     .map(|()| false)
                     .map_err(|e| format!("taking the data path back: {e}"))
             }
-            Err(e) => Err(format!("no answer from the successor: {e}")),
+            Err(OfferError::NotSent(e)) => {
+                tracing::warn!("--takeover: could not offer the data path ({e}); carrying on");
+                let own: Vec<QueueState> =
+                    parked.iter().map(|p| p.sockets.handover_state()).collect();
+                self.take_back(socket, parked, &own)
+                    .map(|()| false)
+                    .map_err(|e| format!("taking the data path back: {e}"))
+            }
+            Err(OfferError::NoAnswer(e)) => Err(format!("no answer from the successor: {e}")),
         }
     }
 
