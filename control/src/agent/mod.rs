@@ -524,7 +524,14 @@ fn serve<D: Serving>(
             }
             recv(socket.connections()) -> conn => {
                 if let Ok(conn) = conn {
-                    server::handle(conn, |req| agent.handle(Instant::now(), req));
+                    match server::read_request(&conn) {
+                        Ok(Request::Takeover {}) => crate::common::handover::refuse(
+                            &conn,
+                            "homeward agent does not hand its data path over yet: restart it instead (it recovers as after a crash)",
+                        ),
+                        Ok(req) => server::send_reply(&conn, &agent.handle(Instant::now(), req)),
+                        Err(reply) => server::send_reply(&conn, &reply),
+                    }
                 }
             }
             recv(stop) -> _ => {

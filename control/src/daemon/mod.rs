@@ -619,14 +619,7 @@ impl Daemon {
                 .ok_or_else(|| format!("queue {} not handed back", p.sockets.queue()))?;
             let fds = p
                 .sockets
-                .handover_fds()
-                .ok_or("no memfd")?
-                .into_iter()
-                .map(|fd| {
-                    // SAFETY: `fd` is open: it belongs to `p`, alive here.
-                    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
-                })
-                .collect::<Result<Vec<_>, _>>()
+                .dup_fds()
                 .map_err(|e| format!("duplicating a socket: {e}"))?;
             adopted.push((state.clone(), fds));
         }

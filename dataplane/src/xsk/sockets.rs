@@ -135,6 +135,21 @@ impl QueueSockets {
         Some(fds)
     }
 
+    /// Duplicates of [`QueueSockets::handover_fds`], to adopt these very
+    /// sockets again ([`QueueSockets::adopt`]) after a failed takeover.
+    pub fn dup_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
+        let fds = self
+            .handover_fds()
+            .ok_or_else(|| std::io::Error::other("the UMEM has no memfd"))?;
+        fds.into_iter()
+            .map(|fd| {
+                // SAFETY: every fd listed belongs to this value (its UMEM and
+                // sockets), which is borrowed, so open, for the call.
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
+            })
+            .collect()
+    }
+
     /// Take over the sockets a predecessor process handed over: `fds` as
     /// [`QueueSockets::handover_fds`] listed them. The free frames become
     /// this queue's free list; the frames in the rings stay where they are.
