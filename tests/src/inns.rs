@@ -56,6 +56,14 @@ impl BpffsMount {
         BpffsMount { dir }
     }
 
+    /// `--bpffs <this mount>`, for homeward's command line.
+    pub fn flag(&self) -> [&str; 2] {
+        [
+            "--bpffs",
+            self.path().to_str().expect("a UTF-8 temporary path"),
+        ]
+    }
+
     pub fn path(&self) -> &std::path::Path {
         self.dir.path()
     }

@@ -151,8 +151,7 @@ fn forwarding_across_restarts() {
     let _serial = serial();
     let lab = Topology::home_agent_lab("rst");
     let bpffs = BpffsMount::mount();
-    let bpffs_path = bpffs.path().to_str().unwrap().to_string();
-    let extra = ["--bpffs", bpffs_path.as_str()];
+    let extra = bpffs.flag();
     let vm: Ipv4Addr = VM.parse().unwrap();
 
     let mut ha = HomeAgent::start(&lab, &extra);
@@ -436,8 +435,7 @@ fn start_stop_cycles_leak_nothing() {
         v
     };
     let bpffs = BpffsMount::mount();
-    let bpffs_path = bpffs.path().to_str().unwrap().to_string();
-    let extra = ["--bpffs", bpffs_path.as_str()];
+    let extra = bpffs.flag();
 
     let ha = HomeAgent::start(&lab, &extra);
     ha.bind(VM, CARE_OF, &[]);
@@ -600,8 +598,7 @@ fn a_failed_takeover_leaves_the_running_daemon_forwarding() {
     let _serial = serial();
     let lab = Topology::home_agent_lab("tkf");
     let bpffs = BpffsMount::mount();
-    let bpffs_path = bpffs.path().to_str().unwrap().to_string();
-    let extra = ["--bpffs", bpffs_path.as_str()];
+    let extra = bpffs.flag();
     let vm: Ipv4Addr = VM.parse().unwrap();
     let ha = HomeAgent::start(&lab, &extra);
     ha.bind(VM, CARE_OF, &[]);
@@ -614,13 +611,7 @@ fn a_failed_takeover_leaves_the_running_daemon_forwarding() {
         ha.stderr()
     );
 
-    let mut successor = lab.spawn_homeward(&[
-        "--bpffs",
-        bpffs_path.as_str(),
-        "--takeover",
-        "--queues",
-        "2",
-    ]);
+    let mut successor = lab.spawn_homeward(&[extra[0], extra[1], "--takeover", "--queues", "2"]);
     let status = successor.wait_timeout(Duration::from_secs(20));
     let said = successor.stderr();
     assert!(
