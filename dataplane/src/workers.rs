@@ -46,8 +46,8 @@ pub enum WorkersError {
     Thread { queue: u32, source: std::io::Error },
 }
 
-/// The running workers.
-#[derive(Debug)]
+/// The running workers (none: `Default`).
+#[derive(Debug, Default)]
 pub struct Workers {
     shared: Vec<Arc<WorkerShared>>,
     threads: Vec<JoinHandle<Parked>>,

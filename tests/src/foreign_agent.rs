@@ -102,7 +102,15 @@ impl ForeignAgentLab {
     /// Starts the agent in the foreign namespace and waits until it runs.
     #[track_caller]
     pub fn spawn(&self, lab: &Topology) -> NsChild {
-        let mut agent = lab.foreign.spawn(&self.args);
+        self.spawn_with(lab, &[])
+    }
+
+    /// [`ForeignAgentLab::spawn`] with `more` flags (e.g. `--takeover`).
+    #[track_caller]
+    pub fn spawn_with(&self, lab: &Topology, more: &[&str]) -> NsChild {
+        let mut args = self.args.clone();
+        args.extend(more.iter().map(|s| s.to_string()));
+        let mut agent = lab.foreign.spawn(&args);
         assert!(
             agent.wait_for_output("homeward agent is running", Duration::from_secs(20)),
             "agent did not start:\n{}",

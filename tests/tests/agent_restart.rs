@@ -1,7 +1,8 @@
 //! `homeward agent` after a crash: killed with SIGKILL while it serves a
 //! VM, its XDP program stays attached; the same command line started again
 //! (what systemd's `Restart=` does) recognises the program by its pin,
-//! replaces it, and serves the VM again.
+//! replaces it, and serves the VM again. And `homeward agent --takeover`
+//! while it serves: the served VM, sockets and rings are handed over.
 //! Needs root and `cargo build --release -p homeward`.
 
 use std::net::Ipv4Addr;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use homeward_tests::agent::HomeAgent;
 use homeward_tests::foreign_agent::ForeignAgentLab;
 use homeward_tests::inns::BpffsMount;
+use homeward_tests::restart::SeqSender;
 use homeward_tests::{require_root, Topology, UdpSend};
 
 const KEY: &str = "6167656e742d726573746172742d6b65792d303031";
@@ -87,5 +89,68 @@ fn the_agent_comes_back_after_kill_9() {
     assert!(!log.contains("frames leaked"), "{log}");
     let link = lab.foreign.ip(&["link", "show", "vmlink"]);
     assert!(!link.contains("xdp"), "a clean stop detaches: {link}");
+    assert!(ha.stop().success);
+}
+
+/// A stream of datagrams from the client to the VM while a second agent
+/// takes over with `--takeover`: the first exits by itself, the VM stays
+/// served (not re-served, still bound at the home agent) and every
+/// datagram arrives.
+#[test]
+fn an_agent_takeover_keeps_the_vm_served() {
+    require_root();
+    let lab = Topology::home_agent_lab("fat");
+    let bpffs = BpffsMount::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!("[[spi]]\nspi = 256\nkey = \"{KEY}\"\nhome_addresses = [\"{VM}/32\"]\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ha = HomeAgent::start(&lab, &["--registration-keys", keys.to_str().unwrap()]);
+    let fa = ForeignAgentLab::new(&lab, "fat", dir.path(), &keys, VM, 1500, &bpffs.flag());
+    let mut agent = fa.spawn(&lab);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ha.binding(&VM.to_string()).is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ha.binding(&VM.to_string()).is_some(), "{}", agent.stderr());
+    assert_delivered(&lab, &fa, 4003);
+
+    // A paced stream (5,000 datagrams/s) with the takeover in the middle.
+    let listener = fa.vm.udp_listen(4004);
+    let sender = SeqSender::start(&lab.client, Instant::now(), VM, 4004, 5_000);
+    std::thread::sleep(Duration::from_millis(200));
+    let successor = fa.spawn_with(&lab, &["--takeover"]);
+    let exited = agent.wait_timeout(Duration::from_secs(10));
+    let said = agent.stderr();
+    assert!(exited.is_some_and(|s| s.success()), "{said}");
+    assert!(said.contains("the successor runs the data path"), "{said}");
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = sender.stop().sent as usize;
+    let got = listener.wait_for(sent, Duration::from_secs(3));
+    let mut agent = successor;
+    let log = agent.stderr();
+    eprintln!(
+        "agent takeover: {} of {sent} datagrams reached the VM",
+        got.len()
+    );
+    eprintln!("agent takeover: the successor said:\n{log}");
+    assert!(log.contains("handed its data path over"), "{log}");
+    assert!(!log.contains("cannot serve"), "{log}");
+    assert_eq!(
+        got.len(),
+        sent,
+        "datagrams lost across the takeover:\n{log}"
+    );
+    assert!(ha.binding(&VM.to_string()).is_some());
+    assert_delivered(&lab, &fa, 4005);
+
+    let status = agent.stop_with("INT", Duration::from_secs(10));
+    let log = agent.stderr();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("frames leaked"), "{log}");
     assert!(ha.stop().success);
 }

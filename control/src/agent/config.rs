@@ -38,6 +38,11 @@ pub struct AgentArgs {
     /// after a crash recognises it (default /sys/fs/bpf).
     #[arg(long)]
     pub bpffs: Option<PathBuf>,
+    /// Take the data path over from the agent running with the same
+    /// control socket (a new binary, a restart): its AF_XDP sockets and
+    /// UMEM are handed over with the VMs it serves, and it exits.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 /// The agent's config file. Unknown keys are errors, so a typo cannot
@@ -305,6 +310,7 @@ qmp = "/run/homeward/db1.qmp"
             vm_link: None,
             socket: None,
             bpffs: None,
+            takeover: false,
         }
     }
 

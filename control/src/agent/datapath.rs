@@ -11,6 +11,8 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel;
 use dataplane::loader::Steering;
@@ -19,9 +21,10 @@ use dataplane::neigh::{self, NeighHandle};
 use dataplane::pipeline::{PipelineConfig, Role};
 use dataplane::table::{binding_table, Binding, TableWriter};
 use dataplane::workers::{Workers, WorkersConfig};
-use dataplane::xsk::{FrameAccounting, WorkerShared};
+use dataplane::xsk::{FrameAccounting, Parked, QueueSockets, QueueState, WorkerShared, XskError};
 use serde_json::{json, Map, Value};
 
+use crate::common::handover::{ServedVm, Successor};
 use crate::common::link;
 use crate::error::Error;
 use crate::proto::format_mac;
@@ -58,11 +61,32 @@ struct Served {
 /// detaches the program (the loader does) but does not join the workers.
 pub struct DataPath {
     table: TableWriter,
+    slots: usize,
     steering: Steering,
     neigh: NeighHandle,
     workers: Workers,
     served: BTreeMap<Ipv4Addr, Served>,
     config: DataPathConfig,
+    pipeline: PipelineConfig,
+    tables: Box<dyn Fn() -> Tables + Send>,
+}
+
+/// The predecessor's queues must be the ones this configuration serves.
+fn check_offer(config: &DataPathConfig, offered: &[QueueState]) -> Result<(), Error> {
+    let fits = offered.len() == config.queues as usize
+        && offered.iter().enumerate().all(|(i, q)| {
+            q.queue == i as u32
+                && q.lan == config.vm_link
+                && q.wan.as_deref() == Some(&config.uplink)
+        });
+    if fits {
+        Ok(())
+    } else {
+        Err(Error::Daemon(format!(
+            "--takeover: the running agent serves other links or queues than {} + {} with {} queue(s): a takeover keeps them; change them with a stop and a start",
+            config.vm_link, config.uplink, config.queues
+        )))
+    }
 }
 
 fn dp_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -70,9 +94,41 @@ fn dp_err(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl DataPath {
-    /// Attaches the steering program to both links and starts a worker per
-    /// queue. Nothing is served until [`DataPath::serve`].
-    pub fn start(config: DataPathConfig) -> Result<DataPath, Error> {
+    /// Loads the steering program, starts a worker per queue, then attaches
+    /// the program to both links. Nothing is served until
+    /// [`DataPath::serve`], except, with a `successor` (`--takeover`), the
+    /// VMs the predecessor served: their sockets and rings are adopted and
+    /// they are served before any worker runs. If that fails, everything is
+    /// handed back to the predecessor.
+    pub fn start(
+        config: DataPathConfig,
+        successor: Option<&Successor>,
+        adopted: Vec<(QueueState, Vec<OwnedFd>)>,
+    ) -> Result<DataPath, Error> {
+        let mut dp = DataPath::load(config)?;
+        let result = dp.go_live(successor, adopted);
+        match (result, successor) {
+            (Ok(()), _) => Ok(dp),
+            (Err(e), Some(s)) => {
+                let queues = if dp.workers.shared().is_empty() {
+                    s.offered().to_vec()
+                } else {
+                    dp.park()
+                        .iter()
+                        .map(|p| p.sockets.handover_state())
+                        .collect()
+                };
+                s.fail(&e.to_string(), queues);
+                Err(e)
+            }
+            (Err(e), None) => {
+                dp.workers.stop();
+                Err(e)
+            }
+        }
+    }
+
+    fn load(config: DataPathConfig) -> Result<DataPath, Error> {
         let vm_link = link(&config.vm_link)?;
         let uplink = link(&config.uplink)?;
         if vm_link.index == uplink.index {
@@ -87,53 +143,149 @@ impl DataPath {
         for ha in &config.home_agents {
             neigh.track(*ha);
         }
-        let steering = Steering::attach_foreign_agent(
-            vm_link.index,
-            uplink.index,
-            config.address,
-            MAX_SERVED,
-            Some(&config.pin_dir),
-        )
-        .map_err(|e| dp_err("XDP steering", e))?;
-        tracing::info!(
-            mode = %steering.mode(),
-            vm_link = %config.vm_link,
-            uplink = %config.uplink,
-            "XDP steering attached (foreign agent)"
-        );
-
+        let steering =
+            Steering::load_foreign_agent(vm_link.index, uplink.index, config.address, MAX_SERVED)
+                .map_err(|e| dp_err("XDP steering", e))?;
         let mut pipeline = PipelineConfig::new(config.address, vm_link.mac, uplink.mac);
         pipeline.role = Role::ForeignAgent;
-        let workers = Workers::start(
-            WorkersConfig {
-                lan: &config.vm_link,
-                wan: Some(&config.uplink),
-                queues: config.queues,
-                slots: table.capacity(),
-                pipeline,
-                cpus: &[],
-                name: "homeward-fa-q",
-            },
-            &steering,
-            || {
-                Tables::foreign_agent(
-                    reader.clone(),
-                    neigh_reader.clone(),
-                    vm_link.index,
-                    uplink.index,
-                )
-            },
-            |_| channel::never(),
-        )
-        .map_err(|e| dp_err("workers", e))?;
+        let (vm_index, up_index) = (vm_link.index, uplink.index);
         Ok(DataPath {
+            slots: table.capacity(),
             table,
             steering,
             neigh,
-            workers,
+            workers: Workers::default(),
             served: BTreeMap::new(),
             config,
+            pipeline,
+            tables: Box::new(move || {
+                Tables::foreign_agent(reader.clone(), neigh_reader.clone(), vm_index, up_index)
+            }),
         })
+    }
+
+    /// Serve what the predecessor served, start the workers (on its
+    /// sockets if `adopted`), then attach the program.
+    fn go_live(
+        &mut self,
+        successor: Option<&Successor>,
+        adopted: Vec<(QueueState, Vec<OwnedFd>)>,
+    ) -> Result<(), Error> {
+        if let Some(s) = successor {
+            for v in &s.served {
+                self.serve(v.vm, v.mac, v.home_agent)
+                    .map_err(|e| dp_err("--takeover", e))?;
+            }
+            // Their home agents' next hops are in the kernel's table: at
+            // once, unless one went away (then bounded).
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while self.neigh.snapshot().iter().any(|(_, e)| e.is_none())
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            check_offer(&self.config, s.offered())?;
+        }
+        self.workers = if successor.is_some() {
+            self.start_workers(adopted)
+        } else {
+            Workers::start(self.workers_config(), &self.steering, &self.tables, |_| {
+                channel::never()
+            })
+        }
+        .map_err(|e| dp_err("workers", e))?;
+        let pin = self.config.pin_dir.clone();
+        self.steering
+            .go_live(Some(&pin))
+            .map_err(|e| dp_err("XDP steering", e))?;
+        tracing::info!(
+            mode = %self.steering.mode(),
+            vm_link = %self.config.vm_link,
+            uplink = %self.config.uplink,
+            "XDP steering attached (foreign agent)"
+        );
+        Ok(())
+    }
+
+    fn workers_config(&self) -> WorkersConfig<'_> {
+        WorkersConfig {
+            lan: &self.config.vm_link,
+            wan: Some(&self.config.uplink),
+            queues: self.config.queues,
+            slots: self.slots,
+            pipeline: self.pipeline.clone(),
+            cpus: &[],
+            name: "homeward-fa-q",
+        }
+    }
+
+    /// Workers on handed-over sockets (`adopted`, queue by queue).
+    fn start_workers(
+        &self,
+        adopted: Vec<(QueueState, Vec<OwnedFd>)>,
+    ) -> Result<Workers, dataplane::workers::WorkersError> {
+        let mut adopted = adopted.into_iter();
+        Workers::start_with(
+            self.workers_config(),
+            &self.steering,
+            &self.tables,
+            |_| channel::never(),
+            |queue| match adopted.next() {
+                Some((state, fds)) if state.queue == queue => QueueSockets::adopt(&state, fds),
+                _ => Err(XskError::Config(format!("no queue {queue} handed over"))),
+            },
+        )
+    }
+
+    /// `--takeover`, predecessor side: stop the workers, keeping their
+    /// sockets and free frames.
+    pub fn park(&mut self) -> Vec<Parked> {
+        self.workers.park()
+    }
+
+    /// The VMs served, for the successor.
+    pub fn served_vms(&self) -> Vec<ServedVm> {
+        self.served
+            .iter()
+            .map(|(&vm, s)| ServedVm {
+                vm,
+                mac: s.mac,
+                home_agent: s.home_agent,
+            })
+            .collect()
+    }
+
+    /// The successor runs it now: leave the program attached and pinned.
+    pub fn lend_to_successor(&mut self) {
+        self.steering.lend_to_successor();
+    }
+
+    /// After a failed takeover: the pins and the program again, and workers
+    /// on the sockets (adopted afresh, the successor may have moved their
+    /// rings on) with the free frames it `returned`.
+    pub fn take_back(
+        &mut self,
+        parked: Vec<Parked>,
+        returned: &[QueueState],
+    ) -> Result<(), String> {
+        let mut adopted = Vec::with_capacity(parked.len());
+        for p in &parked {
+            let state = returned
+                .iter()
+                .find(|q| q.queue == p.sockets.queue())
+                .ok_or_else(|| format!("queue {} not handed back", p.sockets.queue()))?;
+            let fds = p
+                .sockets
+                .dup_fds()
+                .map_err(|e| format!("duplicating a socket: {e}"))?;
+            adopted.push((state.clone(), fds));
+        }
+        drop(parked);
+        self.steering
+            .reclaim_from_successor()
+            .map_err(|e| e.to_string())?;
+        self.workers = self.start_workers(adopted).map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     /// Starts serving `vm` (MAC `mac`) for `home_agent`. Idempotent; a new

@@ -126,6 +126,13 @@ impl Lifecycle {
         }
     }
 
+    /// `--takeover`: the predecessor served this VM and the data path it
+    /// handed over still does; QMP's answer on connecting decides the rest
+    /// (running: register again; gone: unserve).
+    pub fn adopt_served(&mut self) {
+        self.served = true;
+    }
+
     /// Applies one input; returns the actions to take, in order.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
@@ -388,6 +395,21 @@ mod tests {
         assert!(m.served());
         assert_eq!(m.last_code(), Some(0));
         assert!(m.registered_until().is_some());
+    }
+
+    #[test]
+    fn a_vm_served_by_a_takeover_predecessor_is_not_served_twice() {
+        let t0 = Instant::now();
+        // Running: registered again, not served again.
+        let mut m = Lifecycle::new(false, LT);
+        m.adopt_served();
+        assert_eq!(m.handle(t0, Connected { running: true }), [reg(1)]);
+        assert!(m.served());
+        // Gone meanwhile: unserved.
+        let mut m = Lifecycle::new(false, LT);
+        m.adopt_served();
+        assert_eq!(m.handle(t0, Disconnected), [Unserve]);
+        assert!(!m.served());
     }
 
     #[test]

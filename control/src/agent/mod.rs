@@ -16,6 +16,7 @@ mod watch;
 
 // The home agent's control socket, reused as is.
 use crate::common::control_socket as server;
+use crate::common::handover::{self, Answer, OfferError, Successor};
 use crate::common::is_root;
 
 use std::net::Ipv4Addr;
@@ -389,6 +390,16 @@ impl<D: Serving> Agent<D> {
 
     /// Unserves every VM (at shutdown). Registrations are left to lapse:
     /// stopping the agent must not move VMs.
+    /// `--takeover`: the data path already serves `served` (the
+    /// predecessor did); their lifecycles start out served.
+    fn adopt(&mut self, served: &[Ipv4Addr]) {
+        for vm in &mut self.vms {
+            if served.contains(&vm.cfg.home_address) {
+                vm.life.adopt_served();
+            }
+        }
+    }
+
     fn unserve_all(&mut self) {
         for vm in &self.vms {
             if vm.life.served() {
@@ -440,7 +451,24 @@ pub fn run(args: &AgentArgs) -> Result<Vec<FrameAccounting>, Error> {
     let stop_rx = crate::common::stop_on_signal().map_err(Error::Daemon)?;
     let config = AgentConfig::merge(args, AgentFile::load(&args.config)?)?;
     let keys = load_keys(&config)?;
-    let socket = ControlSocket::bind(&config.socket)?;
+    let successor = if args.takeover {
+        let s = Successor::connect(&config.socket, ROLE).map_err(Error::Daemon)?;
+        tracing::info!(
+            socket = %config.socket.display(),
+            queues = s.queues.len(),
+            served = s.served.len(),
+            "--takeover: the running agent handed its data path over"
+        );
+        Some(s)
+    } else {
+        None
+    };
+    // With --takeover the predecessor's listener is adopted once the data
+    // path runs: a failed takeover leaves its backlog to it.
+    let bound = match successor {
+        Some(_) => None,
+        None => Some(ControlSocket::bind(&config.socket)?),
+    };
 
     // Registration clients before the data path: a bad --address fails
     // here, before anything is attached.
@@ -459,15 +487,43 @@ pub fn run(args: &AgentArgs) -> Result<Vec<FrameAccounting>, Error> {
         job_senders.push(tx);
     }
 
-    let datapath = DataPath::start(DataPathConfig {
-        uplink: config.uplink.clone(),
-        vm_link: config.vm_link.clone(),
-        address: config.address,
-        home_agents: config.home_agents(),
-        queues: config.queues,
-        pin_dir: crate::common::bpf_pin_dir(&config.bpffs, "agent", &config.socket),
-    })?;
+    let mut successor = successor;
+    let adopted = successor
+        .as_mut()
+        .map(|s| std::mem::take(&mut s.queues))
+        .unwrap_or_default();
+    let datapath = DataPath::start(
+        DataPathConfig {
+            uplink: config.uplink.clone(),
+            vm_link: config.vm_link.clone(),
+            address: config.address,
+            home_agents: config.home_agents(),
+            queues: config.queues,
+            pin_dir: crate::common::bpf_pin_dir(&config.bpffs, "agent", &config.socket),
+        },
+        successor.as_ref(),
+        adopted,
+    )?;
+    let (socket, adopted_vms) = match (bound, successor) {
+        (Some(s), _) => (s, Vec::new()),
+        (None, Some(mut s)) => {
+            let listener = s
+                .listener
+                .take()
+                .ok_or_else(|| Error::Daemon("--takeover: no control socket handed over".into()))?;
+            let socket = ControlSocket::adopt(&config.socket, listener)?;
+            // From here on the predecessor exits; if it cannot hear us it
+            // exits all the same (its answer times out).
+            if let Err(e) = s.accept() {
+                tracing::warn!("--takeover: telling the predecessor: {e}");
+            }
+            (socket, s.served.iter().map(|v| v.vm).collect())
+        }
+        (None, None) => return Err(Error::Daemon("no control socket".into())),
+    };
+    let mut socket = socket;
     let mut agent = Agent::new(&config, datapath, job_senders);
+    agent.adopt(&adopted_vms);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (watch_tx, watch_rx) = channel::unbounded();
@@ -483,28 +539,47 @@ pub fn run(args: &AgentArgs) -> Result<Vec<FrameAccounting>, Error> {
         vm_link = %config.vm_link,
         vms = config.vms.len(),
         socket = %config.socket.display(),
+        takeover = args.takeover,
+        version = env!("HOMEWARD_VERSION"),
         "homeward agent is running"
     );
 
-    serve(&mut agent, &socket, &watch_rx, &done_rx, &stop_rx);
+    let ending = serve(&mut agent, &mut socket, &watch_rx, &done_rx, &stop_rx);
 
     stop.store(true, Ordering::Relaxed);
-    agent.unserve_all();
-    let accounting = agent.datapath.stop();
     for w in watchers {
         let _ = w.join();
     }
+    if ending == Ending::HandedOver {
+        socket.handed_over();
+        agent.datapath.lend_to_successor();
+        tracing::info!("handed over to the --takeover successor; exiting");
+        return Ok(Vec::new());
+    }
+    agent.unserve_all();
+    let accounting = agent.datapath.stop();
     drop(socket);
     Ok(accounting)
 }
 
-fn serve<D: Serving>(
-    agent: &mut Agent<D>,
-    socket: &ControlSocket,
+/// The role's name in a takeover offer.
+const ROLE: &str = "agent";
+
+/// How `serve` ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    Stop,
+    /// A `--takeover` successor runs the data path now.
+    HandedOver,
+}
+
+fn serve(
+    agent: &mut Agent<DataPath>,
+    socket: &mut ControlSocket,
     watch: &Receiver<(usize, Watch)>,
     done: &Receiver<Done>,
     stop: &Receiver<()>,
-) {
+) -> Ending {
     loop {
         let now = Instant::now();
         let wait = agent
@@ -525,10 +600,16 @@ fn serve<D: Serving>(
             recv(socket.connections()) -> conn => {
                 if let Ok(conn) = conn {
                     match server::read_request(&conn) {
-                        Ok(Request::Takeover {}) => crate::common::handover::refuse(
-                            &conn,
-                            "homeward agent does not hand its data path over yet: restart it instead (it recovers as after a crash)",
-                        ),
+                        Ok(Request::Takeover {}) => match hand_over(&mut agent.datapath, &conn, socket) {
+                            Ok(true) => return Ending::HandedOver,
+                            Ok(false) => {}
+                            Err(e) => {
+                                // Who holds the frames is unknown: exit as
+                                // after a crash; a restart recovers.
+                                tracing::error!("--takeover failed and the data path cannot be taken back: {e}");
+                                return Ending::HandedOver;
+                            }
+                        },
                         Ok(req) => server::send_reply(&conn, &agent.handle(Instant::now(), req)),
                         Err(reply) => server::send_reply(&conn, &reply),
                     }
@@ -536,12 +617,48 @@ fn serve<D: Serving>(
             }
             recv(stop) -> _ => {
                 tracing::info!("stopping");
-                return;
+                return Ending::Stop;
             }
             default(wait) => {}
         }
         agent.tick(Instant::now());
     }
+}
+
+/// `--takeover`, predecessor side (see `common::handover`): `Ok(true)`: the
+/// successor runs the data path; `Ok(false)`: it failed and everything was
+/// taken back; `Err`: no answer, who holds the frames is unknown.
+fn hand_over(
+    datapath: &mut DataPath,
+    conn: &std::os::unix::net::UnixStream,
+    socket: &mut ControlSocket,
+) -> Result<bool, String> {
+    tracing::info!("--takeover: a successor asks for the data path");
+    let listener = socket.park();
+    let parked = datapath.park();
+    datapath.lend_to_successor();
+    let served = datapath.served_vms();
+    let returned = match handover::offer(conn, ROLE, listener, None, &parked, served) {
+        Ok(Answer::Accepted) => {
+            tracing::info!("--takeover: the successor runs the data path");
+            return Ok(true);
+        }
+        Ok(Answer::Failed { error, queues }) => {
+            tracing::warn!("--takeover: the successor failed ({error}); carrying on");
+            queues
+        }
+        Err(OfferError::NotSent(e)) => {
+            tracing::warn!("--takeover: could not offer the data path ({e}); carrying on");
+            parked.iter().map(|p| p.sockets.handover_state()).collect()
+        }
+        Err(OfferError::NoAnswer(e)) => return Err(format!("no answer from the successor: {e}")),
+    };
+    datapath
+        .take_back(parked, &returned)
+        .map_err(|e| format!("taking the data path back: {e}"))?;
+    socket.resume().map_err(|e| e.to_string())?;
+    tracing::info!("--takeover: data path taken back");
+    Ok(false)
 }
 
 /// `homeward list` against an agent: one line per VM.

@@ -20,6 +20,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
+use std::net::Ipv4Addr;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -54,9 +55,20 @@ pub enum Offer {
         role: String,
         registration: bool,
         queues: Vec<QueueState>,
+        /// The agent's served VMs (the home agent's bindings are in its store).
+        #[serde(default)]
+        served: Vec<ServedVm>,
     },
     /// The predecessor cannot hand over (and carries on).
     Refused { error: String },
+}
+
+/// A VM the agent's data path serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedVm {
+    pub vm: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub home_agent: Ipv4Addr,
 }
 
 /// The successor's answer.
@@ -173,6 +185,7 @@ pub fn offer(
     listener: RawFd,
     registration: Option<RawFd>,
     queues: &[Parked],
+    served: Vec<ServedVm>,
 ) -> Result<Answer, OfferError> {
     let mut fds = vec![listener];
     fds.extend(registration);
@@ -189,6 +202,7 @@ pub fn offer(
         role: role.to_string(),
         registration: registration.is_some(),
         queues: states,
+        served,
     };
     // The successor restores the store and starts within a second or so;
     // a minute means it hangs.
@@ -221,6 +235,8 @@ pub struct Successor {
     pub registration: Option<OwnedFd>,
     /// Each queue's state and fds, taken by whoever adopts it.
     pub queues: Vec<(QueueState, Vec<OwnedFd>)>,
+    /// The agent's served VMs.
+    pub served: Vec<ServedVm>,
     /// The queue states as offered: handed back if adoption fails before
     /// any worker ran.
     offered: Vec<QueueState>,
@@ -246,7 +262,7 @@ impl Successor {
                 socket.display()
             )
         })?;
-        let (version, offered_role, registration, queues) = match offer {
+        let (version, offered_role, registration, queues, served) = match offer {
             Offer::Refused { error } => {
                 return Err(format!(
                     "--takeover refused by the running homeward: {error}"
@@ -257,13 +273,15 @@ impl Successor {
                 role,
                 registration,
                 queues,
-            } => (version, role, registration, queues),
+                served,
+            } => (version, role, registration, queues, served),
         };
         let mut successor = Successor {
             conn,
             listener: None,
             registration: None,
             queues: Vec::new(),
+            served,
             offered: queues.clone(),
         };
         let refuse = |successor: Successor, error: String| {
@@ -305,12 +323,12 @@ impl Successor {
     }
 
     /// Everything is running here: the predecessor may exit.
-    pub fn accept(self) -> std::io::Result<()> {
+    pub fn accept(&self) -> std::io::Result<()> {
         send(&self.conn, &Answer::Accepted, &[])
     }
 
     /// Hand everything back: `queues` with the free frames as left here.
-    pub fn fail(self, error: &str, queues: Vec<QueueState>) {
+    pub fn fail(&self, error: &str, queues: Vec<QueueState>) {
         let answer = Answer::Failed {
             error: error.to_string(),
             queues,
@@ -335,6 +353,7 @@ mod tests {
             role: "home-agent".into(),
             registration: false,
             queues: vec![],
+            served: vec![],
         };
         send(&a, &offer, &[r.as_raw_fd(), w.as_raw_fd()]).unwrap();
         let (got, fds): (Offer, _) = recv(&b).unwrap();

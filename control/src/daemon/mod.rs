@@ -574,7 +574,7 @@ impl Daemon {
         let path = self.config.state_dir.clone();
         drop(std::mem::replace(&mut self.store, Box::new(Lent { path })));
         self.bindings.steering_mut().lend_to_successor();
-        let answer = handover::offer(conn, ROLE, listener, registration_fd, &parked);
+        let answer = handover::offer(conn, ROLE, listener, registration_fd, &parked, Vec::new());
         match answer {
             Ok(Answer::Accepted) => {
                 tracing::info!(
