@@ -347,7 +347,7 @@ impl<D: Serving> Agent<D> {
                 "datapath": self.datapath.stats(),
             })),
             Request::Takeover {} => Reply::err(
-                "--takeover is for the home agent (homeward run); the agent restarts instead",
+                "takeover is asked by `homeward agent --takeover` and answered by the serve loop",
             ),
             Request::Bind { .. } | Request::Unbind { .. } => Reply::err(
                 "this is homeward agent: it serves the VMs of its config as QEMU reports them; bind and unbind are for the home agent (homeward run)",
