@@ -4,6 +4,7 @@
 //! program's XSKMAP, and a worker thread running the pipeline; stopped
 //! together, each returning its queue's frame accounting.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -13,8 +14,8 @@ use crate::loader::{LoaderError, Steering, PORT_LAN, PORT_WAN};
 use crate::lookup::Tables;
 use crate::pipeline::PipelineConfig;
 use crate::xsk::{
-    pin_current_thread, Command, FrameAccounting, Parked, QueueSockets, Worker, WorkerShared,
-    XskConfig, XskError,
+    pin_current_thread, Command, FrameAccounting, Parked, QueueSockets, QueueState, Worker,
+    WorkerShared, XskConfig, XskError,
 };
 
 /// What the workers serve.
@@ -101,6 +102,26 @@ impl Workers {
         Ok(workers)
     }
 
+    /// Starts workers on sockets a predecessor process handed over, queue
+    /// by queue ([`QueueSockets::adopt`]).
+    pub fn adopt(
+        config: WorkersConfig<'_>,
+        steering: &Steering,
+        tables: impl FnMut() -> Tables,
+        commands: impl FnMut(u32) -> Receiver<Command>,
+        handed: Vec<Handed>,
+    ) -> Result<Workers, WorkersError> {
+        let mut handed = handed.into_iter();
+        Workers::start_with(config, steering, tables, commands, |queue| {
+            match handed.next() {
+                Some((state, fds)) if state.queue == queue => QueueSockets::adopt(&state, fds),
+                _ => Err(XskError::Config(format!(
+                    "queue {queue} was not handed over (--queues differs?)"
+                ))),
+            }
+        })
+    }
+
     fn start_queue(
         &mut self,
         config: &WorkersConfig<'_>,
@@ -176,4 +197,37 @@ impl Workers {
             .filter_map(|t| t.join().ok())
             .collect()
     }
+}
+
+/// One queue as handed over by `--takeover`: its state and its fds.
+pub type Handed = (QueueState, Vec<OwnedFd>);
+
+/// Whether the queues `offered` by a predecessor are the ones `config`
+/// serves: same count, same interfaces.
+pub fn offer_fits(config: &WorkersConfig<'_>, offered: &[QueueState]) -> bool {
+    let wan = config.wan.filter(|w| *w != config.lan);
+    offered.len() == config.queues as usize
+        && offered
+            .iter()
+            .enumerate()
+            .all(|(i, q)| q.queue == i as u32 && q.lan == config.lan && q.wan.as_deref() == wan)
+}
+
+/// After a failed takeover: the parked queues' own sockets again, to adopt
+/// afresh (the successor may have moved their rings on), with the free
+/// frames the successor `returned`.
+pub fn reclaim(parked: Vec<Parked>, returned: &[QueueState]) -> Result<Vec<Handed>, XskError> {
+    let mut handed = Vec::with_capacity(parked.len());
+    for p in &parked {
+        let queue = p.sockets.queue();
+        let state = returned
+            .iter()
+            .find(|q| q.queue == queue)
+            .ok_or_else(|| XskError::Config(format!("queue {queue} was not handed back")))?;
+        let fds = p.sockets.dup_fds().map_err(|e| {
+            XskError::Config(format!("duplicating the sockets of queue {queue}: {e}"))
+        })?;
+        handed.push((state.clone(), fds));
+    }
+    Ok(handed)
 }

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel;
@@ -20,8 +19,8 @@ use dataplane::lookup::Tables;
 use dataplane::neigh::{self, NeighHandle};
 use dataplane::pipeline::{PipelineConfig, Role};
 use dataplane::table::{binding_table, Binding, TableWriter};
-use dataplane::workers::{Workers, WorkersConfig};
-use dataplane::xsk::{FrameAccounting, Parked, QueueSockets, QueueState, WorkerShared, XskError};
+use dataplane::workers::{self, Handed, Workers, WorkersConfig, WorkersError};
+use dataplane::xsk::{FrameAccounting, Parked, QueueState, WorkerShared};
 use serde_json::{json, Map, Value};
 
 use crate::common::handover::{ServedVm, Successor};
@@ -71,24 +70,6 @@ pub struct DataPath {
     tables: Box<dyn Fn() -> Tables + Send>,
 }
 
-/// The predecessor's queues must be the ones this configuration serves.
-fn check_offer(config: &DataPathConfig, offered: &[QueueState]) -> Result<(), Error> {
-    let fits = offered.len() == config.queues as usize
-        && offered.iter().enumerate().all(|(i, q)| {
-            q.queue == i as u32
-                && q.lan == config.vm_link
-                && q.wan.as_deref() == Some(&config.uplink)
-        });
-    if fits {
-        Ok(())
-    } else {
-        Err(Error::Daemon(format!(
-            "--takeover: the running agent serves other links or queues than {} + {} with {} queue(s): a takeover keeps them; change them with a stop and a start",
-            config.vm_link, config.uplink, config.queues
-        )))
-    }
-}
-
 fn dp_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Dataplane(format!("{what}: {e}"))
 }
@@ -103,7 +84,7 @@ impl DataPath {
     pub fn start(
         config: DataPathConfig,
         successor: Option<&Successor>,
-        adopted: Vec<(QueueState, Vec<OwnedFd>)>,
+        adopted: Vec<Handed>,
     ) -> Result<DataPath, Error> {
         let mut dp = DataPath::load(config)?;
         let result = dp.go_live(successor, adopted);
@@ -169,7 +150,7 @@ impl DataPath {
     fn go_live(
         &mut self,
         successor: Option<&Successor>,
-        adopted: Vec<(QueueState, Vec<OwnedFd>)>,
+        adopted: Vec<Handed>,
     ) -> Result<(), Error> {
         if let Some(s) = successor {
             for v in &s.served {
@@ -184,7 +165,12 @@ impl DataPath {
             {
                 std::thread::sleep(Duration::from_micros(200));
             }
-            check_offer(&self.config, s.offered())?;
+            if !workers::offer_fits(&self.workers_config(), s.offered()) {
+                return Err(Error::Daemon(format!(
+                    "--takeover: the running agent serves other links or queues than {} + {} with {} queue(s): a takeover keeps them; change them with a stop and a start",
+                    self.config.vm_link, self.config.uplink, self.config.queues
+                )));
+            }
         }
         self.workers = if successor.is_some() {
             self.start_workers(adopted)
@@ -220,20 +206,13 @@ impl DataPath {
     }
 
     /// Workers on handed-over sockets (`adopted`, queue by queue).
-    fn start_workers(
-        &self,
-        adopted: Vec<(QueueState, Vec<OwnedFd>)>,
-    ) -> Result<Workers, dataplane::workers::WorkersError> {
-        let mut adopted = adopted.into_iter();
-        Workers::start_with(
+    fn start_workers(&self, adopted: Vec<Handed>) -> Result<Workers, WorkersError> {
+        Workers::adopt(
             self.workers_config(),
             &self.steering,
             &self.tables,
             |_| channel::never(),
-            |queue| match adopted.next() {
-                Some((state, fds)) if state.queue == queue => QueueSockets::adopt(&state, fds),
-                _ => Err(XskError::Config(format!("no queue {queue} handed over"))),
-            },
+            adopted,
         )
     }
 
@@ -268,19 +247,7 @@ impl DataPath {
         parked: Vec<Parked>,
         returned: &[QueueState],
     ) -> Result<(), String> {
-        let mut adopted = Vec::with_capacity(parked.len());
-        for p in &parked {
-            let state = returned
-                .iter()
-                .find(|q| q.queue == p.sockets.queue())
-                .ok_or_else(|| format!("queue {} not handed back", p.sockets.queue()))?;
-            let fds = p
-                .sockets
-                .dup_fds()
-                .map_err(|e| format!("duplicating a socket: {e}"))?;
-            adopted.push((state.clone(), fds));
-        }
-        drop(parked);
+        let adopted = workers::reclaim(parked, returned).map_err(|e| e.to_string())?;
         self.steering
             .reclaim_from_successor()
             .map_err(|e| e.to_string())?;

@@ -26,6 +26,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use dataplane::workers::Handed;
 use dataplane::xsk::{Parked, QueueState};
 use rustix::net::{
     recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -234,7 +235,7 @@ pub struct Successor {
     /// The registration socket, if the predecessor had one.
     pub registration: Option<OwnedFd>,
     /// Each queue's state and fds, taken by whoever adopts it.
-    pub queues: Vec<(QueueState, Vec<OwnedFd>)>,
+    pub queues: Vec<Handed>,
     /// The agent's served VMs.
     pub served: Vec<ServedVm>,
     /// The queue states as offered: handed back if adoption fails before

@@ -17,8 +17,8 @@ use dataplane::lookup::Tables;
 use dataplane::neigh;
 use dataplane::pipeline::PipelineConfig;
 use dataplane::table::binding_table;
-use dataplane::workers::{Workers, WorkersConfig};
-use dataplane::xsk::{Command, FrameAccounting, Parked, QueueSockets, QueueState, XskError};
+use dataplane::workers::{self, Workers, WorkersConfig};
+use dataplane::xsk::{Command, FrameAccounting, Parked, QueueState};
 
 use crate::common::claims::Claims;
 use crate::common::control_socket::{self as server, ControlSocket};
@@ -307,20 +307,16 @@ fn assemble(
     };
     let steering = bindings.steering();
     if let Some(s) = successor.as_ref() {
-        check_offer(config, s.offered())?;
+        check_offer(config, &spec, s.offered())?;
     }
     let workers = match successor.as_mut() {
-        Some(s) => {
-            let mut adopted = std::mem::take(&mut s.queues).into_iter();
-            Workers::start_with(workers_config, steering, &spec.tables, commands, |queue| {
-                match adopted.next() {
-                    Some((state, fds)) if state.queue == queue => QueueSockets::adopt(&state, fds),
-                    _ => Err(XskError::Config(format!(
-                        "the running homeward has no queue {queue} to hand over (--queues differs?)"
-                    ))),
-                }
-            })
-        }
+        Some(s) => Workers::adopt(
+            workers_config,
+            steering,
+            &spec.tables,
+            commands,
+            std::mem::take(&mut s.queues),
+        ),
         None => Workers::start(workers_config, steering, &spec.tables, commands),
     }
     .map_err(|e| Error::Dataplane(e.to_string()))?;
@@ -349,36 +345,19 @@ fn assemble(
 }
 
 /// The predecessor's queues must be the ones this configuration serves.
-fn check_offer(config: &RunConfig, offered: &[QueueState]) -> Result<(), Error> {
-    let wan = config.wan.as_deref().filter(|w| *w != config.lan);
-    let fits = offered.len() == config.queues as usize
-        && offered
-            .iter()
-            .enumerate()
-            .all(|(i, q)| q.queue == i as u32 && q.lan == config.lan && q.wan.as_deref() == wan);
-    if fits {
+fn check_offer(
+    config: &RunConfig,
+    spec: &WorkersSpec,
+    offered: &[QueueState],
+) -> Result<(), Error> {
+    if workers::offer_fits(&workers_config(config, spec), offered) {
         return Ok(());
     }
-    let theirs: Vec<String> = offered
-        .iter()
-        .map(|q| {
-            format!(
-                "{} queue {}{}",
-                q.lan,
-                q.queue,
-                q.wan
-                    .as_ref()
-                    .map(|w| format!(" + {w}"))
-                    .unwrap_or_default()
-            )
-        })
-        .collect();
     Err(Error::Daemon(format!(
-        "--takeover: the running homeward serves {} but this one is configured for {} queue(s) on {}{}: a takeover keeps interfaces and queues; change them with a stop and a start",
-        theirs.join(", "),
-        config.queues,
+        "--takeover: the running homeward serves other interfaces or queues than {}{} with {} queue(s): a takeover keeps interfaces and queues; change them with a stop and a start",
         config.lan,
-        wan.map(|w| format!(" + {w}")).unwrap_or_default()
+        config.wan.as_deref().filter(|w| *w != config.lan).map(|w| format!(" + {w}")).unwrap_or_default(),
+        config.queues,
     )))
 }
 
@@ -611,19 +590,7 @@ impl Daemon {
         parked: Vec<Parked>,
         returned: &[QueueState],
     ) -> Result<(), String> {
-        let mut adopted = Vec::with_capacity(parked.len());
-        for p in &parked {
-            let state = returned
-                .iter()
-                .find(|q| q.queue == p.sockets.queue())
-                .ok_or_else(|| format!("queue {} not handed back", p.sockets.queue()))?;
-            let fds = p
-                .sockets
-                .dup_fds()
-                .map_err(|e| format!("duplicating a socket: {e}"))?;
-            adopted.push((state.clone(), fds));
-        }
-        drop(parked);
+        let handed = workers::reclaim(parked, returned).map_err(|e| e.to_string())?;
         self.store =
             Box::new(SqliteStore::open(&self.config.state_dir).map_err(|e| e.to_string())?);
         self.bindings
@@ -631,8 +598,7 @@ impl Daemon {
             .reclaim_from_successor()
             .map_err(|e| e.to_string())?;
         let announce_rx = self.announce_rx.clone();
-        let mut adopted = adopted.into_iter();
-        self.workers = Workers::start_with(
+        self.workers = Workers::adopt(
             workers_config(&self.config, &self.workers_config),
             self.bindings.steering(),
             &self.workers_config.tables,
@@ -643,10 +609,7 @@ impl Daemon {
                     channel::never()
                 }
             },
-            |_| match adopted.next() {
-                Some((state, fds)) => QueueSockets::adopt(&state, fds),
-                None => Err(XskError::Config("queue missing".into())),
-            },
+            handed,
         )
         .map_err(|e| e.to_string())?;
         self.bindings.set_workers(self.workers.shared().to_vec());
