@@ -92,10 +92,11 @@ fn the_agent_comes_back_after_kill_9() {
     assert!(ha.stop().success);
 }
 
-/// A stream of datagrams from the client to the VM while a second agent
-/// takes over with `--takeover`: the first exits by itself, the VM stays
-/// served (not re-served, still bound at the home agent) and every
-/// datagram arrives.
+/// The home agent, then the agent, each taken over with `--takeover` while
+/// a VM is served: a stream of datagrams from the client to the VM runs
+/// across the agent's; the first agent exits by itself, the VM stays served
+/// (not re-served, still bound), every datagram arrives, and the new agent's
+/// registration is accepted by the new home agent on the handed-over socket.
 #[test]
 fn an_agent_takeover_keeps_the_vm_served() {
     require_root();
@@ -109,7 +110,9 @@ fn an_agent_takeover_keeps_the_vm_served() {
     )
     .unwrap();
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let ha = HomeAgent::start(&lab, &["--registration-keys", keys.to_str().unwrap()]);
+    let [flag, mount] = bpffs.flag();
+    let ha_args = ["--registration-keys", keys.to_str().unwrap(), flag, mount];
+    let mut ha = HomeAgent::start(&lab, &ha_args);
     let fa = ForeignAgentLab::new(&lab, "fat", dir.path(), &keys, VM, 1500, &bpffs.flag());
     let mut agent = fa.spawn(&lab);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -118,6 +121,16 @@ fn an_agent_takeover_keeps_the_vm_served() {
     }
     assert!(ha.binding(&VM.to_string()).is_some(), "{}", agent.stderr());
     assert_delivered(&lab, &fa, 4003);
+
+    // First the home agent is taken over (its registration socket with it),
+    // then the agent, which registers again on connecting to QMP: that
+    // registration reaches the new home agent through the handed-over socket.
+    let mut ha_takeover = ha_args.to_vec();
+    ha_takeover.push("--takeover");
+    let new_ha = HomeAgent::start_bin(&lab, &homeward_tests::homeward_bin(), &ha_takeover);
+    let old = std::mem::replace(&mut ha, new_ha).wait_exit(Duration::from_secs(10));
+    assert!(old.success, "{}", old.stderr);
+    assert!(ha.binding(&VM.to_string()).is_some(), "{}", ha.stderr());
 
     // A paced stream (5,000 datagrams/s) with the takeover in the middle.
     let listener = fa.vm.udp_listen(4004);
@@ -144,6 +157,11 @@ fn an_agent_takeover_keeps_the_vm_served() {
         got.len(),
         sent,
         "datagrams lost across the takeover:\n{log}"
+    );
+    assert!(
+        log.contains("registered vm=vm") && log.contains("code=0"),
+        "the successor's registration did not reach the new home agent:\n{log}\n{}",
+        ha.stderr()
     );
     assert!(ha.binding(&VM.to_string()).is_some());
     assert_delivered(&lab, &fa, 4005);
