@@ -77,28 +77,7 @@ pub struct BindingInfo {
     pub spi: Option<u32>,
 }
 
-/// Formats a MAC the usual way.
-pub fn format_mac(mac: [u8; 6]) -> String {
-    let m = mac;
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff` (or with dashes).
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split([':', '-']);
-    for byte in mac.iter_mut() {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
+pub use dataplane::mac::{format_mac, parse_mac};
 
 #[cfg(test)]
 mod tests {
@@ -116,16 +95,5 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         assert!(serde_json::from_str::<Request>(r#"{"op":"list","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"bind","vm":"1.2.3"}"#).is_err());
-    }
-
-    #[test]
-    fn macs_parse_and_format() {
-        let m = parse_mac("52:54:00:12:34:56").unwrap();
-        assert_eq!(format_mac(m), "52:54:00:12:34:56");
-        assert_eq!(parse_mac("52-54-00-12-34-56"), Some(m));
-        assert_eq!(parse_mac("52:54:00:12:34"), None);
-        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
-        assert_eq!(parse_mac("5:54:00:12:34:56"), None);
-        assert_eq!(parse_mac("zz:54:00:12:34:56"), None);
     }
 }

@@ -1,5 +1,7 @@
 //! homeward's data path.
 //!
+//! - [`forwarder`]: the one owner of a data path (table, maps, next hops,
+//!   workers), used by both roles.
 //! - [`pipeline`]: pure packet logic (classify, encapsulate, decapsulate, ARP, ICMP).
 //! - [`table`]: the lock-free binding table (one writer, readers never block).
 //! - [`neigh`]: next hops for care-of addresses from the kernel (rtnetlink).
@@ -8,8 +10,10 @@
 //! - [`xsk`]: AF_XDP sockets, UMEM, frame accounting and the forwarding worker.
 //! - [`stats`]: counters the workers publish.
 
+pub mod forwarder;
 pub mod loader;
 pub mod lookup;
+pub mod mac;
 pub mod neigh;
 pub mod pipeline;
 pub mod stats;

@@ -43,7 +43,6 @@
 //!
 //! Besides `xsk/`, this is the one module with `unsafe` (libbpf FFI).
 
-use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::fmt;
 use std::io;
@@ -538,9 +537,9 @@ struct MapFds {
 
 /// The steering program, loaded and (after [`Steering::attach`]) attached.
 ///
-/// Owns the BPF object, the list of interfaces it is attached to, and the
-/// userspace mirror of the bindings and care-of reference counts that it
-/// writes to `bound_vms` and `care_ofs`. Without a pin directory nothing is
+/// Owns the BPF object and the list of interfaces it is attached to; it
+/// writes `bound_vms` and `care_ofs` as told (the forwarder keeps the
+/// bindings and their reference counts). Without a pin directory nothing is
 /// pinned (see [`Steering::pin_maps`]). Dropping it detaches the program from
 /// every interface where it is still the attached program, removes its pins
 /// from the pin directory (and the directory if that empties it), and
@@ -553,8 +552,6 @@ pub struct Steering {
     max_bindings: u32,
     config: SteerConfig,
     attached: Vec<Attachment>,
-    bindings: HashMap<Ipv4Addr, Ipv4Addr>,
-    care_of_refs: HashMap<Ipv4Addr, u32>,
     ncpus: usize,
     /// The locked pin directory, if attached with one.
     pins: Option<pin::PinDir>,
@@ -570,7 +567,6 @@ impl fmt::Debug for Steering {
             .field("prog_fd", &self.prog_fd)
             .field("config", &self.config)
             .field("attached", &self.attached)
-            .field("bindings", &self.bindings.len())
             .field("max_bindings", &self.max_bindings)
             .field("pin_dir", &self.pin_dir())
             .finish_non_exhaustive()
@@ -882,8 +878,6 @@ impl Steering {
             max_bindings,
             config,
             attached: Vec::new(),
-            bindings: HashMap::new(),
-            care_of_refs: HashMap::new(),
             ncpus: ncpus.max(1),
             pins: None,
             pin_path: None,
@@ -1121,67 +1115,39 @@ impl Steering {
             })
     }
 
-    /// Bind `vm` to `care_of`: steer traffic to `vm` and IPIP from
-    /// `care_of`. A rebind to another care-of address moves the reference
-    /// count; binding again to the same one rewrites the entry.
-    ///
-    /// Order: count the new care-of address, then point `vm` at it, then
-    /// release the old one, so that no packet of the binding is passed to the
-    /// kernel in between. On error the maps are as before (best effort if
-    /// the rollback itself fails).
+    /// Steer traffic to `vm` into the workers, under `care_of` (written as
+    /// is: which care-of addresses are accepted is [`Steering::add_care_of`]'s).
     pub fn bind(&mut self, vm: Ipv4Addr, care_of: Ipv4Addr) -> Result<(), LoaderError> {
-        let old = self.bindings.get(&vm).copied();
-        if old == Some(care_of) {
-            return self.write_binding(vm, care_of);
-        }
-
-        let count = self.care_of_refs.get(&care_of).copied().unwrap_or(0) + 1;
-        self.write_care_of(care_of, count)?;
-        if let Err(e) = self.write_binding(vm, care_of) {
-            let rollback = if count == 1 {
-                self.delete_care_of(care_of)
-            } else {
-                self.write_care_of(care_of, count - 1)
-            };
-            if let Err(r) = rollback {
-                tracing::warn!(%care_of, error = %r, "rolling back care_ofs after a failed bind");
-            }
-            return Err(e);
-        }
-        self.care_of_refs.insert(care_of, count);
-        self.bindings.insert(vm, care_of);
-
-        if let Some(old) = old {
-            self.release_care_of(old)?;
-        }
-        Ok(())
+        self.write_binding(vm, care_of)
     }
 
-    /// Remove the binding of `vm` (no-op if it has none): its traffic goes
-    /// to the kernel again, and its care-of address loses one reference.
+    /// Stop steering traffic to `vm` (no-op if it was not steered): it goes
+    /// to the kernel again.
     pub fn unbind(&mut self, vm: Ipv4Addr) -> Result<(), LoaderError> {
-        let Some(care_of) = self.bindings.get(&vm).copied() else {
-            return Ok(());
-        };
-        map_delete(self.maps.bound_vms, &addr_key(vm)).map_err(|source| LoaderError::Map {
-            map: MAP_BOUND_VMS,
-            op: "delete",
-            source,
-        })?;
-        self.bindings.remove(&vm);
-        self.release_care_of(care_of)
+        map_delete(self.maps.bound_vms, &addr_key(vm))
+            .map(|_| ())
+            .map_err(|source| LoaderError::Map {
+                map: MAP_BOUND_VMS,
+                op: "delete",
+                source,
+            })
     }
 
-    fn release_care_of(&mut self, care_of: Ipv4Addr) -> Result<(), LoaderError> {
-        let count = self.care_of_refs.get(&care_of).copied().unwrap_or(0);
-        if count <= 1 {
-            self.delete_care_of(care_of)?;
-            self.care_of_refs.remove(&care_of);
-        } else {
-            self.write_care_of(care_of, count - 1)?;
-            self.care_of_refs.insert(care_of, count - 1);
-        }
-        Ok(())
+    /// Steer IPIP from `care_of` into the workers. The caller counts the
+    /// bindings that use it (the map holds presence only).
+    pub fn add_care_of(&mut self, care_of: Ipv4Addr) -> Result<(), LoaderError> {
+        self.hash_update(MAP_CARE_OFS, self.maps.care_ofs, addr_key(care_of), 1)
+    }
+
+    /// Stop steering IPIP from `care_of` (no-op if it was not).
+    pub fn remove_care_of(&mut self, care_of: Ipv4Addr) -> Result<(), LoaderError> {
+        map_delete(self.maps.care_ofs, &addr_key(care_of))
+            .map(|_| ())
+            .map_err(|source| LoaderError::Map {
+                map: MAP_CARE_OFS,
+                op: "delete",
+                source,
+            })
     }
 
     fn write_binding(&self, vm: Ipv4Addr, care_of: Ipv4Addr) -> Result<(), LoaderError> {
@@ -1191,20 +1157,6 @@ impl Steering {
             addr_key(vm),
             addr_key(care_of),
         )
-    }
-
-    fn write_care_of(&self, care_of: Ipv4Addr, count: u32) -> Result<(), LoaderError> {
-        self.hash_update(MAP_CARE_OFS, self.maps.care_ofs, addr_key(care_of), count)
-    }
-
-    fn delete_care_of(&self, care_of: Ipv4Addr) -> Result<(), LoaderError> {
-        map_delete(self.maps.care_ofs, &addr_key(care_of))
-            .map(|_| ())
-            .map_err(|source| LoaderError::Map {
-                map: MAP_CARE_OFS,
-                op: "delete",
-                source,
-            })
     }
 
     fn hash_update(
@@ -1242,8 +1194,8 @@ impl Steering {
         Ok(out)
     }
 
-    /// The care-of addresses and their reference counts as the kernel map
-    /// `care_ofs` has them, sorted by address.
+    /// The care-of addresses as the kernel map `care_ofs` has them, sorted
+    /// by address (the value is 1: presence).
     pub fn care_ofs(&self) -> Result<Vec<(Ipv4Addr, u32)>, LoaderError> {
         let mut out: Vec<(Ipv4Addr, u32)> =
             read_u32_hash(MAP_CARE_OFS, self.maps.care_ofs, self.max_bindings)?

@@ -63,7 +63,7 @@ mod lab;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -331,10 +331,12 @@ impl NeighReader {
     }
 }
 
+/// What is tracked: sets, not counts (the forwarder counts the bindings
+/// that share a care-of address).
 #[derive(Default)]
 struct Refs {
-    care_of: HashMap<Ipv4Addr, u32>,
-    lan: HashMap<Ipv4Addr, u32>,
+    care_of: HashSet<Ipv4Addr>,
+    lan: HashSet<Ipv4Addr>,
 }
 
 struct HandleInner {
@@ -372,8 +374,8 @@ impl Drop for HandleInner {
 /// The control plane's side of the neighbour thread. `Clone` (clones share
 /// the thread); the thread stops when the last clone is dropped.
 ///
-/// Tracking is reference-counted per address: `track` twice needs `untrack`
-/// twice (several bindings may share one care-of address).
+/// Tracking is a set: `track` twice is once, one `untrack` ends it (the
+/// forwarder counts the bindings that share a care-of address).
 #[derive(Clone)]
 pub struct NeighHandle {
     inner: Arc<HandleInner>,
@@ -397,21 +399,9 @@ impl NeighHandle {
             Kind::Lan => &mut refs.lan,
         };
         let cmd = if track {
-            let n = map.entry(addr).or_insert(0);
-            *n += 1;
-            (*n == 1).then_some(Cmd::Track(kind, addr))
+            map.insert(addr).then_some(Cmd::Track(kind, addr))
         } else {
-            match map.get_mut(&addr) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    None
-                }
-                Some(_) => {
-                    map.remove(&addr);
-                    Some(Cmd::Untrack(kind, addr))
-                }
-                None => None,
-            }
+            map.remove(&addr).then_some(Cmd::Untrack(kind, addr))
         };
         if let Some(cmd) = cmd {
             // Sent under the lock so that the thread sees track/untrack of
@@ -445,7 +435,7 @@ impl NeighHandle {
 
     /// Tracked care-of addresses and their current egress, sorted by address.
     pub fn snapshot(&self) -> Vec<(Ipv4Addr, Option<Egress>)> {
-        let mut addrs: Vec<Ipv4Addr> = lock(&self.inner.refs).care_of.keys().copied().collect();
+        let mut addrs: Vec<Ipv4Addr> = lock(&self.inner.refs).care_of.iter().copied().collect();
         addrs.sort_unstable();
         addrs
             .into_iter()
@@ -455,7 +445,7 @@ impl NeighHandle {
 
     /// Tracked home-link addresses and their current MAC, sorted by address.
     pub fn lan_snapshot(&self) -> Vec<(Ipv4Addr, Option<[u8; 6]>)> {
-        let mut addrs: Vec<Ipv4Addr> = lock(&self.inner.refs).lan.keys().copied().collect();
+        let mut addrs: Vec<Ipv4Addr> = lock(&self.inner.refs).lan.iter().copied().collect();
         addrs.sort_unstable();
         addrs
             .into_iter()

@@ -173,6 +173,15 @@ impl Workers {
         Ok(())
     }
 
+    /// Counters without threads, for unit tests of what reads them.
+    #[cfg(test)]
+    pub(crate) fn detached(shared: Vec<Arc<WorkerShared>>) -> Workers {
+        Workers {
+            shared,
+            threads: Vec::new(),
+        }
+    }
+
     /// Each queue's counters, accounting and per-binding counts.
     pub fn shared(&self) -> &[Arc<WorkerShared>] {
         &self.shared

@@ -9,19 +9,18 @@
 //! home agent (RFC 3024), and the VM's ARP requests for its home-subnet
 //! neighbours are answered with the VM link's MAC.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam::channel;
+use dataplane::forwarder::{DataPathStats, Forwarder, Plan};
 use dataplane::loader::Steering;
 use dataplane::lookup::Tables;
-use dataplane::neigh::{self, NeighHandle};
+use dataplane::neigh;
 use dataplane::pipeline::{PipelineConfig, Role};
-use dataplane::table::{binding_table, Binding, TableWriter};
-use dataplane::workers::{self, Handed, Workers, WorkersConfig, WorkersError};
-use dataplane::xsk::{FrameAccounting, Parked, QueueState, WorkerShared};
-use serde_json::{json, Map, Value};
+use dataplane::table::binding_table;
+use dataplane::workers::Handed;
+use dataplane::xsk::{FrameAccounting, Parked, QueueState};
+use serde::Serialize;
 
 use crate::common::handover::{ServedVm, Successor};
 use crate::common::link;
@@ -50,24 +49,45 @@ pub struct DataPathConfig {
     pub pin_dir: std::path::PathBuf,
 }
 
-struct Served {
-    mac: [u8; 6],
-    home_agent: Ipv4Addr,
-    slot: u32,
+/// The running data path: a served VM is a forwarder binding `VM -> its
+/// home agent` with the VM's MAC. Dropping it without [`DataPath::stop`]
+/// still detaches the program (the loader does) but does not join the
+/// workers.
+pub struct DataPath {
+    forwarder: Forwarder,
+    config: DataPathConfig,
 }
 
-/// The running data path. Dropping it without [`DataPath::stop`] still
-/// detaches the program (the loader does) but does not join the workers.
-pub struct DataPath {
-    table: TableWriter,
-    slots: usize,
-    steering: Steering,
-    neigh: NeighHandle,
-    workers: Workers,
-    served: BTreeMap<Ipv4Addr, Served>,
-    config: DataPathConfig,
-    pipeline: PipelineConfig,
-    tables: Box<dyn Fn() -> Tables + Send>,
+/// The `datapath` object of the agent's `stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentDataPathStats {
+    pub address: Ipv4Addr,
+    pub uplink: String,
+    pub vm_link: String,
+    pub counters: AgentCounters,
+    #[serde(flatten)]
+    pub data_path: DataPathStats,
+    pub served: Vec<ServedStats>,
+}
+
+/// The pipeline's counters as the agent names them.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentCounters {
+    pub tunnelled_to_home_agent: u64,
+    pub delivered_to_vm: u64,
+    pub arp_replies: u64,
+    pub icmp_sent: u64,
+    pub fragmented: u64,
+}
+
+/// One served VM with what was forwarded for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServedStats {
+    pub vm: Ipv4Addr,
+    pub mac: Option<String>,
+    pub home_agent: Ipv4Addr,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 fn dp_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -86,30 +106,27 @@ impl DataPath {
         successor: Option<&Successor>,
         adopted: Vec<Handed>,
     ) -> Result<DataPath, Error> {
-        let mut dp = DataPath::load(config)?;
-        let result = dp.go_live(successor, adopted);
+        let (mut dp, plan) = DataPath::load(config)?;
+        let result = dp.go_live(plan, successor, adopted);
         match (result, successor) {
             (Ok(()), _) => Ok(dp),
             (Err(e), Some(s)) => {
-                let queues = if dp.workers.shared().is_empty() {
+                let queues = if dp.forwarder.workers().is_empty() {
                     s.offered().to_vec()
                 } else {
-                    dp.park()
-                        .iter()
-                        .map(|p| p.sockets.handover_state())
-                        .collect()
+                    dp.forwarder.park_states()
                 };
                 s.fail(&e.to_string(), queues);
                 Err(e)
             }
             (Err(e), None) => {
-                dp.workers.stop();
+                dp.forwarder.stop();
                 Err(e)
             }
         }
     }
 
-    fn load(config: DataPathConfig) -> Result<DataPath, Error> {
+    fn load(config: DataPathConfig) -> Result<(DataPath, Plan), Error> {
         let vm_link = link(&config.vm_link)?;
         let uplink = link(&config.uplink)?;
         if vm_link.index == uplink.index {
@@ -121,34 +138,35 @@ impl DataPath {
         let (table, reader) = binding_table(MAX_SERVED as usize * 2);
         let (neigh, neigh_reader) =
             neigh::spawn(vec![uplink.index], vm_link.index).map_err(|e| dp_err("neighbours", e))?;
-        for ha in &config.home_agents {
-            neigh.track(*ha);
-        }
         let steering =
             Steering::load_foreign_agent(vm_link.index, uplink.index, config.address, MAX_SERVED)
                 .map_err(|e| dp_err("XDP steering", e))?;
+        let mut forwarder = Forwarder::new(table, steering, neigh, MAX_SERVED as usize);
+        for ha in &config.home_agents {
+            forwarder.follow(*ha);
+        }
         let mut pipeline = PipelineConfig::new(config.address, vm_link.mac, uplink.mac);
         pipeline.role = Role::ForeignAgent;
         let (vm_index, up_index) = (vm_link.index, uplink.index);
-        Ok(DataPath {
-            slots: table.capacity(),
-            table,
-            steering,
-            neigh,
-            workers: Workers::default(),
-            served: BTreeMap::new(),
-            config,
+        let plan = Plan {
+            lan: config.vm_link.clone(),
+            wan: Some(config.uplink.clone()),
+            queues: config.queues,
             pipeline,
+            cpus: Vec::new(),
+            name: "homeward-fa-q",
             tables: Box::new(move || {
                 Tables::foreign_agent(reader.clone(), neigh_reader.clone(), vm_index, up_index)
             }),
-        })
+        };
+        Ok((DataPath { forwarder, config }, plan))
     }
 
     /// Serve what the predecessor served, start the workers (on its
     /// sockets if `adopted`), then attach the program.
     fn go_live(
         &mut self,
+        plan: Plan,
         successor: Option<&Successor>,
         adopted: Vec<Handed>,
     ) -> Result<(), Error> {
@@ -157,35 +175,17 @@ impl DataPath {
                 self.serve(v.vm, v.mac, v.home_agent)
                     .map_err(|e| dp_err("--takeover", e))?;
             }
-            // Their home agents' next hops are in the kernel's table: at
-            // once, unless one went away (then bounded).
-            let deadline = Instant::now() + Duration::from_millis(200);
-            while self.neigh.snapshot().iter().any(|(_, e)| e.is_none())
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            if !workers::offer_fits(&self.workers_config(), s.offered()) {
-                return Err(Error::Daemon(format!(
-                    "--takeover: the running agent serves other links or queues than {} + {} with {} queue(s): a takeover keeps them; change them with a stop and a start",
-                    self.config.vm_link, self.config.uplink, self.config.queues
-                )));
-            }
+            // Their home agents' next hops are in the kernel's table.
+            self.forwarder.await_next_hops(Duration::from_millis(200));
         }
-        self.workers = if successor.is_some() {
-            self.start_workers(adopted)
-        } else {
-            Workers::start(self.workers_config(), &self.steering, &self.tables, |_| {
-                channel::never()
-            })
-        }
-        .map_err(|e| dp_err("workers", e))?;
-        let pin = self.config.pin_dir.clone();
-        self.steering
-            .go_live(Some(&pin))
-            .map_err(|e| dp_err("XDP steering", e))?;
+        self.forwarder
+            .start_workers(plan, successor.is_some().then_some(adopted))
+            .map_err(|e| Error::Dataplane(e.to_string()))?;
+        self.forwarder
+            .go_live(&self.config.pin_dir)
+            .map_err(|e| Error::Dataplane(e.to_string()))?;
         tracing::info!(
-            mode = %self.steering.mode(),
+            mode = %self.forwarder.steering().mode(),
             vm_link = %self.config.vm_link,
             uplink = %self.config.uplink,
             "XDP steering attached (foreign agent)"
@@ -193,66 +193,42 @@ impl DataPath {
         Ok(())
     }
 
-    fn workers_config(&self) -> WorkersConfig<'_> {
-        WorkersConfig {
-            lan: &self.config.vm_link,
-            wan: Some(&self.config.uplink),
-            queues: self.config.queues,
-            slots: self.slots,
-            pipeline: self.pipeline.clone(),
-            cpus: &[],
-            name: "homeward-fa-q",
-        }
-    }
-
-    /// Workers on handed-over sockets (`adopted`, queue by queue).
-    fn start_workers(&self, adopted: Vec<Handed>) -> Result<Workers, WorkersError> {
-        Workers::adopt(
-            self.workers_config(),
-            &self.steering,
-            &self.tables,
-            |_| channel::never(),
-            adopted,
-        )
-    }
-
     /// `--takeover`, predecessor side: stop the workers, keeping their
     /// sockets and free frames.
     pub fn park(&mut self) -> Vec<Parked> {
-        self.workers.park()
+        self.forwarder.park()
     }
 
     /// The VMs served, for the successor.
     pub fn served_vms(&self) -> Vec<ServedVm> {
-        self.served
-            .iter()
-            .map(|(&vm, s)| ServedVm {
-                vm,
-                mac: s.mac,
-                home_agent: s.home_agent,
+        self.forwarder
+            .list()
+            .into_iter()
+            .filter_map(|f| {
+                Some(ServedVm {
+                    vm: f.vm,
+                    mac: f.vm_mac?,
+                    home_agent: f.care_of,
+                })
             })
             .collect()
     }
 
     /// The successor runs it now: leave the program attached and pinned.
     pub fn lend_to_successor(&mut self) {
-        self.steering.lend_to_successor();
+        self.forwarder.lend_to_successor();
     }
 
     /// After a failed takeover: the pins and the program again, and workers
-    /// on the sockets (adopted afresh, the successor may have moved their
-    /// rings on) with the free frames it `returned`.
+    /// on the sockets with the free frames the successor `returned`.
     pub fn take_back(
         &mut self,
         parked: Vec<Parked>,
         returned: &[QueueState],
     ) -> Result<(), String> {
-        let adopted = workers::reclaim(parked, returned).map_err(|e| e.to_string())?;
-        self.steering
-            .reclaim_from_successor()
-            .map_err(|e| e.to_string())?;
-        self.workers = self.start_workers(adopted).map_err(|e| e.to_string())?;
-        Ok(())
+        self.forwarder
+            .take_back(parked, returned)
+            .map_err(|e| e.to_string())
     }
 
     /// Starts serving `vm` (MAC `mac`) for `home_agent`. Idempotent; a new
@@ -263,131 +239,65 @@ impl DataPath {
         mac: [u8; 6],
         home_agent: Ipv4Addr,
     ) -> Result<(), String> {
-        let previous = self.served.get(&vm).map(|s| (s.mac, s.home_agent));
-        if previous == Some((mac, home_agent)) {
-            return Ok(());
-        }
-        // Table first, then the XDP map: the workers must know every VM the
-        // program steers to them.
-        let slot = self
-            .table
-            .insert(Binding {
-                vm,
-                care_of: home_agent,
-                vm_mac: Some(mac),
-            })
+        let before = self.forwarder.get(vm);
+        self.forwarder
+            .bind(vm, home_agent, Some(mac))
             .map_err(|e| format!("cannot serve {vm}: {e}"))?;
-        if let Err(e) = self.steering.bind(vm, home_agent) {
-            match previous {
-                Some((mac, home_agent)) => {
-                    let _ = self.table.insert(Binding {
-                        vm,
-                        care_of: home_agent,
-                        vm_mac: Some(mac),
-                    });
-                }
-                None => {
-                    self.table.remove(vm);
-                }
-            }
-            return Err(format!("cannot serve {vm}: {e}"));
+        if before.map(|b| (b.care_of, b.vm_mac)) != Some((home_agent, Some(mac))) {
+            tracing::info!(%vm, mac = %format_mac(mac), %home_agent, "serving");
         }
-        self.neigh.track(home_agent);
-        if let Some((_, old)) = previous {
-            self.neigh.untrack(old);
-        }
-        self.served.insert(
-            vm,
-            Served {
-                mac,
-                home_agent,
-                slot,
-            },
-        );
-        tracing::info!(%vm, mac = %format_mac(mac), %home_agent, "serving");
         Ok(())
     }
 
     /// Stops serving `vm`: its traffic goes to the kernel again.
     pub fn unserve(&mut self, vm: Ipv4Addr) -> Result<(), String> {
-        let Some(s) = self.served.get(&vm) else {
-            return Ok(());
-        };
-        let home_agent = s.home_agent;
-        // XDP map first: nothing new is steered for a VM about to go.
-        self.steering
+        let gone = self
+            .forwarder
             .unbind(vm)
             .map_err(|e| format!("cannot stop serving {vm}: {e}"))?;
-        self.table.remove(vm);
-        self.neigh.untrack(home_agent);
-        self.served.remove(&vm);
-        tracing::info!(%vm, "not serving");
+        if gone.is_some() {
+            tracing::info!(%vm, "not serving");
+        }
         Ok(())
     }
 
-    /// Counters as one JSON document (the `stats` of `homeward agent`).
-    pub fn stats(&self) -> Value {
-        let (total, frames) = WorkerShared::snapshot_all(self.workers.shared());
-        let mut per_slot = vec![(0u64, 0u64); self.table.capacity()];
-        for w in self.workers.shared() {
-            for s in self.served.values() {
-                let (p, b) = w.slot_counts(s.slot);
-                if let Some(t) = per_slot.get_mut(s.slot as usize) {
-                    t.0 += p;
-                    t.1 += b;
-                }
-            }
-        }
-        let drops: Map<String, Value> = total.drops().map(|(k, v)| (k.into(), v.into())).collect();
-        let steering = match self.steering.counters() {
-            Ok(c) => serde_json::to_value(c).unwrap_or(Value::Null),
-            Err(e) => json!({ "error": e.to_string() }),
-        };
-        let served: Vec<Value> = self
-            .served
-            .iter()
-            .map(|(vm, s)| {
-                let (packets, bytes) = per_slot.get(s.slot as usize).copied().unwrap_or_default();
-                json!({
-                    "vm": vm,
-                    "mac": format_mac(s.mac),
-                    "home_agent": s.home_agent,
-                    "packets": packets,
-                    "bytes": bytes,
-                })
-            })
-            .collect();
-        let p = &total.pipeline;
-        json!({
-            "xdp_mode": self.steering.mode().to_string(),
-            "address": self.config.address,
-            "uplink": self.config.uplink,
-            "vm_link": self.config.vm_link,
-            "counters": {
-                "tunnelled_to_home_agent": p.encapsulated,
-                "delivered_to_vm": p.decapsulated,
-                "arp_replies": p.arp_replies,
-                "icmp_sent": p.icmp_sent,
-                "fragmented": p.fragmented,
+    /// The `datapath` object of the agent's `stats`.
+    pub fn stats(&self) -> AgentDataPathStats {
+        let data_path = self.forwarder.stats();
+        let p = &data_path.totals.pipeline;
+        AgentDataPathStats {
+            address: self.config.address,
+            uplink: self.config.uplink.clone(),
+            vm_link: self.config.vm_link.clone(),
+            counters: AgentCounters {
+                tunnelled_to_home_agent: p.encapsulated,
+                delivered_to_vm: p.decapsulated,
+                arp_replies: p.arp_replies,
+                icmp_sent: p.icmp_sent,
+                fragmented: p.fragmented,
             },
-            "drops": drops,
-            "steering": steering,
-            "served": served,
-            "frames": frames,
-        })
+            served: self
+                .forwarder
+                .list()
+                .into_iter()
+                .map(|f| {
+                    let (packets, bytes) = self.forwarder.counts(f.vm);
+                    ServedStats {
+                        vm: f.vm,
+                        mac: f.vm_mac.map(format_mac),
+                        home_agent: f.care_of,
+                        packets,
+                        bytes,
+                    }
+                })
+                .collect(),
+            data_path,
+        }
     }
 
     /// Stops serving everything, stops the workers and returns each queue's
     /// frame accounting.
     pub fn stop(mut self) -> Vec<FrameAccounting> {
-        let vms: Vec<Ipv4Addr> = self.served.keys().copied().collect();
-        for vm in vms {
-            if let Err(e) = self.unserve(vm) {
-                tracing::warn!("{e}");
-            }
-        }
-        let accounting = self.workers.stop();
-        self.neigh.shutdown();
-        accounting
+        self.forwarder.stop()
     }
 }

@@ -42,21 +42,37 @@ use watch::Watch;
 /// What the loop needs from the data path; the real one is [`DataPath`],
 /// tests use a recorder.
 pub trait Serving {
+    /// What `stats` reports as `datapath`.
+    type Stats: serde::Serialize;
     fn serve(&mut self, vm: Ipv4Addr, mac: [u8; 6], home_agent: Ipv4Addr) -> Result<(), String>;
     fn unserve(&mut self, vm: Ipv4Addr) -> Result<(), String>;
-    fn stats(&self) -> Value;
+    fn stats(&self) -> Self::Stats;
 }
 
 impl Serving for DataPath {
+    type Stats = datapath::AgentDataPathStats;
     fn serve(&mut self, vm: Ipv4Addr, mac: [u8; 6], home_agent: Ipv4Addr) -> Result<(), String> {
         DataPath::serve(self, vm, mac, home_agent)
     }
     fn unserve(&mut self, vm: Ipv4Addr) -> Result<(), String> {
         DataPath::unserve(self, vm)
     }
-    fn stats(&self) -> Value {
+    fn stats(&self) -> Self::Stats {
         DataPath::stats(self)
     }
+}
+
+/// What `homeward stats` prints for an agent.
+#[derive(Debug, Clone, serde::Serialize)]
+struct AgentStats<S> {
+    role: &'static str,
+    address: Ipv4Addr,
+    /// VMs configured.
+    vms: usize,
+    /// VMs served now.
+    served: usize,
+    registration: Counters,
+    datapath: S,
 }
 
 /// Registration counters for `stats`.
@@ -338,14 +354,17 @@ impl<D: Serving> Agent<D> {
     fn handle(&self, now: Instant, req: Request) -> Reply {
         match req {
             Request::List {} => Reply::ok(self.list(now)),
-            Request::Stats {} => Reply::ok(json!({
-                "role": "foreign_agent",
-                "address": self.address,
-                "vms": self.vms.len(),
-                "served": self.vms.iter().filter(|v| v.life.served()).count(),
-                "registration": self.counters,
-                "datapath": self.datapath.stats(),
-            })),
+            Request::Stats {} => match serde_json::to_value(AgentStats {
+                role: "foreign_agent",
+                address: self.address,
+                vms: self.vms.len(),
+                served: self.vms.iter().filter(|v| v.life.served()).count(),
+                registration: self.counters.clone(),
+                datapath: self.datapath.stats(),
+            }) {
+                Ok(v) => Reply::ok(v),
+                Err(e) => Reply::err(e.to_string()),
+            },
             Request::Takeover {} => Reply::err(
                 "takeover is asked by `homeward agent --takeover` and answered by the serve loop",
             ),

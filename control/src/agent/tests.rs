@@ -13,6 +13,7 @@ struct Recorder {
 }
 
 impl Serving for Recorder {
+    type Stats = Value;
     fn serve(&mut self, vm: Ipv4Addr, mac: [u8; 6], ha: Ipv4Addr) -> Result<(), String> {
         self.calls
             .push(format!("serve {vm} {} {ha}", format_mac(mac)));
@@ -25,7 +26,7 @@ impl Serving for Recorder {
         self.calls.push(format!("unserve {vm}"));
         Ok(())
     }
-    fn stats(&self) -> Value {
+    fn stats(&self) -> Self::Stats {
         json!({ "counters": { "decap": 7 } })
     }
 }

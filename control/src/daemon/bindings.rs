@@ -1,16 +1,17 @@
-//! The control plane's binding manager: the single writer of the binding
-//! table, the XDP maps and the neighbour tracking, which it keeps in step,
-//! plus lifetimes and gratuitous ARP announcements.
+//! The home agent's binding manager: what a binding is to the home agent
+//! (lifetime, origin, the addresses nobody may claim, gratuitous ARP
+//! announcements) on top of the data path's one owner, the
+//! [`Forwarder`], which keeps table, maps and next hops in step.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dataplane::forwarder::{ForwardError, Forwarder, NextHops, SteeringMaps};
 use dataplane::loader::Steering;
 use dataplane::neigh::NeighHandle;
-use dataplane::table::{Binding, TableWriter};
-use dataplane::xsk::WorkerShared;
+
+pub use dataplane::forwarder::BindOutcome;
 
 use super::announce::Announcer;
 use crate::common::claims::Claims;
@@ -44,16 +45,12 @@ struct Expiry {
     unix_ms: u64,
 }
 
+/// What the home agent adds to a forwarded binding.
 #[derive(Debug, Clone)]
 struct Entry {
-    care_of: Ipv4Addr,
-    vm_mac: Option<[u8; 6]>,
-    slot: u32,
     refreshed: Instant,
     expires: Option<Expiry>,
     origin: Origin,
-    /// Slot counters when the binding was made: a reused slot starts at zero.
-    baseline: (u64, u64),
 }
 
 /// Why `bind` refused; the registration handler maps these to reply codes.
@@ -76,70 +73,22 @@ impl From<BindError> for String {
     }
 }
 
-/// Whether `bind` made a new binding or moved/refreshed an existing one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BindOutcome {
-    Created,
-    Updated,
-}
-
-/// What the binding manager writes into the XDP program's maps: a seam,
-/// the kernel's maps in the daemon and a map in memory in unit tests.
-pub trait SteeringMaps {
-    fn bind(&mut self, vm: Ipv4Addr, care_of: Ipv4Addr) -> Result<(), String>;
-    fn unbind(&mut self, vm: Ipv4Addr) -> Result<(), String>;
-    /// What the maps hold, to check them against the table.
-    fn bound(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, String>;
-}
-
-impl SteeringMaps for Steering {
-    fn bind(&mut self, vm: Ipv4Addr, care_of: Ipv4Addr) -> Result<(), String> {
-        Steering::bind(self, vm, care_of).map_err(|e| e.to_string())
-    }
-    fn unbind(&mut self, vm: Ipv4Addr) -> Result<(), String> {
-        Steering::unbind(self, vm).map_err(|e| e.to_string())
-    }
-    fn bound(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, String> {
-        Steering::bound(self).map_err(|e| e.to_string())
+impl From<ForwardError> for BindError {
+    fn from(e: ForwardError) -> BindError {
+        match e {
+            ForwardError::Full(vm, n) => BindError::Full(vm, n),
+            ForwardError::Failed(why) => BindError::Failed(why),
+        }
     }
 }
 
-/// Next-hop tracking of the care-of addresses in use: a seam like
-/// [`SteeringMaps`].
-pub trait NextHops {
-    fn track(&self, care_of: Ipv4Addr);
-    fn untrack(&self, care_of: Ipv4Addr);
-    /// The next hop's MAC per tracked address, if resolved.
-    fn macs(&self) -> Vec<(Ipv4Addr, Option<[u8; 6]>)>;
-}
-
-impl NextHops for NeighHandle {
-    fn track(&self, care_of: Ipv4Addr) {
-        NeighHandle::track(self, care_of)
-    }
-    fn untrack(&self, care_of: Ipv4Addr) {
-        NeighHandle::untrack(self, care_of)
-    }
-    fn macs(&self) -> Vec<(Ipv4Addr, Option<[u8; 6]>)> {
-        self.snapshot()
-            .into_iter()
-            .map(|(a, e)| (a, e.map(|e| e.mac)))
-            .collect()
-    }
-}
-
-/// Owns every copy of the bindings and keeps them equal.
+/// The home agent's bindings; the forwarder holds their data path.
 pub struct Bindings<S = Steering, N = NeighHandle> {
-    table: TableWriter,
-    steering: S,
-    neigh: N,
-    workers: Vec<Arc<WorkerShared>>,
+    forwarder: Forwarder<S, N>,
     entries: BTreeMap<Ipv4Addr, Entry>,
-    care_of_refs: HashMap<Ipv4Addr, u32>,
     announcer: Announcer,
     ha_addr: Ipv4Addr,
     lan_mac: [u8; 6],
-    max_bindings: usize,
     claims: Claims,
 }
 
@@ -149,26 +98,13 @@ fn unusable(a: Ipv4Addr) -> bool {
 }
 
 impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
-    pub fn new(
-        table: TableWriter,
-        steering: S,
-        neigh: N,
-        workers: Vec<Arc<WorkerShared>>,
-        ha_addr: Ipv4Addr,
-        lan_mac: [u8; 6],
-        max_bindings: usize,
-    ) -> Self {
+    pub fn new(forwarder: Forwarder<S, N>, ha_addr: Ipv4Addr, lan_mac: [u8; 6]) -> Self {
         Bindings {
-            table,
-            steering,
-            neigh,
-            workers,
+            forwarder,
             entries: BTreeMap::new(),
-            care_of_refs: HashMap::new(),
             announcer: Announcer::default(),
             ha_addr,
             lan_mac,
-            max_bindings,
             claims: Claims::default(),
         }
     }
@@ -178,12 +114,22 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         self.claims = claims;
     }
 
+    /// The data path.
+    pub fn forwarder(&self) -> &Forwarder<S, N> {
+        &self.forwarder
+    }
+
+    pub fn forwarder_mut(&mut self) -> &mut Forwarder<S, N> {
+        &mut self.forwarder
+    }
+
     /// `vm`'s binding as the store keeps it.
     pub fn stored(&self, vm: Ipv4Addr) -> Option<StoredBinding> {
-        self.entries.get(&vm).map(|e| StoredBinding {
+        let (e, f) = (self.entries.get(&vm)?, self.forwarder.get(vm)?);
+        Some(StoredBinding {
             vm,
-            care_of: e.care_of,
-            vm_mac: e.vm_mac,
+            care_of: f.care_of,
+            vm_mac: f.vm_mac,
             expires_unix_ms: e.expires.map(|x| x.unix_ms),
             origin: e.origin,
         })
@@ -209,67 +155,27 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     /// `previous` (or removes it, without announcing anything, if it was not
     /// bound).
     pub fn revert(&mut self, now: Now, vm: Ipv4Addr, previous: Option<&StoredBinding>) {
-        let result = match previous {
-            Some(p) => {
-                // Never refused: it was bound a moment ago.
-                self.restore(now, p).map(|_| ()).or_else(|_| {
-                    self.remove_quietly(vm);
-                    Ok(())
-                })
-            }
-            None => {
-                self.remove_quietly(vm);
-                Ok::<(), BindError>(())
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(%vm, "cannot revert the binding: {e}");
+        // Never refused: it was bound a moment ago.
+        let restored = previous.is_some_and(|p| self.restore(now, p).is_ok());
+        if !restored {
+            self.remove_quietly(vm);
         }
     }
 
     /// Removes `vm` without handing its address back (a binding that was
     /// never acknowledged).
     fn remove_quietly(&mut self, vm: Ipv4Addr) {
-        if let Some(entry) = self.entries.remove(&vm) {
-            let _ = self.steering.unbind(vm);
-            self.table.remove(vm);
-            self.untrack(entry.care_of);
-            self.announcer.cancel(vm);
+        if let Err(e) = self.forwarder.unbind(vm) {
+            tracing::error!(%vm, "cannot revert the binding: {e}");
+            return;
         }
+        self.entries.remove(&vm);
+        self.announcer.cancel(vm);
     }
 
     /// The VM's own MAC, if known (for handing its address back).
     pub fn vm_mac(&self, vm: Ipv4Addr) -> Option<[u8; 6]> {
-        self.entries.get(&vm).and_then(|e| e.vm_mac)
-    }
-
-    /// The steering program, for its counters and mode.
-    pub fn steering(&self) -> &S {
-        &self.steering
-    }
-
-    /// The neighbour thread's handle, for its snapshot.
-    /// The workers' shared state (per-binding counters), after they were
-    /// started again.
-    pub fn set_workers(&mut self, workers: Vec<Arc<WorkerShared>>) {
-        self.workers = workers;
-    }
-
-    /// Care-of addresses in use whose next hop is not resolved yet.
-    pub fn unresolved_next_hops(&self) -> usize {
-        self.neigh
-            .macs()
-            .iter()
-            .filter(|(_, m)| m.is_none())
-            .count()
-    }
-
-    pub fn steering_mut(&mut self) -> &mut S {
-        &mut self.steering
-    }
-
-    pub fn neigh(&self) -> &N {
-        &self.neigh
+        self.forwarder.get(vm).and_then(|f| f.vm_mac)
     }
 
     /// Bind `vm` to `care_of`. On any error nothing has changed.
@@ -325,89 +231,35 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
                 "{care_of} cannot be a care-of address: {why}"
             )));
         }
-        let previous = self.entries.get(&vm).cloned();
-        // The XDP map holds `max_bindings`: refuse here, cleanly, before
-        // anything changes.
-        if previous.is_none() && self.entries.len() >= self.max_bindings {
-            return Err(BindError::Full(vm, self.max_bindings));
-        }
-        let vm_mac = vm_mac.or(previous.as_ref().and_then(|p| p.vm_mac));
-        // Table first, then the XDP map: the worker must know every binding
-        // the program steers to it.
-        let slot = self
-            .table
-            .insert(Binding {
-                vm,
-                care_of,
-                vm_mac,
-            })
-            .map_err(|e| match e {
-                dataplane::table::TableError::Full => BindError::Full(vm, self.entries.len()),
-                other => BindError::Failed(format!("cannot bind {vm}: {other}")),
-            })?;
-        if let Err(e) = self.steering.bind(vm, care_of) {
-            // Put the table back as it was.
-            match &previous {
-                Some(p) => {
-                    let _ = self.table.insert(Binding {
-                        vm,
-                        care_of: p.care_of,
-                        vm_mac: p.vm_mac,
-                    });
-                }
-                None => {
-                    self.table.remove(vm);
-                }
-            }
-            return Err(BindError::Failed(format!("cannot bind {vm}: {e}")));
-        }
-        self.track(care_of);
-        let baseline = match &previous {
-            Some(p) => {
-                self.untrack(p.care_of);
-                p.baseline
-            }
-            None => self.slot_totals(slot),
-        };
+        let outcome = self.forwarder.bind(vm, care_of, vm_mac)?;
         self.entries.insert(
             vm,
             Entry {
-                care_of,
-                vm_mac,
-                slot,
                 refreshed: now,
                 expires,
                 origin,
-                baseline,
             },
         );
-        if previous.is_some() {
-            return Ok(BindOutcome::Updated);
+        if outcome == BindOutcome::Created {
+            // Take the address over on the home link.
+            self.announcer.schedule(now, vm, self.lan_mac);
+            tracing::info!(%vm, %care_of, "bound");
         }
-        // Take the address over on the home link.
-        self.announcer.schedule(now, vm, self.lan_mac);
-        tracing::info!(%vm, %care_of, slot, "bound");
-        Ok(BindOutcome::Created)
+        Ok(outcome)
     }
 
     /// Remove `vm`'s binding; hand the address back to the VM's own MAC if
     /// known.
     pub fn unbind(&mut self, now: Instant, vm: Ipv4Addr) -> Result<(), String> {
-        let Some(entry) = self.entries.get(&vm).cloned() else {
+        let Some(f) = self.forwarder.unbind(vm).map_err(|e| e.to_string())? else {
             return Err(format!("no binding for {vm}"));
         };
-        // XDP map first: nothing new is steered to a binding about to go.
-        self.steering
-            .unbind(vm)
-            .map_err(|e| format!("cannot unbind {vm}: {e}"))?;
-        self.table.remove(vm);
         self.entries.remove(&vm);
-        self.untrack(entry.care_of);
         self.announcer.cancel(vm);
-        if let Some(mac) = entry.vm_mac {
+        if let Some(mac) = f.vm_mac {
             self.announcer.schedule(now, vm, mac);
         }
-        tracing::info!(%vm, care_of = %entry.care_of, "unbound");
+        tracing::info!(%vm, care_of = %f.care_of, "unbound");
         Ok(())
     }
 
@@ -428,9 +280,11 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         expired
     }
 
-    /// Announcements due now, handed to `send`.
-    pub fn run_announcements(&mut self, now: Instant, send: impl FnMut(Ipv4Addr, [u8; 6])) {
-        self.announcer.run_due(now, send);
+    /// Sends the gratuitous ARPs due now (through queue 0's worker).
+    pub fn run_announcements(&mut self, now: Instant) {
+        let forwarder = &self.forwarder;
+        self.announcer
+            .run_due(now, |addr, mac| forwarder.announce(addr, mac));
     }
 
     /// The next time something must happen (an announcement or an expiry).
@@ -448,22 +302,24 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
 
     /// The bindings with their counters.
     pub fn list(&self, now: Instant) -> Vec<BindingInfo> {
-        let egress: HashMap<Ipv4Addr, Option<[u8; 6]>> = self.neigh.macs().into_iter().collect();
-        self.entries
-            .iter()
-            .map(|(vm, e)| {
-                let (packets, bytes) = self.slot_totals(e.slot);
-                BindingInfo {
-                    vm: *vm,
-                    care_of: e.care_of,
-                    vm_mac: e.vm_mac.map(format_mac),
+        let egress = self.forwarder.next_hops();
+        self.forwarder
+            .list()
+            .into_iter()
+            .filter_map(|f| {
+                let e = self.entries.get(&f.vm)?;
+                let (packets, bytes) = self.forwarder.counts(f.vm);
+                Some(BindingInfo {
+                    vm: f.vm,
+                    care_of: f.care_of,
+                    vm_mac: f.vm_mac.map(format_mac),
                     expires_in: e
                         .expires
                         .map(|t| t.mono.saturating_duration_since(now).as_secs()),
                     age: now.saturating_duration_since(e.refreshed).as_secs(),
-                    packets: packets.saturating_sub(e.baseline.0),
-                    bytes: bytes.saturating_sub(e.baseline.1),
-                    next_hop: egress.get(&e.care_of).copied().flatten().map(format_mac),
+                    packets,
+                    bytes,
+                    next_hop: egress.get(&f.care_of).copied().flatten().map(format_mac),
                     origin: match e.origin {
                         Origin::Admin => "admin".into(),
                         Origin::Registration { .. } => "registration".into(),
@@ -472,101 +328,24 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
                         Origin::Admin => None,
                         Origin::Registration { spi } => Some(spi),
                     },
-                }
+                })
             })
             .collect()
     }
 
-    /// The bindings as the kernel's XDP map holds them, for checking that
-    /// maps and table agree.
-    pub fn steered(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, String> {
-        self.steering.bound()
-    }
-
     /// Remove every binding (at shutdown), without announcements.
     pub fn clear(&mut self) {
-        let vms: Vec<Ipv4Addr> = self.entries.keys().copied().collect();
-        for vm in vms {
-            let _ = self.steering.unbind(vm);
-            self.table.remove(vm);
-        }
+        self.forwarder.clear();
         self.entries.clear();
-    }
-
-    fn slot_totals(&self, slot: u32) -> (u64, u64) {
-        self.workers.iter().fold((0, 0), |(p, b), w| {
-            let (wp, wb) = w.slot_counts(slot);
-            (p + wp, b + wb)
-        })
-    }
-
-    fn track(&mut self, care_of: Ipv4Addr) {
-        let refs = self.care_of_refs.entry(care_of).or_insert(0);
-        *refs += 1;
-        if *refs == 1 {
-            self.neigh.track(care_of);
-        }
-    }
-
-    fn untrack(&mut self, care_of: Ipv4Addr) {
-        if let Some(refs) = self.care_of_refs.get_mut(&care_of) {
-            *refs -= 1;
-            if *refs == 0 {
-                self.care_of_refs.remove(&care_of);
-                self.neigh.untrack(care_of);
-            }
-        }
     }
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use std::cell::RefCell;
 
+    use dataplane::forwarder::memory::{MemoryHops, MemoryMaps};
     use dataplane::table::{binding_table, TableReader};
-
-    /// The XDP maps, in memory; `fail_next` makes the next write fail.
-    #[derive(Default)]
-    pub(in crate::daemon) struct Maps {
-        bound: BTreeMap<Ipv4Addr, Ipv4Addr>,
-        fail_next: bool,
-    }
-    impl SteeringMaps for Maps {
-        fn bind(&mut self, vm: Ipv4Addr, care_of: Ipv4Addr) -> Result<(), String> {
-            if std::mem::take(&mut self.fail_next) {
-                return Err("injected map failure".into());
-            }
-            self.bound.insert(vm, care_of);
-            Ok(())
-        }
-        fn unbind(&mut self, vm: Ipv4Addr) -> Result<(), String> {
-            self.bound.remove(&vm);
-            Ok(())
-        }
-        fn bound(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, String> {
-            Ok(self.bound.iter().map(|(a, b)| (*a, *b)).collect())
-        }
-    }
-
-    /// Tracked care-of addresses with their track/untrack balance.
-    #[derive(Default)]
-    pub(in crate::daemon) struct Hops(RefCell<BTreeMap<Ipv4Addr, i32>>);
-    impl NextHops for Hops {
-        fn track(&self, a: Ipv4Addr) {
-            *self.0.borrow_mut().entry(a).or_default() += 1;
-        }
-        fn untrack(&self, a: Ipv4Addr) {
-            let mut m = self.0.borrow_mut();
-            *m.entry(a).or_default() -= 1;
-            if m[&a] == 0 {
-                m.remove(&a);
-            }
-        }
-        fn macs(&self) -> Vec<(Ipv4Addr, Option<[u8; 6]>)> {
-            self.0.borrow().keys().map(|a| (*a, None)).collect()
-        }
-    }
 
     const HA: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
     const VM: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
@@ -575,17 +354,10 @@ pub(super) mod tests {
 
     /// A binding manager on in-memory maps: HA 198.51.100.1, LAN
     /// 192.0.2.1/24, room for 4 bindings.
-    pub(in crate::daemon) fn bindings() -> (Bindings<Maps, Hops>, TableReader, Now) {
+    pub(in crate::daemon) fn bindings() -> (Bindings<MemoryMaps, MemoryHops>, TableReader, Now) {
         let (table, reader) = binding_table(16);
-        let mut b = Bindings::new(
-            table,
-            Maps::default(),
-            Hops::default(),
-            vec![WorkerShared::new(16)],
-            HA,
-            [2, 0, 0, 0, 0, 1],
-            4,
-        );
+        let forwarder = Forwarder::new(table, MemoryMaps::default(), MemoryHops::default(), 4);
+        let mut b = Bindings::new(forwarder, HA, [2, 0, 0, 0, 0, 1]);
         b.set_claims(Claims::new(
             vec![HA, Ipv4Addr::new(192, 0, 2, 1)],
             vec![(Ipv4Addr::new(192, 0, 2, 1), 24)],
@@ -600,23 +372,23 @@ pub(super) mod tests {
     /// Table, maps and next-hop tracking hold the same bindings.
     #[track_caller]
     fn assert_consistent(
-        b: &Bindings<Maps, Hops>,
+        b: &Bindings<MemoryMaps, MemoryHops>,
         reader: &TableReader,
         want: &[(Ipv4Addr, Ipv4Addr)],
     ) {
-        let maps = b.steering.bound().unwrap();
-        assert_eq!(maps, want);
+        let f = b.forwarder();
+        assert_eq!(f.steering().bound().unwrap(), want);
+        assert_eq!(f.maps_in_sync(), Ok(true));
         for (vm, care_of) in want {
             assert_eq!(reader.lookup(*vm).map(|(x, _)| x.care_of), Some(*care_of));
         }
-        let mut refs: BTreeMap<Ipv4Addr, i32> = BTreeMap::new();
-        for (_, c) in want {
-            *refs.entry(*c).or_default() += 1;
-        }
+        let mut care_ofs: Vec<Ipv4Addr> = want.iter().map(|(_, c)| *c).collect();
+        care_ofs.sort();
+        care_ofs.dedup();
         // One track per care-of in use, whatever the number of bindings.
-        let tracked: Vec<Ipv4Addr> = b.neigh.0.borrow().keys().copied().collect();
-        assert_eq!(tracked, refs.keys().copied().collect::<Vec<_>>());
-        assert!(b.neigh.0.borrow().values().all(|n| *n == 1));
+        assert_eq!(f.neigh().tracked(), care_ofs);
+        assert!(f.neigh().balanced());
+        assert_eq!(b.entries.len(), want.len());
     }
 
     #[test]
@@ -670,7 +442,7 @@ pub(super) mod tests {
             assert!(matches!(e, BindError::Refused(_)), "{vm} {care_of}: {e}");
         }
         // The maps refuse: the table is put back.
-        b.steering.fail_next = true;
+        b.forwarder_mut().steering_mut().fail_next = true;
         assert!(matches!(
             b.bind(now, VM, COA1, None, None, Origin::Admin),
             Err(BindError::Failed(_))

@@ -6,7 +6,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use super::bindings::{BindOutcome, Bindings, NextHops, Now, SteeringMaps};
+use dataplane::forwarder::{NextHops, SteeringMaps};
+
+use super::bindings::{BindOutcome, Bindings, Now};
 use crate::store::{Change, Origin, Store};
 
 /// `homeward bind`.

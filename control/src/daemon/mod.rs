@@ -11,14 +11,14 @@ mod stats;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Receiver, Sender};
+use crossbeam::channel::{self, Receiver};
+use dataplane::forwarder::{Forwarder, Plan};
 use dataplane::loader::Steering;
 use dataplane::lookup::Tables;
 use dataplane::neigh;
 use dataplane::pipeline::PipelineConfig;
 use dataplane::table::binding_table;
-use dataplane::workers::{self, Workers, WorkersConfig};
-use dataplane::xsk::{Command, FrameAccounting, Parked, QueueState};
+use dataplane::xsk::{FrameAccounting, Parked, QueueState};
 
 use crate::common::claims::Claims;
 use crate::common::control_socket::{self as server, ControlSocket};
@@ -33,26 +33,13 @@ use bindings::{Bindings, Now};
 /// Everything a running home agent holds.
 struct Daemon {
     config: RunConfig,
+    /// The bindings and, below them, the data path.
     bindings: Bindings,
-    workers: Workers,
-    announce: Sender<Command>,
-    /// Queue 0's end of the announcement channel, to start it again after
-    /// a failed takeover.
-    announce_rx: Receiver<Command>,
     started: Instant,
     /// RFC 5944 registration, if a key file is configured.
     registration: Option<registration::Registration>,
     /// Where every binding change is made durable before it is acknowledged.
     store: Box<dyn Store>,
-    /// How to start workers again (after a failed takeover).
-    workers_config: WorkersSpec,
-}
-
-/// What the workers are started with, kept for a restart on the same sockets.
-struct WorkersSpec {
-    pipeline: PipelineConfig,
-    slots: usize,
-    tables: Box<dyn Fn() -> Tables>,
 }
 
 /// How `serve` ended.
@@ -103,12 +90,15 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     pipeline.outer_ttl = config.ttl;
     pipeline.tunnel_mtu = config.tunnel_mtu;
     pipeline.icmp_rate_per_sec = config.icmp_rate;
-    let spec = WorkersSpec {
+    let plan = Plan {
+        lan: config.lan.clone(),
+        wan: config.wan.clone(),
+        queues: config.queues,
         pipeline,
-        slots: table.capacity(),
+        cpus: config.worker_cpus.clone(),
+        name: "homeward-q",
         tables: {
-            let (reader, neigh_reader, lan_index) =
-                (reader.clone(), neigh_reader.clone(), lan.index);
+            let lan_index = lan.index;
             Box::new(move || {
                 Tables::new(reader.clone(), neigh_reader.clone(), lan_index, wan_index)
             })
@@ -132,27 +122,22 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
         Some(_) => None,
         None => Some(ControlSocket::bind(&config.socket)?),
     };
-    let mut started = None;
     let assembled = assemble(
         &config,
         Parts {
-            steering,
-            table,
-            neigh,
+            forwarder: Forwarder::new(table, steering, neigh, config.max_bindings as usize),
             claims,
             lan_index: lan.index,
             lan_mac: lan.mac,
         },
-        spec,
+        plan,
         successor.as_mut(),
-        &mut started,
     );
     let mut daemon = match assembled {
         Ok(d) => d,
-        Err(e) => {
-            // Workers that ran are parked: their free frames go back to a
+        Err((e, parked)) => {
+            // Workers that ran were parked: their free frames go back to a
             // predecessor, or nowhere (we exit).
-            let parked = started.take().map(|mut w| park_states(&mut w));
             if let Some(s) = successor {
                 let queues = parked.unwrap_or_else(|| s.offered().to_vec());
                 s.fail(&e.to_string(), queues);
@@ -189,14 +174,14 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     match daemon.serve(&mut socket, &stop_rx) {
         Ending::HandedOver => {
             socket.handed_over();
-            daemon.bindings.steering_mut().lend_to_successor();
+            daemon.bindings.forwarder_mut().lend_to_successor();
             tracing::info!("handed over to the --takeover successor; exiting");
             Ok(Vec::new())
         }
         Ending::Stop => {
             // Teardown: stop steering new traffic, stop the workers, count frames.
             daemon.bindings.clear();
-            let accounting = daemon.workers.stop();
+            let accounting = daemon.bindings.forwarder_mut().stop();
             drop(daemon);
             drop(socket);
             Ok(accounting)
@@ -209,46 +194,37 @@ const ROLE: &str = "home-agent";
 
 /// The data-path parts made before any lock is taken.
 struct Parts {
-    steering: Steering,
-    table: dataplane::table::TableWriter,
-    neigh: neigh::NeighHandle,
+    forwarder: Forwarder,
     claims: Claims,
     lan_index: u32,
     lan_mac: [u8; 6],
 }
 
-/// Stop `workers` and give each queue's state (its free frames) back.
-fn park_states(workers: &mut Workers) -> Vec<dataplane::xsk::QueueState> {
-    workers
-        .park()
-        .iter()
-        .map(|p| p.sockets.handover_state())
-        .collect()
-}
+/// Why assembly failed, and the queues of workers that had started (parked:
+/// their free frames go back to a predecessor).
+type AssemblyError = (Error, Option<Vec<QueueState>>);
 
-/// Store, registration, workers, bindings, then the XDP program goes live:
+/// Store, registration, bindings, workers, then the XDP program goes live:
 /// the maps are filled and the sockets registered before it sees a frame.
 /// With a `successor` (--takeover) the sockets are the predecessor's.
-/// Workers started are left in `started` for the caller to park on error.
 fn assemble(
     config: &RunConfig,
     parts: Parts,
-    spec: WorkersSpec,
+    plan: Plan,
     mut successor: Option<&mut Successor>,
-    started: &mut Option<Workers>,
-) -> Result<Daemon, Error> {
+) -> Result<Daemon, AssemblyError> {
     let Parts {
-        steering,
-        table,
-        neigh,
+        forwarder,
         claims,
         lan_index,
         lan_mac,
     } = parts;
     // The store before the data path: a damaged one stops us before
     // anything is attached.
-    let mut store = SqliteStore::open(&config.state_dir)?;
-    let snapshot = store.load(Now::read().unix_ms)?;
+    let mut store = SqliteStore::open(&config.state_dir).map_err(|e| (e.into(), None))?;
+    let snapshot = store
+        .load(Now::read().unix_ms)
+        .map_err(|e| (e.into(), None))?;
     tracing::info!(
         store = %store.path().display(),
         bindings = snapshot.bindings.len(),
@@ -257,14 +233,17 @@ fn assemble(
         "state store loaded"
     );
     let registration = match &config.registration {
-        Some(r) => Some(registration::Registration::start(
-            r,
-            config.address,
-            lan_index,
-            || neigh::ipv4_prefixes(lan_index).map_err(|e| e.to_string()),
-            snapshot.replay.clone(),
-            successor.as_mut().and_then(|s| s.registration.take()),
-        )?),
+        Some(r) => Some(
+            registration::Registration::start(
+                r,
+                config.address,
+                lan_index,
+                || neigh::ipv4_prefixes(lan_index).map_err(|e| e.to_string()),
+                snapshot.replay.clone(),
+                successor.as_mut().and_then(|s| s.registration.take()),
+            )
+            .map_err(|e| (e, None))?,
+        ),
         None => {
             tracing::info!(
                 "registration is off (no key file: --registration-keys or [registration] keys)"
@@ -275,102 +254,31 @@ fn assemble(
 
     // The table, maps and next hops are ready before a worker runs: with
     // --takeover the rings already hold frames for the bound VMs.
-    let mut bindings = Bindings::new(
-        table,
-        steering,
-        neigh,
-        Vec::new(),
-        config.address,
-        lan_mac,
-        config.max_bindings as usize,
-    );
+    let mut bindings = Bindings::new(forwarder, config.address, lan_mac);
     bindings.set_claims(claims);
     restore(&mut bindings, &snapshot.bindings);
-    if successor.is_some() {
-        // The kernel knows the next hops the predecessor used: resolved at
-        // once, unless one went away meanwhile (then bounded).
-        let deadline = Instant::now() + Duration::from_millis(200);
-        while bindings.unresolved_next_hops() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(200));
-        }
+    let handed = successor.as_mut().map(|s| std::mem::take(&mut s.queues));
+    let forwarder = bindings.forwarder_mut();
+    if handed.is_some() {
+        // The kernel knows the next hops the predecessor used.
+        forwarder.await_next_hops(Duration::from_millis(200));
     }
-
-    let (announce_tx, announce_rx) = channel::unbounded();
-    let workers_config = workers_config(config, &spec);
-    let commands = |queue| {
-        // Announcements go out once, through queue 0.
-        if queue == 0 {
-            announce_rx.clone()
-        } else {
-            channel::never()
-        }
-    };
-    let steering = bindings.steering();
-    if let Some(s) = successor.as_ref() {
-        check_offer(config, &spec, s.offered())?;
-    }
-    let workers = match successor.as_mut() {
-        Some(s) => Workers::adopt(
-            workers_config,
-            steering,
-            &spec.tables,
-            commands,
-            std::mem::take(&mut s.queues),
-        ),
-        None => Workers::start(workers_config, steering, &spec.tables, commands),
-    }
-    .map_err(|e| Error::Dataplane(e.to_string()))?;
-    bindings.set_workers(workers.shared().to_vec());
-    *started = Some(workers);
+    let dataplane = |e: dataplane::forwarder::ForwarderError| Error::Dataplane(e.to_string());
+    forwarder
+        .start_workers(plan, handed)
+        .map_err(|e| (dataplane(e), None))?;
     let pin = crate::common::bpf_pin_dir(&config.bpffs, "ha", &config.state_dir);
-    bindings
-        .steering_mut()
-        .go_live(Some(&pin))
-        .map_err(|e| Error::Dataplane(e.to_string()))?;
-    tracing::info!(mode = %bindings.steering().mode(), lan = %config.lan, wan = ?config.wan, "XDP steering attached");
-    let Some(workers) = started.take() else {
-        return Err(Error::Daemon("workers vanished".into()));
-    };
+    if let Err(e) = forwarder.go_live(&pin) {
+        return Err((dataplane(e), Some(forwarder.park_states())));
+    }
+    tracing::info!(mode = %forwarder.steering().mode(), lan = %config.lan, wan = ?config.wan, "XDP steering attached");
     Ok(Daemon {
         bindings,
         config: config.clone(),
-        workers,
-        announce: announce_tx,
-        announce_rx,
         started: Instant::now(),
         registration,
         store: Box::new(store),
-        workers_config: spec,
     })
-}
-
-/// The predecessor's queues must be the ones this configuration serves.
-fn check_offer(
-    config: &RunConfig,
-    spec: &WorkersSpec,
-    offered: &[QueueState],
-) -> Result<(), Error> {
-    if workers::offer_fits(&workers_config(config, spec), offered) {
-        return Ok(());
-    }
-    Err(Error::Daemon(format!(
-        "--takeover: the running homeward serves other interfaces or queues than {}{} with {} queue(s): a takeover keeps interfaces and queues; change them with a stop and a start",
-        config.lan,
-        config.wan.as_deref().filter(|w| *w != config.lan).map(|w| format!(" + {w}")).unwrap_or_default(),
-        config.queues,
-    )))
-}
-
-fn workers_config<'a>(config: &'a RunConfig, spec: &WorkersSpec) -> WorkersConfig<'a> {
-    WorkersConfig {
-        lan: &config.lan,
-        wan: config.wan.as_deref(),
-        queues: config.queues,
-        slots: spec.slots,
-        pipeline: spec.pipeline.clone(),
-        cpus: &config.worker_cpus,
-        name: "homeward-q",
-    }
 }
 
 /// The home agent's own addresses and home subnets, which nobody may bind.
@@ -484,10 +392,7 @@ impl Daemon {
             if let Some(r) = self.registration.as_mut() {
                 r.summarize(now, false);
             }
-            let announce = &self.announce;
-            self.bindings.run_announcements(now, |addr, mac| {
-                let _ = announce.send(Command::Announce { addr, mac });
-            });
+            self.bindings.run_announcements(now);
         }
     }
 
@@ -505,14 +410,13 @@ impl Daemon {
             Request::List {} => {
                 serde_json::to_value(self.bindings.list(now)).map_err(|e| e.to_string())
             }
-            Request::Stats {} => Ok(stats::collect(self, now)),
+            Request::Stats {} => {
+                serde_json::to_value(stats::collect(self, now)).map_err(|e| e.to_string())
+            }
             Request::Takeover {} => Err("takeover is asked by `homeward run --takeover`".into()),
         };
         // Announcements for a new binding start now, not at the next tick.
-        let announce = &self.announce;
-        self.bindings.run_announcements(now, |addr, mac| {
-            let _ = announce.send(Command::Announce { addr, mac });
-        });
+        self.bindings.run_announcements(now);
         match result {
             Ok(v) => Reply::ok(v),
             Err(e) => Reply::err(e),
@@ -548,11 +452,12 @@ impl Daemon {
             None => None,
         };
         let listener = socket.park();
-        let parked = self.workers.park();
+        let forwarder = self.bindings.forwarder_mut();
+        let parked = forwarder.park();
+        forwarder.lend_to_successor();
         let stopped = Instant::now();
         let path = self.config.state_dir.clone();
         drop(std::mem::replace(&mut self.store, Box::new(Lent { path })));
-        self.bindings.steering_mut().lend_to_successor();
         let answer = handover::offer(conn, ROLE, listener, registration_fd, &parked, Vec::new());
         match answer {
             Ok(Answer::Accepted) => {
@@ -590,29 +495,12 @@ impl Daemon {
         parked: Vec<Parked>,
         returned: &[QueueState],
     ) -> Result<(), String> {
-        let handed = workers::reclaim(parked, returned).map_err(|e| e.to_string())?;
+        self.bindings
+            .forwarder_mut()
+            .take_back(parked, returned)
+            .map_err(|e| e.to_string())?;
         self.store =
             Box::new(SqliteStore::open(&self.config.state_dir).map_err(|e| e.to_string())?);
-        self.bindings
-            .steering_mut()
-            .reclaim_from_successor()
-            .map_err(|e| e.to_string())?;
-        let announce_rx = self.announce_rx.clone();
-        self.workers = Workers::adopt(
-            workers_config(&self.config, &self.workers_config),
-            self.bindings.steering(),
-            &self.workers_config.tables,
-            |queue| {
-                if queue == 0 {
-                    announce_rx.clone()
-                } else {
-                    channel::never()
-                }
-            },
-            handed,
-        )
-        .map_err(|e| e.to_string())?;
-        self.bindings.set_workers(self.workers.shared().to_vec());
         socket.resume().map_err(|e| e.to_string())?;
         if let Some(r) = self.registration.as_mut() {
             r.resume().map_err(|e| e.to_string())?;

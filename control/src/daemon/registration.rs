@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam::channel::{self, Receiver, Sender};
-use serde_json::{json, Value};
+use dataplane::forwarder::{NextHops, SteeringMaps};
 
 use super::bindings::{BindError, Bindings, Now};
 use super::denials::{DenialSummary, ReplyLimiter};
@@ -44,8 +44,8 @@ const READ_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// One received datagram.
 pub(super) struct Datagram {
-    bytes: Vec<u8>,
-    from: SocketAddrV4,
+    pub bytes: Vec<u8>,
+    pub from: SocketAddrV4,
 }
 
 /// Counters for `homeward stats`.
@@ -221,10 +221,10 @@ impl Registration {
     /// replay changes to `store` in one transaction, then sends the
     /// replies. If the commit fails, every change of the burst is undone
     /// and no accept is sent (the agents retransmit).
-    pub fn handle_burst(
+    pub fn handle_burst<S: SteeringMaps, N: NextHops>(
         &mut self,
         burst: Vec<Datagram>,
-        bindings: &mut Bindings,
+        bindings: &mut Bindings<S, N>,
         store: &mut dyn Store,
         now: Now,
     ) {
@@ -377,7 +377,7 @@ impl Registration {
     }
 
     /// The `registration` object of `homeward stats`.
-    pub fn stats(&self) -> Value {
+    pub fn stats(&self) -> RegistrationStats {
         let mut all = self.counters.replies.clone();
         let (mut screened_dropped, mut suppressed) = (0, 0);
         if let Ok(s) = self.screened.lock() {
@@ -387,26 +387,52 @@ impl Registration {
             screened_dropped = s.dropped;
             suppressed = s.suppressed;
         }
-        let replies: serde_json::Map<String, Value> = all
-            .iter()
-            .map(|(c, n)| (c.to_string(), (*n).into()))
-            .collect();
         let accepted: u64 = all.iter().filter(|(c, _)| **c <= 1).map(|(_, n)| n).sum();
         let denied: u64 = all.iter().filter(|(c, _)| **c > 1).map(|(_, n)| n).sum();
-        json!({
-            "enabled": true,
-            "accepted": accepted,
-            "denied": denied,
-            "replies": replies,
-            "dropped": self.counters.dropped + screened_dropped,
-            "replies_suppressed": suppressed,
-            "queue_full": self.queue_full.load(Ordering::Relaxed),
-            "commits": self.counters.commits,
-            "committed_datagrams": self.counters.committed_datagrams,
-            "commit_failures": self.counters.commit_failures,
-            "last_error": self.counters.last_error,
-        })
+        RegistrationStats {
+            enabled: true,
+            counts: Some(RegistrationCounts {
+                accepted,
+                denied,
+                replies: all,
+                dropped: self.counters.dropped + screened_dropped,
+                replies_suppressed: suppressed,
+                queue_full: self.queue_full.load(Ordering::Relaxed),
+                commits: self.counters.commits,
+                committed_datagrams: self.counters.committed_datagrams,
+                commit_failures: self.counters.commit_failures,
+                last_error: self.counters.last_error.clone(),
+            }),
+        }
     }
+}
+
+/// The `registration` object of `homeward stats`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(super) struct RegistrationStats {
+    pub enabled: bool,
+    /// Absent when registration is off.
+    #[serde(flatten)]
+    pub counts: Option<RegistrationCounts>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub(super) struct RegistrationCounts {
+    /// Replies with code 0 or 1.
+    pub accepted: u64,
+    pub denied: u64,
+    /// Replies sent, by code.
+    pub replies: BTreeMap<u8, u64>,
+    /// Datagrams dropped without a reply (malformed, not for us, floods).
+    pub dropped: u64,
+    /// Denial replies not sent (rate limit).
+    pub replies_suppressed: u64,
+    /// Authentic requests dropped because the handler's queue was full.
+    pub queue_full: u64,
+    pub commits: u64,
+    pub committed_datagrams: u64,
+    pub commit_failures: u64,
+    pub last_error: Option<String>,
 }
 
 impl Drop for Registration {
@@ -419,8 +445,11 @@ impl Drop for Registration {
 }
 
 /// `stats` when registration is off.
-pub(super) fn disabled_stats() -> Value {
-    json!({ "enabled": false })
+pub(super) fn disabled_stats() -> RegistrationStats {
+    RegistrationStats {
+        enabled: false,
+        counts: None,
+    }
 }
 
 /// The socket's reader: screens each datagram (parse, extensions,
@@ -513,8 +542,8 @@ enum Undo {
 }
 
 /// The binding manager as the handler's sink.
-struct Sink<'a> {
-    bindings: &'a mut Bindings,
+struct Sink<'a, S, N> {
+    bindings: &'a mut Bindings<S, N>,
     now: Now,
     lan_index: u32,
     /// The binding manager's own message for a refusal, for the log.
@@ -523,7 +552,7 @@ struct Sink<'a> {
     previous: Option<StoredBinding>,
 }
 
-impl BindingSink for Sink<'_> {
+impl<S: SteeringMaps, N: NextHops> BindingSink for Sink<'_, S, N> {
     fn apply(&mut self, action: &Action) -> Result<(), Denial> {
         match *action {
             Action::Bind {
@@ -610,3 +639,6 @@ fn set_rcvbuf(socket: &UdpSocket, bytes: usize) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

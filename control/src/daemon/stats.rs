@@ -1,69 +1,72 @@
-//! `homeward stats`: counters from the workers, the XDP program and the
-//! binding manager, as one JSON document.
+//! `homeward stats`: the data path's typed snapshot, the home agent's names
+//! for its counters, the bindings and the registration service.
 
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use dataplane::xsk::WorkerShared;
-use serde_json::{json, Map, Value};
+use dataplane::forwarder::DataPathStats;
+use serde::Serialize;
 
+use super::registration::{disabled_stats, RegistrationStats};
 use super::Daemon;
-use crate::proto::format_mac;
+use crate::proto::BindingInfo;
 
-pub(super) fn collect(d: &Daemon, now: Instant) -> Value {
-    let (total, frames) = WorkerShared::snapshot_all(d.workers.shared());
-    let p = &total.pipeline;
-    let drops: Map<String, Value> = total.drops().map(|(k, v)| (k.into(), v.into())).collect();
-    let steering = match d.bindings.steering().counters() {
-        Ok(c) => serde_json::to_value(c).unwrap_or(Value::Null),
-        Err(e) => json!({ "error": e.to_string() }),
-    };
-    let next_hops: Vec<Value> = d
-        .bindings
-        .neigh()
-        .snapshot()
-        .into_iter()
-        .map(|(addr, e)| {
-            json!({
-                "care_of": addr,
-                "ifindex": e.map(|e| e.ifindex),
-                "mac": e.map(|e| format_mac(e.mac)),
-            })
-        })
-        .collect();
-    let bindings = d.bindings.list(now);
-    // The XDP program's map must hold exactly the table's bindings.
-    let maps_in_sync = d.bindings.steered().map(|mut steered| {
-        let mut table: Vec<_> = bindings.iter().map(|b| (b.vm, b.care_of)).collect();
-        steered.sort();
-        table.sort();
-        steered == table
-    });
-    json!({
-        "maps_in_sync": maps_in_sync.unwrap_or(false),
-        "uptime": now.saturating_duration_since(d.started).as_secs(),
-        "xdp_mode": d.bindings.steering().mode().to_string(),
-        "queues": d.config.queues,
-        "address": d.config.address,
-        "counters": {
-            "encapsulated": p.encapsulated,
-            "decapsulated": p.decapsulated,
-            "fragmented": p.fragmented,
-            "fragments_out": p.fragments_out,
-            "arp_replies": p.arp_replies,
-            "icmp_sent": p.icmp_sent,
-            "icmp_rate_limited": p.icmp_rate_limited,
-            "trimmed_padding": p.trimmed_padding,
-            "announcements": total.announcements,
-            "xsk_fill_ring_empty": total.xsk_fill_ring_empty,
+/// What `homeward stats` prints for the home agent.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct HomeAgentStats {
+    /// Seconds since the daemon started.
+    pub uptime: u64,
+    pub queues: u32,
+    pub address: Ipv4Addr,
+    pub counters: HomeAgentCounters,
+    #[serde(flatten)]
+    pub data_path: DataPathStats,
+    pub bindings: Vec<BindingInfo>,
+    pub registration: RegistrationStats,
+}
+
+/// The pipeline's counters as the home agent names them.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct HomeAgentCounters {
+    /// Datagrams tunnelled to a care-of address.
+    pub encapsulated: u64,
+    /// Reverse-tunnelled datagrams delivered on the home link.
+    pub decapsulated: u64,
+    pub fragmented: u64,
+    pub fragments_out: u64,
+    pub arp_replies: u64,
+    pub icmp_sent: u64,
+    pub icmp_rate_limited: u64,
+    pub trimmed_padding: u64,
+    /// Gratuitous ARPs sent.
+    pub announcements: u64,
+    pub xsk_fill_ring_empty: u64,
+}
+
+pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
+    let data_path = d.bindings.forwarder().stats();
+    let (t, p) = (&data_path.totals, &data_path.totals.pipeline);
+    HomeAgentStats {
+        uptime: now.saturating_duration_since(d.started).as_secs(),
+        queues: d.config.queues,
+        address: d.config.address,
+        counters: HomeAgentCounters {
+            encapsulated: p.encapsulated,
+            decapsulated: p.decapsulated,
+            fragmented: p.fragmented,
+            fragments_out: p.fragments_out,
+            arp_replies: p.arp_replies,
+            icmp_sent: p.icmp_sent,
+            icmp_rate_limited: p.icmp_rate_limited,
+            trimmed_padding: p.trimmed_padding,
+            announcements: t.announcements,
+            xsk_fill_ring_empty: t.xsk_fill_ring_empty,
         },
-        "drops": drops,
-        "steering": steering,
-        "bindings": bindings,
-        "next_hops": next_hops,
-        "frames": frames,
-        "registration": d
+        bindings: d.bindings.list(now),
+        registration: d
             .registration
             .as_ref()
-            .map_or_else(super::registration::disabled_stats, |r| r.stats()),
-    })
+            .map_or_else(disabled_stats, |r| r.stats()),
+        data_path,
+    }
 }

@@ -509,6 +509,8 @@ fn classification_fixtures() {
         let mut s = Steering::load(lan, Some(wan), 64).expect("load");
         s.bind(VM, CARE_OF).unwrap();
         s.bind(VM2, CARE_OF2).unwrap();
+        s.add_care_of(CARE_OF).unwrap();
+        s.add_care_of(CARE_OF2).unwrap();
         let xsk = TestXsk::bind(lan, 0).expect("AF_XDP socket on hwl0 queue 0");
         s.register_socket(PORT_LAN, 0, xsk.fd)
             .expect("register socket");
@@ -541,6 +543,7 @@ fn classification_fixtures() {
 
         // After unbind, the VM's traffic and its care-of's IPIP are passed.
         s.unbind(VM).unwrap();
+        s.remove_care_of(CARE_OF).unwrap();
         let before = s.counters().unwrap();
         assert_eq!(
             s.test_run(&udp(PEER, VM, &[]), lan, 0).unwrap(),
@@ -587,6 +590,7 @@ fn foreign_agent_fixtures() {
         let mut s = Steering::load(vm_link, Some(uplink), 16).expect("load");
         s.set_foreign_agent(CARE_OF).expect("foreign agent role");
         s.bind(VM, HA).unwrap();
+        s.add_care_of(HA).unwrap();
         let xsk = TestXsk::bind(vm_link, 0).expect("AF_XDP socket on hwv0 queue 0");
         s.register_socket(PORT_LAN, 0, xsk.fd)
             .expect("register socket");
@@ -610,6 +614,7 @@ fn one_armed_mode_uses_port_zero() {
         let mut s = Steering::load(lan, None, 16).expect("load");
         assert!(s.one_armed());
         s.bind(VM, CARE_OF).unwrap();
+        s.add_care_of(CARE_OF).unwrap();
         let xsk = TestXsk::bind(lan, 0).expect("AF_XDP socket");
         s.register_socket(PORT_LAN, 0, xsk.fd).unwrap();
         assert!(matches!(
@@ -792,7 +797,7 @@ fn invalid_max_bindings_is_refused() {
 // 3. bind / unbind / rebind keep the maps right.
 
 #[test]
-fn bind_unbind_rebind_keep_maps_and_refcounts() {
+fn bind_unbind_and_care_ofs_write_the_maps_as_told() {
     require_root!();
     let mut s = Steering::load(1, None, 16).expect("load");
     let vm3 = Ipv4Addr::new(192, 0, 2, 12);
@@ -800,45 +805,43 @@ fn bind_unbind_rebind_keep_maps_and_refcounts() {
     s.bind(VM, CARE_OF).unwrap();
     s.bind(VM2, CARE_OF).unwrap();
     s.bind(vm3, CARE_OF2).unwrap();
+    s.add_care_of(CARE_OF).unwrap();
+    s.add_care_of(CARE_OF2).unwrap();
     assert_eq!(
         s.bound().unwrap(),
         vec![(VM, CARE_OF), (VM2, CARE_OF), (vm3, CARE_OF2)]
     );
-    assert_eq!(s.care_ofs().unwrap(), vec![(CARE_OF, 2), (CARE_OF2, 1)]);
+    assert_eq!(s.care_ofs().unwrap(), vec![(CARE_OF, 1), (CARE_OF2, 1)]);
 
-    // Rebind to another care-of moves the count.
+    // A rebind rewrites the entry; adding a care-of twice is one entry (the
+    // forwarder counts references, not the map).
     s.bind(VM2, CARE_OF2).unwrap();
+    s.add_care_of(CARE_OF2).unwrap();
     assert_eq!(
         s.bound().unwrap(),
         vec![(VM, CARE_OF), (VM2, CARE_OF2), (vm3, CARE_OF2)]
     );
-    assert_eq!(s.care_ofs().unwrap(), vec![(CARE_OF, 1), (CARE_OF2, 2)]);
-
-    // Binding again to the same care-of changes nothing.
-    s.bind(VM2, CARE_OF2).unwrap();
-    assert_eq!(s.care_ofs().unwrap(), vec![(CARE_OF, 1), (CARE_OF2, 2)]);
-
-    // The last binding of a care-of removes it.
-    s.bind(VM, CARE_OF2).unwrap();
-    assert_eq!(s.care_ofs().unwrap(), vec![(CARE_OF2, 3)]);
+    assert_eq!(s.care_ofs().unwrap(), vec![(CARE_OF, 1), (CARE_OF2, 1)]);
 
     s.unbind(VM2).unwrap();
-    assert_eq!(s.bound().unwrap(), vec![(VM, CARE_OF2), (vm3, CARE_OF2)]);
-    assert_eq!(s.care_ofs().unwrap(), vec![(CARE_OF2, 2)]);
+    s.remove_care_of(CARE_OF).unwrap();
+    assert_eq!(s.bound().unwrap(), vec![(VM, CARE_OF), (vm3, CARE_OF2)]);
+    assert_eq!(s.care_ofs().unwrap(), vec![(CARE_OF2, 1)]);
 
-    // Unbinding what is not bound is a no-op.
+    // Removing what is not there is a no-op.
     s.unbind(VM2).unwrap();
     s.unbind(UNBOUND).unwrap();
-    assert_eq!(s.care_ofs().unwrap(), vec![(CARE_OF2, 2)]);
+    s.remove_care_of(CARE_OF).unwrap();
 
     s.unbind(VM).unwrap();
     s.unbind(vm3).unwrap();
+    s.remove_care_of(CARE_OF2).unwrap();
     assert!(s.bound().unwrap().is_empty());
     assert!(s.care_ofs().unwrap().is_empty());
 }
 
 #[test]
-fn full_map_is_a_clear_error_and_rolls_back() {
+fn full_map_is_a_clear_error() {
     require_root!();
     let mut s = Steering::load(1, None, 2).expect("load");
     assert_eq!(s.max_bindings(), 2);
@@ -855,13 +858,10 @@ fn full_map_is_a_clear_error_and_rolls_back() {
         ),
         "{err}"
     );
-    // The care-of count went back to what it was.
     assert_eq!(s.bound().unwrap(), vec![(VM, CARE_OF), (VM2, CARE_OF)]);
-    assert_eq!(s.care_ofs().unwrap(), vec![(CARE_OF, 2)]);
-
     // A rebind within capacity still works.
     s.bind(VM2, CARE_OF2).unwrap();
-    assert_eq!(s.care_ofs().unwrap(), vec![(CARE_OF, 1), (CARE_OF2, 1)]);
+    assert_eq!(s.bound().unwrap(), vec![(VM, CARE_OF), (VM2, CARE_OF2)]);
 }
 
 #[test]
@@ -924,6 +924,7 @@ fn pin_maps_child() {
     let dir = Path::new("/sys/fs/bpf/homeward-test");
     let mut s = Steering::load(1, None, 16).expect("load");
     s.bind(VM, CARE_OF).unwrap();
+    s.add_care_of(CARE_OF).unwrap();
     s.pin_maps(dir).expect("pin");
     assert!(is_bpffs(Path::new("/sys/fs/bpf")).unwrap());
     for name in MAP_NAMES {
@@ -1096,6 +1097,7 @@ fn crash_child() {
     let wan: Option<u32> = lines.next().and_then(|w| w.parse().ok());
     let mut s = Steering::attach(lan, wan, 16, Some(&dir)).expect("attach in the crash child");
     s.bind(VM, CARE_OF).unwrap();
+    s.add_care_of(CARE_OF).unwrap();
     println!("crash-child prog id {}", s.prog_id().unwrap());
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };

@@ -81,7 +81,7 @@ impl WorkerShared {
     }
 
     #[inline]
-    fn count_slot(&self, slot: u32, bytes: usize) {
+    pub(crate) fn count_slot(&self, slot: u32, bytes: usize) {
         let i = slot as usize * 2;
         if let (Some(p), Some(b)) = (self.per_slot.get(i), self.per_slot.get(i + 1)) {
             // Single writer per worker: load+store, no locked instruction.

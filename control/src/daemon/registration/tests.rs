@@ -1,0 +1,193 @@
+//! The registration service's burst handling on in-memory bindings and
+//! store: group commit, acknowledgment only after the commit, undo on a
+//! failed commit. Replies travel over loopback to the test's socket.
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, SystemTime};
+
+use dataplane::forwarder::memory::{MemoryHops, MemoryMaps};
+use dataplane::table::TableReader;
+
+use super::{Datagram, Registration};
+use crate::config::RegistrationConfig;
+use crate::daemon::bindings::tests::bindings;
+use crate::daemon::bindings::{Bindings, Now};
+use crate::registration::keys::{KeyFile, Prefix};
+use crate::registration::replay::ntp_timestamp;
+use crate::registration::wire::{self, flags, Reply, RequestFields};
+use crate::store::MemoryStore;
+
+const KEYS: &str = r#"
+[[spi]]
+spi = 256
+key = "00112233445566778899aabbccddeeff"
+home_addresses = ["192.0.2.0/24"]
+"#;
+/// The home agent's address in the requests (the bindings' HA).
+const HA: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const COA: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
+/// A registration service whose socket is on loopback, and the agent's
+/// socket its replies go to.
+fn service() -> (Registration, UdpSocket, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(&keys, KEYS).unwrap();
+    // Key files must be private (and root's: the tests run as root).
+    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let config = RegistrationConfig {
+        keys,
+        replay_window: Duration::from_secs(7),
+        max_lifetime: 600,
+        home_prefix: Some(vec![Prefix::parse("192.0.2.0/24").unwrap()]),
+    };
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let r = Registration::start(
+        &config,
+        HA,
+        0,
+        || Ok(Vec::new()),
+        Vec::new(),
+        Some(OwnedFd::from(socket)),
+    )
+    .unwrap();
+    let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    agent
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    (r, agent, dir)
+}
+
+/// A signed request for `vm` at `COA`, from `agent`.
+fn request(vm: Ipv4Addr, lifetime: u16, id: u64, agent: &UdpSocket) -> Datagram {
+    let mut bytes = Vec::new();
+    RequestFields {
+        flags: flags::T,
+        lifetime,
+        home_address: vm,
+        home_agent: HA,
+        care_of: COA,
+        identification: id,
+    }
+    .emit(&mut bytes);
+    let keys = KeyFile::parse(KEYS).unwrap();
+    keys.get(256).unwrap().key.append_mh_auth(&mut bytes, 256);
+    let from = match agent.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        other => panic!("{other}"),
+    };
+    Datagram { bytes, from }
+}
+
+/// The codes of the replies that arrive within the read timeout.
+fn replies(agent: &UdpSocket) -> Vec<u8> {
+    let mut codes = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = agent.recv(&mut buf) {
+        codes.push(Reply::new_checked(&buf[..n]).unwrap().code());
+    }
+    codes
+}
+
+fn vm(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 50 + i)
+}
+
+/// A service, an agent, in-memory bindings and store.
+struct Lab {
+    r: Registration,
+    agent: UdpSocket,
+    b: Bindings<MemoryMaps, MemoryHops>,
+    reader: TableReader,
+    store: MemoryStore,
+    now: Now,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let (r, agent, _dir) = service();
+        let (b, reader, now) = bindings();
+        Lab {
+            r,
+            agent,
+            b,
+            reader,
+            store: MemoryStore::default(),
+            now,
+            _dir,
+        }
+    }
+
+    /// Handles one burst of requests `(vm, lifetime, id)`; returns the
+    /// reply codes the agent received.
+    fn burst(&mut self, requests: &[(Ipv4Addr, u16, u64)]) -> Vec<u8> {
+        let burst = requests
+            .iter()
+            .map(|&(vm, lifetime, id)| request(vm, lifetime, id, &self.agent))
+            .collect();
+        self.r
+            .handle_burst(burst, &mut self.b, &mut self.store, self.now);
+        replies(&self.agent)
+    }
+
+    fn care_of(&self, vm: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.reader.lookup(vm).map(|(x, _)| x.care_of)
+    }
+}
+
+#[test]
+fn a_burst_shares_one_commit_and_is_answered_after_it() {
+    let mut lab = Lab::new();
+    let id = ntp_timestamp(SystemTime::now());
+    let burst: Vec<_> = (0..3).map(|i| (vm(i), 60, id)).collect();
+    assert_eq!(lab.burst(&burst), vec![0, 0, 0]);
+    assert_eq!(lab.store.commits, 1, "one commit for the burst");
+    assert_eq!(lab.store.bindings.len(), 3);
+    assert_eq!(lab.store.replay.len(), 3, "replay state per (SPI, home)");
+    for i in 0..3 {
+        assert_eq!(lab.care_of(vm(i)), Some(COA));
+        assert_eq!(lab.store.bindings[&vm(i)].care_of, COA);
+    }
+    let c = lab.r.stats().counts.unwrap();
+    assert_eq!((c.accepted, c.commits, c.committed_datagrams), (3, 1, 3));
+}
+
+#[test]
+fn a_failed_commit_undoes_the_burst_and_accepts_nothing() {
+    let mut lab = Lab::new();
+    let id = ntp_timestamp(SystemTime::now());
+    lab.store.fail_next = true;
+    assert!(
+        lab.burst(&[(vm(0), 60, id)]).is_empty(),
+        "an accept was sent for nothing"
+    );
+    assert_eq!(lab.care_of(vm(0)), None, "bound without being stored");
+    assert!(lab.b.stored(vm(0)).is_none());
+    assert_eq!(lab.r.stats().counts.unwrap().commit_failures, 1);
+    // The agent retransmits the same request: its Identification was not
+    // used up by the failed burst.
+    assert_eq!(lab.burst(&[(vm(0), 60, id)]), vec![0]);
+    assert_eq!(lab.store.bindings[&vm(0)].care_of, COA);
+}
+
+#[test]
+fn deregistration_and_refusals_are_committed_or_not_as_they_should() {
+    let mut lab = Lab::new();
+    let id = ntp_timestamp(SystemTime::now());
+    assert_eq!(lab.burst(&[(vm(0), 60, id)]), vec![0]);
+    // Outside the SPI's prefix: 129, nothing bound, nothing committed.
+    let outside = Ipv4Addr::new(10, 0, 0, 1);
+    assert_eq!(
+        lab.burst(&[(outside, 60, id + (1 << 32))]),
+        vec![wire::code::ADMIN_PROHIBITED]
+    );
+    assert_eq!(lab.care_of(outside), None);
+    assert_eq!(lab.store.commits, 1);
+    // Lifetime 0: deregistered, committed, answered.
+    assert_eq!(lab.burst(&[(vm(0), 0, id + (2 << 32))]), vec![0]);
+    assert_eq!(lab.care_of(vm(0)), None);
+    assert!(lab.store.bindings.is_empty());
+    assert_eq!(lab.store.commits, 2);
+}
