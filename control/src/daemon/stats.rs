@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use dataplane::forwarder::DataPathStats;
+use dataplane::pipeline::Counters;
 use serde::Serialize;
 
 use super::registration::{disabled_stats, RegistrationStats};
@@ -25,19 +26,12 @@ pub(super) struct HomeAgentStats {
     pub registration: RegistrationStats,
 }
 
-/// The pipeline's counters as the home agent names them.
+/// The pipeline's counters (the home agent's names are the pipeline's),
+/// and the worker's announcements.
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct HomeAgentCounters {
-    /// Datagrams tunnelled to a care-of address.
-    pub encapsulated: u64,
-    /// Reverse-tunnelled datagrams delivered on the home link.
-    pub decapsulated: u64,
-    pub fragmented: u64,
-    pub fragments_out: u64,
-    pub arp_replies: u64,
-    pub icmp_sent: u64,
-    pub icmp_rate_limited: u64,
-    pub trimmed_padding: u64,
+    #[serde(flatten)]
+    pub pipeline: Counters,
     /// Gratuitous ARPs sent.
     pub announcements: u64,
     pub xsk_fill_ring_empty: u64,
@@ -45,20 +39,13 @@ pub(super) struct HomeAgentCounters {
 
 pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
     let data_path = d.bindings.forwarder().stats();
-    let (t, p) = (&data_path.totals, &data_path.totals.pipeline);
+    let t = &data_path.totals;
     HomeAgentStats {
         uptime: now.saturating_duration_since(d.started).as_secs(),
         queues: d.config.queues,
         address: d.config.address,
         counters: HomeAgentCounters {
-            encapsulated: p.encapsulated,
-            decapsulated: p.decapsulated,
-            fragmented: p.fragmented,
-            fragments_out: p.fragments_out,
-            arp_replies: p.arp_replies,
-            icmp_sent: p.icmp_sent,
-            icmp_rate_limited: p.icmp_rate_limited,
-            trimmed_padding: p.trimmed_padding,
+            pipeline: t.pipeline.clone(),
             announcements: t.announcements,
             xsk_fill_ring_empty: t.xsk_fill_ring_empty,
         },

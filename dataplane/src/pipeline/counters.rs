@@ -184,10 +184,12 @@ impl std::fmt::Display for DropReason {
 }
 
 /// Per-pipeline (so per-worker, no sharing) event counters. The worker publishes them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serialized without `drops`, which the stats report by name.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     /// Datagrams discarded, by reason (index: `reason as usize`). A datagram answered with an
     /// ICMP error is counted here too: it was discarded, the ICMP is a new packet.
+    #[serde(skip)]
     pub drops: [u64; DropReason::COUNT],
     /// Datagrams sent into a tunnel, whole or (see `fragmented`) in pieces.
     pub encapsulated: u64,
