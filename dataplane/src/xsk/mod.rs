@@ -3,6 +3,8 @@
 //! `unsafe`, each block with a `// SAFETY:` comment.
 
 mod accounting;
+#[cfg(test)]
+mod memqueue;
 mod rings;
 mod sockets;
 mod sys;

@@ -543,3 +543,6 @@ fn occupancy<R: QueueIo>(sockets: &mut R) -> RingOccupancy {
     }
     rings
 }
+
+#[cfg(test)]
+mod tests;
