@@ -35,7 +35,7 @@ mod foreign_agent;
 #[cfg(test)]
 mod robustness;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use arp::write_gratuitous_arp;
 pub use counters::{Counters, DropReason};

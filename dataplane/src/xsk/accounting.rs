@@ -70,12 +70,26 @@ impl FrameFlow {
 }
 
 /// Entries in a queue's rings, read from the rings themselves.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct RingOccupancy {
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RingOccupancy {
+    /// Fill ring entries.
     pub fill: u64,
+    /// RX ring entries.
     pub rx: u64,
+    /// TX ring entries.
     pub tx: u64,
+    /// Completion ring entries.
     pub completion: u64,
+}
+
+impl RingOccupancy {
+    /// Both sockets' entries together.
+    pub(crate) fn add(&mut self, other: RingOccupancy) {
+        self.fill += other.fill;
+        self.rx += other.rx;
+        self.tx += other.tx;
+        self.completion += other.completion;
+    }
 }
 
 /// Split the kernel-held frames into ring occupancy and in-kernel frames.

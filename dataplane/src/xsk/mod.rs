@@ -3,11 +3,15 @@
 //! `unsafe`, each block with a `// SAFETY:` comment.
 
 mod accounting;
+#[cfg(test)]
+mod memqueue;
+mod rings;
 mod sockets;
 mod sys;
 mod worker;
 
-pub use accounting::{FrameAccounting, QueueFrames, SharedAccounting};
+pub use accounting::{FrameAccounting, QueueFrames, RingOccupancy, SharedAccounting};
+pub use rings::{QueueIo, Side, SocketStats};
 pub use sockets::{QueueSockets, QueueState, SocketRings, XskConfig};
 pub use sys::pin_current_thread;
 pub use worker::{Command, Parked, Worker, WorkerShared};

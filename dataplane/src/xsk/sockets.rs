@@ -4,6 +4,7 @@
 
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use xsk_rs::config::{
@@ -11,7 +12,7 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RingSizes, RxQueue, Socket, TxQueue, Umem};
 
-use super::XskError;
+use super::{QueueIo, RingOccupancy, Side, SocketStats, XskError};
 
 /// Sizes of the UMEM and its rings for one queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,4 +303,148 @@ fn open_socket(
         fd,
         ifname: ifname.to_string(),
     })
+}
+
+impl QueueSockets {
+    /// The socket on `side`; the LAN socket serves both when one-armed.
+    #[inline]
+    fn side(&mut self, side: Side) -> &mut SocketRings {
+        match (side, self.wan.as_mut()) {
+            (Side::Wan, Some(wan)) => wan,
+            _ => &mut self.lan,
+        }
+    }
+
+    #[inline]
+    fn side_ref(&self, side: Side) -> &SocketRings {
+        match (side, self.wan.as_ref()) {
+            (Side::Wan, Some(wan)) => wan,
+            _ => &self.lan,
+        }
+    }
+}
+
+/// The real queue: each call is the xsk-rs call it names.
+impl QueueIo for QueueSockets {
+    type Desc = FrameDesc;
+
+    #[inline]
+    fn config(&self) -> XskConfig {
+        self.config
+    }
+
+    #[inline]
+    fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    #[inline]
+    fn has_wan(&self) -> bool {
+        self.wan.is_some()
+    }
+
+    fn take_free(&mut self) -> Vec<FrameDesc> {
+        std::mem::take(&mut self.frames)
+    }
+
+    fn put_free(&mut self, free: Vec<FrameDesc>) {
+        self.frames = free;
+    }
+
+    #[inline]
+    fn rx_consume(&mut self, side: Side, descs: &mut [FrameDesc]) -> usize {
+        // SAFETY: xsk-rs asks that the frames be of the UMEM the ring is
+        // tied to: the RX ring is bound to this queue's UMEM, so every
+        // descriptor it yields is one of its frames.
+        unsafe { self.side(side).rx.consume(descs) }
+    }
+
+    #[inline]
+    fn tx_free(&mut self, side: Side, wanted: u32) -> u32 {
+        self.side(side).tx.nb_free(wanted)
+    }
+
+    #[inline]
+    fn tx_produce(&mut self, side: Side, descs: &[FrameDesc]) -> usize {
+        // SAFETY: xsk-rs asks that the frames be of this UMEM and on no
+        // other ring (else the kernel may write a frame it also sends). The
+        // kernel rejects descriptors outside the UMEM (tx_invalid), and
+        // userspace touches frame memory only through `frame_mut`, whose
+        // contract excludes frames on a ring: a wrong descriptor can garble
+        // packets, not memory this process reads as Rust data.
+        unsafe { self.side(side).tx.produce(descs) }
+    }
+
+    #[inline]
+    fn tx_wakeup(&mut self, side: Side) -> std::io::Result<()> {
+        self.side(side).tx.wakeup()
+    }
+
+    #[inline]
+    fn tx_needs_wakeup(&self, side: Side) -> bool {
+        self.side_ref(side).tx.needs_wakeup()
+    }
+
+    #[inline]
+    fn fill_free(&mut self, side: Side, wanted: u32) -> u32 {
+        self.side(side).fill.nb_free(wanted)
+    }
+
+    #[inline]
+    fn fill_produce(&mut self, side: Side, descs: &[FrameDesc]) -> usize {
+        // SAFETY: as for `tx_produce`: the kernel checks the descriptors,
+        // and `frame_mut`'s contract keeps userspace off frames on a ring.
+        unsafe { self.side(side).fill.produce(descs) }
+    }
+
+    #[inline]
+    fn comp_consume(&mut self, side: Side, descs: &mut [FrameDesc]) -> usize {
+        // SAFETY: as for `rx_consume`: the completion ring is this UMEM's,
+        // and holds only frames that were put on its TX rings.
+        unsafe { self.side(side).comp.consume(descs) }
+    }
+
+    fn occupancy(&mut self, side: Side) -> RingOccupancy {
+        let size = u64::from(self.config.ring_size);
+        let socket = self.side(side);
+        RingOccupancy {
+            fill: size.saturating_sub(u64::from(socket.fill.nb_free_exact())),
+            rx: u64::from(socket.rx.nb_avail_exact()),
+            tx: size.saturating_sub(u64::from(socket.tx.nb_free_exact())),
+            completion: u64::from(socket.comp.nb_avail_exact()),
+        }
+    }
+
+    fn statistics(&self, side: Side) -> Option<SocketStats> {
+        let s = self.side_ref(side).rx.fd().xdp_statistics().ok()?;
+        Some(SocketStats {
+            rx_dropped: s.rx_dropped(),
+            rx_ring_full: s.rx_ring_full(),
+            fill_ring_empty: s.rx_fill_ring_empty_descs(),
+            rx_invalid: s.rx_invalid_descs(),
+            tx_invalid: s.tx_invalid_descs(),
+        })
+    }
+
+    fn wait_readable(&self, timeout: Duration) {
+        super::sys::poll_readable(self.lan.fd, self.wan.as_ref().map(|w| w.fd), timeout);
+    }
+
+    #[inline]
+    fn data_len(desc: &FrameDesc) -> usize {
+        desc.lengths().data()
+    }
+
+    #[inline]
+    unsafe fn frame_mut(&self, desc: &FrameDesc) -> (&mut [u8], usize) {
+        // SAFETY: the caller owns the frame, a frame of this UMEM, and holds
+        // no other slice of it (this trait method's contract), which is
+        // what `whole_frame_mut` asks.
+        unsafe { self.umem.whole_frame_mut(desc) }
+    }
+
+    #[inline]
+    fn set_data(&self, desc: &mut FrameDesc, offset: usize, len: usize) -> bool {
+        self.umem.set_data(desc, offset, len)
+    }
 }

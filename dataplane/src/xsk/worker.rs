@@ -1,6 +1,8 @@
 //! The forwarding worker of one queue: RX batch -> pipeline -> TX batch,
 //! completions back to the free list, free frames back to the fill rings.
 //! One thread, no locks, no allocation and at most a few syscalls per batch.
+//! Generic over the queue's rings ([`QueueIo`]): [`QueueSockets`] in the
+//! daemons, in-memory rings in the tests.
 
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
@@ -9,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, TryRecvError};
-use xsk_rs::FrameDesc;
 
 use super::accounting::{
     account, FrameAccounting, FrameFlow, QueueFrames, RingOccupancy, SharedAccounting,
 };
-use super::sockets::{QueueSockets, SocketRings};
+use super::rings::{QueueIo, Side};
+use super::sockets::QueueSockets;
 use crate::pipeline::{write_gratuitous_arp, Lookup, Pipeline, PipelineConfig, Port, Verdict};
 use crate::stats::{CounterSnapshot, SharedCounters};
 
@@ -92,16 +94,18 @@ impl WorkerShared {
 }
 
 /// Per-queue worker: owns the queue's sockets, its pipeline and its frames.
-pub struct Worker<L: Lookup> {
-    sockets: QueueSockets,
+pub struct Worker<L: Lookup, R: QueueIo = QueueSockets> {
+    sockets: R,
     pipeline: Pipeline,
     lookup: L,
     commands: Receiver<Command>,
     shared: Arc<WorkerShared>,
-    free: Vec<FrameDesc>,
+    free: Vec<R::Desc>,
     flow: FrameFlow,
     /// Frames kept back from the fill rings for TX-side needs (fragments, ARP).
     reserve: usize,
+    /// Loop turns, to read the kernel's socket counters now and then.
+    iterations: u32,
     started: Instant,
     /// Completions seen at the last TX kick, and kicks since then that
     /// completed nothing.
@@ -112,11 +116,11 @@ pub struct Worker<L: Lookup> {
 /// A stopped worker's queue: its sockets with every frame the worker held
 /// back on their free list (the rest are in the kernel's rings), ready to
 /// run again or to be handed to a successor process.
-pub struct Parked {
+pub struct Parked<R = QueueSockets> {
     /// The accounting when it stopped.
     pub accounting: FrameAccounting,
     /// The sockets; `frames` is the worker's free list.
-    pub sockets: QueueSockets,
+    pub sockets: R,
 }
 
 impl std::fmt::Debug for Parked {
@@ -128,38 +132,46 @@ impl std::fmt::Debug for Parked {
     }
 }
 
-/// Which socket of the queue a port maps to.
-#[derive(Clone, Copy)]
-enum Side {
-    Lan,
-    Wan,
+/// The worker's per-batch descriptor arrays, allocated once by `run`.
+struct Scratch<D> {
+    rx: Vec<D>,
+    lan_tx: Vec<D>,
+    wan_tx: Vec<D>,
+    comp: Vec<D>,
 }
 
-impl<L: Lookup> Worker<L> {
+impl<D: Copy + Default> Scratch<D> {
+    fn new(batch: usize) -> Self {
+        Scratch {
+            rx: vec![D::default(); batch],
+            lan_tx: Vec::with_capacity(batch * 4),
+            wan_tx: Vec::with_capacity(batch * 4),
+            comp: vec![D::default(); batch * 2],
+        }
+    }
+}
+
+impl<L: Lookup, R: QueueIo> Worker<L, R> {
     /// A worker over `sockets`; `ident_seed` spreads the outer
     /// Identification of different queues apart.
     pub fn new(
-        sockets: QueueSockets,
+        sockets: R,
         config: PipelineConfig,
         lookup: L,
         commands: Receiver<Command>,
         shared: Arc<WorkerShared>,
     ) -> Self {
         let mut sockets = sockets;
-        let free = std::mem::take(&mut sockets.frames);
-        let ident_seed = (sockets.queue as u16).wrapping_mul(0x9e37);
-        let reserve = sockets.config.batch * 4;
+        let free = sockets.take_free();
+        let xsk = sockets.config();
+        let ident_seed = (sockets.queue() as u16).wrapping_mul(0x9e37);
+        let reserve = xsk.batch * 4;
         // Adopted sockets (--takeover) come with frames already in the
         // rings or the kernel: every frame not on the free list. Counted as
         // handed over, on the TX side as far as the TX and completion rings
         // hold them, else on the RX side. Fresh sockets: nothing.
-        let size = sockets.config.ring_size as u64;
-        let mut rings = RingOccupancy::default();
-        occupancy(&mut sockets.lan, size, &mut rings);
-        if let Some(wan) = sockets.wan.as_mut() {
-            occupancy(wan, size, &mut rings);
-        }
-        let outside = (sockets.config.frame_count as u64).saturating_sub(free.len() as u64);
+        let rings = occupancy(&mut sockets);
+        let outside = (xsk.frame_count as u64).saturating_sub(free.len() as u64);
         let tx_side = (rings.tx + rings.completion).min(outside);
         let flow = FrameFlow {
             filled: outside - tx_side,
@@ -175,6 +187,7 @@ impl<L: Lookup> Worker<L> {
             free,
             flow,
             reserve,
+            iterations: 0,
             started: Instant::now(),
             kicked_at: 0,
             fruitless_kicks: 0,
@@ -184,38 +197,45 @@ impl<L: Lookup> Worker<L> {
     /// Runs until [`WorkerShared::stop`]; then drains in-flight
     /// transmissions, publishes the final frame accounting and hands back
     /// the sockets with the frames it held.
-    pub fn run(mut self) -> Parked {
-        let batch = self.sockets.config.batch;
-        let mut rx_descs = vec![FrameDesc::default(); batch];
-        let mut lan_tx: Vec<FrameDesc> = Vec::with_capacity(batch * 4);
-        let mut wan_tx: Vec<FrameDesc> = Vec::with_capacity(batch * 4);
-        let mut comp_descs = vec![FrameDesc::default(); batch * 2];
+    pub fn run(mut self) -> Parked<R> {
+        let mut scratch = Scratch::new(self.sockets.config().batch);
         self.refill();
-        let mut iterations: u32 = 0;
         while !self.shared.stop.load(Relaxed) {
-            iterations = iterations.wrapping_add(1);
-            if iterations.is_multiple_of(4096) {
-                self.read_socket_counters();
-            }
-            let mut work = self.reclaim(&mut comp_descs);
-            work += self.receive(Side::Lan, &mut rx_descs, &mut lan_tx, &mut wan_tx);
-            if self.sockets.wan.is_some() {
-                work += self.receive(Side::Wan, &mut rx_descs, &mut lan_tx, &mut wan_tx);
-            }
-            work += self.commands(&mut lan_tx);
-            self.transmit(Side::Lan, &mut lan_tx);
-            self.transmit(Side::Wan, &mut wan_tx);
-            self.refill();
-            self.publish();
-            if work == 0 {
-                self.idle();
-            }
+            self.step(&mut scratch);
         }
-        self.drain(&mut comp_descs);
+        self.park(&mut scratch)
+    }
+
+    /// One turn of the loop: completions, an RX batch per socket, commands,
+    /// TX, refill, publish; sleeps (`idle`) if none of it found work.
+    fn step(&mut self, s: &mut Scratch<R::Desc>) {
+        self.iterations = self.iterations.wrapping_add(1);
+        if self.iterations.is_multiple_of(4096) {
+            self.read_socket_counters();
+        }
+        let mut work = self.reclaim(&mut s.comp);
+        work += self.receive(Side::Lan, &mut s.rx, &mut s.lan_tx, &mut s.wan_tx);
+        if self.sockets.has_wan() {
+            work += self.receive(Side::Wan, &mut s.rx, &mut s.lan_tx, &mut s.wan_tx);
+        }
+        work += self.commands(&mut s.lan_tx);
+        self.transmit(Side::Lan, &mut s.lan_tx);
+        self.transmit(Side::Wan, &mut s.wan_tx);
+        self.refill();
+        self.publish();
+        if work == 0 {
+            self.idle();
+        }
+    }
+
+    /// After the loop: drain, last counters and accounting, and the sockets
+    /// back with the free list.
+    fn park(mut self, s: &mut Scratch<R::Desc>) -> Parked<R> {
+        self.drain(&mut s.comp);
         self.read_socket_counters();
         let accounting = self.publish();
         let mut sockets = self.sockets;
-        sockets.frames = self.free;
+        sockets.put_free(self.free);
         Parked {
             accounting,
             sockets,
@@ -226,18 +246,15 @@ impl<L: Lookup> Worker<L> {
     /// each): drops that happen before a frame reaches the worker.
     fn read_socket_counters(&mut self) {
         let mut sum = [0u64; 5];
-        let mut add = |rings: &SocketRings| {
-            if let Ok(s) = rings.rx.fd().xdp_statistics() {
-                sum[0] += s.rx_dropped();
-                sum[1] += s.rx_ring_full();
-                sum[2] += s.rx_fill_ring_empty_descs();
-                sum[3] += s.rx_invalid_descs();
-                sum[4] += s.tx_invalid_descs();
+        let wan = self.sockets.has_wan().then_some(Side::Wan);
+        for side in [Some(Side::Lan), wan].into_iter().flatten() {
+            if let Some(s) = self.sockets.statistics(side) {
+                sum[0] += s.rx_dropped;
+                sum[1] += s.rx_ring_full;
+                sum[2] += s.fill_ring_empty;
+                sum[3] += s.rx_invalid;
+                sum[4] += s.tx_invalid;
             }
-        };
-        add(&self.sockets.lan);
-        if let Some(wan) = &self.sockets.wan {
-            add(wan);
         }
         let c = &self.shared.counters.socket;
         for (counter, value) in [
@@ -254,27 +271,15 @@ impl<L: Lookup> Worker<L> {
         }
     }
 
-    fn rings(&mut self, side: Side) -> &mut SocketRings {
-        match side {
-            Side::Wan if self.sockets.wan.is_some() => {
-                self.sockets.wan.as_mut().unwrap_or(&mut self.sockets.lan)
-            }
-            _ => &mut self.sockets.lan,
-        }
-    }
-
     /// One RX batch from `side` through the pipeline.
     fn receive(
         &mut self,
         side: Side,
-        rx_descs: &mut [FrameDesc],
-        lan_tx: &mut Vec<FrameDesc>,
-        wan_tx: &mut Vec<FrameDesc>,
+        rx_descs: &mut [R::Desc],
+        lan_tx: &mut Vec<R::Desc>,
+        wan_tx: &mut Vec<R::Desc>,
     ) -> usize {
-        let rings = self.rings(side);
-        // SAFETY: the descriptors are written by the kernel from our UMEM's
-        // RX ring; each describes a frame that is now ours alone.
-        let n = unsafe { rings.rx.consume(rx_descs) };
+        let n = self.sockets.rx_consume(side, rx_descs);
         if n == 0 {
             return 0;
         }
@@ -284,13 +289,13 @@ impl<L: Lookup> Worker<L> {
             Side::Lan => Port::Lan,
             Side::Wan => Port::Wan,
         };
-        let one_armed = self.sockets.wan.is_none();
+        let one_armed = !self.sockets.has_wan();
         for desc in rx_descs.iter_mut().take(n) {
-            let len = desc.lengths().data();
+            let len = R::data_len(desc);
             // SAFETY: `desc` came off the RX ring, so the frame is owned by
             // this worker until it is put on a TX or fill ring; no other
             // reference to it exists.
-            let (buf, start) = unsafe { self.sockets.umem.whole_frame_mut(desc) };
+            let (buf, start) = unsafe { self.sockets.frame_mut(desc) };
             let verdict = self
                 .pipeline
                 .process(buf, start, len, ingress, now_ns, &self.lookup);
@@ -301,7 +306,7 @@ impl<L: Lookup> Worker<L> {
                     len,
                     slot,
                 } => {
-                    if !self.sockets.umem.set_data(desc, start, len) {
+                    if !self.sockets.set_data(desc, start, len) {
                         self.shared.counters.bad_verdict.fetch_add(1, Relaxed);
                         self.free.push(*desc);
                         continue;
@@ -332,11 +337,11 @@ impl<L: Lookup> Worker<L> {
                         // SAFETY: `piece` is from the free list, so owned by
                         // this worker and distinct from `desc`'s frame; the
                         // source frame is only read.
-                        let (dst, _) = unsafe { self.sockets.umem.whole_frame_mut(&piece) };
+                        let (dst, _) = unsafe { self.sockets.frame_mut(&piece) };
                         // SAFETY: as above; `desc` is still ours.
-                        let (src, _) = unsafe { self.sockets.umem.whole_frame_mut(desc) };
+                        let (src, _) = unsafe { self.sockets.frame_mut(desc) };
                         match self.pipeline.write_fragment(src, &plan, index, dst) {
-                            Some((s, l)) if self.sockets.umem.set_data(&mut piece, s, l) => {
+                            Some((s, l)) if self.sockets.set_data(&mut piece, s, l) => {
                                 if let Some(slot) = slot {
                                     self.shared.count_slot(slot, l);
                                 }
@@ -357,33 +362,33 @@ impl<L: Lookup> Worker<L> {
     }
 
     /// Put `pending` on `side`'s TX ring and kick the kernel.
-    fn transmit(&mut self, side: Side, pending: &mut Vec<FrameDesc>) {
+    fn transmit(&mut self, side: Side, pending: &mut Vec<R::Desc>) {
         if pending.is_empty() {
             return;
         }
-        let size = self.sockets.config.ring_size;
-        let rings = self.rings(side);
-        let mut room = rings.tx.nb_free(pending.len() as u32) as usize;
+        let size = self.sockets.config().ring_size;
+        let rings = &mut self.sockets;
+        let mut room = rings.tx_free(side, pending.len() as u32) as usize;
         // Copy mode sends at most 32 frames per kick (the kernel's
         // TX_BATCH_SIZE): a ring still full of earlier frames gets a few
         // more kicks before anything is dropped.
         let mut kicks = 0;
         while room < pending.len() && kicks < 8 {
-            let _ = rings.tx.wakeup();
-            room = rings.tx.nb_free(pending.len() as u32) as usize;
+            let _ = rings.tx_wakeup(side);
+            room = rings.tx_free(side, pending.len() as u32) as usize;
             kicks += 1;
         }
         let count = room.min(pending.len());
-        // SAFETY: every descriptor in `pending` is a frame of this UMEM that
-        // the worker owns; after this call the kernel owns the first `count`
-        // of them until they return on the completion ring.
-        let sent = unsafe { rings.tx.produce(&pending[..count]) };
-        if rings.tx.needs_wakeup() {
+        // After this call the kernel owns the first `count` frames until
+        // they return on the completion ring.
+        let sent = rings.tx_produce(side, &pending[..count]);
+        if rings.tx_needs_wakeup(side) {
             // One kick per 32 frames put on the ring. EAGAIN/ENOBUFS: the
             // kernel is busy; the frames stay queued and are kicked again.
-            let queued = size.saturating_sub(rings.tx.nb_free_exact());
+            // Asking for the whole ring makes the count exact.
+            let queued = size.saturating_sub(rings.tx_free(side, size));
             for _ in 0..queued.div_ceil(32).min(8) {
-                if rings.tx.wakeup().is_err() {
+                if rings.tx_wakeup(side).is_err() {
                     break;
                 }
             }
@@ -400,17 +405,20 @@ impl<L: Lookup> Worker<L> {
         pending.clear();
     }
 
+    /// The sides this queue has sockets on.
+    fn sides(&self) -> &'static [Side] {
+        if self.sockets.has_wan() {
+            &[Side::Lan, Side::Wan]
+        } else {
+            &[Side::Lan]
+        }
+    }
+
     /// Completed transmissions back to the free list.
-    fn reclaim(&mut self, comp_descs: &mut [FrameDesc]) -> usize {
+    fn reclaim(&mut self, comp_descs: &mut [R::Desc]) -> usize {
         let mut total = 0;
-        for side in [Side::Lan, Side::Wan] {
-            if matches!(side, Side::Wan) && self.sockets.wan.is_none() {
-                break;
-            }
-            let rings = self.rings(side);
-            // SAFETY: completion entries are frames we put on the TX ring;
-            // the kernel is done with them.
-            let n = unsafe { rings.comp.consume(comp_descs) };
+        for &side in self.sides() {
+            let n = self.sockets.comp_consume(side, comp_descs);
             self.free.extend_from_slice(&comp_descs[..n]);
             total += n;
         }
@@ -420,37 +428,28 @@ impl<L: Lookup> Worker<L> {
 
     /// Top the fill rings up from the free list, keeping a reserve back.
     fn refill(&mut self) {
-        for side in [Side::Lan, Side::Wan] {
-            if matches!(side, Side::Wan) && self.sockets.wan.is_none() {
-                break;
-            }
+        let batch = self.sockets.config().batch;
+        for &side in self.sides() {
             let spare = self.free.len().saturating_sub(self.reserve);
             if spare == 0 {
                 return;
             }
-            let batch = self.sockets.config.batch;
-            let rings = self.rings(side);
-            let room = rings.fill.nb_free(batch as u32) as usize;
+            let room = self.sockets.fill_free(side, batch as u32) as usize;
             let count = room.min(spare);
             if count == 0 {
                 continue;
             }
             let from = self.free.len() - count;
-            let rings = match side {
-                Side::Wan => self.sockets.wan.as_mut().unwrap_or(&mut self.sockets.lan),
-                Side::Lan => &mut self.sockets.lan,
-            };
-            // SAFETY: the frames come off the free list, so no one else
-            // references them; the kernel owns them until they come back on
-            // the RX ring.
-            let filled = unsafe { rings.fill.produce(&self.free[from..]) };
+            // The kernel owns these frames until they come back on the RX
+            // ring.
+            let filled = self.sockets.fill_produce(side, &self.free[from..]);
             self.free.truncate(self.free.len() - filled);
             self.flow.filled += filled as u64;
         }
     }
 
     /// Control-plane work: gratuitous ARP on the home link.
-    fn commands(&mut self, lan_tx: &mut Vec<FrameDesc>) -> usize {
+    fn commands(&mut self, lan_tx: &mut Vec<R::Desc>) -> usize {
         let mut done = 0;
         loop {
             match self.commands.try_recv() {
@@ -460,11 +459,11 @@ impl<L: Lookup> Worker<L> {
                         continue;
                     };
                     // SAFETY: a free frame, owned by this worker.
-                    let (buf, start) = unsafe { self.sockets.umem.whole_frame_mut(&desc) };
+                    let (buf, start) = unsafe { self.sockets.frame_mut(&desc) };
                     let len = buf
                         .get_mut(start..)
                         .map_or(0, |b| write_gratuitous_arp(b, mac, addr, None));
-                    if len > 0 && self.sockets.umem.set_data(&mut desc, start, len) {
+                    if len > 0 && self.sockets.set_data(&mut desc, start, len) {
                         self.shared.counters.announcements.fetch_add(1, Relaxed);
                         lan_tx.push(desc);
                     } else {
@@ -480,16 +479,13 @@ impl<L: Lookup> Worker<L> {
     /// Nothing to do: sleep in poll() until a socket has frames, or briefly
     /// if transmissions are still completing.
     fn idle(&mut self) {
-        let lan = self.sockets.lan.fd;
-        let wan = self.sockets.wan.as_ref().map(|w| w.fd);
         // Copy mode: frames still on a TX ring met a busy kernel (EAGAIN);
         // kick again rather than sleep, or they would wait out the timeout.
         // A link that stays down must not make this a busy loop, so after
         // a run of kicks without a completion, sleep 1 ms between kicks.
         if self.flow.tx_side() > 0 {
-            let _ = self.sockets.lan.tx.wakeup();
-            if let Some(w) = self.sockets.wan.as_mut() {
-                let _ = w.tx.wakeup();
+            for &side in self.sides() {
+                let _ = self.sockets.tx_wakeup(side);
             }
             if self.flow.completed == self.kicked_at {
                 self.fruitless_kicks = self.fruitless_kicks.saturating_add(1);
@@ -498,16 +494,16 @@ impl<L: Lookup> Worker<L> {
                 self.fruitless_kicks = 0;
             }
             if self.fruitless_kicks > 64 {
-                super::sys::poll_readable(lan, wan, Duration::from_millis(1));
+                self.sockets.wait_readable(Duration::from_millis(1));
             }
             return;
         }
         self.read_socket_counters();
-        super::sys::poll_readable(lan, wan, Duration::from_millis(10));
+        self.sockets.wait_readable(Duration::from_millis(10));
     }
 
     /// Stop: wait (bounded) for every transmission to complete.
-    fn drain(&mut self, comp_descs: &mut [FrameDesc]) {
+    fn drain(&mut self, comp_descs: &mut [R::Desc]) {
         let deadline = Instant::now() + Duration::from_millis(500);
         while self.flow.tx_side() > 0 && Instant::now() < deadline {
             if self.reclaim(comp_descs) == 0 {
@@ -519,14 +515,9 @@ impl<L: Lookup> Worker<L> {
     /// Publish counters and the frame accounting; returns the accounting.
     fn publish(&mut self) -> FrameAccounting {
         self.shared.counters.publish(self.pipeline.counters());
-        let size = self.sockets.config.ring_size as u64;
-        let mut rings = RingOccupancy::default();
-        occupancy(&mut self.sockets.lan, size, &mut rings);
-        if let Some(wan) = self.sockets.wan.as_mut() {
-            occupancy(wan, size, &mut rings);
-        }
+        let rings = occupancy(&mut self.sockets);
         let a = account(
-            self.sockets.config.frame_count as u64,
+            self.sockets.config().frame_count as u64,
             self.free.len() as u64,
             0,
             self.flow,
@@ -535,17 +526,23 @@ impl<L: Lookup> Worker<L> {
         self.shared.accounting.publish(&a);
         a
     }
+}
 
+impl<L: Lookup> Worker<L, QueueSockets> {
     /// The queue's socket file descriptors (LAN, and WAN unless one-armed).
     pub fn fds(&self) -> (RawFd, Option<RawFd>) {
         (self.sockets.lan.fd, self.sockets.wan.as_ref().map(|w| w.fd))
     }
 }
 
-/// Adds the entries in `socket`'s rings (each `size` long) to `into`.
-fn occupancy(socket: &mut SocketRings, size: u64, into: &mut RingOccupancy) {
-    into.fill += size.saturating_sub(socket.fill.nb_free_exact() as u64);
-    into.rx += socket.rx.nb_avail_exact() as u64;
-    into.tx += size.saturating_sub(socket.tx.nb_free_exact() as u64);
-    into.completion += socket.comp.nb_avail_exact() as u64;
+/// The entries in all of `sockets`' rings.
+fn occupancy<R: QueueIo>(sockets: &mut R) -> RingOccupancy {
+    let mut rings = sockets.occupancy(Side::Lan);
+    if sockets.has_wan() {
+        rings.add(sockets.occupancy(Side::Wan));
+    }
+    rings
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,482 @@
+//! The worker on in-memory rings: one loop turn at a time, no threads, no
+//! sockets. Inputs and expected outputs come from the pipeline's fixtures.
+
+use crossbeam::channel::Sender;
+use etherparse::{ArpOperation, ArpPacketSlice, EtherType, Ethernet2Header};
+
+use super::*;
+use crate::pipeline::testutil::*;
+use crate::pipeline::DropReason;
+use crate::xsk::memqueue::{MemDesc, MemQueue, RX_HEADROOM};
+use crate::xsk::XskConfig;
+
+/// 64 frames, rings of 16, batches of 4: the worker fills both fill rings
+/// (32) and keeps the other 32 (at least 16, four batches, are kept back).
+const XSK: XskConfig = XskConfig {
+    frame_count: 64,
+    frame_size: 2048,
+    ring_size: 16,
+    batch: 4,
+};
+
+struct Harness {
+    worker: Worker<TestLookup, MemQueue>,
+    scratch: Scratch<MemDesc>,
+    commands: Sender<Command>,
+    shared: Arc<WorkerShared>,
+}
+
+impl Harness {
+    fn new(xsk: XskConfig, one_armed: bool, config: PipelineConfig) -> Harness {
+        Harness::over(MemQueue::new(xsk, one_armed), config)
+    }
+
+    /// A worker over `queue` as it is (adopted, perhaps), before its
+    /// first refill.
+    fn adopt(queue: MemQueue) -> Harness {
+        let (commands, receiver) = crossbeam::channel::unbounded();
+        let shared = WorkerShared::new(16);
+        let worker = Worker::new(queue, config(), lookup(), receiver, shared.clone());
+        Harness {
+            scratch: Scratch::new(worker.sockets.config().batch),
+            worker,
+            commands,
+            shared,
+        }
+    }
+
+    /// A worker over `queue` as `run` starts it: fill rings topped up.
+    fn over(queue: MemQueue, config: PipelineConfig) -> Harness {
+        let mut h = Harness::adopt(queue);
+        h.worker.pipeline = Pipeline::new(config, 0);
+        h.worker.refill();
+        h
+    }
+
+    fn q(&mut self) -> &mut MemQueue {
+        &mut self.worker.sockets
+    }
+
+    fn step(&mut self) {
+        self.worker.step(&mut self.scratch);
+    }
+
+    /// Receives `frame` on `side` and runs one turn; the frame's index.
+    fn forward(&mut self, side: Side, frame: &[u8]) -> usize {
+        let index = self
+            .q()
+            .receive(side, frame)
+            .expect("a frame to receive into");
+        self.step();
+        index
+    }
+
+    fn counters(&self) -> CounterSnapshot {
+        self.shared.counters.snapshot()
+    }
+
+    fn accounting(&self) -> FrameAccounting {
+        self.shared.accounting.load()
+    }
+
+    /// Every frame is in exactly one place: the worker's free list, a ring,
+    /// or the kernel's hands; and the published accounting agrees.
+    #[track_caller]
+    fn assert_conserved(&self) {
+        let q = &self.worker.sockets;
+        let worker_free = self.worker.free.iter().map(|d| q.index(d));
+        assert_frames_once(q.placed().into_iter().chain(worker_free), &q.config());
+        assert_eq!(
+            self.accounting().unaccounted(),
+            0,
+            "{:?}",
+            self.accounting()
+        );
+    }
+
+    /// Stops the worker through `run`, as the daemons do.
+    fn stop(self) -> Parked<MemQueue> {
+        self.shared.stop();
+        self.worker.run()
+    }
+}
+
+/// Each of the UMEM's frames exactly once.
+#[track_caller]
+fn assert_frames_once(frames: impl Iterator<Item = usize>, xsk: &XskConfig) {
+    let mut seen = vec![0u32; xsk.frame_count as usize];
+    for i in frames {
+        seen[i] += 1;
+    }
+    let wrong: Vec<(usize, u32)> = seen
+        .into_iter()
+        .enumerate()
+        .filter(|&(_, n)| n != 1)
+        .collect();
+    assert!(wrong.is_empty(), "(frame, times placed): {wrong:?}");
+}
+
+fn two_armed() -> Harness {
+    Harness::new(XSK, false, config())
+}
+
+#[test]
+fn bound_vm_frame_leaves_on_wan_encapsulated() {
+    let mut h = two_armed();
+    let input = Ip::udp(LAN_HOST, VM, b"hello").frame();
+    h.forward(Side::Lan, &input);
+
+    let inner = inner_datagram(&input);
+    let wire = h.q().take_wire(Side::Wan);
+    assert_eq!(wire.len(), 1, "one frame out on the WAN");
+    let want = expected_encap(&pipeline(0), Port::Wan, CARE_OF.into(), inner, 0);
+    assert_eq!(wire[0], want, "\n{}", diff(&wire[0], &want));
+    check_encapsulated(&wire[0], inner, 0);
+    assert!(h.q().take_wire(Side::Lan).is_empty());
+
+    let c = h.counters();
+    assert_eq!(c.pipeline.encapsulated, 1);
+    assert_eq!(h.shared.slot_counts(VM_SLOT), (1, want.len() as u64));
+    // Sent on the kick after produce: the frame waits on the completion
+    // ring for the next turn.
+    assert_eq!(h.accounting().completion, 1);
+    h.step();
+    let a = h.accounting();
+    assert_eq!((a.tx, a.completion, a.kernel_tx), (0, 0, 0));
+    h.assert_conserved();
+}
+
+#[test]
+fn reverse_tunnel_frame_leaves_on_lan_decapsulated() {
+    let mut h = two_armed();
+    let inner = Ip::udp(VM, LAN_HOST, b"back home");
+    let input = Ip::ipip(CARE_OF, HA, inner.clone()).frame();
+    h.forward(Side::Wan, &input);
+
+    let wire = h.q().take_wire(Side::Lan);
+    assert_eq!(wire.len(), 1);
+    let want = expected_decap(&inner.datagram(), LAN_HOST_MAC);
+    assert_eq!(wire[0], want, "\n{}", diff(&wire[0], &want));
+    check_decapsulated(&wire[0], &inner.datagram(), LAN_HOST_MAC);
+    assert_eq!(h.counters().pipeline.decapsulated, 1);
+    h.assert_conserved();
+}
+
+#[test]
+fn one_armed_queue_sends_the_tunnel_out_of_its_one_socket() {
+    let mut h = Harness::new(XSK, true, config());
+    let input = Ip::udp(LAN_HOST, VM, b"hello").frame();
+    h.forward(Side::Lan, &input);
+    let wire = h.q().take_wire(Side::Lan);
+    assert_eq!(wire.len(), 1);
+    check_encapsulated(&wire[0], inner_datagram(&input), 0);
+    h.step();
+    h.assert_conserved();
+}
+
+#[test]
+fn unbound_frame_is_counted_and_its_frame_goes_back_to_the_fill_ring() {
+    let mut h = two_armed();
+    let fill_before = h.q().lan.fill.len();
+    let input = Ip::udp(LAN_HOST, REMOTE, b"nobody home").frame();
+    let index = h.forward(Side::Lan, &input);
+
+    assert!(h.q().take_wire(Side::Lan).is_empty());
+    assert!(h.q().take_wire(Side::Wan).is_empty());
+    let c = h.counters();
+    assert_eq!(c.pipeline.drops[DropReason::NoBinding as usize], 1);
+    assert_eq!(c.pipeline.encapsulated, 0);
+    // Refilled in the same turn: the ring is as full as before, and the
+    // dropped frame is on it again.
+    let q = h.q();
+    assert_eq!(q.lan.fill.len(), fill_before);
+    assert!(q.lan.fill.iter().any(|d| q.index(d) == index));
+    h.assert_conserved();
+}
+
+#[test]
+fn full_tx_ring_counts_the_overflow_keeps_its_frames_and_sends_once_room_frees() {
+    let mut h = two_armed();
+    h.q().link_up = false;
+    let frame = |i: u8| Ip::udp(LAN_HOST, VM, &[i; 32]).frame();
+    // Four batches fill the WAN TX ring (16); the fifth finds no room.
+    for round in 0..5u8 {
+        for i in 0..4 {
+            h.q().receive(Side::Lan, &frame(round * 4 + i)).unwrap();
+        }
+        h.step();
+    }
+    let c = h.counters();
+    assert_eq!(c.pipeline.encapsulated, 20);
+    assert_eq!(c.tx_ring_full, 4, "the batch that found the ring full");
+    let a = h.accounting();
+    assert_eq!((a.tx, a.completion), (16, 0));
+    assert!(h.q().take_wire(Side::Wan).is_empty(), "link down");
+    assert!(
+        h.q().wan.as_ref().unwrap().kicks >= 8,
+        "kicked before dropping"
+    );
+    h.assert_conserved();
+
+    // The link comes back: the idle turn kicks, the ring goes out; a turn
+    // takes back at most two batches of completions.
+    h.q().link_up = true;
+    h.step();
+    h.step();
+    assert_eq!(h.accounting().completion, 8);
+    h.step();
+    let wire = h.q().take_wire(Side::Wan);
+    assert_eq!(wire.len(), 16);
+    for (i, out) in wire.iter().enumerate() {
+        check_encapsulated(out, inner_datagram(&frame(i as u8)), i as u16);
+    }
+    let a = h.accounting();
+    assert_eq!((a.tx, a.completion, a.kernel_tx), (0, 0, 0));
+
+    // And new frames go straight out.
+    h.forward(Side::Lan, &frame(99));
+    let wire = h.q().take_wire(Side::Wan);
+    assert_eq!(wire.len(), 1);
+    check_encapsulated(&wire[0], inner_datagram(&frame(99)), 20);
+    assert_eq!(h.counters().tx_ring_full, 4);
+    h.assert_conserved();
+}
+
+#[test]
+fn stop_drains_in_flight_tx_and_accounts_for_every_frame() {
+    let mut h = two_armed();
+    h.q().link_up = false;
+    for i in 0..4u8 {
+        h.q()
+            .receive(Side::Lan, &Ip::udp(LAN_HOST, VM, &[i; 8]).frame())
+            .unwrap();
+    }
+    h.step();
+    assert_eq!(h.accounting().tx, 4);
+    // Only the drain's kicks send them now.
+    h.q().link_up = true;
+    let shared = h.shared.clone();
+    let parked = h.stop();
+
+    let a = parked.accounting;
+    assert_eq!(
+        a,
+        shared.accounting.load(),
+        "the final accounting is published"
+    );
+    assert_eq!(a.total, u64::from(XSK.frame_count));
+    assert_eq!((a.tx, a.completion, a.kernel_tx, a.worker), (0, 0, 0, 0));
+    assert_eq!(a.unaccounted(), 0, "{a:?}");
+    let mut q = parked.sockets;
+    assert_eq!(q.take_wire(Side::Wan).len(), 4);
+    // The parked free list and the rings hold every frame, once.
+    assert_eq!(a.free, q.free.len() as u64);
+    assert_frames_once(q.placed().into_iter(), &XSK);
+}
+
+#[test]
+fn stop_with_a_stuck_link_gives_up_but_loses_nothing() {
+    let mut h = two_armed();
+    h.q().link_up = false;
+    h.forward(Side::Lan, &Ip::udp(LAN_HOST, VM, b"stuck").frame());
+    let parked = h.stop();
+    let a = parked.accounting;
+    assert_eq!(a.tx, 1, "still on the TX ring after the drain deadline");
+    assert_eq!(a.unaccounted(), 0, "{a:?}");
+    assert_frames_once(parked.sockets.placed().into_iter(), &XSK);
+}
+
+#[test]
+fn announce_sends_a_gratuitous_arp_on_the_lan() {
+    let mut h = two_armed();
+    let mac = [2, 0, 0, 0, 0, 0x44];
+    h.commands
+        .send(Command::Announce {
+            addr: VM.into(),
+            mac,
+        })
+        .unwrap();
+    h.step();
+
+    let wire = h.q().take_wire(Side::Lan);
+    assert_eq!(wire.len(), 1);
+    assert!(h.q().take_wire(Side::Wan).is_empty());
+    let out = &wire[0];
+    assert_eq!(out.len(), 60);
+    let (eth, rest) = Ethernet2Header::from_slice(out).unwrap();
+    assert_eq!(
+        (eth.destination, eth.source, eth.ether_type),
+        ([0xff; 6], mac, EtherType::ARP)
+    );
+    let arp = ArpPacketSlice::from_slice(rest).unwrap();
+    assert_eq!(arp.operation(), ArpOperation::REQUEST);
+    assert_eq!(arp.sender_hw_addr(), &mac[..]);
+    assert_eq!(arp.sender_protocol_addr(), &VM[..]);
+    assert_eq!(arp.target_hw_addr(), &[0; 6][..]);
+    assert_eq!(arp.target_protocol_addr(), &VM[..]);
+    assert!(rest[28..].iter().all(|&b| b == 0), "padding zeroed");
+    assert_eq!(h.counters().announcements, 1);
+    h.step();
+    h.assert_conserved();
+}
+
+#[test]
+fn announcements_beyond_the_free_frames_count_no_free_frame() {
+    // 48 frames: 16 on each fill ring, 16 kept back, as many as the LAN
+    // TX ring holds.
+    let xsk = XskConfig {
+        frame_count: 48,
+        ..XSK
+    };
+    let mut h = Harness::new(xsk, false, config());
+    assert_eq!(h.worker.free.len(), 16);
+    for _ in 0..17 {
+        h.commands
+            .send(Command::Announce {
+                addr: VM.into(),
+                mac: LAN_MAC,
+            })
+            .unwrap();
+    }
+    h.step();
+    assert_eq!(h.q().take_wire(Side::Lan).len(), 16);
+    let c = h.counters();
+    assert_eq!(
+        (c.announcements, c.no_free_frame, c.tx_ring_full),
+        (16, 1, 0)
+    );
+    h.step();
+    h.assert_conserved();
+}
+
+#[test]
+fn fragments_go_out_on_the_wan_when_there_are_frames_for_them() {
+    let mtu = 576;
+    let mut cfg = config();
+    cfg.tunnel_mtu = mtu;
+    let mut h = Harness::new(XSK, false, cfg);
+    let payload: Vec<u8> = (0..1200u32).map(|i| i as u8).collect();
+    let input = Ip::udp(LAN_HOST, VM, &payload).df(false).frame();
+    let index = h.forward(Side::Lan, &input);
+
+    let wire = h.q().take_wire(Side::Wan);
+    assert_eq!(wire.len(), 3);
+    let original = inner_datagram(&input);
+    let want = expected_fragments(&pipeline(0), original, mtu, 0);
+    assert_eq!(wire, want);
+    check_fragments(&wire, original, mtu, 0);
+    let c = h.counters();
+    assert_eq!((c.pipeline.fragmented, c.no_free_frame), (1, 0));
+    // The source frame is recycled, the pieces' frames came back.
+    let q = h.q();
+    assert!(q.lan.fill.iter().any(|d| q.index(d) == index));
+    h.step();
+    assert_eq!(h.accounting().completion, 0);
+    h.assert_conserved();
+}
+
+#[test]
+fn fragments_without_enough_free_frames_count_no_free_frame() {
+    // 24 data bytes a piece: 1208 bytes need 51 pieces, the worker has 32
+    // frames to spare.
+    let mut cfg = config();
+    cfg.tunnel_mtu = 68;
+    let mut h = Harness::new(XSK, false, cfg);
+    assert_eq!(h.worker.free.len(), 32);
+    let input = Ip::udp(LAN_HOST, VM, &[7; 1200]).df(false).frame();
+    h.forward(Side::Lan, &input);
+
+    assert!(h.q().take_wire(Side::Wan).is_empty(), "all pieces or none");
+    let c = h.counters();
+    assert_eq!((c.no_free_frame, c.pipeline.fragmented), (1, 1));
+    assert_eq!(h.worker.free.len(), 32, "the source frame is back");
+    h.assert_conserved();
+}
+
+#[test]
+fn adopted_queue_seeds_the_accounting_with_the_frames_in_its_rings() {
+    // A predecessor's queue: frames on every ring and one in the kernel.
+    let mut q = MemQueue::new(XSK, false);
+    let give = |q: &mut MemQueue, n: usize| q.free.split_off(q.free.len() - n);
+    let fill = give(&mut q, 6);
+    q.lan.fill.extend(fill);
+    q.hold(Side::Lan, 1);
+    for i in 0..2u8 {
+        q.receive(Side::Lan, &Ip::udp(LAN_HOST, VM, &[i; 16]).frame())
+            .unwrap();
+    }
+    let mut tx = give(&mut q, 5);
+    for d in &mut tx {
+        d.len = 60;
+    }
+    q.wan.as_mut().unwrap().tx.extend(tx);
+    q.link_up = false;
+    q.send(Side::Wan, 2);
+    q.take_wire(Side::Wan);
+    let free = q.free.len() as u64;
+
+    let mut h = Harness::adopt(q);
+    let a = h.worker.publish();
+    assert_eq!(
+        a,
+        FrameAccounting {
+            total: 64,
+            free,
+            fill: 3,
+            rx: 2,
+            worker: 0,
+            tx: 3,
+            completion: 2,
+            kernel_rx: 1,
+            kernel_tx: 0,
+        }
+    );
+    h.assert_conserved();
+
+    // It carries on: the received frames go out, the sent ones come back.
+    h.q().link_up = true;
+    h.worker.refill();
+    h.step();
+    h.step();
+    let wire = h.q().take_wire(Side::Wan);
+    assert_eq!(wire.len(), 5, "3 left on the TX ring, then 2 received");
+    for (i, out) in wire[3..].iter().enumerate() {
+        let input = Ip::udp(LAN_HOST, VM, &[i as u8; 16]).frame();
+        check_encapsulated(out, inner_datagram(&input), i as u16);
+    }
+    let a = h.accounting();
+    assert_eq!((a.tx, a.completion, a.kernel_tx, a.kernel_rx), (0, 0, 0, 1));
+    h.assert_conserved();
+    let parked = h.stop();
+    assert_eq!(parked.accounting.unaccounted(), 0);
+    assert_frames_once(parked.sockets.placed().into_iter(), &XSK);
+}
+
+#[test]
+fn kernel_drops_show_in_the_socket_counters() {
+    let mut h = two_armed();
+    // Empty the LAN fill ring, then receive once more than it held.
+    let held = h.q().lan.fill.len();
+    h.q().hold(Side::Lan, held);
+    assert_eq!(h.q().receive(Side::Lan, &[0; 60]), None);
+    // An idle turn reads the counters.
+    h.step();
+    assert!(h.q().waits.get() > 0, "idle turns sleep");
+    let c = h.counters();
+    assert_eq!((c.xsk_fill_ring_empty, c.xsk_rx_dropped), (1, 1));
+    assert_eq!(h.accounting().kernel_rx, held as u64);
+    h.assert_conserved();
+}
+
+#[test]
+fn frames_from_the_rx_ring_start_where_the_kernel_put_them() {
+    // The worker hands the pipeline the frame and its data offset: the
+    // headroom in front is what encapsulation prepends into.
+    let mut h = two_armed();
+    h.q().link_up = false;
+    h.forward(Side::Lan, &Ip::udp(LAN_HOST, VM, b"x").frame());
+    let q = h.q();
+    let desc = *q.wan.as_ref().unwrap().tx.front().unwrap();
+    assert_eq!(desc.addr % XSK.frame_size as usize, RX_HEADROOM - 20);
+    h.assert_conserved();
+}
