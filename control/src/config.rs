@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::common::metrics::MetricsConfig;
 use crate::error::Error;
 use crate::registration::keys::Prefix;
 
@@ -59,6 +60,10 @@ pub struct RunArgs {
     /// queued in them is lost, and it exits. What systemd's ExecReload runs.
     #[arg(long)]
     pub takeover: bool,
+    /// Serve Prometheus/OpenMetrics metrics at http://ADDR:PORT/metrics
+    /// (off unless set; e.g. 127.0.0.1:9434).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The config file: the same settings as the `run` flags. Unknown keys are
@@ -86,6 +91,10 @@ pub struct FileConfig {
     pub bpffs: Option<PathBuf>,
     /// RFC 5944 registration (UDP port 434 on `address`).
     pub registration: Option<RegistrationFile>,
+    /// Prometheus metrics endpoint `ADDR:PORT` (off unless set).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Most bindings with their own packet/byte series (default 1000).
+    pub metrics_binding_series: Option<usize>,
 }
 
 /// The `[registration]` table.
@@ -144,6 +153,8 @@ pub struct RunConfig {
     pub registration: Option<RegistrationConfig>,
     /// `--takeover`: adopt the running daemon's data path.
     pub takeover: bool,
+    /// The metrics endpoint, if on.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Reads a TOML config file into `T`; errors name the file.
@@ -263,6 +274,7 @@ impl RunConfig {
                 .unwrap_or_else(|| PathBuf::from(crate::common::DEFAULT_BPFFS)),
             registration: RegistrationConfig::merge(args, file.registration.unwrap_or_default())?,
             takeover: args.takeover,
+            metrics: MetricsConfig::merge(args.metrics.or(file.metrics), file.metrics_binding_series),
         };
         config.validate()?;
         Ok(config)

@@ -56,7 +56,7 @@ impl Reply {
 }
 
 /// One binding as `list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BindingInfo {
     pub vm: Ipv4Addr,
     pub care_of: Ipv4Addr,
@@ -75,6 +75,10 @@ pub struct BindingInfo {
     /// The SPI of the registration that made it.
     #[serde(default)]
     pub spi: Option<u32>,
+    /// Milliseconds from the last move's arrival (registration or bind) to
+    /// the first packet forwarded under it.
+    #[serde(default)]
+    pub first_packet_ms: Option<f64>,
 }
 
 pub use dataplane::mac::{format_mac, parse_mac};

@@ -22,6 +22,7 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::time::Instant;
 
 use crossbeam::channel::{self, Receiver, Sender};
 
@@ -308,6 +309,27 @@ impl<S: SteeringMaps, N: NextHops> Forwarder<S, N> {
         let (p, b) = self.slot_totals(f.slot);
         let (p0, b0) = self.baselines.get(&vm).copied().unwrap_or_default();
         (p.saturating_sub(p0), b.saturating_sub(b0))
+    }
+
+    /// Records the next packet forwarded under `vm`'s binding as its first
+    /// (a binding made or moved: the migration telemetry).
+    pub fn arm_first_packet(&self, vm: Ipv4Addr) {
+        if let Some(f) = self.get(vm) {
+            for w in self.workers.shared() {
+                w.arm_first_packet(f.slot);
+            }
+        }
+    }
+
+    /// When the first packet since [`Forwarder::arm_first_packet`] was
+    /// forwarded under `vm`'s binding, on any queue.
+    pub fn first_packet(&self, vm: Ipv4Addr) -> Option<Instant> {
+        let f = self.get(vm)?;
+        self.workers
+            .shared()
+            .iter()
+            .filter_map(|w| w.first_packet(f.slot))
+            .min()
     }
 
     /// The next hops' MACs by address (unresolved: `None`).

@@ -12,6 +12,8 @@ pub struct SharedCounters {
     drops: [AtomicU64; DropReason::COUNT],
     encapsulated: AtomicU64,
     decapsulated: AtomicU64,
+    encapsulated_bytes: AtomicU64,
+    decapsulated_bytes: AtomicU64,
     fragmented: AtomicU64,
     fragments_out: AtomicU64,
     arp_replies: AtomicU64,
@@ -53,6 +55,8 @@ impl Default for SharedCounters {
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             encapsulated: AtomicU64::new(0),
             decapsulated: AtomicU64::new(0),
+            encapsulated_bytes: AtomicU64::new(0),
+            decapsulated_bytes: AtomicU64::new(0),
             fragmented: AtomicU64::new(0),
             fragments_out: AtomicU64::new(0),
             arp_replies: AtomicU64::new(0),
@@ -92,6 +96,8 @@ impl SharedCounters {
         }
         self.encapsulated.store(c.encapsulated, Relaxed);
         self.decapsulated.store(c.decapsulated, Relaxed);
+        self.encapsulated_bytes.store(c.encapsulated_bytes, Relaxed);
+        self.decapsulated_bytes.store(c.decapsulated_bytes, Relaxed);
         self.fragmented.store(c.fragmented, Relaxed);
         self.fragments_out.store(c.fragments_out, Relaxed);
         self.arp_replies.store(c.arp_replies, Relaxed);
@@ -108,6 +114,8 @@ impl SharedCounters {
         }
         pipeline.encapsulated = self.encapsulated.load(Relaxed);
         pipeline.decapsulated = self.decapsulated.load(Relaxed);
+        pipeline.encapsulated_bytes = self.encapsulated_bytes.load(Relaxed);
+        pipeline.decapsulated_bytes = self.decapsulated_bytes.load(Relaxed);
         pipeline.fragmented = self.fragmented.load(Relaxed);
         pipeline.fragments_out = self.fragments_out.load(Relaxed);
         pipeline.arp_replies = self.arp_replies.load(Relaxed);
@@ -156,6 +164,8 @@ impl CounterSnapshot {
         let (p, q) = (&mut self.pipeline, &o.pipeline);
         p.encapsulated += q.encapsulated;
         p.decapsulated += q.decapsulated;
+        p.encapsulated_bytes += q.encapsulated_bytes;
+        p.decapsulated_bytes += q.decapsulated_bytes;
         p.fragmented += q.fragmented;
         p.fragments_out += q.fragments_out;
         p.arp_replies += q.arp_replies;

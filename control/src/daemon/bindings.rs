@@ -3,7 +3,7 @@
 //! announcements) on top of the data path's one owner, the
 //! [`Forwarder`], which keeps table, maps and next hops in step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,13 @@ struct Entry {
     refreshed: Instant,
     expires: Option<Expiry>,
     origin: Origin,
+    /// From the change's arrival to the first packet forwarded under it,
+    /// for the last change that saw one.
+    first_packet: Option<Duration>,
 }
+
+/// How long a new or moved binding's first packet is waited for.
+const FIRST_PACKET_WATCH: Duration = Duration::from_secs(60);
 
 /// Why `bind` refused; the registration handler maps these to reply codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,6 +96,9 @@ pub struct Bindings<S = Steering, N = NeighHandle> {
     ha_addr: Ipv4Addr,
     lan_mac: [u8; 6],
     claims: Claims,
+    /// New or moved bindings whose first packet is awaited, with when the
+    /// change arrived.
+    watches: HashMap<Ipv4Addr, Instant>,
 }
 
 /// An address that can be neither a VM's home address nor a care-of address.
@@ -106,6 +115,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             ha_addr,
             lan_mac,
             claims: Claims::default(),
+            watches: HashMap::new(),
         }
     }
 
@@ -170,6 +180,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             return;
         }
         self.entries.remove(&vm);
+        self.watches.remove(&vm);
         self.announcer.cancel(vm);
     }
 
@@ -231,15 +242,24 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
                 "{care_of} cannot be a care-of address: {why}"
             )));
         }
+        let before = self.forwarder.get(vm).map(|f| f.care_of);
         let outcome = self.forwarder.bind(vm, care_of, vm_mac)?;
+        let first_packet = self.entries.get(&vm).and_then(|e| e.first_packet);
         self.entries.insert(
             vm,
             Entry {
                 refreshed: now,
                 expires,
                 origin,
+                first_packet,
             },
         );
+        if before != Some(care_of) {
+            // Made or moved: time its first packet (a refresh is not a
+            // migration).
+            self.forwarder.arm_first_packet(vm);
+            self.watches.insert(vm, now);
+        }
         if outcome == BindOutcome::Created {
             // Take the address over on the home link.
             self.announcer.schedule(now, vm, self.lan_mac);
@@ -255,6 +275,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             return Err(format!("no binding for {vm}"));
         };
         self.entries.remove(&vm);
+        self.watches.remove(&vm);
         self.announcer.cancel(vm);
         if let Some(mac) = f.vm_mac {
             self.announcer.schedule(now, vm, mac);
@@ -278,6 +299,35 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             }
         }
         expired
+    }
+
+    /// When the change to `vm` arrived, if earlier than its handling (a
+    /// registration's datagram waited in the queue).
+    pub fn set_arrival(&mut self, vm: Ipv4Addr, arrived: Instant) {
+        if let Some(t) = self.watches.get_mut(&vm) {
+            *t = arrived.min(*t);
+        }
+    }
+
+    /// The new or moved bindings that forwarded their first packet since
+    /// the last call: from the change's arrival to that packet, each.
+    pub fn first_packets(&mut self, now: Instant) -> Vec<(Ipv4Addr, Duration)> {
+        let mut seen = Vec::new();
+        let forwarder = &self.forwarder;
+        self.watches.retain(|vm, arrived| match forwarder.first_packet(*vm) {
+            Some(t) => {
+                seen.push((*vm, t.saturating_duration_since(*arrived)));
+                false
+            }
+            None => now.saturating_duration_since(*arrived) < FIRST_PACKET_WATCH,
+        });
+        for (vm, d) in &seen {
+            if let Some(e) = self.entries.get_mut(vm) {
+                e.first_packet = Some(*d);
+            }
+            tracing::info!(%vm, ms = d.as_secs_f64() * 1e3, "first packet forwarded under the new binding");
+        }
+        seen
     }
 
     /// Sends the gratuitous ARPs due now (through queue 0's worker).
@@ -328,6 +378,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
                         Origin::Admin => None,
                         Origin::Registration { spi } => Some(spi),
                     },
+                    first_packet_ms: e.first_packet.map(|d| d.as_secs_f64() * 1e3),
                 })
             })
             .collect()
@@ -337,6 +388,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     pub fn clear(&mut self) {
         self.forwarder.clear();
         self.entries.clear();
+        self.watches.clear();
     }
 }
 

@@ -50,6 +50,25 @@ pub fn unbind<S: SteeringMaps, N: NextHops>(
     Ok(())
 }
 
+/// A store whose commits are timed into the `store_commit` histogram.
+pub(super) struct Timed<S> {
+    pub inner: S,
+    pub histogram: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl<S: Store> Store for Timed<S> {
+    fn load(&mut self, now_unix_ms: u64) -> Result<crate::store::Snapshot, crate::store::StoreError> {
+        self.inner.load(now_unix_ms)
+    }
+
+    fn commit(&mut self, changes: &[crate::store::Change]) -> Result<(), crate::store::StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.inner.commit(changes);
+        self.histogram.observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,9 @@ const READ_TIMEOUT: Duration = Duration::from_millis(200);
 pub(super) struct Datagram {
     pub bytes: Vec<u8>,
     pub from: SocketAddrV4,
+    /// When the reader took it off the socket (the migration telemetry
+    /// starts here).
+    pub received: Instant,
 }
 
 /// Counters for `homeward stats`.
@@ -261,6 +264,9 @@ impl Registration {
                     let now_bound = bindings.stored(vm);
                     changed = previous.as_ref().map(|p| p.care_of)
                         != now_bound.as_ref().map(|b| b.care_of);
+                    if changed {
+                        bindings.set_arrival(vm, d.received);
+                    }
                     changes.push(match now_bound {
                         Some(b) => Change::Put(b),
                         None => Change::Delete(vm),
@@ -475,6 +481,7 @@ impl Reader {
         while !self.stop.load(Ordering::Relaxed) {
             match self.socket.recv_from(&mut buf) {
                 Ok((n, SocketAddr::V4(from))) => {
+                    let received = Instant::now();
                     let bytes = buf.get(..n).unwrap_or_default();
                     if !self.screen(bytes, from, &mut limiter) {
                         continue;
@@ -482,6 +489,7 @@ impl Reader {
                     match self.tx.try_send(Datagram {
                         bytes: bytes.to_vec(),
                         from,
+                        received,
                     }) {
                         Ok(()) => {}
                         Err(channel::TrySendError::Full(_)) => {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::registration::{disabled_stats, RegistrationStats};
 use super::Daemon;
+use crate::common::metrics::{self, label, Exposition};
 use crate::proto::BindingInfo;
 
 /// What `homeward stats` prints for the home agent.
@@ -56,4 +57,60 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
             .map_or_else(disabled_stats, |r| r.stats()),
         data_path,
     }
+}
+
+/// The home agent's metrics: the data path's, then bindings and
+/// registration.
+pub(super) fn exposition(d: &Daemon, now: Instant) -> Exposition {
+    let s = collect(d, now);
+    let mut x = Exposition::default();
+    x.gauge("build_info", "The running homeward: 1, labelled with its version and role.")
+        .sample(
+            vec![label("version", env!("HOMEWARD_VERSION")), label("role", "home_agent")],
+            1u64,
+        );
+    metrics::data_path(&mut x, &s.data_path);
+    let unresolved: std::collections::HashSet<Ipv4Addr> = s
+        .data_path
+        .next_hops
+        .iter()
+        .filter(|h| h.mac.is_none())
+        .map(|h| h.care_of)
+        .collect();
+    let waiting = s.bindings.iter().filter(|b| unresolved.contains(&b.care_of)).count();
+    x.gauge("bindings", "Bindings by state: forwarding, or waiting for the care-of address's next hop.")
+        .sample(vec![label("state", "forwarding")], s.bindings.len() - waiting)
+        .sample(vec![label("state", "awaiting_next_hop")], waiting);
+    let cap = d.config.metrics.map_or(0, |m| m.binding_series);
+    let packets = x.counter(
+        "binding_packets",
+        "Packets forwarded under each binding (the first metrics_binding_series bindings by address).",
+    );
+    for b in s.bindings.iter().take(cap) {
+        packets.sample(vec![label("vm", b.vm.to_string())], b.packets);
+    }
+    let bytes = x.counter("binding_bytes", "Bytes forwarded under each binding (same cap).");
+    for b in s.bindings.iter().take(cap) {
+        bytes.sample(vec![label("vm", b.vm.to_string())], b.bytes);
+    }
+    x.gauge(
+        "binding_series_omitted",
+        "Bindings without their own series (beyond metrics_binding_series).",
+    )
+    .sample(vec![], s.bindings.len().saturating_sub(cap));
+    if let Some(r) = &s.registration.counts {
+        let replies = x.counter("registration_replies", "Registration replies sent, by RFC 5944 code (0 and 1: accepted).");
+        for (code, n) in &r.replies {
+            replies.sample(vec![label("code", code.to_string())], *n);
+        }
+        x.counter("registration_dropped", "Registration datagrams dropped without a reply (malformed, forged, not for us).")
+            .sample(vec![], r.dropped);
+        x.counter("registration_queue_full", "Authentic registrations dropped because the handler's queue was full.")
+            .sample(vec![], r.queue_full);
+        x.counter("store_commits", "Durable store commits of registration bursts.")
+            .sample(vec![], r.commits);
+        x.counter("store_commit_failures", "Registration bursts whose store commit failed (not acknowledged).")
+            .sample(vec![], r.commit_failures);
+    }
+    x
 }

@@ -202,6 +202,12 @@ impl Forwarder<Steering, NeighHandle> {
                 .collect(),
             frames,
             totals,
+            per_queue: self
+                .workers
+                .shared()
+                .iter()
+                .map(|w| w.counters.snapshot())
+                .collect(),
         }
     }
 }

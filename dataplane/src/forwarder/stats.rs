@@ -28,6 +28,9 @@ pub struct DataPathStats {
     /// Every queue's counters summed: each role names them itself.
     #[serde(skip)]
     pub totals: CounterSnapshot,
+    /// Each queue's counters (the metrics' per-queue series).
+    #[serde(skip)]
+    pub per_queue: Vec<CounterSnapshot>,
 }
 
 /// The steering program's counters, or why they could not be read.

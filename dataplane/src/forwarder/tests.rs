@@ -149,8 +149,8 @@ fn counts_start_at_zero_on_a_reused_slot() {
     f.bind(VM, COA1, None).unwrap();
     let slot = f.get(VM).unwrap().slot;
     let w = f.workers.shared()[0].clone();
-    w.count_slot(slot, 100);
-    w.count_slot(slot, 50);
+    w.count_slot(slot, 100, 1_000);
+    w.count_slot(slot, 50, 2_000);
     assert_eq!(f.counts(VM), (2, 150));
     // A move keeps the counts.
     f.bind(VM, COA2, None).unwrap();
@@ -161,8 +161,28 @@ fn counts_start_at_zero_on_a_reused_slot() {
     f.bind(VM, COA1, None).unwrap();
     assert_eq!(f.get(VM).unwrap().slot, slot);
     assert_eq!(f.counts(VM), (0, 0));
-    w.count_slot(slot, 10);
+    w.count_slot(slot, 10, 9_000);
     assert_eq!(f.counts(VM), (1, 10));
+}
+
+#[test]
+fn the_first_packet_after_arming_is_timed() {
+    let (mut f, _reader) = forwarder();
+    f.bind(VM, COA1, None).unwrap();
+    assert_eq!(f.first_packet(VM), None);
+    let w = f.workers.shared()[0].clone();
+    let slot = f.get(VM).unwrap().slot;
+    w.count_slot(slot, 100, 1_000);
+    w.count_slot(slot, 100, 5_000);
+    let epoch = w.epoch();
+    assert_eq!(f.first_packet(VM), Some(epoch + std::time::Duration::from_nanos(1_000)));
+    // Moved: armed again, the next packet is the first.
+    f.bind(VM, COA2, None).unwrap();
+    f.arm_first_packet(VM);
+    assert_eq!(f.first_packet(VM), None);
+    w.count_slot(slot, 100, 7_000);
+    assert_eq!(f.first_packet(VM), Some(epoch + std::time::Duration::from_nanos(7_000)));
+    assert_eq!(f.first_packet(VM2), None);
 }
 
 #[test]

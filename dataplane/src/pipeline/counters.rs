@@ -195,6 +195,10 @@ pub struct Counters {
     pub encapsulated: u64,
     /// Reverse-tunnelled datagrams delivered on the home link.
     pub decapsulated: u64,
+    /// Bytes of the datagrams counted in `encapsulated` (inner IPv4 length).
+    pub encapsulated_bytes: u64,
+    /// Bytes of the datagrams counted in `decapsulated` (inner IPv4 length).
+    pub decapsulated_bytes: u64,
     /// Datagrams that had to be fragmented to fit the tunnel.
     pub fragmented: u64,
     /// Fragments written by `Pipeline::write_fragment`.
@@ -216,6 +220,8 @@ impl Default for Counters {
             drops: [0; DropReason::COUNT],
             encapsulated: 0,
             decapsulated: 0,
+            encapsulated_bytes: 0,
+            decapsulated_bytes: 0,
             fragmented: 0,
             fragments_out: 0,
             arp_replies: 0,

@@ -77,6 +77,7 @@ impl Pipeline {
             .ok_or(DropReason::NoHeadroom)?;
         let len = ether::pad_to_min(buf, new_start, ether::ETH_LEN + inner.total_len);
         self.counters.decapsulated += 1;
+        self.counters.decapsulated_bytes += inner.total_len as u64;
         Ok(Verdict::Tx {
             port: Port::Lan,
             start: new_start,

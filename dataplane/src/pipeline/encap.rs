@@ -97,6 +97,7 @@ impl Pipeline {
             // The pieces copy the inner header from the source frame, TTL included.
             ipv4::decrement_ttl(buf, ip_off).ok_or(DropReason::Ipv4Truncated)?;
             self.counters.encapsulated += 1;
+            self.counters.encapsulated_bytes += ip.total_len as u64;
             self.counters.fragmented += 1;
             return Ok(Verdict::Fragments {
                 port,
@@ -133,6 +134,7 @@ impl Pipeline {
             .ok_or(DropReason::NoHeadroom)?;
         let len = ether::pad_to_min(buf, new_start, PREPEND + ip.total_len);
         self.counters.encapsulated += 1;
+        self.counters.encapsulated_bytes += ip.total_len as u64;
         Ok(Verdict::Tx {
             port,
             start: new_start,

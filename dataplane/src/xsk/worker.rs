@@ -36,9 +36,16 @@ pub struct WorkerShared {
     pub accounting: SharedAccounting,
     /// Pipeline and worker counters.
     pub counters: SharedCounters,
-    /// Packets and bytes per binding slot: `[2 * slot]` packets, `[2 * slot + 1]` bytes.
+    /// Per binding slot, at `[3 * slot..]`: packets, bytes, and when the
+    /// first packet since [`WorkerShared::arm_first_packet`] was forwarded
+    /// (nanoseconds since `epoch`, 0: none yet).
     per_slot: Box<[AtomicU64]>,
+    /// The worker's clock starts here.
+    epoch: Instant,
 }
+
+/// Counters per binding slot.
+const SLOT_STRIDE: usize = 3;
 
 impl WorkerShared {
     /// Shared state for a worker serving a table of `slots` binding slots.
@@ -47,7 +54,10 @@ impl WorkerShared {
             stop: AtomicBool::new(false),
             accounting: SharedAccounting::default(),
             counters: SharedCounters::default(),
-            per_slot: (0..slots * 2).map(|_| AtomicU64::new(0)).collect(),
+            per_slot: (0..slots * SLOT_STRIDE)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            epoch: Instant::now(),
         })
     }
 
@@ -75,20 +85,44 @@ impl WorkerShared {
 
     /// Packets and bytes this worker forwarded for binding slot `slot`.
     pub fn slot_counts(&self, slot: u32) -> (u64, u64) {
-        let i = slot as usize * 2;
+        let i = slot as usize * SLOT_STRIDE;
         match (self.per_slot.get(i), self.per_slot.get(i + 1)) {
             (Some(p), Some(b)) => (p.load(Relaxed), b.load(Relaxed)),
             _ => (0, 0),
         }
     }
 
+    /// Forget when slot `slot` last saw its first packet: the next packet
+    /// forwarded under it is recorded (a binding was made or moved).
+    pub fn arm_first_packet(&self, slot: u32) {
+        if let Some(f) = self.per_slot.get(slot as usize * SLOT_STRIDE + 2) {
+            f.store(0, Relaxed);
+        }
+    }
+
+    /// When this worker forwarded the first packet under slot `slot` since
+    /// it was armed.
+    pub fn first_packet(&self, slot: u32) -> Option<Instant> {
+        let ns = self.per_slot.get(slot as usize * SLOT_STRIDE + 2)?.load(Relaxed);
+        (ns != 0).then(|| self.epoch + Duration::from_nanos(ns))
+    }
+
+    /// Where the worker's clock (`now_ns`) starts.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
     #[inline]
-    pub(crate) fn count_slot(&self, slot: u32, bytes: usize) {
-        let i = slot as usize * 2;
-        if let (Some(p), Some(b)) = (self.per_slot.get(i), self.per_slot.get(i + 1)) {
+    pub(crate) fn count_slot(&self, slot: u32, bytes: usize, now_ns: u64) {
+        let i = slot as usize * SLOT_STRIDE;
+        if let Some([p, b, first]) = self.per_slot.get(i..i + SLOT_STRIDE) {
             // Single writer per worker: load+store, no locked instruction.
             p.store(p.load(Relaxed) + 1, Relaxed);
             b.store(b.load(Relaxed) + bytes as u64, Relaxed);
+            // Same cache line; written once per arming.
+            if first.load(Relaxed) == 0 {
+                first.store(now_ns.max(1), Relaxed);
+            }
         }
     }
 }
@@ -178,6 +212,8 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             sent: tx_side,
             ..FrameFlow::default()
         };
+        // The per-slot first-packet times are on this clock.
+        let started = shared.epoch;
         Worker {
             pipeline: Pipeline::new(config, ident_seed),
             sockets,
@@ -188,7 +224,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             flow,
             reserve,
             iterations: 0,
-            started: Instant::now(),
+            started,
             kicked_at: 0,
             fruitless_kicks: 0,
         }
@@ -312,7 +348,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                         continue;
                     }
                     if let Some(slot) = slot {
-                        self.shared.count_slot(slot, len);
+                        self.shared.count_slot(slot, len, now_ns);
                     }
                     match port {
                         Port::Wan if !one_armed => wan_tx.push(*desc),
@@ -343,7 +379,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                         match self.pipeline.write_fragment(src, &plan, index, dst) {
                             Some((s, l)) if self.sockets.set_data(&mut piece, s, l) => {
                                 if let Some(slot) = slot {
-                                    self.shared.count_slot(slot, l);
+                                    self.shared.count_slot(slot, l, now_ns);
                                 }
                                 out.push(piece);
                             }

@@ -77,7 +77,11 @@ fn request(vm: Ipv4Addr, lifetime: u16, id: u64, agent: &UdpSocket) -> Datagram 
         std::net::SocketAddr::V4(a) => a,
         other => panic!("{other}"),
     };
-    Datagram { bytes, from }
+    Datagram {
+        bytes,
+        from,
+        received: std::time::Instant::now(),
+    }
 }
 
 /// The codes of the replies that arrive within the read timeout.
