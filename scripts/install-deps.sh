@@ -11,6 +11,8 @@ PACKAGES=(
     # the VM-migration lab: the guest's userland, unpacking the guest
     # kernel's modules, comparing disk images
     busybox-static xz-utils zstd
+    # the metrics test scrapes homeward with Debian's real Prometheus
+    prometheus
 )
 
 die() {

@@ -43,6 +43,10 @@ pub struct AgentArgs {
     /// UMEM are handed over with the VMs it serves, and it exits.
     #[arg(long)]
     pub takeover: bool,
+    /// Serve Prometheus/OpenMetrics metrics at http://ADDR:PORT/metrics
+    /// (off unless set; overrides `metrics`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The agent's config file. Unknown keys are errors, so a typo cannot
@@ -64,6 +68,8 @@ pub struct AgentFile {
     pub socket: Option<PathBuf>,
     /// The bpf filesystem the XDP program is pinned in.
     pub bpffs: Option<PathBuf>,
+    /// Prometheus metrics endpoint `ADDR:PORT` (off unless set).
+    pub metrics: Option<std::net::SocketAddr>,
     #[serde(default)]
     pub vm: Vec<VmFile>,
 }
@@ -133,6 +139,8 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     pub bpffs: PathBuf,
     pub vms: Vec<VmConfig>,
+    /// The metrics endpoint, if on.
+    pub metrics: Option<crate::common::metrics::MetricsConfig>,
 }
 
 impl AgentConfig {
@@ -250,6 +258,10 @@ impl AgentConfig {
             )));
         }
         Ok(AgentConfig {
+            metrics: crate::common::metrics::MetricsConfig::merge(
+                args.metrics.or(file.metrics),
+                None,
+            ),
             uplink: args.uplink.clone(),
             vm_link,
             address: a,
@@ -311,6 +323,7 @@ qmp = "/run/homeward/db1.qmp"
             socket: None,
             bpffs: None,
             takeover: false,
+            metrics: None,
         }
     }
 

@@ -18,6 +18,7 @@ mod watch;
 use crate::common::control_socket as server;
 use crate::common::handover::{self, Answer, OfferError, Successor};
 use crate::common::is_root;
+use crate::common::metrics::{self, label, Exposition, Metrics};
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,8 @@ use watch::Watch;
 pub trait Serving {
     /// What `stats` reports as `datapath`.
     type Stats: serde::Serialize;
+    /// The data path's metric families.
+    fn metrics(&self, x: &mut Exposition);
     fn serve(&mut self, vm: Ipv4Addr, mac: [u8; 6], home_agent: Ipv4Addr) -> Result<(), String>;
     fn unserve(&mut self, vm: Ipv4Addr) -> Result<(), String>;
     fn stats(&self) -> Self::Stats;
@@ -51,6 +54,9 @@ pub trait Serving {
 
 impl Serving for DataPath {
     type Stats = datapath::AgentDataPathStats;
+    fn metrics(&self, x: &mut Exposition) {
+        metrics::data_path(x, &self.stats().data_path);
+    }
     fn serve(&mut self, vm: Ipv4Addr, mac: [u8; 6], home_agent: Ipv4Addr) -> Result<(), String> {
         DataPath::serve(self, vm, mac, home_agent)
     }
@@ -108,6 +114,8 @@ pub struct Agent<D: Serving> {
     vms: Vec<Vm>,
     datapath: D,
     counters: Counters,
+    /// The endpoint and the resume-to-registered histogram.
+    metrics: Metrics,
 }
 
 impl<D: Serving> Agent<D> {
@@ -132,6 +140,7 @@ impl<D: Serving> Agent<D> {
             vms,
             datapath,
             counters: Counters::default(),
+            metrics: Metrics::new(config.metrics),
         }
     }
 
@@ -249,8 +258,12 @@ impl<D: Serving> Agent<D> {
                     .take()
                     .and_then(Timestamp::to_system_time)
                     .and_then(|t| d.at.duration_since(t).ok());
-                if latency.is_some() {
+                if let Some(l) = latency {
                     vm.last_latency = latency;
+                    self.metrics
+                        .histograms
+                        .resume_to_registered
+                        .observe(l.as_secs_f64());
                 }
                 tracing::info!(
                     vm = %name,
@@ -348,6 +361,47 @@ impl<D: Serving> Agent<D> {
                 }
             }
         }
+    }
+
+    /// The agent's metrics: the data path's, the VMs and registrations.
+    fn exposition(&self) -> Exposition {
+        let mut x = Exposition::default();
+        x.gauge(
+            "build_info",
+            "The running homeward: 1, labelled with its version and role.",
+        )
+        .sample(
+            vec![
+                label("version", env!("HOMEWARD_VERSION")),
+                label("role", "agent"),
+            ],
+            1u64,
+        );
+        self.datapath.metrics(&mut x);
+        let served = self.vms.iter().filter(|v| v.life.served()).count();
+        x.gauge(
+            "vms",
+            "The agent's VMs: served here away from home, or not.",
+        )
+        .sample(vec![label("state", "served")], served)
+        .sample(vec![label("state", "not_served")], self.vms.len() - served);
+        let c = &self.counters;
+        let sent = x.counter(
+            "registrations_sent",
+            "Registration requests sent to home agents.",
+        );
+        sent.sample(vec![label("kind", "registration")], c.registrations_sent)
+            .sample(
+                vec![label("kind", "deregistration")],
+                c.deregistrations_sent,
+            );
+        x.counter("registration_outcomes", "Registration requests by outcome.")
+            .sample(vec![label("outcome", "accepted")], c.accepted)
+            .sample(vec![label("outcome", "denied")], c.denied)
+            .sample(vec![label("outcome", "timeout")], c.timeouts)
+            .sample(vec![label("outcome", "error")], c.errors)
+            .sample(vec![label("outcome", "stale")], c.stale);
+        x
     }
 
     /// Answers a control socket request.
@@ -543,6 +597,14 @@ pub fn run(args: &AgentArgs) -> Result<Vec<FrameAccounting>, Error> {
     let mut socket = socket;
     let mut agent = Agent::new(&config, datapath, job_senders);
     agent.adopt(&adopted_vms);
+    if args.takeover {
+        // The predecessor let the port go when it handed over.
+        agent.metrics.start_or_log();
+    } else if let Err(e) = agent.metrics.start() {
+        agent.unserve_all();
+        agent.datapath.stop();
+        return Err(Error::Invalid(e));
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let (watch_tx, watch_rx) = channel::unbounded();
@@ -619,9 +681,9 @@ fn serve(
             recv(socket.connections()) -> conn => {
                 if let Ok(conn) = conn {
                     match server::read_request(&conn) {
-                        Ok(Request::Takeover {}) => match hand_over(&mut agent.datapath, &conn, socket) {
+                        Ok(Request::Takeover {}) => match hand_over(&mut agent.datapath, &conn, socket, &mut agent.metrics) {
                             Ok(true) => return Ending::HandedOver,
-                            Ok(false) => {}
+                            Ok(false) => agent.metrics.start_or_log(),
                             Err(e) => {
                                 // Who holds the frames is unknown: exit as
                                 // after a crash; a restart recovers.
@@ -632,6 +694,11 @@ fn serve(
                         Ok(req) => server::send_reply(&conn, &agent.handle(Instant::now(), req)),
                         Err(reply) => server::send_reply(&conn, &reply),
                     }
+                }
+            }
+            recv(agent.metrics.scrapes()) -> reply => {
+                if let Ok(reply) = reply {
+                    let _ = reply.send(agent.exposition());
                 }
             }
             recv(stop) -> _ => {
@@ -651,9 +718,12 @@ fn hand_over(
     datapath: &mut DataPath,
     conn: &std::os::unix::net::UnixStream,
     socket: &mut ControlSocket,
+    metrics: &mut Metrics,
 ) -> Result<bool, String> {
     tracing::info!("--takeover: a successor asks for the data path");
     let listener = socket.park();
+    // The successor binds the metrics port next.
+    metrics.stop();
     let parked = datapath.park();
     datapath.lend_to_successor();
     let served = datapath.served_vms();

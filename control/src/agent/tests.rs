@@ -14,6 +14,10 @@ struct Recorder {
 
 impl Serving for Recorder {
     type Stats = Value;
+    fn metrics(&self, x: &mut crate::common::metrics::Exposition) {
+        x.counter("recorded_calls", "Calls the recorder saw.")
+            .sample(vec![], self.calls.len());
+    }
     fn serve(&mut self, vm: Ipv4Addr, mac: [u8; 6], ha: Ipv4Addr) -> Result<(), String> {
         self.calls
             .push(format!("serve {vm} {} {ha}", format_mac(mac)));
@@ -50,6 +54,7 @@ fn vm(name: &str, home: Ipv4Addr, spi: u32) -> VmConfig {
 
 fn agent(fail_serve: bool) -> (Agent<Recorder>, Vec<Receiver<Job>>) {
     let config = AgentConfig {
+        metrics: None,
         uplink: "eth0".into(),
         vm_link: "tap0".into(),
         address: AGENT,

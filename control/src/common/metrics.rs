@@ -135,7 +135,10 @@ impl Exposition {
 }
 
 /// One label.
-pub fn label(key: &'static str, value: impl Into<Cow<'static, str>>) -> (&'static str, Cow<'static, str>) {
+pub fn label(
+    key: &'static str,
+    value: impl Into<Cow<'static, str>>,
+) -> (&'static str, Cow<'static, str>) {
     (key, value.into())
 }
 
@@ -147,8 +150,14 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
     );
     for (queue, q) in s.per_queue.iter().enumerate() {
         let q_label = || label("queue", queue.to_string());
-        packets.sample(vec![label("direction", "encapsulated"), q_label()], q.pipeline.encapsulated);
-        packets.sample(vec![label("direction", "decapsulated"), q_label()], q.pipeline.decapsulated);
+        packets.sample(
+            vec![label("direction", "encapsulated"), q_label()],
+            q.pipeline.encapsulated,
+        );
+        packets.sample(
+            vec![label("direction", "decapsulated"), q_label()],
+            q.pipeline.decapsulated,
+        );
     }
     let bytes = x.counter(
         "forwarded_bytes",
@@ -156,8 +165,14 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
     );
     for (queue, q) in s.per_queue.iter().enumerate() {
         let q_label = || label("queue", queue.to_string());
-        bytes.sample(vec![label("direction", "encapsulated"), q_label()], q.pipeline.encapsulated_bytes);
-        bytes.sample(vec![label("direction", "decapsulated"), q_label()], q.pipeline.decapsulated_bytes);
+        bytes.sample(
+            vec![label("direction", "encapsulated"), q_label()],
+            q.pipeline.encapsulated_bytes,
+        );
+        bytes.sample(
+            vec![label("direction", "decapsulated"), q_label()],
+            q.pipeline.decapsulated_bytes,
+        );
     }
     let drops = x.counter(
         "drops",
@@ -171,8 +186,11 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
         .sample(vec![], t.pipeline.arp_replies);
     x.counter("announcements", "Gratuitous ARP announcements sent.")
         .sample(vec![], t.announcements);
-    x.counter("icmp_errors_sent", "ICMP errors sent (fragmentation needed, TTL exceeded).")
-        .sample(vec![], t.pipeline.icmp_sent);
+    x.counter(
+        "icmp_errors_sent",
+        "ICMP errors sent (fragmentation needed, TTL exceeded).",
+    )
+    .sample(vec![], t.pipeline.icmp_sent);
     x.counter("fragmented", "Datagrams fragmented to fit the tunnel.")
         .sample(vec![], t.pipeline.fragmented);
     if let SteeringReport::Counters(c) = &s.steering {
@@ -211,23 +229,35 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
             ("kernel_tx", f.kernel_tx as i64),
             ("unaccounted", q.unaccounted),
         ] {
-            frames.sample(vec![label("queue", q.queue.to_string()), label("place", place)], n);
+            frames.sample(
+                vec![label("queue", q.queue.to_string()), label("place", place)],
+                n,
+            );
         }
     }
     let unresolved = s.next_hops.iter().filter(|h| h.mac.is_none()).count();
-    x.gauge("next_hops", "Tracked next hops of care-of addresses, by state.")
-        .sample(vec![label("state", "resolved")], s.next_hops.len() - unresolved)
-        .sample(vec![label("state", "unresolved")], unresolved);
-    x.gauge("maps_in_sync", "1 if the XDP maps hold exactly the binding table's bindings.")
-        .sample(vec![], u64::from(s.maps_in_sync));
+    x.gauge(
+        "next_hops",
+        "Tracked next hops of care-of addresses, by state.",
+    )
+    .sample(
+        vec![label("state", "resolved")],
+        s.next_hops.len() - unresolved,
+    )
+    .sample(vec![label("state", "unresolved")], unresolved);
+    x.gauge(
+        "maps_in_sync",
+        "1 if the XDP maps hold exactly the binding table's bindings.",
+    )
+    .sample(vec![], u64::from(s.maps_in_sync));
 }
 
 /// The histograms a role observes into, registered once.
 #[derive(Debug, Clone)]
 pub struct Histograms {
-    /// Home agent: a registration's arrival to the first packet forwarded
-    /// under the binding it made.
-    pub registration_to_first_packet: Histogram,
+    /// Home agent: a binding change's arrival (registration or bind) to
+    /// the first packet forwarded under it.
+    pub binding_change_to_first_packet: Histogram,
     /// Home agent: one store commit (a burst of registrations, an admin change).
     pub store_commit: Histogram,
     /// Agent: the VM's resume to its registration accepted.
@@ -239,7 +269,7 @@ impl Histograms {
         // 100 us .. ~6.5 s.
         let latency = || Histogram::new(exponential_buckets(0.0001, 2.0, 17));
         Histograms {
-            registration_to_first_packet: latency(),
+            binding_change_to_first_packet: latency(),
             store_commit: latency(),
             resume_to_registered: latency(),
         }
@@ -254,6 +284,65 @@ impl Default for Histograms {
 
 /// What a scrape asks the control loop for: it answers on the sender.
 pub type ScrapeRequest = Sender<Exposition>;
+
+/// A role's metrics: the endpoint (if configured), the scrapes it asks
+/// the control loop, and the histograms the loop observes into.
+pub struct Metrics {
+    config: Option<MetricsConfig>,
+    server: Option<MetricsServer>,
+    scrapes: (Sender<ScrapeRequest>, Receiver<ScrapeRequest>),
+    pub histograms: Histograms,
+}
+
+impl Metrics {
+    /// Not serving yet; see [`Metrics::start`].
+    pub fn new(config: Option<MetricsConfig>) -> Metrics {
+        Metrics {
+            config,
+            server: None,
+            scrapes: channel::unbounded(),
+            histograms: Histograms::new(),
+        }
+    }
+
+    /// Serves the endpoint if configured and not serving.
+    pub fn start(&mut self) -> Result<(), String> {
+        match (self.config, &self.server) {
+            (Some(c), None) => {
+                self.server = Some(MetricsServer::start(
+                    c.addr,
+                    self.scrapes.0.clone(),
+                    &self.histograms,
+                )?);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Metrics::start`] where the data path must run on without it (after
+    /// a takeover): a failure is logged.
+    pub fn start_or_log(&mut self) {
+        if let Err(e) = self.start() {
+            tracing::error!("no metrics: {e}");
+        }
+    }
+
+    /// Stops serving (before a takeover successor binds the same port).
+    pub fn stop(&mut self) {
+        self.server = None;
+    }
+
+    /// The scrapes to answer with [`Exposition`]s.
+    pub fn scrapes(&self) -> &Receiver<ScrapeRequest> {
+        &self.scrapes.1
+    }
+
+    /// The per-binding series cap.
+    pub fn binding_series(&self) -> usize {
+        self.config.map_or(0, |c| c.binding_series)
+    }
+}
 
 /// The running endpoint; dropping it stops the thread.
 pub struct MetricsServer {
@@ -303,10 +392,10 @@ impl MetricsServer {
         let latest = Arc::new(Latest::default());
         let mut registry = Registry::with_prefix("homeward");
         registry.register_with_unit(
-            "registration_to_first_packet",
-            "Home agent: from a registration's arrival to the first packet forwarded under its binding.",
+            "binding_change_to_first_packet",
+            "Home agent: from a binding change's arrival (a registration or a bind that made or moved it) to the first packet forwarded under it.",
             Unit::Seconds,
-            histograms.registration_to_first_packet.clone(),
+            histograms.binding_change_to_first_packet.clone(),
         );
         registry.register_with_unit(
             "store_commit",
@@ -350,7 +439,8 @@ impl Drop for MetricsServer {
     }
 }
 
-const CONTENT_TYPE: &str = "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CONTENT_TYPE: &str =
+    "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 fn serve(
     server: &tiny_http::Server,
@@ -402,9 +492,90 @@ fn scrape(
     let x = rx
         .recv_timeout(Duration::from_secs(2))
         .map_err(|_| "homeward's control loop did not answer within 2 s\n".to_string())?;
-    *latest.0.lock().map_err(|_| "metrics lock poisoned\n".to_string())? = x;
+    *latest
+        .0
+        .lock()
+        .map_err(|_| "metrics lock poisoned\n".to_string())? = x;
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, registry)
         .map_err(|e| format!("encoding the metrics: {e}\n"))?;
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use super::*;
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_scrape_asks_the_loop_and_encodes_openmetrics() {
+        let mut m = Metrics::new(Some(MetricsConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            binding_series: 10,
+        }));
+        m.start().unwrap();
+        let addr = m.server.as_ref().unwrap().addr;
+        m.histograms.store_commit.observe(0.003);
+        // The control loop's side: answer each scrape with its state.
+        let scrapes = m.scrapes().clone();
+        let loop_ = std::thread::spawn(move || {
+            let reply = scrapes.recv().unwrap();
+            let mut x = Exposition::default();
+            x.counter("drops", "Frames dropped, by reason.")
+                .sample(vec![label("reason", "no_binding")], 3u64)
+                .sample(vec![label("reason", "ttl_exceeded")], 0u64);
+            x.gauge("bindings", "Bindings.")
+                .sample(vec![label("state", "forwarding")], 2usize);
+            reply.send(x).unwrap();
+        });
+        let page = get(addr, "/metrics");
+        loop_.join().unwrap();
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains("application/openmetrics-text"), "{page}");
+        for line in [
+            "# TYPE homeward_drops counter",
+            "homeward_drops_total{reason=\"no_binding\"} 3",
+            "homeward_bindings{state=\"forwarding\"} 2",
+            "# TYPE homeward_store_commit_seconds histogram",
+            "homeward_store_commit_seconds_count 1",
+            "# EOF",
+        ] {
+            assert!(page.contains(line), "{line} missing in\n{page}");
+        }
+        assert!(get(addr, "/").starts_with("HTTP/1.1 404"));
+        // No answer from the loop: an error, not a stale page.
+        let page = get(addr, "/metrics");
+        assert!(page.starts_with("HTTP/1.1 503"), "{page}");
+        m.stop();
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "still listening after stop"
+        );
+    }
+
+    #[test]
+    fn a_port_in_use_is_a_clear_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut m = Metrics::new(Some(MetricsConfig {
+            addr: taken.local_addr().unwrap(),
+            binding_series: 10,
+        }));
+        let e = m.start().unwrap_err();
+        assert!(e.contains("cannot serve metrics on"), "{e}");
+    }
 }

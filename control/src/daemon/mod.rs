@@ -11,7 +11,7 @@ mod stats;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Receiver, Sender};
+use crossbeam::channel::{self, Receiver};
 use dataplane::forwarder::{Forwarder, Plan};
 use dataplane::loader::Steering;
 use dataplane::lookup::Tables;
@@ -23,7 +23,7 @@ use dataplane::xsk::{FrameAccounting, Parked, QueueState};
 use crate::common::claims::Claims;
 use crate::common::control_socket::{self as server, ControlSocket};
 use crate::common::handover::{self, Answer, OfferError, Successor};
-use crate::common::metrics::{Histograms, MetricsServer, ScrapeRequest};
+use crate::common::metrics::Metrics;
 use crate::common::{is_root, link};
 use crate::config::RunConfig;
 use crate::error::Error;
@@ -41,10 +41,8 @@ struct Daemon {
     registration: Option<registration::Registration>,
     /// Where every binding change is made durable before it is acknowledged.
     store: Box<dyn Store>,
-    /// The metrics endpoint, if configured, and the scrapes it asks.
-    metrics: Option<MetricsServer>,
-    scrapes: (Sender<ScrapeRequest>, Receiver<ScrapeRequest>),
-    histograms: Histograms,
+    /// The metrics endpoint and histograms.
+    metrics: Metrics,
 }
 
 /// How `serve` ended.
@@ -113,14 +111,10 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     // The endpoint first on a fresh start (a port in use stops us before
     // anything is attached); a takeover successor binds it once the
     // predecessor has let it go.
-    let scrapes = channel::unbounded();
-    let histograms = Histograms::new();
-    let early_metrics = match (&config.metrics, config.takeover) {
-        (Some(m), false) => Some(
-            MetricsServer::start(m.addr, scrapes.0.clone(), &histograms).map_err(Error::Invalid)?,
-        ),
-        _ => None,
-    };
+    let mut metrics = Metrics::new(config.metrics);
+    if !config.takeover {
+        metrics.start().map_err(Error::Invalid)?;
+    }
     let mut successor = if config.takeover {
         let s = Successor::connect(&config.socket, ROLE).map_err(Error::Daemon)?;
         tracing::info!(
@@ -148,14 +142,10 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
         },
         plan,
         successor.as_mut(),
-        histograms,
+        metrics,
     );
     let mut daemon = match assembled {
-        Ok(mut d) => {
-            d.metrics = early_metrics;
-            d.scrapes = scrapes;
-            d
-        }
+        Ok(d) => d,
         Err((e, parked)) => {
             // Workers that ran were parked: their free frames go back to a
             // predecessor, or nowhere (we exit).
@@ -184,7 +174,7 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
         (None, None) => return Err(Error::Daemon("no control socket".into())),
     };
     if daemon.config.takeover {
-        daemon.start_metrics();
+        daemon.metrics.start_or_log();
     }
     // Ready once the stored bindings are steered again.
     tracing::info!(
@@ -236,7 +226,7 @@ fn assemble(
     parts: Parts,
     plan: Plan,
     mut successor: Option<&mut Successor>,
-    histograms: Histograms,
+    metrics: Metrics,
 ) -> Result<Daemon, AssemblyError> {
     let Parts {
         forwarder,
@@ -304,11 +294,9 @@ fn assemble(
         registration,
         store: Box::new(durable::Timed {
             inner: store,
-            histogram: histograms.store_commit.clone(),
+            histogram: metrics.histograms.store_commit.clone(),
         }),
-        metrics: None,
-        scrapes: channel::unbounded(),
-        histograms,
+        metrics,
     })
 }
 
@@ -401,7 +389,7 @@ impl Daemon {
                         r.handle_burst(burst, &mut self.bindings, &mut *self.store, Now::read());
                     }
                 }
-                recv(self.scrapes.1) -> reply => {
+                recv(self.metrics.scrapes()) -> reply => {
                     if let Ok(reply) = reply {
                         let _ = reply.send(stats::exposition(self, Instant::now()));
                     }
@@ -429,8 +417,9 @@ impl Daemon {
                 r.summarize(now, false);
             }
             for (_, d) in self.bindings.first_packets(now) {
-                self.histograms
-                    .registration_to_first_packet
+                self.metrics
+                    .histograms
+                    .binding_change_to_first_packet
                     .observe(d.as_secs_f64());
             }
             self.bindings.run_announcements(now);
@@ -494,7 +483,7 @@ impl Daemon {
         };
         let listener = socket.park();
         // The successor binds the metrics port next.
-        self.metrics = None;
+        self.metrics.stop();
         let forwarder = self.bindings.forwarder_mut();
         let parked = forwarder.park();
         forwarder.lend_to_successor();
@@ -544,30 +533,15 @@ impl Daemon {
             .map_err(|e| e.to_string())?;
         self.store = Box::new(durable::Timed {
             inner: SqliteStore::open(&self.config.state_dir).map_err(|e| e.to_string())?,
-            histogram: self.histograms.store_commit.clone(),
+            histogram: self.metrics.histograms.store_commit.clone(),
         });
         socket.resume().map_err(|e| e.to_string())?;
         if let Some(r) = self.registration.as_mut() {
             r.resume().map_err(|e| e.to_string())?;
         }
-        self.start_metrics();
+        self.metrics.start_or_log();
         tracing::info!("--takeover: data path taken back");
         Ok(())
-    }
-
-    /// Starts the metrics endpoint if configured and not running; a
-    /// failure is logged (the data path runs on without it).
-    fn start_metrics(&mut self) {
-        let Some(m) = self.config.metrics else {
-            return;
-        };
-        if self.metrics.is_some() {
-            return;
-        }
-        match MetricsServer::start(m.addr, self.scrapes.0.clone(), &self.histograms) {
-            Ok(server) => self.metrics = Some(server),
-            Err(e) => tracing::error!("no metrics: {e}"),
-        }
     }
 
     /// `homeward bind`: applied, then made durable, then acknowledged; if

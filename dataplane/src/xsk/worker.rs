@@ -103,7 +103,10 @@ impl WorkerShared {
     /// When this worker forwarded the first packet under slot `slot` since
     /// it was armed.
     pub fn first_packet(&self, slot: u32) -> Option<Instant> {
-        let ns = self.per_slot.get(slot as usize * SLOT_STRIDE + 2)?.load(Relaxed);
+        let ns = self
+            .per_slot
+            .get(slot as usize * SLOT_STRIDE + 2)?
+            .load(Relaxed);
         (ns != 0).then(|| self.epoch + Duration::from_nanos(ns))
     }
 
