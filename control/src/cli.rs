@@ -15,8 +15,18 @@ use crate::register::RegisterArgs;
 #[derive(Debug, Parser)]
 #[command(name = "homeward", version = env!("HOMEWARD_VERSION"), about)]
 pub struct Cli {
+    /// Log lines as text, or as one JSON object per line for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde_json::Value;
 
-use homeward::cli::{Cli, Command};
+use homeward::cli::{Cli, Command, LogFormat};
 use homeward::config::{FileConfig, RunConfig};
 use homeward::error::Error;
 use homeward::proto::{self, BindingInfo, Request};
@@ -17,15 +17,19 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One object per line; the event's fields flattened next to the
+        // message, so a shipper indexes `vm`, `care_of`, `code` directly.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {

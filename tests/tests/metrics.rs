@@ -48,7 +48,7 @@ fn wait_query(ns: &Netns, expr: &str, timeout: Duration, ok: impl Fn(f64) -> boo
 fn prometheus_scrapes_the_counters_and_the_migration_telemetry() {
     require_root();
     let lab = Topology::home_agent_lab("prom");
-    let ha = HomeAgent::start(&lab, &["--metrics", METRICS]);
+    let ha = HomeAgent::start(&lab, &["--metrics", METRICS, "--log-format", "json"]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
@@ -142,6 +142,24 @@ fn prometheus_scrapes_the_counters_and_the_migration_telemetry() {
     );
     assert_eq!(query(&lab.ha, "homeward_maps_in_sync"), Some(1.0));
     prometheus.stop();
+    // --log-format json: every line one object, the event's fields next to
+    // the message.
+    let logs = ha.stderr();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let bound = lines
+        .iter()
+        .find(|l| l["message"] == "bound")
+        .unwrap_or_else(|| panic!("no bound line in {logs}"));
+    assert_eq!(bound["vm"], vm.as_str());
+    assert_eq!(bound["level"], "INFO");
+    assert!(lines.iter().any(
+        |l| l["message"] == "first packet forwarded under the new binding"
+            && l["vm"] == vm.as_str()
+    ));
     let t = ha.stop();
     assert!(t.success, "{}", t.stderr);
 }
