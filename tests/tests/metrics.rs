@@ -12,6 +12,7 @@ use homeward_tests::netns::Netns;
 use homeward_tests::{require_root, Topology, UdpSend};
 
 const METRICS: &str = "127.0.0.1:9434";
+const KEY: &str = "00112233445566778899aabbccddeeff0011223344556677";
 const PROMETHEUS: &str = "127.0.0.1:9090";
 
 /// One instant query through Prometheus' HTTP API, from inside `ns`: the
@@ -44,12 +45,85 @@ fn wait_query(ns: &Netns, expr: &str, timeout: Duration, ok: impl Fn(f64) -> boo
     panic!("{expr}: last value {last:?} after {timeout:?}");
 }
 
+/// Every query of the shipped Grafana dashboard is valid PromQL to this
+/// Prometheus and names only series homeward exposes.
+fn dashboard_queries_work(ns: &Netns) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../control/grafana/homeward-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let page = String::from_utf8_lossy(
+        &ns.exec(&[
+            "python3",
+            "-c",
+            "import urllib.request,sys; print(urllib.request.urlopen('http://' + sys.argv[1] + '/metrics').read().decode())",
+            METRICS,
+        ])
+        .stdout,
+    )
+    .into_owned();
+    let script = r#"
+import json, sys, urllib.parse, urllib.request
+url = "http://%s/api/v1/query?%s" % (sys.argv[1], urllib.parse.urlencode({"query": sys.argv[2]}))
+try:
+    print(json.load(urllib.request.urlopen(url, timeout=5))["status"])
+except urllib.error.HTTPError as e:
+    print(e.read().decode())
+"#;
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap().replace("$instance", ".*");
+            let out = ns.exec(&["python3", "-c", script, PROMETHEUS, &expr]);
+            let status = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert_eq!(status, "success", "{expr}");
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("homeward_"))
+            {
+                let family = ["_bucket", "_sum", "_count", "_total"]
+                    .iter()
+                    .fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
+                assert!(
+                    page.lines().any(|l| l.starts_with(family)),
+                    "the dashboard's {name} is not exposed:\n{page}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked}");
+}
+
 #[test]
 fn prometheus_scrapes_the_counters_and_the_migration_telemetry() {
     require_root();
     let lab = Topology::home_agent_lab("prom");
-    let ha = HomeAgent::start(&lab, &["--metrics", METRICS, "--log-format", "json"]);
     let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[spi]]\nspi = 256\nkey = \"{KEY}\"\nhome_addresses = [\"{}/32\"]\n",
+            lab.vm_home
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let keys = keys.display().to_string();
+    let ha = HomeAgent::start(
+        &lab,
+        &[
+            "--metrics",
+            METRICS,
+            "--log-format",
+            "json",
+            "--registration-keys",
+            &keys,
+        ],
+    );
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
@@ -72,8 +146,32 @@ fn prometheus_scrapes_the_counters_and_the_migration_telemetry() {
     );
     assert_eq!(up, 1.0);
 
+    // The migration: the foreign hypervisor registers the VM's care-of
+    // address (RFC 5944, authenticated).
     let vm = lab.vm_home.to_string();
-    ha.bind(&vm, &lab.care_of.to_string(), &[]);
+    let (ha_addr, care_of) = (lab.ha_wan.addr.to_string(), lab.care_of.to_string());
+    let out = ha.register_from(
+        &lab.foreign,
+        &[
+            "--home-agent",
+            &ha_addr,
+            "--home-address",
+            &vm,
+            "--care-of",
+            &care_of,
+            "--spi",
+            "256",
+            "--keys",
+            &keys,
+            "--timeout",
+            "3",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The client's first datagram waits for proxy ARP: send one, then count.
     lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 64));
     let encapsulated = "sum(homeward_forwarded_packets_total{direction=\"encapsulated\"})";
@@ -141,6 +239,15 @@ fn prometheus_scrapes_the_counters_and_the_migration_telemetry() {
         Some(0.0)
     );
     assert_eq!(query(&lab.ha, "homeward_maps_in_sync"), Some(1.0));
+    assert_eq!(
+        query(&lab.ha, "homeward_registration_replies_total{code=\"0\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        query(&lab.ha, "homeward_store_commit_seconds_count"),
+        Some(1.0)
+    );
+    dashboard_queries_work(&lab.ha);
     prometheus.stop();
     // --log-format json: every line one object, the event's fields next to
     // the message.
@@ -156,6 +263,16 @@ fn prometheus_scrapes_the_counters_and_the_migration_telemetry() {
         .unwrap_or_else(|| panic!("no bound line in {logs}"));
     assert_eq!(bound["vm"], vm.as_str());
     assert_eq!(bound["level"], "INFO");
+    let accepted = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("registration accepted"))
+        })
+        .unwrap_or_else(|| panic!("no registration line in {logs}"));
+    assert_eq!(accepted["code"], 0);
+    assert_eq!(accepted["spi"], 256);
     assert!(lines.iter().any(
         |l| l["message"] == "first packet forwarded under the new binding"
             && l["vm"] == vm.as_str()
