@@ -54,6 +54,8 @@ impl Homeward {
             dir.path().join("state").display().to_string(),
             "--socket".into(),
             dir.path().join("ha.sock").display().to_string(),
+            "--metrics".into(),
+            METRICS.into(),
         ]);
         let mut ha = lab.ha.spawn(&args);
         assert!(
@@ -178,7 +180,7 @@ fn write_agent_config(path: &Path, keys: &Path, lab: &MigrationLab, ns: &Netns, 
     std::fs::write(
         path,
         format!(
-            "keys = \"{}\"\nvm_link = \"{}\"\nlifetime = 30\nsocket = \"{}\"\n\n\
+            "keys = \"{}\"\nvm_link = \"{}\"\nlifetime = 30\nsocket = \"{}\"\nmetrics = \"{METRICS}\"\n\n\
              [[vm]]\nname = \"vm\"\nmac = \"{VM_MAC}\"\nhome_address = \"192.0.2.50\"\n\
              home_prefix_len = 24\nspi = 256\nqmp = \"{}\"\n",
             keys.display(),
@@ -188,6 +190,33 @@ fn write_agent_config(path: &Path, keys: &Path, lab: &MigrationLab, ns: &Netns, 
         ),
     )
     .expect("write agent config");
+}
+
+/// Where each daemon (HA and agents, each in its own namespace) serves its
+/// metrics.
+pub const METRICS: &str = "127.0.0.1:9434";
+
+/// `ns`'s homeward metrics page: each sample line as `(series, value)`.
+pub fn scrape(ns: &Netns) -> Vec<(String, f64)> {
+    let out = ns.exec(&[
+        "python3",
+        "-c",
+        "import sys, urllib.request; print(urllib.request.urlopen('http://' + sys.argv[1] + '/metrics', timeout=5).read().decode())",
+        METRICS,
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of `series` (name with its labels, exactly as exposed).
+pub fn metric(samples: &[(String, f64)], series: &str) -> Option<f64> {
+    samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
 }
 
 /// The agent on `ns`'s view of the VM (`homeward list` on its socket).

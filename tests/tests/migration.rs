@@ -11,7 +11,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use homeward_tests::homeward_lab::{agent_vm, Homeward};
+use homeward_tests::homeward_lab::{agent_vm, metric, scrape, Homeward};
 use homeward_tests::qemu::MigrationReport;
 use homeward_tests::vm::{HELLO_BODY, HELLO_PATH, VM_MAC};
 use homeward_tests::{
@@ -97,6 +97,33 @@ fn tcp_download_survives_live_migration_and_the_vm_comes_home() {
     assert!(c["decapsulated"].as_u64() > Some(100), "{stats}");
     let fa = hw.json(&lab.hyp_b, "agent-b", &["stats"]);
     eprintln!("agent B stats: {fa}");
+    // The migration's telemetry, in both roles' metrics: agent B timed the
+    // VM's resume to its registration accepted, the HA the registration's
+    // arrival to the first packet tunnelled to B.
+    let agent_b = scrape(&lab.hyp_b);
+    assert_eq!(
+        metric(&agent_b, "homeward_resume_to_registered_seconds_count"),
+        Some(1.0),
+        "{agent_b:?}"
+    );
+    assert_eq!(
+        metric(&agent_b, "homeward_vms{state=\"served\"}"),
+        Some(1.0)
+    );
+    let ha = scrape(&lab.ha);
+    assert_eq!(
+        metric(&ha, "homeward_binding_change_to_first_packet_seconds_count"),
+        Some(1.0),
+        "{ha:?}"
+    );
+    assert_eq!(
+        metric(&ha, "homeward_bindings{state=\"forwarding\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&ha, "homeward_registration_replies_total{code=\"0\"}").map(|n| n >= 1.0),
+        Some(true)
+    );
 
     // Home again: the agent on A deregisters, the HA gives the address
     // back with a gratuitous ARP from the VM's own MAC, and the client

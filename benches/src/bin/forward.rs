@@ -71,6 +71,8 @@ enum Variant {
     B,
     /// In-kernel XDP IP-in-IP encapsulation + redirect (katran-style).
     C,
+    /// homeward as (a), with its metrics endpoint scraped every second.
+    M,
 }
 
 impl Variant {
@@ -79,7 +81,12 @@ impl Variant {
             Variant::A => "(a) homeward",
             Variant::B => "(b) xdp redirect",
             Variant::C => "(c) xdp ipip",
+            Variant::M => "(m) homeward, metrics scraped 1/s",
         }
+    }
+
+    fn is_homeward(self) -> bool {
+        matches!(self, Variant::A | Variant::M)
     }
 }
 
@@ -257,7 +264,7 @@ fn run(args: &Args) -> Result<()> {
     let mut out = Report::default();
     // A private copy: others may rebuild the binary while this runs.
     let homeward = scratch.0.join("homeward");
-    let homeward_ok = args.variants.contains(&Variant::A) && {
+    let homeward_ok = args.variants.iter().any(|v| v.is_homeward()) && {
         let orig = homeward_path(args);
         match std::fs::copy(&orig, &homeward) {
             Ok(_) => {
@@ -359,14 +366,14 @@ fn run(args: &Args) -> Result<()> {
             if stopped() {
                 break;
             }
-            if variant == Variant::A && !homeward_ok {
+            if variant.is_homeward() && !homeward_ok {
                 continue;
             }
             eprintln!("== {queues} queue(s): {}", variant.label());
             let dut = match Dut::start(variant, &lab, &redirect, &ipip, &homeward, &scratch.0, args)
             {
                 Ok(d) => d,
-                Err(e) if variant == Variant::A => {
+                Err(e) if variant.is_homeward() => {
                     eprintln!("   homeward did not start: {e}");
                     out.notes
                         .push(format!("{queues} queue(s): homeward did not start: {e}"));
@@ -793,8 +800,12 @@ impl<'a> Dut<'a> {
                 // (sink0) runs XDP, so they are not dropped.
                 Ok(Dut::Xdp { lab })
             }
-            Variant::A => Ok(Dut::Homeward(Box::new(HomewardProc::start(
-                lab, homeward, scratch, args,
+            Variant::A | Variant::M => Ok(Dut::Homeward(Box::new(HomewardProc::start(
+                lab,
+                homeward,
+                scratch,
+                args,
+                variant == Variant::M,
             )?))),
         }
     }
@@ -862,16 +873,38 @@ fn pin_workers(pid: u32, cpus: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// (m)'s metrics endpoint, in the HA namespace.
+const METRICS: &str = "127.0.0.1:9434";
+
+/// Scrapes `http://METRICS/metrics` every second until killed; each page
+/// must be a complete OpenMetrics exposition.
+const SCRAPER: &str = r##"
+import sys, time, urllib.request
+while True:
+    page = urllib.request.urlopen("http://%s/metrics" % sys.argv[1], timeout=5).read()
+    if not page.rstrip().endswith(b"# EOF"):
+        sys.exit("incomplete metrics page")
+    time.sleep(1)
+"##;
+
 /// `homeward run` in the HA namespace, killed on drop.
 struct HomewardProc {
     child: Option<Child>,
+    /// (m): the process scraping its metrics every second.
+    scraper: Option<Child>,
     bin: PathBuf,
     socket: PathBuf,
     log: PathBuf,
 }
 
 impl HomewardProc {
-    fn start(lab: &Lab, bin: &Path, scratch: &Path, args: &Args) -> Result<HomewardProc> {
+    fn start(
+        lab: &Lab,
+        bin: &Path,
+        scratch: &Path,
+        args: &Args,
+        scraped: bool,
+    ) -> Result<HomewardProc> {
         let wan_mtu = args.wan_mtu;
         let socket = scratch.join(format!("homeward-q{}.sock", lab.queues));
         let log = scratch.join(format!("homeward-q{}.log", lab.queues));
@@ -888,6 +921,11 @@ impl HomewardProc {
             .arg(&socket)
             .arg("--state-dir")
             .arg(scratch.join(format!("homeward-q{}.state", lab.queues)))
+            .args(if scraped {
+                &["--metrics", METRICS][..]
+            } else {
+                &[][..]
+            })
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
@@ -895,6 +933,7 @@ impl HomewardProc {
         sys::kill_with_parent(&mut cmd);
         let child = cmd.spawn()?;
         let mut h = HomewardProc {
+            scraper: None,
             child: Some(child),
             bin: bin.to_path_buf(),
             socket,
@@ -918,6 +957,15 @@ impl HomewardProc {
             if !args.homeward_cpus.is_empty() {
                 pin_workers(child.id(), &args.homeward_cpus)?;
             }
+        }
+        if scraped {
+            let mut scraper = lab.ha.command("python3");
+            scraper
+                .args(["-c", SCRAPER, METRICS])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            sys::kill_with_parent(&mut scraper);
+            h.scraper = Some(scraper.spawn()?);
         }
         h.cli(&["bind", &netns::VM.to_string(), &netns::CARE_OF.to_string()])?;
         // Forwarding needs the care-of address's next hop (neighbour thread).
@@ -984,6 +1032,10 @@ impl HomewardProc {
 
     /// SIGINT, then wait (5 s) for its teardown; a note unless it exited 0.
     fn stop(&mut self) -> Option<String> {
+        if let Some(mut s) = self.scraper.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
         let mut child = self.child.take()?;
         let _ = sys::kill(child.id(), libc::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(5);
