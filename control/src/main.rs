@@ -155,18 +155,21 @@ fn report_teardown(accounting: &[dataplane::xsk::FrameAccounting]) -> ExitCode {
 
 fn print_list(list: &[BindingInfo]) {
     println!(
-        "{:<16} {:<16} {:<18} {:>8} {:>10} {:>12}  next hop",
-        "vm", "care-of", "vm mac", "expires", "packets", "bytes"
+        "{:<16} {:<16} {:<18} {:>8} {:>10} {:>12} {:>12}  next hop",
+        "vm", "care-of", "vm mac", "expires", "packets", "bytes", "1st packet"
     );
     for b in list {
         println!(
-            "{:<16} {:<16} {:<18} {:>8} {:>10} {:>12}  {}",
+            "{:<16} {:<16} {:<18} {:>8} {:>10} {:>12} {:>12}  {}",
             b.vm.to_string(),
             b.care_of.to_string(),
             b.vm_mac.as_deref().unwrap_or("-"),
             b.expires_in.map_or("never".into(), |s| format!("{s}s")),
             b.packets,
             b.bytes,
+            // From the last move's arrival to the first packet under it.
+            b.first_packet_ms
+                .map_or("-".into(), |ms| format!("{ms:.1} ms")),
             b.next_hop.as_deref().unwrap_or("unresolved"),
         );
     }
