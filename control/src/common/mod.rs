@@ -3,6 +3,7 @@
 pub mod claims;
 pub mod control_socket;
 pub mod handover;
+pub mod notify;
 
 use std::path::{Path, PathBuf};
 
