@@ -13,6 +13,11 @@ PACKAGES=(
     busybox-static xz-utils zstd
     # the metrics test scrapes homeward with Debian's real Prometheus
     prometheus
+    # the Debian package (scripts/deb.sh, tests/tests/package.rs): cargo-deb
+    # reads dependencies with dpkg-shlibdeps and strips with binutils;
+    # systemd-analyze verifies the units (no running systemd needed) and
+    # checks the man pages they name with man
+    dpkg-dev binutils systemd man-db
 )
 
 die() {
@@ -153,6 +158,17 @@ else
     for tool in rustfmt cargo-clippy; do
         command -v "$tool" >/dev/null 2>&1 || die "$tool not found and rustup is not available to add it"
     done
+fi
+
+# cargo-deb builds the Debian package (scripts/deb.sh, the package test).
+# A fixed version: its asset and symlink syntax is what control/Cargo.toml uses.
+CARGO_DEB_VERSION=3.8.0
+if ! command -v cargo-deb >/dev/null 2>&1; then
+    log=$(mktemp)
+    echo "install-deps: installing cargo-deb $CARGO_DEB_VERSION (cargo install, a few minutes)"
+    cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" >"$log" 2>&1 \
+        || { tail -n 20 "$log" >&2; rm -f "$log"; die "cargo install cargo-deb --locked --version $CARGO_DEB_VERSION failed"; }
+    rm -f "$log"
 fi
 
 # scapy must import under the interpreter the tests call.

@@ -587,6 +587,7 @@ pub fn run(args: &AgentArgs) -> Result<Vec<FrameAccounting>, Error> {
             let socket = ControlSocket::adopt(&config.socket, listener)?;
             // From here on the predecessor exits; if it cannot hear us it
             // exits all the same (its answer times out).
+            crate::common::notify::taking_over();
             if let Err(e) = s.accept() {
                 tracing::warn!("--takeover: telling the predecessor: {e}");
             }
@@ -624,6 +625,7 @@ pub fn run(args: &AgentArgs) -> Result<Vec<FrameAccounting>, Error> {
         version = env!("HOMEWARD_VERSION"),
         "homeward agent is running"
     );
+    crate::common::notify::ready();
 
     let ending = serve(&mut agent, &mut socket, &watch_rx, &done_rx, &stop_rx);
 

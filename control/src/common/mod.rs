@@ -4,6 +4,7 @@ pub mod claims;
 pub mod control_socket;
 pub mod handover;
 pub mod metrics;
+pub mod notify;
 
 use std::path::{Path, PathBuf};
 

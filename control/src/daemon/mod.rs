@@ -166,6 +166,7 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
             let socket = ControlSocket::adopt(&config.socket, listener)?;
             // From here on the predecessor exits; if it cannot hear us it
             // exits all the same (its answer times out).
+            crate::common::notify::taking_over();
             if let Err(e) = s.accept() {
                 tracing::warn!("--takeover: telling the predecessor: {e}");
             }
@@ -185,6 +186,7 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
         version = env!("HOMEWARD_VERSION"),
         "homeward is running"
     );
+    crate::common::notify::ready();
     match daemon.serve(&mut socket, &stop_rx) {
         Ending::HandedOver => {
             socket.handed_over();
