@@ -76,6 +76,7 @@ fn agent_args(config: &Path) -> AgentArgs {
         socket: None,
         bpffs: None,
         takeover: false,
+        metrics: None,
     }
 }
 
