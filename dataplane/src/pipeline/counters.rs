@@ -211,6 +211,9 @@ pub struct Counters {
     pub icmp_rate_limited: u64,
     /// Frames longer than their IPv4 datagram (Ethernet padding), trimmed.
     pub trimmed_padding: u64,
+    /// Partial TCP/UDP checksums (left to the device by a local sender)
+    /// finished before tunnelling.
+    pub checksums_finished: u64,
 }
 
 // Manual: `[u64; N]` implements `Default` only up to N = 32.
@@ -228,6 +231,7 @@ impl Default for Counters {
             icmp_sent: 0,
             icmp_rate_limited: 0,
             trimmed_padding: 0,
+            checksums_finished: 0,
         }
     }
 }

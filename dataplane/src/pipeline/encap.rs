@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use super::ether;
 use super::icmp::IcmpError;
 use super::ipv4::{self, Ipv4, NewHeader};
-use super::{fragment, DropReason, Lookup, NextHop, Pipeline, Port, Role, Rx, Verdict};
+use super::{fragment, partial, DropReason, Lookup, NextHop, Pipeline, Port, Role, Rx, Verdict};
 
 /// Outer Ethernet + outer IPv4 header.
 const PREPEND: usize = ether::ETH_LEN + ipv4::HDR_LEN;
@@ -83,6 +83,13 @@ impl Pipeline {
             return Err(DropReason::NoNextHop);
         };
         let src_mac = self.port_mac(port);
+        // The receiver behind the tunnel cannot finish what a local sender
+        // left to the device (CHECKSUM_PARTIAL): finish it here, as the
+        // kernel does before forwarding. Both roles: the HA's local
+        // senders, the agent's VMs (QEMU's default virtio-net).
+        if partial::finish(buf, ip_off, ip) {
+            self.counters.checksums_finished += 1;
+        }
 
         if too_big {
             let plan = fragment::plan(

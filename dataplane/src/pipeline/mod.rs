@@ -28,6 +28,7 @@ mod ether;
 mod fragment;
 mod icmp;
 mod ipv4;
+mod partial;
 mod ratelimit;
 
 #[cfg(test)]
