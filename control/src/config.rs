@@ -274,7 +274,10 @@ impl RunConfig {
                 .unwrap_or_else(|| PathBuf::from(crate::common::DEFAULT_BPFFS)),
             registration: RegistrationConfig::merge(args, file.registration.unwrap_or_default())?,
             takeover: args.takeover,
-            metrics: MetricsConfig::merge(args.metrics.or(file.metrics), file.metrics_binding_series),
+            metrics: MetricsConfig::merge(
+                args.metrics.or(file.metrics),
+                file.metrics_binding_series,
+            ),
         };
         config.validate()?;
         Ok(config)

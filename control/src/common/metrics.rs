@@ -135,7 +135,10 @@ impl Exposition {
 }
 
 /// One label.
-pub fn label(key: &'static str, value: impl Into<Cow<'static, str>>) -> (&'static str, Cow<'static, str>) {
+pub fn label(
+    key: &'static str,
+    value: impl Into<Cow<'static, str>>,
+) -> (&'static str, Cow<'static, str>) {
     (key, value.into())
 }
 
@@ -147,8 +150,14 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
     );
     for (queue, q) in s.per_queue.iter().enumerate() {
         let q_label = || label("queue", queue.to_string());
-        packets.sample(vec![label("direction", "encapsulated"), q_label()], q.pipeline.encapsulated);
-        packets.sample(vec![label("direction", "decapsulated"), q_label()], q.pipeline.decapsulated);
+        packets.sample(
+            vec![label("direction", "encapsulated"), q_label()],
+            q.pipeline.encapsulated,
+        );
+        packets.sample(
+            vec![label("direction", "decapsulated"), q_label()],
+            q.pipeline.decapsulated,
+        );
     }
     let bytes = x.counter(
         "forwarded_bytes",
@@ -156,8 +165,14 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
     );
     for (queue, q) in s.per_queue.iter().enumerate() {
         let q_label = || label("queue", queue.to_string());
-        bytes.sample(vec![label("direction", "encapsulated"), q_label()], q.pipeline.encapsulated_bytes);
-        bytes.sample(vec![label("direction", "decapsulated"), q_label()], q.pipeline.decapsulated_bytes);
+        bytes.sample(
+            vec![label("direction", "encapsulated"), q_label()],
+            q.pipeline.encapsulated_bytes,
+        );
+        bytes.sample(
+            vec![label("direction", "decapsulated"), q_label()],
+            q.pipeline.decapsulated_bytes,
+        );
     }
     let drops = x.counter(
         "drops",
@@ -171,8 +186,11 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
         .sample(vec![], t.pipeline.arp_replies);
     x.counter("announcements", "Gratuitous ARP announcements sent.")
         .sample(vec![], t.announcements);
-    x.counter("icmp_errors_sent", "ICMP errors sent (fragmentation needed, TTL exceeded).")
-        .sample(vec![], t.pipeline.icmp_sent);
+    x.counter(
+        "icmp_errors_sent",
+        "ICMP errors sent (fragmentation needed, TTL exceeded).",
+    )
+    .sample(vec![], t.pipeline.icmp_sent);
     x.counter("fragmented", "Datagrams fragmented to fit the tunnel.")
         .sample(vec![], t.pipeline.fragmented);
     if let SteeringReport::Counters(c) = &s.steering {
@@ -211,15 +229,27 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
             ("kernel_tx", f.kernel_tx as i64),
             ("unaccounted", q.unaccounted),
         ] {
-            frames.sample(vec![label("queue", q.queue.to_string()), label("place", place)], n);
+            frames.sample(
+                vec![label("queue", q.queue.to_string()), label("place", place)],
+                n,
+            );
         }
     }
     let unresolved = s.next_hops.iter().filter(|h| h.mac.is_none()).count();
-    x.gauge("next_hops", "Tracked next hops of care-of addresses, by state.")
-        .sample(vec![label("state", "resolved")], s.next_hops.len() - unresolved)
-        .sample(vec![label("state", "unresolved")], unresolved);
-    x.gauge("maps_in_sync", "1 if the XDP maps hold exactly the binding table's bindings.")
-        .sample(vec![], u64::from(s.maps_in_sync));
+    x.gauge(
+        "next_hops",
+        "Tracked next hops of care-of addresses, by state.",
+    )
+    .sample(
+        vec![label("state", "resolved")],
+        s.next_hops.len() - unresolved,
+    )
+    .sample(vec![label("state", "unresolved")], unresolved);
+    x.gauge(
+        "maps_in_sync",
+        "1 if the XDP maps hold exactly the binding table's bindings.",
+    )
+    .sample(vec![], u64::from(s.maps_in_sync));
 }
 
 /// The histograms a role observes into, registered once.
@@ -350,7 +380,8 @@ impl Drop for MetricsServer {
     }
 }
 
-const CONTENT_TYPE: &str = "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CONTENT_TYPE: &str =
+    "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 fn serve(
     server: &tiny_http::Server,
@@ -402,7 +433,10 @@ fn scrape(
     let x = rx
         .recv_timeout(Duration::from_secs(2))
         .map_err(|_| "homeward's control loop did not answer within 2 s\n".to_string())?;
-    *latest.0.lock().map_err(|_| "metrics lock poisoned\n".to_string())? = x;
+    *latest
+        .0
+        .lock()
+        .map_err(|_| "metrics lock poisoned\n".to_string())? = x;
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, registry)
         .map_err(|e| format!("encoding the metrics: {e}\n"))?;

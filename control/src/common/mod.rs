@@ -1,9 +1,11 @@
 //! Small things both roles use; imports nothing above it.
 
+pub mod capture;
 pub mod claims;
 pub mod control_socket;
 pub mod handover;
 pub mod metrics;
+pub mod pcapng;
 
 use std::path::{Path, PathBuf};
 

@@ -314,13 +314,14 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     pub fn first_packets(&mut self, now: Instant) -> Vec<(Ipv4Addr, Duration)> {
         let mut seen = Vec::new();
         let forwarder = &self.forwarder;
-        self.watches.retain(|vm, arrived| match forwarder.first_packet(*vm) {
-            Some(t) => {
-                seen.push((*vm, t.saturating_duration_since(*arrived)));
-                false
-            }
-            None => now.saturating_duration_since(*arrived) < FIRST_PACKET_WATCH,
-        });
+        self.watches
+            .retain(|vm, arrived| match forwarder.first_packet(*vm) {
+                Some(t) => {
+                    seen.push((*vm, t.saturating_duration_since(*arrived)));
+                    false
+                }
+                None => now.saturating_duration_since(*arrived) < FIRST_PACKET_WATCH,
+            });
         for (vm, d) in &seen {
             if let Some(e) = self.entries.get_mut(vm) {
                 e.first_packet = Some(*d);

@@ -57,7 +57,10 @@ pub(super) struct Timed<S> {
 }
 
 impl<S: Store> Store for Timed<S> {
-    fn load(&mut self, now_unix_ms: u64) -> Result<crate::store::Snapshot, crate::store::StoreError> {
+    fn load(
+        &mut self,
+        now_unix_ms: u64,
+    ) -> Result<crate::store::Snapshot, crate::store::StoreError> {
         self.inner.load(now_unix_ms)
     }
 

@@ -64,11 +64,17 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
 pub(super) fn exposition(d: &Daemon, now: Instant) -> Exposition {
     let s = collect(d, now);
     let mut x = Exposition::default();
-    x.gauge("build_info", "The running homeward: 1, labelled with its version and role.")
-        .sample(
-            vec![label("version", env!("HOMEWARD_VERSION")), label("role", "home_agent")],
-            1u64,
-        );
+    x.gauge(
+        "build_info",
+        "The running homeward: 1, labelled with its version and role.",
+    )
+    .sample(
+        vec![
+            label("version", env!("HOMEWARD_VERSION")),
+            label("role", "home_agent"),
+        ],
+        1u64,
+    );
     metrics::data_path(&mut x, &s.data_path);
     let unresolved: std::collections::HashSet<Ipv4Addr> = s
         .data_path
@@ -77,10 +83,20 @@ pub(super) fn exposition(d: &Daemon, now: Instant) -> Exposition {
         .filter(|h| h.mac.is_none())
         .map(|h| h.care_of)
         .collect();
-    let waiting = s.bindings.iter().filter(|b| unresolved.contains(&b.care_of)).count();
-    x.gauge("bindings", "Bindings by state: forwarding, or waiting for the care-of address's next hop.")
-        .sample(vec![label("state", "forwarding")], s.bindings.len() - waiting)
-        .sample(vec![label("state", "awaiting_next_hop")], waiting);
+    let waiting = s
+        .bindings
+        .iter()
+        .filter(|b| unresolved.contains(&b.care_of))
+        .count();
+    x.gauge(
+        "bindings",
+        "Bindings by state: forwarding, or waiting for the care-of address's next hop.",
+    )
+    .sample(
+        vec![label("state", "forwarding")],
+        s.bindings.len() - waiting,
+    )
+    .sample(vec![label("state", "awaiting_next_hop")], waiting);
     let cap = d.config.metrics.map_or(0, |m| m.binding_series);
     let packets = x.counter(
         "binding_packets",
@@ -89,7 +105,10 @@ pub(super) fn exposition(d: &Daemon, now: Instant) -> Exposition {
     for b in s.bindings.iter().take(cap) {
         packets.sample(vec![label("vm", b.vm.to_string())], b.packets);
     }
-    let bytes = x.counter("binding_bytes", "Bytes forwarded under each binding (same cap).");
+    let bytes = x.counter(
+        "binding_bytes",
+        "Bytes forwarded under each binding (same cap).",
+    );
     for b in s.bindings.iter().take(cap) {
         bytes.sample(vec![label("vm", b.vm.to_string())], b.bytes);
     }
@@ -99,18 +118,33 @@ pub(super) fn exposition(d: &Daemon, now: Instant) -> Exposition {
     )
     .sample(vec![], s.bindings.len().saturating_sub(cap));
     if let Some(r) = &s.registration.counts {
-        let replies = x.counter("registration_replies", "Registration replies sent, by RFC 5944 code (0 and 1: accepted).");
+        let replies = x.counter(
+            "registration_replies",
+            "Registration replies sent, by RFC 5944 code (0 and 1: accepted).",
+        );
         for (code, n) in &r.replies {
             replies.sample(vec![label("code", code.to_string())], *n);
         }
-        x.counter("registration_dropped", "Registration datagrams dropped without a reply (malformed, forged, not for us).")
-            .sample(vec![], r.dropped);
-        x.counter("registration_queue_full", "Authentic registrations dropped because the handler's queue was full.")
-            .sample(vec![], r.queue_full);
-        x.counter("store_commits", "Durable store commits of registration bursts.")
-            .sample(vec![], r.commits);
-        x.counter("store_commit_failures", "Registration bursts whose store commit failed (not acknowledged).")
-            .sample(vec![], r.commit_failures);
+        x.counter(
+            "registration_dropped",
+            "Registration datagrams dropped without a reply (malformed, forged, not for us).",
+        )
+        .sample(vec![], r.dropped);
+        x.counter(
+            "registration_queue_full",
+            "Authentic registrations dropped because the handler's queue was full.",
+        )
+        .sample(vec![], r.queue_full);
+        x.counter(
+            "store_commits",
+            "Durable store commits of registration bursts.",
+        )
+        .sample(vec![], r.commits);
+        x.counter(
+            "store_commit_failures",
+            "Registration bursts whose store commit failed (not acknowledged).",
+        )
+        .sample(vec![], r.commit_failures);
     }
     x
 }
