@@ -144,7 +144,11 @@ impl Record {
             Stage::In => "in",
             Stage::Out => "out",
         };
-        format!("{stage} {} q{queue}: {}", port_name(self.port), self.outcome)
+        format!(
+            "{stage} {} q{queue}: {}",
+            port_name(self.port),
+            self.outcome
+        )
     }
 }
 

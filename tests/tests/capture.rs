@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use homeward::common::pcapng::{self, Block};
+use homeward::common::pcapng::{self, Block, Packet};
 use homeward_tests::agent::HomeAgent;
 use homeward_tests::{homeward_bin, require_root, NsChild, Topology, UdpSend};
 
@@ -33,16 +33,19 @@ fn start_capture(lab: &Topology, file: &Path, args: &[&str]) -> NsChild {
     child
 }
 
-/// Each packet of `file`: (interface, timestamp ns, bytes, original length, comment).
-fn read_capture(file: &Path) -> (Vec<Block>, Vec<(u32, u64, Vec<u8>, u32, String)>) {
+/// The blocks of `file`.
+fn read_capture(file: &Path) -> Vec<Block> {
     let bytes = std::fs::read(file).expect("the capture file");
-    let blocks = Block::all(&bytes).expect("well-formed pcapng");
-    let packets = blocks
-        .iter()
-        .filter_map(|b| b.packet())
-        .map(|(i, t, d, o, c)| (i, t, d.to_vec(), o, c.unwrap_or_default()))
-        .collect();
-    (blocks, packets)
+    Block::all(&bytes).expect("well-formed pcapng")
+}
+
+/// The packets among `blocks`.
+fn packets_of(blocks: &[Block]) -> Vec<Packet<'_>> {
+    blocks.iter().filter_map(|b| b.packet()).collect()
+}
+
+fn comment<'a>(p: &'a Packet<'_>) -> &'a str {
+    p.comment.as_deref().unwrap_or_default()
 }
 
 /// The IPv4 header of an untagged Ethernet frame: (protocol, src, dst).
@@ -105,7 +108,8 @@ fn capture_writes_frames_before_and_after_with_their_verdicts() {
     );
 
     // The verdicts, and the frames under them.
-    let (blocks, packets) = read_capture(&file);
+    let blocks = read_capture(&file);
+    let packets = packets_of(&blocks);
     assert_eq!(blocks[0].kind, pcapng::SHB);
     assert_eq!(
         blocks.iter().filter(|b| b.kind == pcapng::IDB).count(),
@@ -116,23 +120,31 @@ fn capture_writes_frames_before_and_after_with_their_verdicts() {
     let vm_octets = lab.vm_home.octets();
     let before = packets
         .iter()
-        .position(|p| p.4 == "in lan q0: tx wan (encapsulated)")
+        .position(|p| comment(p) == "in lan q0: tx wan (encapsulated)")
         .unwrap_or_else(|| panic!("no 'in' record: {:?}", comments(&packets)));
     let after = &packets[before + 1];
     let before = &packets[before];
-    assert_eq!(after.4, "out wan q0: tx wan (encapsulated)");
-    assert_eq!((before.0, after.0), (0, 1), "LAN then WAN interface");
-    let (proto, _, dst) = ipv4(&before.2).expect("IPv4 in");
+    assert_eq!(comment(after), "out wan q0: tx wan (encapsulated)");
+    assert_eq!(
+        (before.interface, after.interface),
+        (0, 1),
+        "LAN then WAN interface"
+    );
+    let (proto, _, dst) = ipv4(before.data).expect("IPv4 in");
     assert_eq!((proto, dst), (17, vm_octets));
-    let (proto, src, dst) = ipv4(&after.2).expect("IPv4 out");
+    let (proto, src, dst) = ipv4(after.data).expect("IPv4 out");
     assert_eq!(
         (proto, src, dst),
         (4, lab.ha_wan.addr.octets(), lab.care_of.octets())
     );
-    assert_eq!(after.3, before.3 + 20, "the outer header's 20 bytes");
+    assert_eq!(
+        after.orig_len,
+        before.orig_len + 20,
+        "the outer header's 20 bytes"
+    );
     assert!(packets
         .iter()
-        .all(|p| p.1 >= started.as_nanos() as u64 - 1_000_000_000));
+        .all(|p| p.ts_ns >= started.as_nanos() as u64 - 1_000_000_000));
     // The end: the statistics, nothing lost.
     let dropped: Vec<u64> = blocks.iter().filter_map(|b| b.dropped()).collect();
     assert_eq!(dropped, vec![0]);
@@ -147,7 +159,8 @@ fn capture_writes_frames_before_and_after_with_their_verdicts() {
     // Ctrl-C: the file ends with the statistics.
     let status = again.stop_with("INT", Duration::from_secs(10));
     assert!(status.success(), "{}", again.stderr());
-    let (blocks, packets) = read_capture(&file2);
+    let blocks = read_capture(&file2);
+    let packets = packets_of(&blocks);
     assert!(
         again
             .stdout()
@@ -157,7 +170,7 @@ fn capture_writes_frames_before_and_after_with_their_verdicts() {
     );
     let encapsulated = packets
         .iter()
-        .filter(|p| p.4.ends_with("tx wan (encapsulated)"))
+        .filter(|p| comment(p).ends_with("tx wan (encapsulated)"))
         .count();
     assert_eq!(encapsulated, 6, "{:?}", comments(&packets));
     assert!(blocks.last().is_some_and(|b| b.kind == pcapng::ISB));
@@ -167,8 +180,8 @@ fn capture_writes_frames_before_and_after_with_their_verdicts() {
     assert!(t.unaccounted().iter().all(|u| *u == 0), "{}", t.stderr);
 }
 
-fn comments(packets: &[(u32, u64, Vec<u8>, u32, String)]) -> Vec<&str> {
-    packets.iter().map(|p| p.4.as_str()).collect()
+fn comments<'a>(packets: &'a [Packet<'_>]) -> Vec<&'a str> {
+    packets.iter().map(comment).collect()
 }
 
 #[test]

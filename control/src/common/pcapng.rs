@@ -156,6 +156,18 @@ pub struct Block {
     pub body: Vec<u8>,
 }
 
+/// An Enhanced Packet Block as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet<'a> {
+    pub interface: u32,
+    /// Nanoseconds since the Unix epoch (`if_tsresol` 9).
+    pub ts_ns: u64,
+    /// The captured bytes.
+    pub data: &'a [u8],
+    pub orig_len: u32,
+    pub comment: Option<String>,
+}
+
 /// Largest block the reader accepts (a packet is at most a snap length).
 pub const MAX_BLOCK: usize = 1 << 20;
 
@@ -163,7 +175,7 @@ pub const MAX_BLOCK: usize = 1 << 20;
 /// or why it is not a block this reader takes.
 pub fn block_len(header: &[u8; 8]) -> Result<usize, String> {
     let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-    if len < 12 || len % 4 != 0 || len > MAX_BLOCK {
+    if len < 12 || !len.is_multiple_of(4) || len > MAX_BLOCK {
         return Err(format!("bad pcapng block length {len}"));
     }
     Ok(len)
@@ -224,9 +236,8 @@ impl Block {
         out
     }
 
-    /// An EPB's interface, timestamp (ns), captured bytes, original
-    /// length and comment.
-    pub fn packet(&self) -> Option<(u32, u64, &[u8], u32, Option<String>)> {
+    /// An EPB's interface, timestamp, bytes, original length and comment.
+    pub fn packet(&self) -> Option<Packet<'_>> {
         if self.kind != EPB {
             return None;
         }
@@ -243,13 +254,13 @@ impl Block {
             .into_iter()
             .find(|(c, _)| *c == OPT_COMMENT)
             .map(|(_, v)| String::from_utf8_lossy(&v).into_owned());
-        Some((
+        Some(Packet {
             interface,
-            (u64::from(high) << 32) | u64::from(low),
+            ts_ns: (u64::from(high) << 32) | u64::from(low),
             data,
-            orig,
+            orig_len: orig,
             comment,
-        ))
+        })
     }
 
     /// An ISB's `isb_ifdrop`.
@@ -337,9 +348,12 @@ mod tests {
         );
         let blocks = Block::all(&out).unwrap();
         assert_eq!(blocks.len(), 1);
-        let (i, t, data, orig, comment) = blocks[0].packet().unwrap();
-        assert_eq!((i, t, data, orig), (1, ts, &[0xaa, 0xbb, 0xcc][..], 60));
-        assert_eq!(comment.as_deref(), Some("in lan q0: x"));
+        let p = blocks[0].packet().unwrap();
+        assert_eq!(
+            (p.interface, p.ts_ns, p.data, p.orig_len),
+            (1, ts, &[0xaa, 0xbb, 0xcc][..], 60)
+        );
+        assert_eq!(p.comment.as_deref(), Some("in lan q0: x"));
     }
 
     #[test]

@@ -175,13 +175,19 @@ fn the_first_packet_after_arming_is_timed() {
     w.count_slot(slot, 100, 1_000);
     w.count_slot(slot, 100, 5_000);
     let epoch = w.epoch();
-    assert_eq!(f.first_packet(VM), Some(epoch + std::time::Duration::from_nanos(1_000)));
+    assert_eq!(
+        f.first_packet(VM),
+        Some(epoch + std::time::Duration::from_nanos(1_000))
+    );
     // Moved: armed again, the next packet is the first.
     f.bind(VM, COA2, None).unwrap();
     f.arm_first_packet(VM);
     assert_eq!(f.first_packet(VM), None);
     w.count_slot(slot, 100, 7_000);
-    assert_eq!(f.first_packet(VM), Some(epoch + std::time::Duration::from_nanos(7_000)));
+    assert_eq!(
+        f.first_packet(VM),
+        Some(epoch + std::time::Duration::from_nanos(7_000))
+    );
     assert_eq!(f.first_packet(VM2), None);
 }
 

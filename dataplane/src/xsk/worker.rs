@@ -151,7 +151,10 @@ impl WorkerShared {
     /// When this worker forwarded the first packet under slot `slot` since
     /// it was armed.
     pub fn first_packet(&self, slot: u32) -> Option<Instant> {
-        let ns = self.per_slot.get(slot as usize * SLOT_STRIDE + 2)?.load(Relaxed);
+        let ns = self
+            .per_slot
+            .get(slot as usize * SLOT_STRIDE + 2)?
+            .load(Relaxed);
         (ns != 0).then(|| self.epoch + Duration::from_nanos(ns))
     }
 
@@ -484,8 +487,12 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                                 }
                                 if let (Some(tap), Some(_)) = (tap, before) {
                                     let piece_bytes = dst.get(s..s + l).unwrap_or(&[]);
-                                    let mut record =
-                                        Record::new(now_ns, Stage::Out, side_port(port), piece_bytes);
+                                    let mut record = Record::new(
+                                        now_ns,
+                                        Stage::Out,
+                                        side_port(port),
+                                        piece_bytes,
+                                    );
                                     record.outcome = outcome;
                                     if !tap.push(record) {
                                         self.shared.counters.capture_dropped.fetch_add(1, Relaxed);

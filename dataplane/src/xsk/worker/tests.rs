@@ -506,10 +506,16 @@ mod capture {
             kind: TxKind::Encapsulated,
         };
         let (before, after) = (&r[0], &r[1]);
-        assert_eq!((before.stage, before.port, before.outcome), (Stage::In, Port::Lan, want));
+        assert_eq!(
+            (before.stage, before.port, before.outcome),
+            (Stage::In, Port::Lan, want)
+        );
         assert_eq!(before.orig_len as usize, input.len());
         assert_eq!(before.bytes(), &input[..SNAP_LEN], "snapped at SNAP_LEN");
-        assert_eq!((after.stage, after.port, after.outcome), (Stage::Out, Port::Wan, want));
+        assert_eq!(
+            (after.stage, after.port, after.outcome),
+            (Stage::Out, Port::Wan, want)
+        );
         assert_eq!(after.orig_len as usize, wire[0].len());
         assert_eq!(after.bytes(), &wire[0][..SNAP_LEN]);
         assert_eq!(before.comment(0), "in lan q0: tx wan (encapsulated)");
