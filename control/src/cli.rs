@@ -68,6 +68,22 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Capture the frames the workers handle, before and after rewriting,
+    /// with each verdict, into a pcapng file (either role).
+    Capture {
+        /// Only frames whose IPv4 source or destination (inner too, for
+        /// IP-in-IP) or ARP address is this.
+        #[arg(long)]
+        vm: Option<Ipv4Addr>,
+        /// Stop after this many packets (default: at Ctrl-C).
+        #[arg(long, short = 'c')]
+        count: Option<u64>,
+        /// The pcapng file to write.
+        #[arg(short = 'w', long = "write")]
+        file: PathBuf,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Register a VM's care-of address with a home agent (RFC 5944), or deregister it.
     Register(RegisterArgs),
     /// Run the foreign agent on this hypervisor: watch the VMs' QEMU (QMP),

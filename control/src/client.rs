@@ -8,16 +8,21 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::proto::{Reply, Request};
 
-/// Sends one request and returns the daemon's result.
-pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value, Error> {
-    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+/// Connects to the daemon's control socket.
+pub fn connect(socket: &Path) -> Result<UnixStream, Error> {
+    UnixStream::connect(socket).map_err(|e| match e.kind() {
         ErrorKind::NotFound | ErrorKind::ConnectionRefused => Error::NotRunning(socket.into()),
         ErrorKind::PermissionDenied => Error::PermissionDenied(socket.into()),
         _ => Error::Socket {
             path: socket.into(),
             source: e,
         },
-    })?;
+    })
+}
+
+/// Sends one request and returns the daemon's result.
+pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value, Error> {
+    let stream = connect(socket)?;
     let io = |e| Error::Socket {
         path: socket.into(),
         source: e,

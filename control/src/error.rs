@@ -30,6 +30,11 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("bad reply from the daemon: {0}")]
     Protocol(String),
     #[error("{0}")]

@@ -129,6 +129,22 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Capture {
+            vm,
+            count,
+            file,
+            socket,
+        } => {
+            let stop = homeward::common::stop_on_signal().map_err(Error::Invalid)?;
+            let w = homeward::common::capture::client(&socket, vm, count, &file, &stop)?;
+            println!(
+                "{} packets written to {}, {} dropped (capture queue full)",
+                w.packets,
+                file.display(),
+                w.dropped
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Register(args) => register::run(&args),
     }
 }

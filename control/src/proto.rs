@@ -23,6 +23,16 @@ pub enum Request {
     },
     List {},
     Stats {},
+    /// `homeward capture`: answered with a reply line, then a pcapng
+    /// stream on the same connection (see `common::capture`).
+    Capture {
+        /// Only frames from or to this address (outer or inner IPv4, ARP).
+        #[serde(default)]
+        vm: Option<Ipv4Addr>,
+        /// Stop after this many packets.
+        #[serde(default)]
+        count: Option<u64>,
+    },
     /// `--takeover`: hand the data path to the process asking (see
     /// `common::handover`); answered with fds, not a reply line.
     Takeover {},

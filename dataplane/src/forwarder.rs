@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use crossbeam::channel::{self, Receiver, Sender};
 
+use crate::capture::{Capture, CaptureError};
 use crate::loader::Steering;
 use crate::neigh::NeighHandle;
 use crate::table::{Binding, TableError, TableWriter};
@@ -352,6 +353,25 @@ impl<S: SteeringMaps, N: NextHops> Forwarder<S, N> {
         let table: Vec<(Ipv4Addr, Ipv4Addr)> =
             self.list().iter().map(|f| (f.vm, f.care_of)).collect();
         Ok(steered == table)
+    }
+
+    /// Starts capturing what the workers handle (`homeward capture`): see
+    /// [`crate::capture`]. One capture at a time; it stops when the
+    /// returned [`Capture`] is dropped.
+    pub fn capture(
+        &self,
+        filter: Option<Ipv4Addr>,
+        records: usize,
+    ) -> Result<Capture, CaptureError> {
+        Capture::start(self.workers.shared(), filter, records)
+    }
+
+    /// The interfaces of ports LAN and WAN (`None`: one-armed), once the
+    /// workers run.
+    pub fn interfaces(&self) -> Option<(String, Option<String>)> {
+        self.plan
+            .as_ref()
+            .map(|p| (p.lan.clone(), p.wan.clone().filter(|w| *w != p.lan)))
     }
 
     /// Sends a gratuitous ARP on port 0 (queue 0's worker): `addr` is at

@@ -10,6 +10,7 @@
 //! - [`xsk`]: AF_XDP sockets, UMEM, frame accounting and the forwarding worker.
 //! - [`stats`]: counters the workers publish.
 
+pub mod capture;
 pub mod forwarder;
 pub mod loader;
 pub mod lookup;

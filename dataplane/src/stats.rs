@@ -29,6 +29,9 @@ pub struct SharedCounters {
     pub bad_verdict: AtomicU64,
     /// Gratuitous ARPs sent.
     pub announcements: AtomicU64,
+    /// Capture records dropped because the capture queue was full (the
+    /// frames themselves were handled as usual).
+    pub capture_dropped: AtomicU64,
     /// The kernel's own AF_XDP socket counters (XDP_STATISTICS), summed
     /// over the queue's sockets: frames it dropped before the worker saw
     /// them.
@@ -69,6 +72,7 @@ impl Default for SharedCounters {
             no_free_frame: AtomicU64::new(0),
             bad_verdict: AtomicU64::new(0),
             announcements: AtomicU64::new(0),
+            capture_dropped: AtomicU64::new(0),
             socket: SocketCounters::default(),
         }
     }
@@ -83,6 +87,8 @@ pub struct CounterSnapshot {
     pub no_free_frame: u64,
     pub bad_verdict: u64,
     pub announcements: u64,
+    /// Capture records lost to a full capture queue (not packet drops).
+    pub capture_dropped: u64,
     pub xsk_rx_dropped: u64,
     pub xsk_rx_ring_full: u64,
     pub xsk_fill_ring_empty: u64,
@@ -132,6 +138,7 @@ impl SharedCounters {
             no_free_frame: self.no_free_frame.load(Relaxed),
             bad_verdict: self.bad_verdict.load(Relaxed),
             announcements: self.announcements.load(Relaxed),
+            capture_dropped: self.capture_dropped.load(Relaxed),
             xsk_rx_dropped: self.socket.rx_dropped.load(Relaxed),
             xsk_rx_ring_full: self.socket.rx_ring_full.load(Relaxed),
             xsk_fill_ring_empty: self.socket.fill_ring_empty.load(Relaxed),
@@ -181,6 +188,7 @@ impl CounterSnapshot {
         self.no_free_frame += o.no_free_frame;
         self.bad_verdict += o.bad_verdict;
         self.announcements += o.announcements;
+        self.capture_dropped += o.capture_dropped;
         self.xsk_rx_dropped += o.xsk_rx_dropped;
         self.xsk_rx_ring_full += o.xsk_rx_ring_full;
         self.xsk_fill_ring_empty += o.xsk_fill_ring_empty;

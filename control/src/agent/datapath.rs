@@ -199,6 +199,11 @@ impl DataPath {
         self.forwarder.park()
     }
 
+    /// The forwarder, for `homeward capture`.
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
+    }
+
     /// The VMs served, for the successor.
     pub fn served_vms(&self) -> Vec<ServedVm> {
         self.forwarder

@@ -15,6 +15,7 @@ mod registrar;
 mod watch;
 
 // The home agent's control socket, reused as is.
+use crate::common::capture;
 use crate::common::control_socket as server;
 use crate::common::handover::{self, Answer, OfferError, Successor};
 use crate::common::is_root;
@@ -422,6 +423,9 @@ impl<D: Serving> Agent<D> {
             Request::Takeover {} => Reply::err(
                 "takeover is asked by `homeward agent --takeover` and answered by the serve loop",
             ),
+            Request::Capture { .. } => {
+                Reply::err("capture is asked by `homeward capture` and answered by the serve loop")
+            }
             Request::Bind { .. } | Request::Unbind { .. } => Reply::err(
                 "this is homeward agent: it serves the VMs of its config as QEMU reports them; bind and unbind are for the home agent (homeward run)",
             ),
@@ -693,6 +697,9 @@ fn serve(
                                 return Ending::HandedOver;
                             }
                         },
+                        Ok(Request::Capture { vm, count }) => {
+                            capture::serve(conn, agent.datapath.forwarder(), vm, count)
+                        }
                         Ok(req) => server::send_reply(&conn, &agent.handle(Instant::now(), req)),
                         Err(reply) => server::send_reply(&conn, &reply),
                     }

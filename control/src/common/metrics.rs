@@ -193,6 +193,16 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
     .sample(vec![], t.pipeline.icmp_sent);
     x.counter("fragmented", "Datagrams fragmented to fit the tunnel.")
         .sample(vec![], t.pipeline.fragmented);
+    x.counter(
+        "checksums_finished",
+        "Partial TCP/UDP checksums (left to the device by a local sender) finished before tunnelling.",
+    )
+    .sample(vec![], t.pipeline.checksums_finished);
+    x.counter(
+        "capture_dropped",
+        "Records homeward capture could not take (its queue was full); the packets were forwarded as usual.",
+    )
+    .sample(vec![], s.capture_dropped);
     if let SteeringReport::Counters(c) = &s.steering {
         let xdp = x.counter(
             "xdp_packets",

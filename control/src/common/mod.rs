@@ -1,10 +1,12 @@
 //! Small things both roles use; imports nothing above it.
 
+pub mod capture;
 pub mod claims;
 pub mod control_socket;
 pub mod handover;
 pub mod metrics;
 pub mod notify;
+pub mod pcapng;
 
 use std::path::{Path, PathBuf};
 

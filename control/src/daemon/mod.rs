@@ -20,6 +20,7 @@ use dataplane::pipeline::PipelineConfig;
 use dataplane::table::binding_table;
 use dataplane::xsk::{FrameAccounting, Parked, QueueState};
 
+use crate::common::capture;
 use crate::common::claims::Claims;
 use crate::common::control_socket::{self as server, ControlSocket};
 use crate::common::handover::{self, Answer, OfferError, Successor};
@@ -372,6 +373,9 @@ impl Daemon {
                                     return Ending::HandedOver;
                                 }
                             },
+                            Ok(Request::Capture { vm, count }) => {
+                                capture::serve(conn, self.bindings.forwarder(), vm, count)
+                            }
                             Ok(req) => server::send_reply(&conn, &self.handle(req)),
                             Err(reply) => server::send_reply(&conn, &reply),
                         }
@@ -446,6 +450,9 @@ impl Daemon {
                 serde_json::to_value(stats::collect(self, now)).map_err(|e| e.to_string())
             }
             Request::Takeover {} => Err("takeover is asked by `homeward run --takeover`".into()),
+            Request::Capture { .. } => {
+                Err("capture is asked by `homeward capture` and answered by the serve loop".into())
+            }
         };
         // Announcements for a new binding start now, not at the next tick.
         self.bindings.run_announcements(now);

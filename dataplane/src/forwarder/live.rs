@@ -201,6 +201,7 @@ impl Forwarder<Steering, NeighHandle> {
                 })
                 .collect(),
             frames,
+            capture_dropped: totals.capture_dropped,
             totals,
             per_queue: self
                 .workers

@@ -25,6 +25,9 @@ pub struct DataPathStats {
     pub next_hops: Vec<NextHopStats>,
     /// Where each queue's frames are.
     pub frames: Vec<QueueFrames>,
+    /// `homeward capture` records lost to a full capture queue, since the
+    /// start (the frames themselves were forwarded or dropped as usual).
+    pub capture_dropped: u64,
     /// Every queue's counters summed: each role names them itself.
     #[serde(skip)]
     pub totals: CounterSnapshot,

@@ -12,7 +12,7 @@
 //! receiver's own check cannot tell either.
 
 use super::checksum::{fold, sum};
-use super::ipv4::{self, Ipv4};
+use super::ipv4::Ipv4;
 
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
@@ -72,6 +72,7 @@ mod tests {
 
     use super::*;
     use crate::pipeline::checksum::verifies;
+    use crate::pipeline::ipv4;
 
     const SRC: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
     const DST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);

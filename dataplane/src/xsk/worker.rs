@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, TryRecvError};
@@ -17,7 +17,10 @@ use super::accounting::{
 };
 use super::rings::{QueueIo, Side};
 use super::sockets::QueueSockets;
-use crate::pipeline::{write_gratuitous_arp, Lookup, Pipeline, PipelineConfig, Port, Verdict};
+use crate::capture::{self, Outcome, Record, Stage, Tap, TxKind};
+use crate::pipeline::{
+    write_gratuitous_arp, Counters, Lookup, Pipeline, PipelineConfig, Port, Verdict,
+};
 use crate::stats::{CounterSnapshot, SharedCounters};
 
 /// Work the control plane hands to a worker.
@@ -42,6 +45,11 @@ pub struct WorkerShared {
     per_slot: Box<[AtomicU64]>,
     /// The worker's clock starts here.
     epoch: Instant,
+    /// Capture: 0 off, else the generation of the tap in `tap`. The worker
+    /// loads it (relaxed) once per loop turn; only when it changes does it
+    /// lock `tap`.
+    capture: AtomicU64,
+    tap: Mutex<Option<Arc<Tap>>>,
 }
 
 /// Counters per binding slot.
@@ -58,7 +66,47 @@ impl WorkerShared {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             epoch: Instant::now(),
+            capture: AtomicU64::new(0),
+            tap: Mutex::new(None),
         })
+    }
+
+    /// Capture into `tap`; false if a capture runs already.
+    pub(crate) fn install_tap(&self, tap: Arc<Tap>) -> bool {
+        let Ok(mut slot) = self.tap.lock() else {
+            return false;
+        };
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(tap);
+        self.capture.store(capture::next_generation(), Relaxed);
+        true
+    }
+
+    /// Stop capturing into `tap` (if it is the current one): the worker
+    /// goes back to off at its next loop turn.
+    pub(crate) fn remove_tap(&self, tap: &Arc<Tap>) {
+        let Ok(mut slot) = self.tap.lock() else {
+            return;
+        };
+        if slot.as_ref().is_some_and(|t| Arc::ptr_eq(t, tap)) {
+            *slot = None;
+            self.capture.store(0, Relaxed);
+        }
+    }
+
+    /// The tap a worker seeing capture generation `generation` uses.
+    fn current_tap(&self, generation: u64) -> Option<Arc<Tap>> {
+        if generation == 0 {
+            return None;
+        }
+        self.tap.lock().ok().and_then(|t| t.clone())
+    }
+
+    /// Whether the worker was asked to stop.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Relaxed)
     }
 
     /// Every queue's counters summed, and each queue's frames: what the
@@ -148,6 +196,9 @@ pub struct Worker<L: Lookup, R: QueueIo = QueueSockets> {
     /// completed nothing.
     kicked_at: u64,
     fruitless_kicks: u32,
+    /// The capture generation last seen, and its tap (`None`: off).
+    capture_generation: u64,
+    tap: Option<Arc<Tap>>,
 }
 
 /// A stopped worker's queue: its sockets with every frame the worker held
@@ -230,6 +281,8 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             started,
             kicked_at: 0,
             fruitless_kicks: 0,
+            capture_generation: 0,
+            tap: None,
         }
     }
 
@@ -251,6 +304,12 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         self.iterations = self.iterations.wrapping_add(1);
         if self.iterations.is_multiple_of(4096) {
             self.read_socket_counters();
+        }
+        // Capture: one relaxed load a turn while off.
+        let generation = self.shared.capture.load(Relaxed);
+        if generation != self.capture_generation {
+            self.capture_generation = generation;
+            self.tap = self.shared.current_tap(generation);
         }
         let mut work = self.reclaim(&mut s.comp);
         work += self.receive(Side::Lan, &mut s.rx, &mut s.lan_tx, &mut s.wan_tx);
@@ -329,15 +388,42 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             Side::Wan => Port::Wan,
         };
         let one_armed = !self.sockets.has_wan();
+        // The socket each port's frames leave by, as the capture names it.
+        let side_port = |port: Port| if one_armed { Port::Lan } else { port };
+        let tap = self.tap.as_deref();
         for desc in rx_descs.iter_mut().take(n) {
             let len = R::data_len(desc);
             // SAFETY: `desc` came off the RX ring, so the frame is owned by
             // this worker until it is put on a TX or fill ring; no other
             // reference to it exists.
             let (buf, start) = unsafe { self.sockets.frame_mut(desc) };
+            // Capture on: the frame as received, before the rewrite.
+            let mut before = None;
+            if let Some(tap) = tap {
+                let frame = buf.get(start..start.saturating_add(len)).unwrap_or(&[]);
+                if tap.wants(frame) {
+                    let record = Record::new(now_ns, Stage::In, side_port(ingress), frame);
+                    before = Some((record, Produced::of(self.pipeline.counters())));
+                }
+            }
             let verdict = self
                 .pipeline
                 .process(buf, start, len, ingress, now_ns, &self.lookup);
+            let capture = |outcome: Outcome, after: Option<(&[u8], Port)>| {
+                if let (Some(tap), Some((mut record, _))) = (tap, before) {
+                    record.outcome = outcome;
+                    if !tap.push(record) {
+                        self.shared.counters.capture_dropped.fetch_add(1, Relaxed);
+                    }
+                    if let Some((frame, port)) = after {
+                        let mut out = Record::new(now_ns, Stage::Out, port, frame);
+                        out.outcome = outcome;
+                        if !tap.push(out) {
+                            self.shared.counters.capture_dropped.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            };
             match verdict {
                 Verdict::Tx {
                     port,
@@ -347,11 +433,20 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                 } => {
                     if !self.sockets.set_data(desc, start, len) {
                         self.shared.counters.bad_verdict.fetch_add(1, Relaxed);
+                        capture(Outcome::WorkerDrop("bad_verdict"), None);
                         self.free.push(*desc);
                         continue;
                     }
                     if let Some(slot) = slot {
                         self.shared.count_slot(slot, len, now_ns);
+                    }
+                    if let Some((_, produced)) = before {
+                        let outcome = Outcome::Tx {
+                            port: side_port(port),
+                            kind: produced.kind(self.pipeline.counters()),
+                        };
+                        let out = buf.get(start..start + len).unwrap_or(&[]);
+                        capture(outcome, Some((out, side_port(port))));
                     }
                     match port {
                         Port::Wan if !one_armed => wan_tx.push(*desc),
@@ -366,9 +461,15 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                     // All pieces or none: a partial datagram never reassembles.
                     if self.free.len() < plan.count() {
                         self.shared.counters.no_free_frame.fetch_add(1, Relaxed);
+                        capture(Outcome::WorkerDrop("no_free_frame"), None);
                         self.free.push(*desc);
                         continue;
                     }
+                    let outcome = Outcome::Fragments {
+                        port: side_port(port),
+                        pieces: plan.count() as u16,
+                    };
+                    capture(outcome, None);
                     for index in 0..plan.count() {
                         let Some(mut piece) = self.free.pop() else {
                             break;
@@ -384,6 +485,19 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                                 if let Some(slot) = slot {
                                     self.shared.count_slot(slot, l, now_ns);
                                 }
+                                if let (Some(tap), Some(_)) = (tap, before) {
+                                    let piece_bytes = dst.get(s..s + l).unwrap_or(&[]);
+                                    let mut record = Record::new(
+                                        now_ns,
+                                        Stage::Out,
+                                        side_port(port),
+                                        piece_bytes,
+                                    );
+                                    record.outcome = outcome;
+                                    if !tap.push(record) {
+                                        self.shared.counters.capture_dropped.fetch_add(1, Relaxed);
+                                    }
+                                }
                                 out.push(piece);
                             }
                             _ => {
@@ -394,7 +508,10 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                     }
                     self.free.push(*desc);
                 }
-                Verdict::Drop(_) => self.free.push(*desc),
+                Verdict::Drop(reason) => {
+                    capture(Outcome::Drop(reason), None);
+                    self.free.push(*desc);
+                }
             }
         }
         n
@@ -571,6 +688,41 @@ impl<L: Lookup> Worker<L, QueueSockets> {
     /// The queue's socket file descriptors (LAN, and WAN unless one-armed).
     pub fn fds(&self) -> (RawFd, Option<RawFd>) {
         (self.sockets.lan.fd, self.sockets.wan.as_ref().map(|w| w.fd))
+    }
+}
+
+/// What the pipeline had produced before a captured frame: which counter
+/// moves tells what a `Verdict::Tx` was.
+#[derive(Clone, Copy)]
+struct Produced {
+    encapsulated: u64,
+    decapsulated: u64,
+    arp_replies: u64,
+    icmp_sent: u64,
+}
+
+impl Produced {
+    fn of(c: &Counters) -> Produced {
+        Produced {
+            encapsulated: c.encapsulated,
+            decapsulated: c.decapsulated,
+            arp_replies: c.arp_replies,
+            icmp_sent: c.icmp_sent,
+        }
+    }
+
+    fn kind(&self, now: &Counters) -> TxKind {
+        if now.encapsulated != self.encapsulated {
+            TxKind::Encapsulated
+        } else if now.decapsulated != self.decapsulated {
+            TxKind::Decapsulated
+        } else if now.arp_replies != self.arp_replies {
+            TxKind::ArpReply
+        } else if now.icmp_sent != self.icmp_sent {
+            TxKind::IcmpError
+        } else {
+            TxKind::Other
+        }
     }
 }
 

@@ -480,3 +480,108 @@ fn frames_from_the_rx_ring_start_where_the_kernel_put_them() {
     assert_eq!(desc.addr % XSK.frame_size as usize, RX_HEADROOM - 20);
     h.assert_conserved();
 }
+
+mod capture {
+    use super::*;
+    use crate::capture::{Capture, Outcome, Stage, TxKind, SNAP_LEN};
+
+    fn records(cap: &Capture) -> Vec<Record> {
+        let tap = cap.tap(0).expect("queue 0's tap");
+        std::iter::from_fn(|| tap.pop()).collect()
+    }
+
+    #[test]
+    fn a_forwarded_frame_yields_a_record_before_and_after_with_the_verdict() {
+        let mut h = two_armed();
+        let cap = Capture::start(std::slice::from_ref(&h.shared), None, 16).unwrap();
+        let input = Ip::udp(LAN_HOST, VM, &[0x5a; 400]).frame();
+        h.forward(Side::Lan, &input);
+        let wire = h.q().take_wire(Side::Wan);
+        assert_eq!(wire.len(), 1);
+
+        let r = records(&cap);
+        assert_eq!(r.len(), 2, "{r:?}");
+        let want = Outcome::Tx {
+            port: Port::Wan,
+            kind: TxKind::Encapsulated,
+        };
+        let (before, after) = (&r[0], &r[1]);
+        assert_eq!(
+            (before.stage, before.port, before.outcome),
+            (Stage::In, Port::Lan, want)
+        );
+        assert_eq!(before.orig_len as usize, input.len());
+        assert_eq!(before.bytes(), &input[..SNAP_LEN], "snapped at SNAP_LEN");
+        assert_eq!(
+            (after.stage, after.port, after.outcome),
+            (Stage::Out, Port::Wan, want)
+        );
+        assert_eq!(after.orig_len as usize, wire[0].len());
+        assert_eq!(after.bytes(), &wire[0][..SNAP_LEN]);
+        assert_eq!(before.comment(0), "in lan q0: tx wan (encapsulated)");
+        assert_eq!(after.comment(0), "out wan q0: tx wan (encapsulated)");
+        // Both on the batch's clock.
+        assert_eq!(before.ns, after.ns);
+
+        // A drop: one record, with its reason.
+        let unbound = Ip::udp(LAN_HOST, REMOTE, b"nobody home").frame();
+        h.forward(Side::Lan, &unbound);
+        let r = records(&cap);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].outcome, Outcome::Drop(DropReason::NoBinding));
+        assert_eq!(r[0].bytes(), &unbound[..]);
+        assert_eq!(r[0].comment(0), "in lan q0: drop no_binding");
+
+        // Stopped: the worker is off again at its next turn.
+        drop(cap);
+        h.forward(Side::Lan, &input);
+        assert!(h.worker.tap.is_none());
+        assert_eq!(h.q().take_wire(Side::Wan).len(), 1);
+        assert_eq!(h.counters().capture_dropped, 0);
+        h.assert_conserved();
+    }
+
+    #[test]
+    fn the_filter_keeps_only_frames_that_involve_the_address() {
+        let mut h = two_armed();
+        let cap = Capture::start(std::slice::from_ref(&h.shared), Some(VM2.into()), 16).unwrap();
+        h.forward(Side::Lan, &Ip::udp(LAN_HOST, VM, b"not this one").frame());
+        assert!(records(&cap).is_empty());
+        h.forward(Side::Lan, &Ip::udp(LAN_HOST, VM2, b"this one").frame());
+        let r = records(&cap);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[0].stage, Stage::In);
+        assert_eq!(r[1].stage, Stage::Out);
+        h.assert_conserved();
+    }
+
+    #[test]
+    fn a_full_capture_queue_counts_drops_and_the_worker_still_forwards() {
+        let mut h = two_armed();
+        let cap = Capture::start(std::slice::from_ref(&h.shared), None, 2).unwrap();
+        let input = Ip::udp(LAN_HOST, VM, b"hello").frame();
+        for _ in 0..3 {
+            h.forward(Side::Lan, &input);
+        }
+        assert_eq!(h.q().take_wire(Side::Wan).len(), 3, "every frame forwarded");
+        assert_eq!(h.counters().pipeline.encapsulated, 3);
+        // The first frame's two records fit; the others' four did not.
+        assert_eq!(cap.dropped(), 4);
+        assert_eq!(h.counters().capture_dropped, 4);
+        assert_eq!(records(&cap).len(), 2);
+        h.assert_conserved();
+    }
+
+    #[test]
+    fn one_capture_at_a_time() {
+        let h = two_armed();
+        let workers = std::slice::from_ref(&h.shared);
+        let cap = Capture::start(workers, None, 4).unwrap();
+        assert_eq!(
+            Capture::start(workers, None, 4).unwrap_err(),
+            crate::capture::CaptureError::Busy
+        );
+        drop(cap);
+        assert!(Capture::start(workers, None, 4).is_ok());
+    }
+}
