@@ -358,7 +358,7 @@ impl Metrics {
 pub struct MetricsServer {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    server: Arc<tiny_http::Server>,
+    server: Option<Arc<tiny_http::Server>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -432,7 +432,7 @@ impl MetricsServer {
         Ok(MetricsServer {
             addr,
             stop,
-            server,
+            server: Some(server),
             thread: Some(thread),
         })
     }
@@ -442,9 +442,21 @@ impl Drop for MetricsServer {
     /// Stops at once (a takeover successor binds the same port next).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.server.unblock();
+        if let Some(server) = &self.server {
+            server.unblock();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        // The last reference: tiny_http wakes its accept thread, which
+        // closes the listener after this returns. Wait (bounded) until the
+        // port refuses connections, so a takeover successor finds it free.
+        drop(self.server.take());
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(50)).is_ok()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }
