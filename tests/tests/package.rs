@@ -218,6 +218,16 @@ impl NotifySocket {
     }
 }
 
+/// The metrics page the daemon in `ns` serves at 127.0.0.1:9434.
+fn metrics_page(ns: &homeward_tests::Netns) -> String {
+    let out = ns.exec(&[
+        "python3",
+        "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9434/metrics', timeout=5).read().decode())",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `homeward stats --json` against `socket`, with the installed binary.
 #[track_caller]
 fn stats(socket: &Path) -> serde_json::Value {
@@ -344,7 +354,7 @@ fn the_debian_package_installs_runs_takes_over_and_removes_cleanly() {
     fs::write(
         &config,
         format!(
-            "lan = \"lan0\"\naddress = \"198.51.100.1\"\nsocket = \"{}\"\nstate_dir = \"{}\"\nbpffs = \"{}\"\n",
+            "lan = \"lan0\"\naddress = \"198.51.100.1\"\nsocket = \"{}\"\nstate_dir = \"{}\"\nbpffs = \"{}\"\nmetrics = \"127.0.0.1:9434\"\n",
             socket.display(),
             scratch.path().join("state").display(),
             bpffs.path().display()
@@ -382,6 +392,7 @@ fn the_debian_package_installs_runs_takes_over_and_removes_cleanly() {
     assert!(daemon.wait_for_output("homeward is running", Duration::from_secs(5)));
     let s = stats(&socket);
     assert_eq!(s["queues"], 1, "{s}");
+    assert!(metrics_page(&ha).contains("homeward_build_info"));
     eprintln!(
         "package test: ExecStart ready after {:.1} s, xdp mode {}",
         started.elapsed().as_secs_f64(),
@@ -430,6 +441,10 @@ fn the_debian_package_installs_runs_takes_over_and_removes_cleanly() {
     assert!(alive(new_pid), "the successor runs");
     let s = stats(&socket);
     assert_eq!(s["queues"], 1, "{s}");
+    // The metrics endpoint moved to the successor with the data path.
+    let page = metrics_page(&ha);
+    assert!(page.contains("homeward_build_info"), "{page}");
+    assert!(page.contains("homeward_maps_in_sync 1"), "{page}");
     eprintln!(
         "package test: ExecReload took over after {:.1} s (successor uptime {} s)",
         started.elapsed().as_secs_f64(),
