@@ -73,6 +73,9 @@ enum Variant {
     C,
     /// homeward as (a), with its metrics endpoint scraped every second.
     M,
+    /// Another homeward binary (`--other-homeward`), e.g. an earlier build,
+    /// as (a): the baseline of a change, measured in the same run.
+    O,
 }
 
 impl Variant {
@@ -82,11 +85,12 @@ impl Variant {
             Variant::B => "(b) xdp redirect",
             Variant::C => "(c) xdp ipip",
             Variant::M => "(m) homeward, metrics scraped 1/s",
+            Variant::O => "(o) other homeward binary",
         }
     }
 
     fn is_homeward(self) -> bool {
-        matches!(self, Variant::A | Variant::M)
+        matches!(self, Variant::A | Variant::M | Variant::O)
     }
 }
 
@@ -109,6 +113,9 @@ struct Args {
     /// The homeward binary (default: `homeward` next to this binary).
     #[arg(long)]
     homeward: Option<PathBuf>,
+    /// The binary variant (o) runs, e.g. a build before a change.
+    #[arg(long)]
+    other_homeward: Option<PathBuf>,
     /// Latency at these fractions of the measured saturation rate (64 bytes, 1 queue).
     #[arg(long, value_delimiter = ',', default_value = "0.1,0.5,0.9")]
     latency_at: Vec<f64>,
@@ -807,6 +814,15 @@ impl<'a> Dut<'a> {
                 args,
                 variant == Variant::M,
             )?))),
+            Variant::O => {
+                let other = args
+                    .other_homeward
+                    .as_deref()
+                    .ok_or("variant o needs --other-homeward PATH")?;
+                Ok(Dut::Homeward(Box::new(HomewardProc::start(
+                    lab, other, scratch, args, false,
+                )?)))
+            }
         }
     }
 
