@@ -366,18 +366,7 @@ impl<D: Serving> Agent<D> {
 
     /// The agent's metrics: the data path's, the VMs and registrations.
     fn exposition(&self) -> Exposition {
-        let mut x = Exposition::default();
-        x.gauge(
-            "build_info",
-            "The running homeward: 1, labelled with its version and role.",
-        )
-        .sample(
-            vec![
-                label("version", env!("HOMEWARD_VERSION")),
-                label("role", "agent"),
-            ],
-            1u64,
-        );
+        let mut x = Exposition::for_role("agent");
         self.datapath.metrics(&mut x);
         let served = self.vms.iter().filter(|v| v.life.served()).count();
         x.gauge(

@@ -100,6 +100,23 @@ pub struct Exposition {
 }
 
 impl Exposition {
+    /// An exposition that starts with `homeward_build_info` for `role`.
+    pub fn for_role(role: &'static str) -> Exposition {
+        let mut x = Exposition::default();
+        x.gauge(
+            "build_info",
+            "The running homeward: 1, labelled with its version and role.",
+        )
+        .sample(
+            vec![
+                label("version", env!("HOMEWARD_VERSION")),
+                label("role", role),
+            ],
+            1u64,
+        );
+        x
+    }
+
     /// A counter family `homeward_<name>_total`.
     pub fn counter(&mut self, name: &'static str, help: &'static str) -> &mut Family {
         self.family(name, help, MetricType::Counter, None)

@@ -63,18 +63,7 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
 /// registration.
 pub(super) fn exposition(d: &Daemon, now: Instant) -> Exposition {
     let s = collect(d, now);
-    let mut x = Exposition::default();
-    x.gauge(
-        "build_info",
-        "The running homeward: 1, labelled with its version and role.",
-    )
-    .sample(
-        vec![
-            label("version", env!("HOMEWARD_VERSION")),
-            label("role", "home_agent"),
-        ],
-        1u64,
-    );
+    let mut x = Exposition::for_role("home_agent");
     metrics::data_path(&mut x, &s.data_path);
     let unresolved: std::collections::HashSet<Ipv4Addr> = s
         .data_path
