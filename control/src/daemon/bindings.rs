@@ -58,6 +58,8 @@ struct Entry {
 
 /// How long a new or moved binding's first packet is waited for.
 const FIRST_PACKET_WATCH: Duration = Duration::from_secs(60);
+/// How often the pending first packets are looked for.
+const FIRST_PACKET_POLL: Duration = Duration::from_millis(100);
 
 /// Why `bind` refused; the registration handler maps these to reply codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,6 +101,7 @@ pub struct Bindings<S = Steering, N = NeighHandle> {
     /// New or moved bindings whose first packet is awaited, with when the
     /// change arrived.
     watches: HashMap<Ipv4Addr, Instant>,
+    next_poll: Instant,
 }
 
 /// An address that can be neither a VM's home address nor a care-of address.
@@ -116,6 +119,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             lan_mac,
             claims: Claims::default(),
             watches: HashMap::new(),
+            next_poll: Instant::now(),
         }
     }
 
@@ -311,7 +315,14 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
 
     /// The new or moved bindings that forwarded their first packet since
     /// the last call: from the change's arrival to that packet, each.
+    /// At most every [`FIRST_PACKET_POLL`]: the workers stamp the packet's
+    /// time, so polling late only delays the report, and a burst of
+    /// registrations does not rescan every pending watch.
     pub fn first_packets(&mut self, now: Instant) -> Vec<(Ipv4Addr, Duration)> {
+        if self.watches.is_empty() || now < self.next_poll {
+            return Vec::new();
+        }
+        self.next_poll = now + FIRST_PACKET_POLL;
         let mut seen = Vec::new();
         let forwarder = &self.forwarder;
         self.watches
