@@ -194,3 +194,23 @@ impl<'a> HomeAgent<'a> {
         }
     }
 }
+
+/// Writes a registration key file in `dir`: one SPI `spi` with `key` (hex)
+/// for `home_addresses` (prefixes), root-only as homeward requires.
+pub fn key_file(
+    dir: &std::path::Path,
+    spi: u32,
+    key: &str,
+    home_addresses: &str,
+) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("keys.toml");
+    std::fs::write(
+        &path,
+        format!("[[spi]]\nspi = {spi}\nkey = \"{key}\"\nhome_addresses = [\"{home_addresses}\"]\n"),
+    )
+    .expect("write the key file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod the key file");
+    path
+}

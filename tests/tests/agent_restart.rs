@@ -6,10 +6,9 @@
 //! Needs root and `cargo build --release -p homeward`.
 
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use homeward_tests::agent::HomeAgent;
+use homeward_tests::agent::{key_file, HomeAgent};
 use homeward_tests::foreign_agent::ForeignAgentLab;
 use homeward_tests::inns::BpffsMount;
 use homeward_tests::restart::SeqSender;
@@ -38,13 +37,7 @@ fn the_agent_comes_back_after_kill_9() {
     let lab = Topology::home_agent_lab("far");
     let bpffs = BpffsMount::mount();
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.toml");
-    std::fs::write(
-        &keys,
-        format!("[[spi]]\nspi = 256\nkey = \"{KEY}\"\nhome_addresses = [\"{VM}/32\"]\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let keys = key_file(dir.path(), 256, KEY, &format!("{VM}/32"));
     let ha = HomeAgent::start(&lab, &["--registration-keys", keys.to_str().unwrap()]);
     let fa = ForeignAgentLab::new(
         &lab,
@@ -103,13 +96,7 @@ fn an_agent_takeover_keeps_the_vm_served() {
     let lab = Topology::home_agent_lab("fat");
     let bpffs = BpffsMount::mount();
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.toml");
-    std::fs::write(
-        &keys,
-        format!("[[spi]]\nspi = 256\nkey = \"{KEY}\"\nhome_addresses = [\"{VM}/32\"]\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let keys = key_file(dir.path(), 256, KEY, &format!("{VM}/32"));
     let [flag, mount] = bpffs.flag();
     let ha_args = ["--registration-keys", keys.to_str().unwrap(), flag, mount];
     let mut ha = HomeAgent::start(&lab, &ha_args);

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use homeward_tests::agent::HomeAgent;
+use homeward_tests::agent::{key_file, HomeAgent};
 use homeward_tests::netns::Netns;
 use homeward_tests::{require_root, Topology, UdpSend};
 
@@ -102,16 +102,7 @@ fn prometheus_scrapes_the_counters_and_the_migration_telemetry() {
     require_root();
     let lab = Topology::home_agent_lab("prom");
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.toml");
-    std::fs::write(
-        &keys,
-        format!(
-            "[[spi]]\nspi = 256\nkey = \"{KEY}\"\nhome_addresses = [\"{}/32\"]\n",
-            lab.vm_home
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let keys = key_file(dir.path(), 256, KEY, &format!("{}/32", lab.vm_home));
     let keys = keys.display().to_string();
     let ha = HomeAgent::start(
         &lab,

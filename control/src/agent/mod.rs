@@ -17,7 +17,7 @@ mod watch;
 // The home agent's control socket, reused as is.
 use crate::common::capture;
 use crate::common::control_socket as server;
-use crate::common::handover::{self, Answer, OfferError, Successor};
+use crate::common::handover::{self, Answer, OfferError};
 use crate::common::is_root;
 use crate::common::metrics::{self, label, Exposition, Metrics};
 
@@ -517,24 +517,7 @@ pub fn run(args: &AgentArgs) -> Result<Vec<FrameAccounting>, Error> {
     let stop_rx = crate::common::stop_on_signal().map_err(Error::Daemon)?;
     let config = AgentConfig::merge(args, AgentFile::load(&args.config)?)?;
     let keys = load_keys(&config)?;
-    let successor = if args.takeover {
-        let s = Successor::connect(&config.socket, ROLE).map_err(Error::Daemon)?;
-        tracing::info!(
-            socket = %config.socket.display(),
-            queues = s.queues.len(),
-            served = s.served.len(),
-            "--takeover: the running agent handed its data path over"
-        );
-        Some(s)
-    } else {
-        None
-    };
-    // With --takeover the predecessor's listener is adopted once the data
-    // path runs: a failed takeover leaves its backlog to it.
-    let bound = match successor {
-        Some(_) => None,
-        None => Some(ControlSocket::bind(&config.socket)?),
-    };
+    let (successor, bound) = handover::successor_or_bind(&config.socket, ROLE, args.takeover)?;
 
     // Registration clients before the data path: a bad --address fails
     // here, before anything is attached.

@@ -340,6 +340,37 @@ impl Successor {
     }
 }
 
+/// Where a daemon starting up gets its control socket: with `takeover`,
+/// from the daemon running on `socket` (its offer; the listener is adopted
+/// once the data path runs, so a failed takeover leaves the connections in
+/// its backlog to it), else a fresh one bound at `socket`.
+pub fn successor_or_bind(
+    socket: &Path,
+    role: &str,
+    takeover: bool,
+) -> Result<
+    (
+        Option<Successor>,
+        Option<super::control_socket::ControlSocket>,
+    ),
+    crate::error::Error,
+> {
+    if !takeover {
+        return Ok((
+            None,
+            Some(super::control_socket::ControlSocket::bind(socket)?),
+        ));
+    }
+    let s = Successor::connect(socket, role).map_err(crate::error::Error::Daemon)?;
+    tracing::info!(
+        socket = %socket.display(),
+        queues = s.queues.len(),
+        served = s.served.len(),
+        "--takeover: the running {role} handed its data path over"
+    );
+    Ok((Some(s), None))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

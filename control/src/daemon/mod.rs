@@ -116,23 +116,8 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     if !config.takeover {
         metrics.start().map_err(Error::Invalid)?;
     }
-    let mut successor = if config.takeover {
-        let s = Successor::connect(&config.socket, ROLE).map_err(Error::Daemon)?;
-        tracing::info!(
-            socket = %config.socket.display(),
-            queues = s.queues.len(),
-            "--takeover: the running homeward handed its data path over"
-        );
-        Some(s)
-    } else {
-        None
-    };
-    // With --takeover the predecessor's listener is adopted once everything
-    // else is: a failed takeover leaves the connections in its backlog to it.
-    let bound = match successor {
-        Some(_) => None,
-        None => Some(ControlSocket::bind(&config.socket)?),
-    };
+    let (mut successor, bound) =
+        handover::successor_or_bind(&config.socket, ROLE, config.takeover)?;
     let assembled = assemble(
         &config,
         Parts {
