@@ -68,6 +68,8 @@ pub enum Outcome {
     Drop(DropReason),
     /// Dropped by the worker (`bad_verdict`, `no_free_frame`).
     WorkerDrop(&'static str),
+    /// Held by the worker until its home-link neighbour resolves.
+    Held,
 }
 
 fn port_name(p: Port) -> &'static str {
@@ -95,6 +97,7 @@ impl fmt::Display for Outcome {
             }
             Outcome::Drop(r) => write!(f, "drop {}", r.as_str()),
             Outcome::WorkerDrop(r) => write!(f, "drop {r}"),
+            Outcome::Held => f.write_str("held for the home-link neighbour"),
         }
     }
 }

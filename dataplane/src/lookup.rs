@@ -87,4 +87,11 @@ impl Lookup for Tables {
             self.neigh.lan_neighbor_or_resolve(addr)
         }
     }
+
+    #[inline]
+    fn warm_lan_neighbor(&self, addr: Ipv4Addr) {
+        if !self.lan_from_bindings {
+            let _ = self.neigh.lan_neighbor_or_resolve(addr);
+        }
+    }
 }

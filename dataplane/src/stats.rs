@@ -29,6 +29,13 @@ pub struct SharedCounters {
     pub bad_verdict: AtomicU64,
     /// Gratuitous ARPs sent.
     pub announcements: AtomicU64,
+    /// Frames held for an unresolved home-link neighbour, and of those the
+    /// ones sent once it resolved (the others count as `no_lan_neighbor`).
+    pub neighbor_queued: AtomicU64,
+    pub neighbor_released: AtomicU64,
+    /// Frames for an unresolved neighbour dropped because the neighbour
+    /// queue (per address or overall) was full.
+    pub neighbor_queue_full: AtomicU64,
     /// Capture records dropped because the capture queue was full (the
     /// frames themselves were handled as usual).
     pub capture_dropped: AtomicU64,
@@ -72,6 +79,9 @@ impl Default for SharedCounters {
             no_free_frame: AtomicU64::new(0),
             bad_verdict: AtomicU64::new(0),
             announcements: AtomicU64::new(0),
+            neighbor_queued: AtomicU64::new(0),
+            neighbor_released: AtomicU64::new(0),
+            neighbor_queue_full: AtomicU64::new(0),
             capture_dropped: AtomicU64::new(0),
             socket: SocketCounters::default(),
         }
@@ -87,6 +97,9 @@ pub struct CounterSnapshot {
     pub no_free_frame: u64,
     pub bad_verdict: u64,
     pub announcements: u64,
+    pub neighbor_queued: u64,
+    pub neighbor_released: u64,
+    pub neighbor_queue_full: u64,
     /// Capture records lost to a full capture queue (not packet drops).
     pub capture_dropped: u64,
     pub xsk_rx_dropped: u64,
@@ -138,6 +151,9 @@ impl SharedCounters {
             no_free_frame: self.no_free_frame.load(Relaxed),
             bad_verdict: self.bad_verdict.load(Relaxed),
             announcements: self.announcements.load(Relaxed),
+            neighbor_queued: self.neighbor_queued.load(Relaxed),
+            neighbor_released: self.neighbor_released.load(Relaxed),
+            neighbor_queue_full: self.neighbor_queue_full.load(Relaxed),
             capture_dropped: self.capture_dropped.load(Relaxed),
             xsk_rx_dropped: self.socket.rx_dropped.load(Relaxed),
             xsk_rx_ring_full: self.socket.rx_ring_full.load(Relaxed),
@@ -160,6 +176,7 @@ impl CounterSnapshot {
                 ("tx_ring_full", self.tx_ring_full),
                 ("no_free_frame", self.no_free_frame),
                 ("bad_verdict", self.bad_verdict),
+                ("neighbor_queue_full", self.neighbor_queue_full),
                 ("xsk_rx_ring_full", self.xsk_rx_ring_full),
                 ("xsk_rx_dropped", self.xsk_rx_dropped),
                 ("xsk_rx_invalid", self.xsk_rx_invalid),
@@ -188,6 +205,9 @@ impl CounterSnapshot {
         self.no_free_frame += o.no_free_frame;
         self.bad_verdict += o.bad_verdict;
         self.announcements += o.announcements;
+        self.neighbor_queued += o.neighbor_queued;
+        self.neighbor_released += o.neighbor_released;
+        self.neighbor_queue_full += o.neighbor_queue_full;
         self.capture_dropped += o.capture_dropped;
         self.xsk_rx_dropped += o.xsk_rx_dropped;
         self.xsk_rx_ring_full += o.xsk_rx_ring_full;

@@ -192,9 +192,26 @@ fn one(p: &mut Pipeline, s: &Settings, frame: &[u8], round: u64, lookup: &impl L
     let c0 = p.counters().clone();
     // 1 ms apart: the ICMP bucket refills a little between the two rounds.
     let now_ns = 1_000_000_000 + round * 1_000_000;
-    let v = p.process(&mut buf, start, len, s.ingress, now_ns, lookup);
+    let mut v = p.process(&mut buf, start, len, s.ingress, now_ns, lookup);
     if debug() {
         eprintln!("round {round}: {v:?}");
+    }
+    if let Verdict::AwaitLanNeighbor {
+        start: s,
+        len: l,
+        slot,
+        ..
+    } = v
+    {
+        // The worker holds it until the neighbour resolves, then delivers
+        // it on the LAN: check it as the frame that leaves then.
+        assert!(p.deliver_held(&mut buf, s, l, [2, 0, 0, 0, 0, 0x77]));
+        v = Verdict::Tx {
+            port: dataplane::pipeline::Port::Lan,
+            start: s,
+            len: l,
+            slot,
+        };
     }
     let c = p.counters().clone();
     assert_eq!(total(&c), total(&c0) + 1, "each frame counted once: {v:?}");
@@ -240,6 +257,7 @@ fn one(p: &mut Pipeline, s: &Settings, frame: &[u8], round: u64, lookup: &impl L
             let received = &before[start..start + len];
             check_fragments(p, s, &buf, received, &plan);
         }
+        Verdict::AwaitLanNeighbor { .. } => unreachable!("delivered above"),
     }
 }
 

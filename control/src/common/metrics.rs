@@ -204,6 +204,16 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
     x.counter("announcements", "Gratuitous ARP announcements sent.")
         .sample(vec![], t.announcements);
     x.counter(
+        "neighbor_queued",
+        "Frames held until their home-link neighbour resolved (sent: neighbor_released; dropped: drops{reason=\"no_lan_neighbor\"}).",
+    )
+    .sample(vec![], t.neighbor_queued);
+    x.counter(
+        "neighbor_released",
+        "Held frames sent once their home-link neighbour resolved.",
+    )
+    .sample(vec![], t.neighbor_released);
+    x.counter(
         "icmp_errors_sent",
         "ICMP errors sent (fragmentation needed, TTL exceeded).",
     )
@@ -250,6 +260,7 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
             ("fill", f.fill as i64),
             ("rx", f.rx as i64),
             ("worker", f.worker as i64),
+            ("held", f.held as i64),
             ("tx", f.tx as i64),
             ("completion", f.completion as i64),
             ("kernel_rx", f.kernel_rx as i64),

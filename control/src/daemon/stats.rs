@@ -36,6 +36,10 @@ pub(super) struct HomeAgentCounters {
     /// Gratuitous ARPs sent.
     pub announcements: u64,
     pub xsk_fill_ring_empty: u64,
+    /// Reverse-tunnelled frames held while a home-link neighbour resolved,
+    /// and of those the ones sent.
+    pub neighbor_queued: u64,
+    pub neighbor_released: u64,
 }
 
 pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
@@ -49,6 +53,8 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
             pipeline: t.pipeline.clone(),
             announcements: t.announcements,
             xsk_fill_ring_empty: t.xsk_fill_ring_empty,
+            neighbor_queued: t.neighbor_queued,
+            neighbor_released: t.neighbor_released,
         },
         bindings: d.bindings.list(now),
         registration: d

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Instant;
 
-use crossbeam::channel::{Receiver, RecvTimeoutError};
+use crossbeam::channel::Receiver;
 use netlink_packet_route::neighbour::NeighbourState;
 
 use super::rtnl::{Event, Events, NeighInfo, Rtnl};
@@ -88,14 +88,27 @@ impl Worker {
         })
     }
 
-    pub fn run(mut self, rx: Receiver<Cmd>, lan_misses: Receiver<Ipv4Addr>) {
+    pub fn run(mut self, rx: Receiver<Cmd>, mut lan_misses: Receiver<Ipv4Addr>) {
         tracing::debug!(ifindexes = ?self.ifindexes, lan = self.lan_ifindex, "neighbour thread started");
         let mut next_probe = Instant::now() + PROBE_INTERVAL;
         loop {
-            let first = match rx.recv_timeout(POLL_INTERVAL) {
-                Ok(cmd) => Some(cmd),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
+            // A worker's miss wakes the thread at once: a frame is waiting
+            // in its neighbour queue for the answer.
+            let first = crossbeam::channel::select! {
+                recv(rx) -> cmd => match cmd {
+                    Ok(cmd) => Some(cmd),
+                    Err(_) => break,
+                },
+                recv(lan_misses) -> addr => {
+                    match addr {
+                        Ok(addr) => self.auto_track_lan(addr),
+                        // Every reader is gone: stop selecting on it, or
+                        // this would spin.
+                        Err(_) => lan_misses = crossbeam::channel::never(),
+                    }
+                    None
+                },
+                default(POLL_INTERVAL) => None,
             };
             let mut stop = false;
             for cmd in first

@@ -78,7 +78,9 @@ pub enum DropReason {
     DecapUnknownSource,
     /// Reverse-tunnelled outer source is not the inner source's care-of address (RFC 3024 §7).
     DecapCareOfMismatch,
-    /// No home-link neighbour for the decapsulated destination.
+    /// No home-link neighbour for the decapsulated destination: the frame
+    /// waited in the worker's neighbour queue and the address did not
+    /// resolve in time.
     NoLanNeighbor,
     /// Foreign agent: tunnelled inner destination is not a VM served here.
     DecapUnknownDestination,

@@ -82,6 +82,12 @@ impl Pipeline {
         let NextHop::Resolved { port, mac } = lookup.next_hop(binding.care_of) else {
             return Err(DropReason::NoNextHop);
         };
+        if self.config.role == Role::HomeAgent {
+            // The VM's answer to this sender comes back through the reverse
+            // tunnel; learn the sender's MAC before then (the kernel does
+            // not: it never saw this datagram).
+            lookup.warm_lan_neighbor(ip.src);
+        }
         let src_mac = self.port_mac(port);
         // The receiver behind the tunnel cannot finish what a local sender
         // left to the device (CHECKSUM_PARTIAL): finish it here, as the
@@ -180,6 +186,23 @@ mod tests {
     /// 198.51.100.20, total length 20 + 32 = 0x34:
     ///   4500+0034+0100+4000+4004+cb00+7101+c633+6414 = 0x3_2c80 -> 0x2c83 -> ~ = 0xd37c.
     /// Ethernet: to the next hop 02:00:00:00:00:fe from wan_mac, untagged, 66 bytes.
+    /// The sender of a tunnelled datagram is resolved ahead of the VM's
+    /// answer; a datagram that is not tunnelled asks nothing.
+    #[test]
+    fn the_sender_is_resolved_ahead_of_the_answer() {
+        let mut p = pipeline(1);
+        let l = lookup();
+        let input = Ip::udp(REMOTE, VM, b"to the vm").frame();
+        let (mut buf, start) = place(&input);
+        let v = p.process(&mut buf, start, input.len(), Port::Lan, 0, &l);
+        assert!(matches!(v, Verdict::Tx { .. }), "{v:?}");
+        assert_eq!(*l.warmed.borrow(), [Ipv4Addr::from(REMOTE)]);
+        let unbound = Ip::udp(REMOTE, [192, 0, 2, 200], b"x").frame();
+        let (mut buf, start) = place(&unbound);
+        p.process(&mut buf, start, unbound.len(), Port::Lan, 0, &l);
+        assert_eq!(l.warmed.borrow().len(), 1);
+    }
+
     #[test]
     fn canonical_encap_literal_bytes() {
         let input = hex(concat!(

@@ -44,6 +44,7 @@ fn fa_lookup() -> TestLookup {
             },
         )],
         neighbors: vec![(SERVED.into(), SERVED_MAC)],
+        ..TestLookup::default()
     }
 }
 

@@ -142,6 +142,10 @@ pub trait Lookup {
     fn next_hop(&self, care_of: Ipv4Addr) -> NextHop;
     /// MAC of a home-link host (reverse tunnel delivery).
     fn lan_neighbor(&self, addr: Ipv4Addr) -> Option<[u8; 6]>;
+    /// Home-link host `addr` sends to a VM away from home, which will
+    /// answer through the reverse tunnel: resolve it now if it is not, so
+    /// the answer need not wait. A hint; the default ignores it.
+    fn warm_lan_neighbor(&self, _addr: Ipv4Addr) {}
 }
 
 /// What to do with a frame after [`Pipeline::process`].
@@ -162,6 +166,16 @@ pub enum Verdict {
     Fragments {
         port: Port,
         plan: FragmentPlan,
+        slot: Option<u32>,
+    },
+    /// Decapsulated for home-link host `addr`, whose MAC is not resolved
+    /// yet: hold `buf[start..start + len]` (rewritten but for the destination
+    /// MAC) until it is, then [`Pipeline::deliver_held`] and send it on the
+    /// LAN, or [`Pipeline::drop_held`]. Not yet counted as decapsulated.
+    AwaitLanNeighbor {
+        addr: Ipv4Addr,
+        start: usize,
+        len: usize,
         slot: Option<u32>,
     },
     /// Not forwarded; counted under the reason.

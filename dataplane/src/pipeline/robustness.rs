@@ -248,6 +248,17 @@ fn random_frames_never_panic_and_stay_in_bounds() {
                 p.process(&mut buf, start, len, ingress, rng.next(), &lookup())
             };
             calls += 1;
+            if let Verdict::AwaitLanNeighbor {
+                start: s, len: l, ..
+            } = v
+            {
+                // The worker delivers a held frame once resolved, or drops it.
+                if rng.chance(2) {
+                    assert!(p.deliver_held(&mut buf, s, l, [2, 0, 0, 0, 0, 0x77]));
+                } else {
+                    p.drop_held();
+                }
+            }
             let c = p.counters();
             let drops: u64 = c.drops.iter().sum();
             assert_eq!(
@@ -280,6 +291,12 @@ fn random_frames_never_panic_and_stay_in_bounds() {
                         seen[3] = true;
                         assert_eq!(drops, drops_before + 1, "the ICMP's reason is counted");
                     }
+                }
+                Verdict::AwaitLanNeighbor {
+                    start: s, len: l, ..
+                } => {
+                    let end = s.checked_add(l).expect("no overflow");
+                    assert!(end <= buf.len() && l >= 14, "held frame inside the buffer");
                 }
                 Verdict::Fragments { plan, .. } => {
                     seen[1] = true;

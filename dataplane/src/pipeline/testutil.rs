@@ -50,6 +50,8 @@ pub struct TestLookup {
     pub bindings: Vec<(Ipv4Addr, BindingRef)>,
     pub next_hops: Vec<(Ipv4Addr, NextHop)>,
     pub neighbors: Vec<(Ipv4Addr, [u8; 6])>,
+    /// Addresses the pipeline asked to have resolved ahead of need.
+    pub warmed: std::cell::RefCell<Vec<Ipv4Addr>>,
 }
 
 impl Lookup for TestLookup {
@@ -70,6 +72,9 @@ impl Lookup for TestLookup {
             .iter()
             .find(|(a, _)| *a == addr)
             .map(|(_, m)| *m)
+    }
+    fn warm_lan_neighbor(&self, addr: Ipv4Addr) {
+        self.warmed.borrow_mut().push(addr);
     }
 }
 
@@ -101,6 +106,7 @@ pub fn lookup() -> TestLookup {
             ),
         ],
         neighbors: vec![(LAN_HOST.into(), LAN_HOST_MAC)],
+        ..TestLookup::default()
     }
 }
 

@@ -19,6 +19,8 @@ pub struct FrameAccounting {
     pub rx: u64,
     /// In the worker's hands (being processed).
     pub worker: u64,
+    /// Held by the worker until a home-link neighbour resolves.
+    pub held: u64,
     /// Waiting in TX rings for the kernel to send.
     pub tx: u64,
     /// Sent, waiting in completion rings for the worker.
@@ -40,6 +42,7 @@ impl FrameAccounting {
             + self.fill
             + self.rx
             + self.worker
+            + self.held
             + self.tx
             + self.completion
             + self.kernel_rx
@@ -97,6 +100,7 @@ pub(crate) fn account(
     total: u64,
     free: u64,
     worker: u64,
+    held: u64,
     flow: FrameFlow,
     rings: RingOccupancy,
 ) -> FrameAccounting {
@@ -116,6 +120,7 @@ pub(crate) fn account(
         fill,
         rx,
         worker,
+        held,
         tx,
         completion,
         kernel_rx,
@@ -126,7 +131,7 @@ pub(crate) fn account(
 /// The published copy of a [`FrameAccounting`], readable from any thread.
 #[derive(Debug, Default)]
 pub struct SharedAccounting {
-    fields: [AtomicU64; 9],
+    fields: [AtomicU64; 10],
 }
 
 impl SharedAccounting {
@@ -141,6 +146,7 @@ impl SharedAccounting {
             a.completion,
             a.kernel_rx,
             a.kernel_tx,
+            a.held,
         ];
         for (field, value) in self.fields.iter().zip(values) {
             field.store(value, Relaxed);
@@ -160,6 +166,7 @@ impl SharedAccounting {
             completion: f(6),
             kernel_rx: f(7),
             kernel_tx: f(8),
+            held: f(9),
         }
     }
 }
@@ -210,7 +217,7 @@ mod tests {
         };
         // 60 on the RX side: 50 in fill, 8 on RX, so 2 in the kernel.
         // 20 on the TX side: 15 on TX, 5 on completion, none in the kernel.
-        let a = account(200, 110, 10, flow, rings(50, 8, 15, 5));
+        let a = account(200, 105, 10, 5, flow, rings(50, 8, 15, 5));
         assert_eq!((a.kernel_rx, a.kernel_tx), (2, 0));
         assert_eq!(a.unaccounted(), 0);
     }
@@ -223,7 +230,7 @@ mod tests {
             sent: 64,
             completed: 64,
         };
-        let a = account(8192, 4192, 0, flow, rings(4000, 0, 0, 0));
+        let a = account(8192, 4192, 0, 0, flow, rings(4000, 0, 0, 0));
         assert_eq!((a.kernel_rx, a.kernel_tx), (0, 0));
         assert_eq!(a.unaccounted(), 0);
     }
@@ -241,6 +248,7 @@ mod tests {
             completion: 7,
             kernel_rx: 8,
             kernel_tx: 9,
+            held: 10,
         };
         s.publish(&a);
         assert_eq!(s.load(), a);

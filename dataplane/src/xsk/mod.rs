@@ -5,6 +5,7 @@
 mod accounting;
 #[cfg(test)]
 mod memqueue;
+mod neighbor_queue;
 mod rings;
 mod sockets;
 mod sys;

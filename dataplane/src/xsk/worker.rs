@@ -15,6 +15,7 @@ use crossbeam::channel::{Receiver, TryRecvError};
 use super::accounting::{
     account, FrameAccounting, FrameFlow, QueueFrames, RingOccupancy, SharedAccounting,
 };
+use super::neighbor_queue::{Held, NeighborQueue, Release};
 use super::rings::{QueueIo, Side};
 use super::sockets::QueueSockets;
 use crate::capture::{self, Outcome, Record, Stage, Tap, TxKind};
@@ -199,7 +200,15 @@ pub struct Worker<L: Lookup, R: QueueIo = QueueSockets> {
     /// The capture generation last seen, and its tap (`None`: off).
     capture_generation: u64,
     tap: Option<Arc<Tap>>,
+    /// Frames waiting for a home-link neighbour, and when they were last
+    /// checked (at most every [`HELD_POLL_NS`]).
+    held: NeighborQueue<R::Desc>,
+    held_polled_ns: u64,
 }
+
+/// How often held frames are checked: each check looks their addresses up
+/// (and asks for the missing ones to be resolved).
+const HELD_POLL_NS: u64 = 200_000;
 
 /// A stopped worker's queue: its sockets with every frame the worker held
 /// back on their free list (the rest are in the kernel's rings), ready to
@@ -283,6 +292,8 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             fruitless_kicks: 0,
             capture_generation: 0,
             tap: None,
+            held: NeighborQueue::new(xsk.frame_count as usize),
+            held_polled_ns: 0,
         }
     }
 
@@ -312,6 +323,9 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             self.tap = self.shared.current_tap(generation);
         }
         let mut work = self.reclaim(&mut s.comp);
+        if !self.held.is_empty() {
+            work += self.release_held(&mut s.lan_tx);
+        }
         work += self.receive(Side::Lan, &mut s.rx, &mut s.lan_tx, &mut s.wan_tx);
         if self.sockets.has_wan() {
             work += self.receive(Side::Wan, &mut s.rx, &mut s.lan_tx, &mut s.wan_tx);
@@ -329,6 +343,11 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
     /// After the loop: drain, last counters and accounting, and the sockets
     /// back with the free list.
     fn park(mut self, s: &mut Scratch<R::Desc>) -> Parked<R> {
+        // A successor (or a restart) starts without them: they are drops.
+        for h in self.held.drain() {
+            self.pipeline.drop_held();
+            self.free.push(h.desc);
+        }
         self.drain(&mut s.comp);
         self.read_socket_counters();
         let accounting = self.publish();
@@ -508,6 +527,33 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                     }
                     self.free.push(*desc);
                 }
+                Verdict::AwaitLanNeighbor {
+                    addr,
+                    start,
+                    len,
+                    slot,
+                } => {
+                    let held = Held {
+                        desc: *desc,
+                        addr,
+                        start,
+                        len,
+                        slot,
+                        since_ns: now_ns,
+                    };
+                    let counters = &self.shared.counters;
+                    match self.held.push(held) {
+                        Ok(()) => {
+                            counters.neighbor_queued.fetch_add(1, Relaxed);
+                            capture(Outcome::Held, None);
+                        }
+                        Err(h) => {
+                            counters.neighbor_queue_full.fetch_add(1, Relaxed);
+                            capture(Outcome::WorkerDrop("neighbor_queue_full"), None);
+                            self.free.push(h.desc);
+                        }
+                    }
+                }
                 Verdict::Drop(reason) => {
                     capture(Outcome::Drop(reason), None);
                     self.free.push(*desc);
@@ -515,6 +561,52 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             }
         }
         n
+    }
+
+    /// Held frames whose neighbour resolved go out on the LAN (before this
+    /// turn's receive, so an address's frames keep their order); those
+    /// that waited too long are dropped. Returns how many left the queue.
+    fn release_held(&mut self, lan_tx: &mut Vec<R::Desc>) -> usize {
+        let now_ns = self.started.elapsed().as_nanos() as u64;
+        if now_ns.saturating_sub(self.held_polled_ns) < HELD_POLL_NS {
+            return 0;
+        }
+        self.held_polled_ns = now_ns;
+        let before = self.held.len();
+        let (lookup, sockets, pipeline, shared, free) = (
+            &self.lookup,
+            &mut self.sockets,
+            &mut self.pipeline,
+            &self.shared,
+            &mut self.free,
+        );
+        self.held.poll(
+            now_ns,
+            |addr| lookup.lan_neighbor(addr),
+            |mut h, release| {
+                let Release::Resolved(mac) = release else {
+                    pipeline.drop_held();
+                    free.push(h.desc);
+                    return;
+                };
+                // SAFETY: a held frame is owned by this worker (it left the
+                // RX ring and is on no other ring or list).
+                let (buf, _) = unsafe { sockets.frame_mut(&h.desc) };
+                if pipeline.deliver_held(buf, h.start, h.len, mac)
+                    && sockets.set_data(&mut h.desc, h.start, h.len)
+                {
+                    if let Some(slot) = h.slot {
+                        shared.count_slot(slot, h.len, now_ns);
+                    }
+                    shared.counters.neighbor_released.fetch_add(1, Relaxed);
+                    lan_tx.push(h.desc);
+                } else {
+                    shared.counters.bad_verdict.fetch_add(1, Relaxed);
+                    free.push(h.desc);
+                }
+            },
+        );
+        before - self.held.len()
     }
 
     /// Put `pending` on `side`'s TX ring and kick the kernel.
@@ -655,7 +747,10 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             return;
         }
         self.read_socket_counters();
-        self.sockets.wait_readable(Duration::from_millis(10));
+        // Held frames are released when their neighbour resolves, which
+        // does not wake poll(): look again soon.
+        let wait = if self.held.is_empty() { 10 } else { 1 };
+        self.sockets.wait_readable(Duration::from_millis(wait));
     }
 
     /// Stop: wait (bounded) for every transmission to complete.
@@ -676,6 +771,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             self.sockets.config().frame_count as u64,
             self.free.len() as u64,
             0,
+            self.held.len() as u64,
             self.flow,
             rings,
         );

@@ -84,7 +84,12 @@ impl Harness {
     #[track_caller]
     fn assert_conserved(&self) {
         let q = &self.worker.sockets;
-        let worker_free = self.worker.free.iter().map(|d| q.index(d));
+        let worker_free = self
+            .worker
+            .free
+            .iter()
+            .chain(self.worker.held.descs())
+            .map(|d| q.index(d));
         assert_frames_once(q.placed().into_iter().chain(worker_free), &q.config());
         assert_eq!(
             self.accounting().unaccounted(),
@@ -425,6 +430,7 @@ fn adopted_queue_seeds_the_accounting_with_the_frames_in_its_rings() {
             fill: 3,
             rx: 2,
             worker: 0,
+            held: 0,
             tx: 3,
             completion: 2,
             kernel_rx: 1,
@@ -584,4 +590,97 @@ mod capture {
         drop(cap);
         assert!(Capture::start(workers, None, 4).is_ok());
     }
+}
+
+/// The reverse tunnel toward a home-link host the HA has not resolved yet.
+fn to_unresolved(payload: &[u8]) -> (Ip, Vec<u8>) {
+    let inner = Ip::udp(VM, UNRESOLVED, payload);
+    let frame = Ip::ipip(CARE_OF, HA, inner.clone()).frame();
+    (inner, frame)
+}
+
+const UNRESOLVED: [u8; 4] = [192, 0, 2, 77];
+const UNRESOLVED_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x77];
+
+/// Lets the worker's next turn look at its held frames again.
+fn after_poll_interval(h: &mut Harness) {
+    std::thread::sleep(Duration::from_nanos(2 * HELD_POLL_NS));
+    h.step();
+}
+
+#[test]
+fn reverse_tunnelled_frames_wait_for_their_lan_neighbour_in_order() {
+    let mut h = two_armed();
+    let (first, frame) = to_unresolved(b"first reply");
+    h.forward(Side::Wan, &frame);
+    let (second, frame) = to_unresolved(b"second reply");
+    h.forward(Side::Wan, &frame);
+    assert!(
+        h.q().take_wire(Side::Lan).is_empty(),
+        "nothing before the MAC"
+    );
+    assert_eq!(h.counters().neighbor_queued, 2);
+    assert_eq!(h.accounting().held, 2);
+    h.assert_conserved();
+    after_poll_interval(&mut h);
+    assert!(h.q().take_wire(Side::Lan).is_empty(), "still unresolved");
+
+    h.worker
+        .lookup
+        .neighbors
+        .push((UNRESOLVED.into(), UNRESOLVED_MAC));
+    after_poll_interval(&mut h);
+    let wire = h.q().take_wire(Side::Lan);
+    assert_eq!(wire.len(), 2);
+    check_decapsulated(&wire[0], &first.datagram(), UNRESOLVED_MAC);
+    check_decapsulated(&wire[1], &second.datagram(), UNRESOLVED_MAC);
+    let c = h.counters();
+    assert_eq!((c.neighbor_released, c.pipeline.decapsulated), (2, 2));
+    assert_eq!(c.pipeline.drops.iter().sum::<u64>(), 0);
+    assert_eq!(h.shared.slot_counts(VM_SLOT).0, 2);
+    h.step();
+    assert_eq!(h.accounting().held, 0);
+    h.assert_conserved();
+}
+
+#[test]
+fn held_frames_expire_and_a_stopping_worker_drops_them() {
+    let mut h = two_armed();
+    h.forward(Side::Wan, &to_unresolved(b"never resolved").1);
+    // A second later by the worker's clock.
+    h.worker.started -= Duration::from_nanos(super::super::neighbor_queue::MAX_WAIT_NS);
+    h.step();
+    assert_eq!(h.accounting().held, 0);
+    assert_eq!(
+        h.counters().pipeline.drop_count(DropReason::NoLanNeighbor),
+        1
+    );
+    h.assert_conserved();
+
+    h.forward(Side::Wan, &to_unresolved(b"held at stop").1);
+    assert_eq!(h.accounting().held, 1);
+    let shared = h.shared.clone();
+    let parked = h.stop();
+    assert_eq!(parked.accounting.held, 0);
+    assert_eq!(parked.accounting.unaccounted(), 0);
+    let c = shared.counters.snapshot();
+    assert_eq!(c.pipeline.drop_count(DropReason::NoLanNeighbor), 2);
+    assert_eq!((c.neighbor_queued, c.neighbor_released), (2, 0));
+}
+
+#[test]
+fn a_full_neighbour_queue_drops_and_counts() {
+    // 64 frames: at most 16 held.
+    let mut h = two_armed();
+    for i in 0..17u8 {
+        h.forward(Side::Wan, &to_unresolved(&[i; 8]).1);
+    }
+    let c = h.counters();
+    assert_eq!((c.neighbor_queued, c.neighbor_queue_full), (16, 1));
+    assert_eq!(
+        c.drops().find(|(n, _)| *n == "neighbor_queue_full"),
+        Some(("neighbor_queue_full", 1))
+    );
+    assert_eq!(h.accounting().held, 16);
+    h.assert_conserved();
 }
