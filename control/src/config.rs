@@ -34,6 +34,10 @@ pub struct RunArgs {
     /// Largest outer IPv4 datagram on the tunnel.
     #[arg(long)]
     pub tunnel_mtu: Option<u16>,
+    /// Lower the MSS of TCP SYNs crossing the tunnel to what fits
+    /// tunnel_mtu (tunnel_mtu - 60); `false` turns it off (default true).
+    #[arg(long, value_name = "BOOL")]
+    pub mss_clamp: Option<bool>,
     /// TTL of the outer header.
     #[arg(long)]
     pub ttl: Option<u8>,
@@ -76,6 +80,8 @@ pub struct FileConfig {
     pub address: Option<Ipv4Addr>,
     pub queues: Option<u32>,
     pub tunnel_mtu: Option<u16>,
+    /// TCP MSS clamping for SYNs crossing the tunnel (default on).
+    pub mss_clamp: Option<bool>,
     pub ttl: Option<u8>,
     pub socket: Option<PathBuf>,
     /// Capacity of the binding table (rounded up to a power of two).
@@ -140,6 +146,8 @@ pub struct RunConfig {
     pub address: Ipv4Addr,
     pub queues: u32,
     pub tunnel_mtu: u16,
+    /// Clamp the MSS of TCP SYNs to `tunnel_mtu - 60`.
+    pub mss_clamp: bool,
     pub ttl: u8,
     pub socket: PathBuf,
     pub max_bindings: u32,
@@ -253,6 +261,7 @@ impl RunConfig {
             address,
             queues: args.queues.or(file.queues).unwrap_or(1),
             tunnel_mtu: args.tunnel_mtu.or(file.tunnel_mtu).unwrap_or(1500),
+            mss_clamp: args.mss_clamp.or(file.mss_clamp).unwrap_or(true),
             ttl: args.ttl.or(file.ttl).unwrap_or(64),
             socket: args
                 .socket
@@ -336,9 +345,28 @@ mod tests {
         assert_eq!(c.lan, "eth1");
         assert_eq!(c.ttl, 10);
         assert_eq!(c.tunnel_mtu, 1400);
+        assert!(c.mss_clamp, "on by default");
         assert_eq!(c.queues, 1);
         assert_eq!(c.wan, None);
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn mss_clamp_from_the_file_and_the_flag() {
+        let text = "lan = \"eth1\"\naddress = \"198.51.100.1\"\nmss_clamp = false\n";
+        let c = RunConfig::merge(&args(), FileConfig::parse(text).unwrap()).unwrap();
+        assert!(!c.mss_clamp);
+        let mut a = args();
+        a.mss_clamp = Some(true);
+        let c = RunConfig::merge(&a, FileConfig::parse(text).unwrap()).unwrap();
+        assert!(c.mss_clamp, "the flag wins");
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        let cli = <Cli as clap::Parser>::parse_from(["homeward", "--mss-clamp", "false"]);
+        assert_eq!(cli.args.mss_clamp, Some(false));
     }
 
     #[test]

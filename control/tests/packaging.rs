@@ -77,6 +77,8 @@ fn agent_args(config: &Path) -> AgentArgs {
         bpffs: None,
         takeover: false,
         metrics: None,
+        tunnel_mtu: None,
+        mss_clamp: None,
     }
 }
 

@@ -21,6 +21,7 @@ pub struct SharedCounters {
     icmp_rate_limited: AtomicU64,
     trimmed_padding: AtomicU64,
     checksums_finished: AtomicU64,
+    mss_clamped: AtomicU64,
     /// Frames dropped because a TX ring was full.
     pub tx_ring_full: AtomicU64,
     /// Frames not sent because the free list was empty (fragments, ARP).
@@ -75,6 +76,7 @@ impl Default for SharedCounters {
             icmp_rate_limited: AtomicU64::new(0),
             trimmed_padding: AtomicU64::new(0),
             checksums_finished: AtomicU64::new(0),
+            mss_clamped: AtomicU64::new(0),
             tx_ring_full: AtomicU64::new(0),
             no_free_frame: AtomicU64::new(0),
             bad_verdict: AtomicU64::new(0),
@@ -126,6 +128,7 @@ impl SharedCounters {
         self.icmp_rate_limited.store(c.icmp_rate_limited, Relaxed);
         self.trimmed_padding.store(c.trimmed_padding, Relaxed);
         self.checksums_finished.store(c.checksums_finished, Relaxed);
+        self.mss_clamped.store(c.mss_clamped, Relaxed);
     }
 
     /// The counters as last published.
@@ -145,6 +148,7 @@ impl SharedCounters {
         pipeline.icmp_rate_limited = self.icmp_rate_limited.load(Relaxed);
         pipeline.trimmed_padding = self.trimmed_padding.load(Relaxed);
         pipeline.checksums_finished = self.checksums_finished.load(Relaxed);
+        pipeline.mss_clamped = self.mss_clamped.load(Relaxed);
         CounterSnapshot {
             pipeline,
             tx_ring_full: self.tx_ring_full.load(Relaxed),
@@ -201,6 +205,7 @@ impl CounterSnapshot {
         p.icmp_rate_limited += q.icmp_rate_limited;
         p.trimmed_padding += q.trimmed_padding;
         p.checksums_finished += q.checksums_finished;
+        p.mss_clamped += q.mss_clamped;
         self.tx_ring_full += o.tx_ring_full;
         self.no_free_frame += o.no_free_frame;
         self.bad_verdict += o.bad_verdict;

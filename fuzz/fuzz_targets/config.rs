@@ -100,6 +100,7 @@ fn agent(text: &str) {
     let args = agent_args();
     if let Ok(c) = AgentConfig::merge(args, file) {
         assert!(c.lifetime >= 1 && (1..=64).contains(&c.queues));
+        assert!(c.tunnel_mtu >= 88);
         assert_ne!(c.vm_link, c.uplink);
         let has = c.home_agents();
         assert_eq!(has.first(), Some(&default_ha));

@@ -366,8 +366,16 @@ fn check_fragments(
             i + 1 == plan.count() || n % 8 == 0,
             "piece {i}: data a multiple of 8"
         );
+        // The TCP header at the start of a first fragment's data may have been
+        // rewritten on the way in (a partial checksum finished, an MSS clamped): its
+        // 60 bytes at most are compared by length only.
+        let skip = if written == 0 && base_units == 0 && ip[9] == 6 {
+            n.min(60)
+        } else {
+            0
+        };
         assert!(
-            ip.get(ihl + written..ihl + written + n) == Some(&inner[iihl..]),
+            ip.get(ihl + written + skip..ihl + written + n) == Some(&inner[iihl + skip..]),
             "piece {i} carries the datagram's data"
         );
         written += n;

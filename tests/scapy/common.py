@@ -61,6 +61,11 @@ def l4_info(ip, datagram_complete):
         hdr = tcp.dataofs * 4 if tcp.dataofs else 20
         info.update(sport=tcp.sport, dport=tcp.dport, tcp_flags=str(tcp.flags),
                     tcp_seq=tcp.seq, tcp_ack=tcp.ack)
+        # The MSS option, if any (scapy lists options as (name, value)).
+        for opt in tcp.options if isinstance(tcp.options, list) else []:
+            if isinstance(opt, tuple) and len(opt) == 2 and opt[0] == "MSS":
+                info["tcp_mss"] = opt[1]
+                break
         if datagram_complete:
             info["checksum_valid"] = _l4_checksum_ok(ip, payload, TCP)
         info["payload_hex"] = payload[hdr:].hex()

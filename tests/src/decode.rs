@@ -79,6 +79,9 @@ pub struct L4 {
     /// TCP acknowledgement number.
     #[serde(default)]
     pub tcp_ack: Option<u32>,
+    /// The TCP MSS option's value, if the segment has one.
+    #[serde(default)]
+    pub tcp_mss: Option<u16>,
     /// ICMP type.
     #[serde(default)]
     pub icmp_type: Option<u8>,

@@ -166,6 +166,9 @@ fn udp_and_tcp_arrive_encapsulated_per_rfc2003() {
     assert_eq!(s.ports(), Some((5001, 8080)));
     assert_eq!(s.l4.as_ref().unwrap().tcp_flags.as_deref(), Some("S"));
     assert_eq!(s.l4.as_ref().unwrap().checksum_valid, Some(true));
+    // The client's MSS (1460 on its 1500-byte link) clamped to fit the
+    // 1500-byte tunnel: 1500 - 20 outer - 20 inner - 20 TCP.
+    assert_eq!(s.l4.as_ref().unwrap().tcp_mss, Some(1440), "{s:?}");
     // Outer Identification is fresh per packet.
     let ids: std::collections::HashSet<u16> = packets.iter().map(|p| p.outer.id).collect();
     assert_eq!(ids.len(), packets.len(), "outer IDs repeat");
@@ -180,6 +183,70 @@ fn udp_and_tcp_arrive_encapsulated_per_rfc2003() {
         Some(packets.len() as u64)
     );
     assert_eq!(stats["drops"]["no_next_hop"].as_u64(), Some(0));
+    assert!(
+        stats["counters"]["mss_clamped"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    stop_clean(ha);
+}
+
+/// docs/agent.md, "Underlay MTU": a WAN of 1520 with `--tunnel-mtu 1520`
+/// carries a full-size 1500-byte DF datagram unfragmented, with no
+/// Fragmentation Needed, and a SYN keeps the MSS its 1500-byte link gives it.
+#[test]
+fn an_underlay_of_1520_carries_full_size_inner_datagrams() {
+    require_root();
+    let lab = Topology::home_agent_lab_with(
+        "u1520",
+        LabOptions {
+            wan_mtu: 1520,
+            ..LabOptions::default()
+        },
+    );
+    let ha = HomeAgent::start(&lab, &["--tunnel-mtu", "1520"]);
+    ha.bind(&vm(&lab), &care_of(&lab), &[]);
+    let cap = Capture::start(&lab.foreign, &lab.foreign_wan.name, "ip proto 4");
+    let payload = payload_pattern(1472, 5);
+    let udp = lab.client.send_udp(
+        &UdpSend::new(lab.vm_home, 4000, 0)
+            .payload(payload.clone())
+            .sport(5002)
+            .df(true),
+    );
+    assert_eq!(udp.sent(), 1, "{udp:?}");
+    let _ = lab.client.tcp_connect(
+        lab.vm_home,
+        8080,
+        5003,
+        b"hello",
+        Duration::from_millis(1500),
+    );
+    let packets = decode_ipip(&cap.stop()).packets;
+    let full = packets
+        .iter()
+        .find(|p| p.inner.as_ref().is_some_and(|i| i.proto == 17))
+        .unwrap_or_else(|| panic!("no encapsulated UDP: {packets:#?}"));
+    let i = full.inner.as_ref().unwrap();
+    assert_eq!((full.outer.len, i.len), (1520, 1500), "{full:?}");
+    assert!(full.outer.df && i.df && !i.mf && i.frag == 0);
+    assert_eq!(i.l4.as_ref().unwrap().payload(), payload);
+    let syn = packets
+        .iter()
+        .find(|p| p.inner.as_ref().is_some_and(|i| i.proto == 6))
+        .unwrap_or_else(|| panic!("no encapsulated TCP: {packets:#?}"));
+    let l4 = syn.inner.as_ref().unwrap().l4.as_ref().unwrap();
+    assert_eq!(l4.tcp_mss, Some(1460), "fits, left alone: {l4:?}");
+    assert_eq!(l4.checksum_valid, Some(true));
+
+    let stats = ha.stats();
+    assert_eq!(stats["drops"]["frag_needed"].as_u64(), Some(0), "{stats}");
+    assert_eq!(stats["counters"]["fragmented"].as_u64(), Some(0));
+    assert_eq!(stats["counters"]["mss_clamped"].as_u64(), Some(0));
+    assert_eq!(
+        lab.client.route_get(lab.vm_home).mtu,
+        None,
+        "no PMTU learned"
+    );
     stop_clean(ha);
 }
 

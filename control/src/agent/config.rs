@@ -47,6 +47,15 @@ pub struct AgentArgs {
     /// (off unless set; overrides `metrics`).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Largest outer IPv4 datagram on the reverse tunnel (default 1500;
+    /// overrides `tunnel_mtu`).
+    #[arg(long)]
+    pub tunnel_mtu: Option<u16>,
+    /// Lower the MSS of TCP SYNs crossing the tunnel to what fits
+    /// tunnel_mtu (tunnel_mtu - 60); `false` turns it off (default true;
+    /// overrides `mss_clamp`).
+    #[arg(long, value_name = "BOOL")]
+    pub mss_clamp: Option<bool>,
 }
 
 /// The agent's config file. Unknown keys are errors, so a typo cannot
@@ -70,6 +79,10 @@ pub struct AgentFile {
     pub bpffs: Option<PathBuf>,
     /// Prometheus metrics endpoint `ADDR:PORT` (off unless set).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Largest outer IPv4 datagram on the reverse tunnel (default 1500).
+    pub tunnel_mtu: Option<u16>,
+    /// TCP MSS clamping for SYNs crossing the tunnel (default on).
+    pub mss_clamp: Option<bool>,
     #[serde(default)]
     pub vm: Vec<VmFile>,
 }
@@ -141,6 +154,10 @@ pub struct AgentConfig {
     pub vms: Vec<VmConfig>,
     /// The metrics endpoint, if on.
     pub metrics: Option<crate::common::metrics::MetricsConfig>,
+    /// Largest outer IPv4 datagram on the reverse tunnel.
+    pub tunnel_mtu: u16,
+    /// Clamp the MSS of TCP SYNs to `tunnel_mtu - 60`.
+    pub mss_clamp: bool,
 }
 
 impl AgentConfig {
@@ -252,6 +269,13 @@ impl AgentConfig {
                 file.queues
             )));
         }
+        let tunnel_mtu = args.tunnel_mtu.or(file.tunnel_mtu).unwrap_or(1500);
+        // As the home agent: 68 is the IPv4 minimum MTU, plus the outer header.
+        if tunnel_mtu < 88 {
+            return Err(bad(format!(
+                "tunnel_mtu {tunnel_mtu} is too small (at least 88: 20 outer + 68 inner)"
+            )));
+        }
         if vm_link == args.uplink {
             return Err(Error::Invalid(format!(
                 "--vm-link and --uplink are both {vm_link}: the VMs need their own link"
@@ -281,6 +305,8 @@ impl AgentConfig {
                 .or(file.bpffs)
                 .unwrap_or_else(|| PathBuf::from(crate::common::DEFAULT_BPFFS)),
             vms,
+            tunnel_mtu,
+            mss_clamp: args.mss_clamp.or(file.mss_clamp).unwrap_or(true),
         })
     }
 }
@@ -324,6 +350,8 @@ qmp = "/run/homeward/db1.qmp"
             bpffs: None,
             takeover: false,
             metrics: None,
+            tunnel_mtu: None,
+            mss_clamp: None,
         }
     }
 
@@ -359,6 +387,23 @@ qmp = "/run/homeward/db1.qmp"
             ]
         );
         assert_eq!(c.socket, PathBuf::from(DEFAULT_AGENT_SOCKET));
+    }
+
+    #[test]
+    fn tunnel_mtu_and_mss_clamp() {
+        let c = AgentConfig::merge(&args(), AgentFile::parse(EXAMPLE).unwrap()).unwrap();
+        assert_eq!((c.tunnel_mtu, c.mss_clamp), (1500, true), "defaults");
+        let text = format!("tunnel_mtu = 1520\nmss_clamp = false\n{EXAMPLE}");
+        let c = AgentConfig::merge(&args(), AgentFile::parse(&text).unwrap()).unwrap();
+        assert_eq!((c.tunnel_mtu, c.mss_clamp), (1520, false));
+        let mut a = args();
+        a.tunnel_mtu = Some(1400);
+        a.mss_clamp = Some(true);
+        let c = AgentConfig::merge(&a, AgentFile::parse(&text).unwrap()).unwrap();
+        assert_eq!((c.tunnel_mtu, c.mss_clamp), (1400, true), "flags win");
+        a.tunnel_mtu = Some(60);
+        let e = AgentConfig::merge(&a, AgentFile::parse(EXAMPLE).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("too small"), "{e}");
     }
 
     #[test]

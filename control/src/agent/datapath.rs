@@ -44,6 +44,10 @@ pub struct DataPathConfig {
     pub home_agents: Vec<Ipv4Addr>,
     /// AF_XDP queues (a tap has one).
     pub queues: u32,
+    /// Largest outer IPv4 datagram on the reverse tunnel.
+    pub tunnel_mtu: u16,
+    /// Clamp the MSS of TCP SYNs crossing the tunnel.
+    pub mss_clamp: bool,
     /// Where the XDP program is pinned, so a restart after a crash
     /// recognises and replaces the one this agent left.
     pub pin_dir: std::path::PathBuf,
@@ -147,6 +151,8 @@ impl DataPath {
         }
         let mut pipeline = PipelineConfig::new(config.address, vm_link.mac, uplink.mac);
         pipeline.role = Role::ForeignAgent;
+        pipeline.tunnel_mtu = config.tunnel_mtu;
+        pipeline.mss_clamp = config.mss_clamp;
         let (vm_index, up_index) = (vm_link.index, uplink.index);
         let plan = Plan {
             lan: config.vm_link.clone(),

@@ -548,6 +548,8 @@ pub fn run(args: &AgentArgs) -> Result<Vec<FrameAccounting>, Error> {
             address: config.address,
             home_agents: config.home_agents(),
             queues: config.queues,
+            tunnel_mtu: config.tunnel_mtu,
+            mss_clamp: config.mss_clamp,
             pin_dir: crate::common::bpf_pin_dir(&config.bpffs, "agent", &config.socket),
         },
         successor.as_ref(),

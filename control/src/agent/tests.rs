@@ -67,6 +67,8 @@ fn agent(fail_serve: bool) -> (Agent<Recorder>, Vec<Receiver<Job>>) {
         bpffs: "/sys/fs/bpf".into(),
         // web1 is away from home here; local1's home subnet is this one.
         vms: vec![vm("web1", WEB1, 256), vm("local1", LOCAL1, 257)],
+        tunnel_mtu: 1500,
+        mss_clamp: true,
     };
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| channel::unbounded()).unzip();
     let dp = Recorder {

@@ -226,6 +226,11 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
     )
     .sample(vec![], t.pipeline.checksums_finished);
     x.counter(
+        "mss_clamped",
+        "TCP SYNs whose MSS option was lowered to fit the tunnel MTU (mss_clamp).",
+    )
+    .sample(vec![], t.pipeline.mss_clamped);
+    x.counter(
         "capture_dropped",
         "Records homeward capture could not take (its queue was full); the packets were forwarded as usual.",
     )

@@ -93,6 +93,7 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     );
     pipeline.outer_ttl = config.ttl;
     pipeline.tunnel_mtu = config.tunnel_mtu;
+    pipeline.mss_clamp = config.mss_clamp;
     pipeline.icmp_rate_per_sec = config.icmp_rate;
     let plan = Plan {
         lan: config.lan.clone(),

@@ -216,6 +216,9 @@ pub struct Counters {
     /// Partial TCP/UDP checksums (left to the device by a local sender)
     /// finished before tunnelling.
     pub checksums_finished: u64,
+    /// TCP SYNs whose MSS option was lowered to fit the tunnel (`mss_clamp`), either
+    /// direction.
+    pub mss_clamped: u64,
 }
 
 // Manual: `[u64; N]` implements `Default` only up to N = 32.
@@ -234,6 +237,7 @@ impl Default for Counters {
             icmp_rate_limited: 0,
             trimmed_padding: 0,
             checksums_finished: 0,
+            mss_clamped: 0,
         }
     }
 }

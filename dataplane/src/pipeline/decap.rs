@@ -65,6 +65,12 @@ impl Pipeline {
             return Err(DropReason::TtlExceeded);
         }
         let mac = lookup.lan_neighbor(inner.dst);
+        // A SYN leaving the tunnel is clamped too, like `ip tcp adjust-mss` on both
+        // directions of a tunnel interface: its MSS sizes what the host here will send into
+        // *this* end, so this end's `tunnel_mtu` is the right limit, and it holds even if
+        // the far end does not clamp or runs a larger tunnel MTU. Idempotent after the far
+        // end's clamp (never raises). No partial checksum here: it crossed a wire.
+        self.clamp_mss(buf, inner_off, &inner);
         ipv4::decrement_ttl(buf, inner_off).ok_or(DropReason::Ipv4Truncated)?;
 
         let new_start = inner_off

@@ -96,6 +96,9 @@ impl Pipeline {
         if partial::finish(buf, ip_off, ip) {
             self.counters.checksums_finished += 1;
         }
+        // A SYN entering the tunnel is clamped below, after the last check that can drop
+        // and after the checksum is whole (`Pipeline::clamp_mss`): its MSS sizes what the
+        // far end sends back through the tunnel (iptables' `-o tunnel --clamp-mss-to-pmtu`).
 
         if too_big {
             let plan = fragment::plan(
@@ -107,6 +110,8 @@ impl Pipeline {
                 mac,
                 src_mac,
             )?;
+            // The pieces copy the inner datagram from the source frame, TCP header included.
+            self.clamp_mss(buf, ip_off, ip);
             // The pieces copy the inner header from the source frame, TTL included.
             ipv4::decrement_ttl(buf, ip_off).ok_or(DropReason::Ipv4Truncated)?;
             self.counters.encapsulated += 1;
@@ -125,6 +130,7 @@ impl Pipeline {
         // Not too big, so at most tunnel_mtu: fits.
         let total_len =
             u16::try_from(ip.total_len + ipv4::HDR_LEN).map_err(|_| DropReason::CannotFragment)?;
+        self.clamp_mss(buf, ip_off, ip);
         ipv4::decrement_ttl(buf, ip_off).ok_or(DropReason::Ipv4Truncated)?;
         let outer = NewHeader {
             // RFC 2003 §3.1: TOS copied; DF copied (a DF datagram must stay unfragmented);

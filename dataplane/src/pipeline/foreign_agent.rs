@@ -178,3 +178,54 @@ fn foreign_agent_rejections() {
         assert_eq!(v, Verdict::Drop(want), "{name}");
     }
 }
+
+/// MSS 1460, SACK permitted, NOP, window scale 7.
+const SYN_OPTIONS: [u8; 12] = [2, 4, 0x05, 0xb4, 4, 2, 1, 3, 3, 7, 0, 0];
+
+/// The served VM's SYN-ACK enters the reverse tunnel clamped: its MSS sizes what the client
+/// sends to the VM through the home agent's end of the tunnel.
+#[test]
+fn a_served_vms_syn_ack_is_clamped_into_the_reverse_tunnel() {
+    let inner = Ip::tcp(SERVED, CLIENT, 0x12, &SYN_OPTIONS, b"").eth_dst(LAN_HOST_MAC);
+    let mut p = fa_pipeline();
+    let frame = inner.frame();
+    let (mut buf, start) = place(&frame);
+    let v = p.process(&mut buf, start, frame.len(), Port::Lan, 0, &fa_lookup());
+    let (port, s, len, _) = expect_tx(v);
+    assert_eq!(port, Port::Wan);
+    let out = &buf[s..s + len];
+    let outer = Ipv4HeaderSlice::from_slice(&out[14..]).unwrap();
+    assert_eq!(outer.destination_addr(), Ipv4Addr::from(HOME_AGENT));
+    let got = trim_datagram(&out[34..]);
+    assert_eq!(tcp_of(got), (true, vec![1440]));
+    assert_eq!(p.counters().mss_clamped, 1);
+    // Disabled: as sent.
+    let mut c = fa_pipeline().config().clone();
+    c.mss_clamp = false;
+    let mut p = Pipeline::new(c, 0x100);
+    let (mut buf, start) = place(&frame);
+    let v = p.process(&mut buf, start, frame.len(), Port::Lan, 0, &fa_lookup());
+    let (_, s, len, _) = expect_tx(v);
+    assert_eq!(
+        tcp_of(trim_datagram(&buf[s + 34..s + len])),
+        (true, vec![1460])
+    );
+    assert_eq!(p.counters().mss_clamped, 0);
+}
+
+/// A SYN out of the tunnel toward the VM is clamped to this end's tunnel MTU as well, even
+/// if the home agent did not clamp it (an older one, or a larger tunnel MTU there).
+#[test]
+fn a_syn_decapsulated_toward_the_vm_is_clamped() {
+    let inner = Ip::tcp(CLIENT, SERVED, 0x02, &SYN_OPTIONS, b"");
+    let input = Ip::ipip(HOME_AGENT, FA, inner.clone()).frame();
+    let (out, v) = run(&input, Port::Wan);
+    expect_tx(v);
+    let got = trim_datagram(&out[14..]);
+    assert_eq!(tcp_of(got), (true, vec![1440]));
+    // Already clamped by the home agent: left as is.
+    let inner = Ip::tcp(CLIENT, SERVED, 0x02, &[2, 4, 0x05, 0xa0], b"");
+    let input = Ip::ipip(HOME_AGENT, FA, inner.clone()).frame();
+    let (out, _) = run(&input, Port::Wan);
+    check_decapsulated(&out, &inner.datagram(), SERVED_MAC);
+}

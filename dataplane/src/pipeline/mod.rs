@@ -15,7 +15,8 @@
 //!
 //! Layout: `ether` and `ipv4` are the header views, `checksum` the Internet checksum,
 //! `ratelimit` the ICMP token bucket, `fragment` the RFC 791 fragmentation of tunnelled
-//! datagrams, `counters` the drop reasons and counters.
+//! datagrams, `partial` finishing partial checksums, `mss` TCP MSS clamping, `counters` the
+//! drop reasons and counters.
 
 use std::net::Ipv4Addr;
 
@@ -28,6 +29,7 @@ mod ether;
 mod fragment;
 mod icmp;
 mod ipv4;
+mod mss;
 mod partial;
 mod ratelimit;
 
@@ -97,11 +99,16 @@ pub struct PipelineConfig {
     pub icmp_rate_per_sec: u32,
     /// ICMP error token bucket depth (default 50).
     pub icmp_burst: u32,
+    /// Lower the MSS option of TCP SYNs crossing the tunnel (either way) to what fits
+    /// `tunnel_mtu` unfragmented: `tunnel_mtu - 60` (outer IPv4, inner IPv4, TCP), at least
+    /// 88. On by default, as on most tunnel gateways: without it a new connection whose
+    /// hosts believe in a 1500-byte path relies on Fragmentation Needed reaching them.
+    pub mss_clamp: bool,
 }
 
 impl PipelineConfig {
     /// A configuration with the defaults: outer TTL 64, tunnel MTU 1500, 100 ICMP errors/s,
-    /// burst 50.
+    /// burst 50, MSS clamping on.
     pub fn new(ha_addr: Ipv4Addr, lan_mac: [u8; 6], wan_mac: [u8; 6]) -> Self {
         PipelineConfig {
             role: Role::HomeAgent,
@@ -112,6 +119,7 @@ impl PipelineConfig {
             tunnel_mtu: 1500,
             icmp_rate_per_sec: 100,
             icmp_burst: 50,
+            mss_clamp: true,
         }
     }
 }
@@ -320,6 +328,20 @@ impl Pipeline {
         id
     }
 
+    /// Clamps the MSS of a TCP SYN about to enter or leave the tunnel, if configured. Call
+    /// after every check that can drop (a dropped frame is left as received) and after
+    /// `partial::finish` (an incremental update of a partial checksum would stay partial
+    /// and no longer be recognised as one).
+    fn clamp_mss(&mut self, buf: &mut [u8], ip_off: usize, ip: &ipv4::Ipv4) {
+        if !self.config.mss_clamp {
+            return;
+        }
+        let max = mss::limit(self.config.tunnel_mtu);
+        if mss::clamp(buf, ip_off, ip, max) == mss::Outcome::Clamped {
+            self.counters.mss_clamped += 1;
+        }
+    }
+
     /// The HA's MAC on `port`.
     fn port_mac(&self, port: Port) -> [u8; 6] {
         match port {
@@ -485,8 +507,14 @@ mod tests {
     fn config_defaults() {
         let c = PipelineConfig::new(HA.into(), LAN_MAC, WAN_MAC);
         assert_eq!(
-            (c.outer_ttl, c.tunnel_mtu, c.icmp_rate_per_sec, c.icmp_burst),
-            (64, 1500, 100, 50)
+            (
+                c.outer_ttl,
+                c.tunnel_mtu,
+                c.icmp_rate_per_sec,
+                c.icmp_burst,
+                c.mss_clamp
+            ),
+            (64, 1500, 100, 50, true)
         );
         let p = Pipeline::new(c, 9);
         assert_eq!(p.config().ha_addr, Ipv4Addr::from(HA));

@@ -258,6 +258,24 @@ impl Ip {
         Ip::raw(src, dst, 1, &p)
     }
 
+    /// TCP 40000 -> 80, the flags byte `flags` (0x02 SYN, 0x12 SYN-ACK), raw `options` (a
+    /// multiple of 4, at most 40: malformed lists allowed), `data`; checksum computed by
+    /// etherparse.
+    pub fn tcp(src: [u8; 4], dst: [u8; 4], flags: u8, options: &[u8], data: &[u8]) -> Ip {
+        let mut h = etherparse::TcpHeader::new(40000, 80, 0x0102_0304, 64240);
+        h.fin = flags & 0x01 != 0;
+        h.syn = flags & 0x02 != 0;
+        h.rst = flags & 0x04 != 0;
+        h.psh = flags & 0x08 != 0;
+        h.ack = flags & 0x10 != 0;
+        h.acknowledgment_number = if h.ack { 0x0a0b_0c0d } else { 0 };
+        h.set_options_raw(options).unwrap();
+        h.checksum = h.calc_checksum_ipv4_raw(src, dst, data).unwrap();
+        let mut p = h.to_bytes().to_vec();
+        p.extend_from_slice(data);
+        Ip::raw(src, dst, 6, &p)
+    }
+
     pub fn ipip(src: [u8; 4], dst: [u8; 4], inner: Ip) -> Ip {
         let mut ip = Ip::raw(src, dst, 4, &inner.datagram());
         ip.ident = 0x0abc;
@@ -792,4 +810,24 @@ pub fn expect_tx_named(v: Verdict, name: &str) -> (Port, usize, usize, Option<u3
         } => (port, start, len, slot),
         other => panic!("{name}: expected Tx, got {other:?}"),
     }
+}
+
+/// The TCP segment of an (unfragmented) IPv4 datagram: whether its checksum verifies, by
+/// etherparse, and the MSS options it carries (up to 2).
+pub fn tcp_of(datagram: &[u8]) -> (bool, Vec<u16>) {
+    let ip = Ipv4HeaderSlice::from_slice(datagram).unwrap();
+    let seg = &datagram[ip.slice().len()..usize::from(ip.total_len())];
+    let tcp = etherparse::TcpHeaderSlice::from_slice(seg).unwrap();
+    let payload = &seg[tcp.slice().len()..];
+    let ok = tcp
+        .calc_checksum_ipv4(&ip, payload)
+        .is_ok_and(|c| c == tcp.checksum());
+    let mss = tcp
+        .options_iterator()
+        .filter_map(|o| match o {
+            Ok(etherparse::TcpOptionElement::MaximumSegmentSize(m)) => Some(m),
+            _ => None,
+        })
+        .collect();
+    (ok, mss)
 }
