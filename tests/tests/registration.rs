@@ -589,6 +589,7 @@ fn a_forged_flood_does_not_starve_honest_registrations() {
             lifetime: 600,
             reverse_tunnel: true,
             spi: 256,
+            vm_mac: None,
         };
         let start = std::time::Instant::now();
         let mut results = Vec::new();

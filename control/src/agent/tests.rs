@@ -140,6 +140,7 @@ fn a_resume_away_serves_registers_and_measures_from_qemus_timestamp() {
             lifetime: 60,
             reverse_tunnel: true,
             spi: 256,
+            vm_mac: Some([0x52, 0x54, 0, 0, 0, 0]),
         }
     );
     assert_eq!(listed(&a, now, "web1")["state"], "registering");

@@ -22,6 +22,10 @@ pub struct RegistrationParams {
     pub lifetime: u16,
     pub reverse_tunnel: bool,
     pub spi: u32,
+    /// The VM's MAC, sent in the VM link-layer address extension (before
+    /// the authenticator, so it is covered) so the home agent can hand the
+    /// address back in the VM's name even if it never saw the VM.
+    pub vm_mac: Option<[u8; 6]>,
 }
 
 /// An accepted registration.
@@ -214,6 +218,9 @@ impl RegistrationClient {
             identification: id,
         }
         .emit(&mut out);
+        if let Some(mac) = p.vm_mac {
+            wire::push_vm_mac(&mut out, mac);
+        }
         key.append_mh_auth(&mut out, p.spi);
         out
     }
