@@ -188,6 +188,12 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         self.announcer.cancel(vm);
     }
 
+    /// The MAC a pending gratuitous ARP series announces `vm` at (tests).
+    #[cfg(test)]
+    pub(in crate::daemon) fn announcing(&self, vm: Ipv4Addr) -> Option<[u8; 6]> {
+        self.announcer.pending_mac(vm)
+    }
+
     /// The VM's own MAC, if known (for handing its address back).
     pub fn vm_mac(&self, vm: Ipv4Addr) -> Option<[u8; 6]> {
         self.forwarder.get(vm).and_then(|f| f.vm_mac)

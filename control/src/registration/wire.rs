@@ -417,7 +417,7 @@ pub fn authenticated_extensions(
 pub enum VmMacError {
     /// the value is not 6 bytes
     #[error("VM link-layer address extension of {0} bytes, not 6")]
-    BadLength(usize),
+    BadLength(u8),
     /// multicast, broadcast or all-zero: never a VM's own address
     #[error("VM link-layer address extension is not a unicast MAC")]
     NotUnicast,
@@ -438,7 +438,8 @@ pub fn vm_mac(msg: &[u8], fixed_len: usize) -> Result<Option<[u8; 6]>, VmMacErro
     let mac: [u8; 6] = n
         .value
         .try_into()
-        .map_err(|_| VmMacError::BadLength(n.value.len()))?;
+        // An extension's data is at most 255 bytes.
+        .map_err(|_| VmMacError::BadLength(u8::try_from(n.value.len()).unwrap_or(u8::MAX)))?;
     // Bit 0 of the first octet is the group bit (multicast and broadcast).
     if mac[0] & 1 != 0 || mac == [0; 6] {
         return Err(VmMacError::NotUnicast);
@@ -715,7 +716,7 @@ mod tests {
             let b = request_with(&format!("86 {len:02x} 0000 00007ed9 0001 {value}"));
             assert_eq!(
                 vm_mac(&b, REQUEST_LEN),
-                Err(VmMacError::BadLength(value.len() / 2))
+                Err(VmMacError::BadLength((value.len() / 2) as u8))
             );
         }
         // Multicast, broadcast, zero.
