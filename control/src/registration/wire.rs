@@ -650,8 +650,9 @@ mod tests {
         let mut out = Vec::new();
         push_vm_mac(&mut out, MAC);
         assert_eq!(out, unhex(VM_MAC_NVSE));
-        // The fuzz seed `fuzz/seeds/registration/accept_with_vm_mac` is
-        // this request (after its mode byte): keep them in step.
+        // The fuzz seeds `fuzz/seeds/registration/*_vm_mac` carry these
+        // extension bytes (written by fuzz/examples/gen_seeds.rs with
+        // `push_vm_mac`): keep them in step.
         let bytes = request_with(VM_MAC_NVSE);
         assert_eq!(
             hex::encode(&bytes),
