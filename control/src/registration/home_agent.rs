@@ -48,6 +48,7 @@ pub enum Action {
 }
 
 impl Action {
+    /// The VM's home address.
     pub fn vm(&self) -> Ipv4Addr {
         match *self {
             Action::Bind { vm, .. } | Action::Deregister { vm, .. } => vm,
