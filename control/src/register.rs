@@ -41,6 +41,11 @@ pub struct RegisterArgs {
     /// Do not ask for reverse tunnelling (the RFC 3024 T flag).
     #[arg(long)]
     pub no_reverse_tunnel: bool,
+    /// The VM's MAC, sent in the VM link-layer address extension so the
+    /// home agent can hand the address back in its name (with --config:
+    /// the VM's `mac` unless given).
+    #[arg(long, value_name = "MAC", value_parser = parse_vm_mac)]
+    pub vm_mac: Option<[u8; 6]>,
     /// Local address to send from (default: any).
     #[arg(long)]
     pub bind: Option<Ipv4Addr>,
@@ -75,6 +80,15 @@ pub struct Target {
     pub attempts: u32,
 }
 
+/// `--vm-mac`: a unicast MAC (the home agent ignores any other).
+fn parse_vm_mac(s: &str) -> Result<[u8; 6], String> {
+    let mac = crate::proto::parse_mac(s).ok_or_else(|| format!("{s:?} is not a MAC address"))?;
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(format!("{s} is not a unicast MAC address"));
+    }
+    Ok(mac)
+}
+
 /// The target from explicit flags.
 pub fn target_from_flags(args: &RegisterArgs) -> Result<Target, Error> {
     if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 3600.0) {
@@ -93,6 +107,7 @@ pub fn target_from_flags(args: &RegisterArgs) -> Result<Target, Error> {
             lifetime: args.lifetime,
             reverse_tunnel: !args.no_reverse_tunnel,
             spi: args.spi.ok_or(Error::Missing("--spi N"))?,
+            vm_mac: args.vm_mac,
         },
         keys: args.keys.clone().ok_or(Error::Missing("--keys FILE"))?,
         bind: args.bind.unwrap_or(Ipv4Addr::UNSPECIFIED),
@@ -234,6 +249,7 @@ fn target_from_agent_config(args: &RegisterArgs) -> Result<Target, Error> {
             lifetime: if at_home { 0 } else { file.lifetime },
             reverse_tunnel: file.reverse_tunnel && !args.no_reverse_tunnel && !at_home,
             spi: args.spi.unwrap_or(vm.spi),
+            vm_mac: Some(args.vm_mac.unwrap_or(vm.mac)),
         },
         keys: args.keys.clone().unwrap_or(file.keys),
         bind: args.bind.unwrap_or(Ipv4Addr::UNSPECIFIED),
@@ -317,7 +333,13 @@ mod tests {
         assert!(t.params.reverse_tunnel);
         assert_eq!(t.params.spi, 256);
         assert_eq!(t.params.home_agent, HA);
+        assert_eq!(t.params.vm_mac, Some([0x52, 0x54, 0, 0, 0, 0x50]));
         assert_eq!(t.keys, std::path::PathBuf::from("/etc/homeward/keys.toml"));
+        // --vm-mac overrides the config's.
+        let mut args = register_args(&path, "web1", Some(AGENT));
+        args.vm_mac = Some([2, 0, 0x5e, 0, 0, 0x51]);
+        let t = target_from_agent_config(&args).unwrap();
+        assert_eq!(t.params.vm_mac, Some([2, 0, 0x5e, 0, 0, 0x51]));
         // A care-of inside the home subnet: the VM is home, deregister.
         let home = Ipv4Addr::new(192, 0, 2, 7);
         let t = target_from_agent_config(&register_args(&path, "web1", Some(home))).unwrap();
@@ -343,5 +365,21 @@ mod tests {
         args.home_agent = Some(Ipv4Addr::LOCALHOST);
         let t = target_from_agent_config(&args).unwrap();
         assert!(t.params.care_of.is_loopback(), "{:?}", t.params);
+    }
+
+    #[test]
+    fn vm_mac_flag_takes_unicast_macs_only() {
+        assert_eq!(
+            parse_vm_mac("02:00:5e:00:00:51"),
+            Ok([2, 0, 0x5e, 0, 0, 0x51])
+        );
+        for bad in [
+            "ff:ff:ff:ff:ff:ff",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+            "nope",
+        ] {
+            assert!(parse_vm_mac(bad).is_err(), "{bad}");
+        }
     }
 }

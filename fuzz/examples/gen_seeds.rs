@@ -404,6 +404,21 @@ fn registration_seeds(o: &mut Out) {
     let mut skippable = request(|_| {});
     wire::push_extension(&mut skippable, 131, b"hi");
     put("skippable_extension_then_auth", ok, &skippable);
+    // The agent's VM link-layer address extension (RFC 3115 NVSE), before
+    // the authenticator the fuzzer appends; the same bytes as the fixture
+    // in control's wire.rs tests.
+    let mut with_mac = request(|_| {});
+    wire::push_vm_mac(&mut with_mac, [0x02, 0x00, 0x5e, 0x00, 0x00, 0x51]);
+    put("accept_with_vm_mac", ok, &with_mac);
+    let mut deregister_mac = request(|r| {
+        r.lifetime = 0;
+        r.care_of = HOME;
+    });
+    wire::push_vm_mac(&mut deregister_mac, [0x02, 0x00, 0x5e, 0x00, 0x00, 0x51]);
+    put("deregister_with_vm_mac", ok, &deregister_mac);
+    let mut bad_mac = request(|_| {});
+    wire::push_vm_mac(&mut bad_mac, [0xff; 6]);
+    put("accept_with_broadcast_vm_mac", ok, &bad_mac);
     let mut unknown = request(|_| {});
     wire::push_extension(&mut unknown, 5, b"");
     put("unknown_extension_then_auth", ok, &unknown);

@@ -122,6 +122,23 @@ fn walk(msg: &[u8], exts: wire::Extensions<'_>) {
     }
 }
 
+/// A MAC in the action is unicast and is the one in the authenticated
+/// part of the request (before the Mobile-Home Authentication Extension).
+fn check_vm_mac(vm_mac: Option<[u8; 6]>, req: &Request<&[u8]>) {
+    if let Some(mac) = vm_mac {
+        assert!(mac[0] & 1 == 0 && mac != [0; 6], "{mac:?}");
+        assert_eq!(
+            wire::vm_mac(req.as_bytes(), wire::REQUEST_LEN),
+            Ok(Some(mac))
+        );
+        let auth = req.mh_auth().unwrap().unwrap();
+        let covered = wire::authenticated_extensions(auth.covered, wire::REQUEST_LEN)
+            .filter_map(|e| wire::Nvse::parse(&e))
+            .any(|n| n.vendor == wire::HOMEWARD_VENDOR_ID && n.value == mac);
+        assert!(covered, "the MAC is covered by the authenticator");
+    }
+}
+
 fn check(outcome: &Outcome, sink: &Sink, datagram: &[u8], request: Option<&Request<&[u8]>>) {
     assert_eq!(
         outcome.reply.is_some(),
@@ -168,15 +185,18 @@ fn check(outcome: &Outcome, sink: &Sink, datagram: &[u8], request: Option<&Reque
                 care_of,
                 lifetime,
                 spi,
+                vm_mac,
                 ..
             } => {
+                check_vm_mac(vm_mac, req);
                 assert_eq!(spi, auth.spi, "the binding names its SPI");
                 assert!((1..=MAX_LIFETIME).contains(&lifetime), "{lifetime}");
                 assert!(home().contains(vm) && vm != HA && entry.authorizes(vm));
                 assert!(!home().contains(care_of) && care_of != HA && care_of != vm);
                 assert_eq!((vm, care_of), (req.home_address(), req.care_of()));
             }
-            Action::Deregister { vm } => {
+            Action::Deregister { vm, vm_mac } => {
+                check_vm_mac(vm_mac, req);
                 assert_eq!(req.lifetime(), 0);
                 assert!(home().contains(vm) && entry.authorizes(vm));
             }

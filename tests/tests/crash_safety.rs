@@ -112,6 +112,7 @@ impl Registrar {
             lifetime,
             reverse_tunnel: true,
             spi: SPI,
+            vm_mac: None,
         };
         self.tx.send(p).expect("registrar thread");
         match self.rx.recv().expect("registrar thread") {

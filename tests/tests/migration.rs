@@ -210,7 +210,9 @@ fn outage(
     assert_eq!(report.status, "completed", "{label}: {}", report.summary());
     let download = StreamReport::wait(&mut stream, Duration::from_secs(60));
     assert!(download.is_clean(), "{label}: {download:?}");
-    let paused = report.guest_paused.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+    let paused = report
+        .guest_paused
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
     let resume = report
         .dest_resume
         .duration_since(std::time::UNIX_EPOCH)

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use homeward_tests::agent::HomeAgent;
 use homeward_tests::decode::{script, PYTHON};
-use homeward_tests::{require_root, Topology, UdpSend};
+use homeward_tests::{decode_arp, require_root, Capture, Mac, Topology, UdpSend};
 use serde_json::Value;
 
 const KEY: &str = "00112233445566778899aabbccddeeff0011223344556677";
@@ -259,6 +259,60 @@ fn registration_binds_with_proxy_arp_and_deregistration_unbinds() {
     assert_eq!(s["enabled"], true);
     assert_eq!(s["replies"]["0"], 3, "{s}");
     assert_eq!(s["denied"], 0, "{s}");
+    stop_clean(ha);
+}
+
+/// A VM the home agent never talked to (no neighbour entry on its LAN):
+/// the MAC comes with the registration, is kept with the binding, and the
+/// deregistration hands the address back to it with gratuitous ARP.
+#[test]
+fn a_vm_the_ha_never_saw_is_given_back_to_the_mac_it_registered_with() {
+    require_root();
+    let lab = Topology::home_agent_lab("rgm");
+    let f = files();
+    const MAC: &str = "02:00:5e:00:00:51";
+    assert!(lab.ha.neighbor(lab.vm_home).is_none(), "the HA saw the VM");
+    let ha = start(&lab, &f, &[]);
+    let out = register(&ha, &lab, &f, &["--vm-mac", MAC]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = ha.binding("192.0.2.50").expect("a binding");
+    assert_eq!(b["vm_mac"], MAC, "{b}");
+    std::thread::sleep(Duration::from_millis(900)); // the bind announcements
+
+    let arp_cap = Capture::start(&lab.client, &lab.client_lan.name, "arp");
+    let out = register(
+        &ha,
+        &lab,
+        &f,
+        &["--lifetime", "0", "--vm-mac", "02:00:5e:00:00:51"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ha.list().is_empty());
+    std::thread::sleep(Duration::from_millis(1000));
+    let arps = decode_arp(&arp_cap.stop());
+    let mac: Mac = MAC.parse().unwrap();
+    let give_back: Vec<_> = arps
+        .iter()
+        .filter(|a| a.is_gratuitous() && a.psrc == lab.vm_home)
+        .collect();
+    assert_eq!(give_back.len(), 5, "{arps:#?}");
+    assert!(
+        give_back
+            .iter()
+            .all(|a| a.hwsrc == mac && a.eth_src == Some(mac)),
+        "{give_back:#?}"
+    );
+    // (The client never resolved the VM, so it has no entry for these
+    // announcements to update: Linux creates none from gratuitous ARP.)
+    assert_eq!(ha.registration_stats()["vm_mac_ignored"], 0);
     stop_clean(ha);
 }
 
@@ -589,6 +643,7 @@ fn a_forged_flood_does_not_starve_honest_registrations() {
             lifetime: 600,
             reverse_tunnel: true,
             spi: 256,
+            vm_mac: None,
         };
         let start = std::time::Instant::now();
         let mut results = Vec::new();

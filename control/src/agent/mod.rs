@@ -343,6 +343,7 @@ impl<D: Serving> Agent<D> {
                         lifetime,
                         reverse_tunnel: self.reverse_tunnel,
                         spi: c.spi,
+                        vm_mac: Some(c.mac),
                     };
                     let _ = vm.jobs.send(Job { seq, params });
                 }
@@ -357,6 +358,10 @@ impl<D: Serving> Agent<D> {
                         lifetime: 0,
                         reverse_tunnel: false,
                         spi: c.spi,
+                        // Also here: the HA then gives the address back to
+                        // the VM's MAC even if the binding has none (made
+                        // by an older agent, say).
+                        vm_mac: Some(c.mac),
                     };
                     let _ = vm.jobs.send(Job { seq, params });
                 }

@@ -142,6 +142,7 @@ fn a_resume_away_serves_registers_and_measures_from_qemus_timestamp() {
             lifetime: 60,
             reverse_tunnel: true,
             spi: 256,
+            vm_mac: Some([0x52, 0x54, 0, 0, 0, 0]),
         }
     );
     assert_eq!(listed(&a, now, "web1")["state"], "registering");
@@ -200,6 +201,9 @@ fn a_vm_at_home_is_deregistered_not_served() {
     let job = jobs[1].try_recv().unwrap();
     assert_eq!(job.params.lifetime, 0);
     assert_eq!(job.params.care_of, LOCAL1);
+    // The deregistration names the VM's MAC too (the HA hands the address
+    // back to it even if the binding has none).
+    assert_eq!(job.params.vm_mac, Some([0x52, 0x54, 0, 0, 0, 1]));
     assert!(!job.params.reverse_tunnel);
     assert_eq!(listed(&a, now, "local1")["state"], "deregistering");
     a.on_done(now, accepted(1, &job, 0, SystemTime::now()));

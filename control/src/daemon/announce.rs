@@ -59,6 +59,12 @@ impl Announcer {
         self.pending.retain(|p| p.sent <= GAPS.len());
     }
 
+    /// The MAC `addr` is (to be) announced at, for tests.
+    #[cfg(test)]
+    pub fn pending_mac(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
+        self.pending.iter().find(|p| p.addr == addr).map(|p| p.mac)
+    }
+
     /// When the next announcement is due.
     pub fn next_due(&self) -> Option<Instant> {
         self.pending.iter().map(|p| p.due).min()

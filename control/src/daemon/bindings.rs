@@ -188,6 +188,12 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         self.announcer.cancel(vm);
     }
 
+    /// The MAC a pending gratuitous ARP series announces `vm` at (tests).
+    #[cfg(test)]
+    pub(in crate::daemon) fn announcing(&self, vm: Ipv4Addr) -> Option<[u8; 6]> {
+        self.announcer.pending_mac(vm)
+    }
+
     /// The VM's own MAC, if known (for handing its address back).
     pub fn vm_mac(&self, vm: Ipv4Addr) -> Option<[u8; 6]> {
         self.forwarder.get(vm).and_then(|f| f.vm_mac)
@@ -275,13 +281,25 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     /// Remove `vm`'s binding; hand the address back to the VM's own MAC if
     /// known.
     pub fn unbind(&mut self, now: Instant, vm: Ipv4Addr) -> Result<(), String> {
+        self.unbind_to(now, vm, None)
+    }
+
+    /// [`Bindings::unbind`], handing the address back to `vm_mac` when
+    /// given (a deregistration that names the VM's MAC), else to the
+    /// binding's own.
+    pub fn unbind_to(
+        &mut self,
+        now: Instant,
+        vm: Ipv4Addr,
+        vm_mac: Option<[u8; 6]>,
+    ) -> Result<(), String> {
         let Some(f) = self.forwarder.unbind(vm).map_err(|e| e.to_string())? else {
             return Err(format!("no binding for {vm}"));
         };
         self.entries.remove(&vm);
         self.watches.remove(&vm);
         self.announcer.cancel(vm);
-        if let Some(mac) = f.vm_mac {
+        if let Some(mac) = vm_mac.or(f.vm_mac) {
             self.announcer.schedule(now, vm, mac);
         }
         tracing::info!(%vm, care_of = %f.care_of, "unbound");

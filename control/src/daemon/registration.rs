@@ -61,6 +61,9 @@ struct Counters {
     commits: u64,
     committed_datagrams: u64,
     commit_failures: u64,
+    /// Authenticated VM link-layer address extensions ignored (bad
+    /// length, not unicast).
+    vm_mac_ignored: u64,
 }
 
 /// The registration service: socket, reader thread, handler, counters.
@@ -247,6 +250,9 @@ impl Registration {
                 .handler
                 .handle(&d.bytes, d.from, SystemTime::now(), &mut sink);
             let (sink_error, previous) = (sink.error.take(), sink.previous.take());
+            if let Some(e) = outcome.vm_mac_ignored {
+                self.note_ignored_vm_mac(d.from, outcome.home_address, e);
+            }
             let Some(code) = outcome.code else {
                 self.counters.dropped += 1;
                 self.denials.record(*d.from.ip(), 0, outcome.reason);
@@ -258,9 +264,7 @@ impl Registration {
                 // A refresh of an unchanged binding is not worth a log line.
                 let mut changed = false;
                 if let Some(action) = outcome.action {
-                    let vm = match action {
-                        Action::Bind { vm, .. } | Action::Deregister { vm } => vm,
-                    };
+                    let vm = action.vm();
                     let now_bound = bindings.stored(vm);
                     changed = previous.as_ref().map(|p| p.care_of)
                         != now_bound.as_ref().map(|b| b.care_of);
@@ -359,6 +363,25 @@ impl Registration {
         }
     }
 
+    /// Counts an authenticated VM link-layer address extension that was
+    /// ignored. Only the first is logged (at `warn`): it comes from a
+    /// key holder, so it is a misconfigured or buggy agent, not a flood,
+    /// and one line says so; the rest are in `homeward stats`.
+    fn note_ignored_vm_mac(
+        &mut self,
+        from: SocketAddrV4,
+        home: Option<std::net::Ipv4Addr>,
+        e: wire::VmMacError,
+    ) {
+        self.counters.vm_mac_ignored += 1;
+        let home = home.map(|a| a.to_string()).unwrap_or_default();
+        if self.counters.vm_mac_ignored == 1 {
+            tracing::warn!(%from, home = %home, "registration: {e}: ignored (the give-back ARP falls back to the neighbour table); further ones are only counted (vm_mac_ignored in homeward stats)");
+        } else {
+            tracing::debug!(%from, home = %home, "registration: {e}: ignored");
+        }
+    }
+
     /// Writes the denial summary if its period is over, or at once with
     /// `now_anyway` (at exit).
     pub fn summarize(&mut self, now: Instant, now_anyway: bool) {
@@ -407,6 +430,7 @@ impl Registration {
                 commits: self.counters.commits,
                 committed_datagrams: self.counters.committed_datagrams,
                 commit_failures: self.counters.commit_failures,
+                vm_mac_ignored: self.counters.vm_mac_ignored,
                 last_error: self.counters.last_error.clone(),
             }),
         }
@@ -438,6 +462,8 @@ pub(super) struct RegistrationCounts {
     pub commits: u64,
     pub committed_datagrams: u64,
     pub commit_failures: u64,
+    /// VM link-layer address extensions ignored as unusable.
+    pub vm_mac_ignored: u64,
     pub last_error: Option<String>,
 }
 
@@ -569,12 +595,18 @@ impl<S: SteeringMaps, N: NextHops> BindingSink for Sink<'_, S, N> {
                 lifetime,
                 reverse_tunnel: _,
                 spi,
+                vm_mac,
             } => {
                 self.previous = self.bindings.stored(vm);
                 // The VM's MAC, for the gratuitous ARP that hands its address
-                // back when the binding ends: the HA still has it from when
-                // the VM was at home (a STALE entry will do).
-                let mac = if self.bindings.vm_mac(vm).is_some() {
+                // back when the binding ends. The agent's (in the request's
+                // authenticated extension) wins: it knows the VM's NIC. Else
+                // the HA may still have it from when the VM was at home (a
+                // STALE neighbour entry will do); `None` keeps what the
+                // binding already has.
+                let mac = if vm_mac.is_some() {
+                    vm_mac
+                } else if self.bindings.vm_mac(vm).is_some() {
                     None
                 } else {
                     match dataplane::neigh::neighbor_mac(self.lan_index, vm) {
@@ -606,16 +638,20 @@ impl<S: SteeringMaps, N: NextHops> BindingSink for Sink<'_, S, N> {
                         d
                     })
             }
-            Action::Deregister { vm } => {
+            Action::Deregister { vm, vm_mac } => {
                 // Deregistering what is not bound is already done.
                 self.previous = self.bindings.stored(vm);
                 if self.previous.is_none() {
                     return Ok(());
                 }
-                self.bindings.unbind(self.now.mono, vm).map_err(|e| {
-                    self.error = Some(e);
-                    Denial::Unspecified
-                })
+                // The agent's MAC, if sent, hands the address back even to a
+                // binding made without one.
+                self.bindings
+                    .unbind_to(self.now.mono, vm, vm_mac)
+                    .map_err(|e| {
+                        self.error = Some(e);
+                        Denial::Unspecified
+                    })
             }
         }
     }

@@ -131,6 +131,11 @@ pub(super) fn exposition(d: &Daemon, now: Instant) -> Exposition {
         )
         .sample(vec![], r.queue_full);
         x.counter(
+            "registration_vm_mac_ignored",
+            "Authenticated VM link-layer address extensions ignored (bad length, not unicast).",
+        )
+        .sample(vec![], r.vm_mac_ignored);
+        x.counter(
             "store_commits",
             "Durable store commits of registration bursts.",
         )

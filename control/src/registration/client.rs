@@ -22,6 +22,10 @@ pub struct RegistrationParams {
     pub lifetime: u16,
     pub reverse_tunnel: bool,
     pub spi: u32,
+    /// The VM's MAC, sent in the VM link-layer address extension (before
+    /// the authenticator, so it is covered) so the home agent can hand the
+    /// address back in the VM's name even if it never saw the VM.
+    pub vm_mac: Option<[u8; 6]>,
 }
 
 /// An accepted registration.
@@ -214,6 +218,9 @@ impl RegistrationClient {
             identification: id,
         }
         .emit(&mut out);
+        if let Some(mac) = p.vm_mac {
+            wire::push_vm_mac(&mut out, mac);
+        }
         key.append_mh_auth(&mut out, p.spi);
         out
     }
@@ -260,4 +267,60 @@ fn check_reply(
         lifetime: reply.lifetime(),
         identification: reply.identification(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registration::wire::{Nvse, Request};
+
+    const KEYS: &str = r#"
+[[spi]]
+spi = 256
+key = "00112233445566778899aabbccddeeff"
+"#;
+
+    fn params(vm_mac: Option<[u8; 6]>) -> RegistrationParams {
+        RegistrationParams {
+            home_address: Ipv4Addr::new(192, 0, 2, 50),
+            home_agent: Ipv4Addr::new(198, 51, 100, 1),
+            care_of: Ipv4Addr::new(203, 0, 113, 2),
+            lifetime: 60,
+            reverse_tunnel: true,
+            spi: 256,
+            vm_mac,
+        }
+    }
+
+    #[test]
+    fn the_request_carries_the_vm_mac_before_the_authenticator() {
+        let keys = KeyFile::parse(KEYS).unwrap();
+        let key = keys.get(256).unwrap().key.clone();
+        let mut c = RegistrationClient::new(Ipv4Addr::LOCALHOST, keys.clone()).unwrap();
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let bytes = c.build(&params(Some(mac)), &key);
+        let r = Request::new_checked(&bytes[..]).unwrap();
+        let kinds: Vec<u8> = r.extensions().map(|e| e.unwrap().kind).collect();
+        assert_eq!(kinds, [wire::EXT_NVSE, wire::EXT_MH_AUTH]);
+        let first = r.extensions().next().unwrap().unwrap();
+        let n = Nvse::parse(&first).unwrap();
+        assert_eq!(
+            (n.vendor, n.kind, n.value),
+            (
+                wire::HOMEWARD_VENDOR_ID,
+                wire::nvse_type::VM_LINK_LAYER_ADDRESS,
+                &mac[..]
+            )
+        );
+        // Covered by the authenticator, which verifies.
+        let auth = r.mh_auth().unwrap().unwrap();
+        assert!(auth.covered.len() > first.offset + 2 + first.data.len());
+        assert!(key.verify(auth.covered, auth.authenticator));
+        assert_eq!(wire::vm_mac(&bytes, wire::REQUEST_LEN), Ok(Some(mac)));
+        // Without a MAC: no extension, as before.
+        let bytes = c.build(&params(None), &key);
+        let r = Request::new_checked(&bytes[..]).unwrap();
+        let kinds: Vec<u8> = r.extensions().map(|e| e.unwrap().kind).collect();
+        assert_eq!(kinds, [wire::EXT_MH_AUTH]);
+    }
 }

@@ -35,10 +35,25 @@ pub enum Action {
         reverse_tunnel: bool,
         /// The SPI that authenticated it (the binding's origin).
         spi: u32,
+        /// The VM's MAC from the request's authenticated VM link-layer
+        /// address extension, if it had a usable one (for the give-back
+        /// gratuitous ARP when the binding ends).
+        vm_mac: Option<[u8; 6]>,
     },
     Deregister {
         vm: Ipv4Addr,
+        /// As in `Bind`: the MAC to hand the address back to.
+        vm_mac: Option<[u8; 6]>,
     },
+}
+
+impl Action {
+    /// The VM's home address.
+    pub fn vm(&self) -> Ipv4Addr {
+        match *self {
+            Action::Bind { vm, .. } | Action::Deregister { vm, .. } => vm,
+        }
+    }
 }
 
 /// Why the binding manager could not apply an action.
@@ -86,6 +101,10 @@ pub struct Outcome {
     /// with the binding change before the reply goes out, or hands it back
     /// to [`HomeAgent::undo_replay`] if the store fails.
     pub replay: Option<ReplayCommit>,
+    /// The request's VM link-layer address extension was ours but unusable
+    /// (wrong length, not unicast): ignored, and the registration handled
+    /// as without it. For the caller to count.
+    pub vm_mac_ignored: Option<wire::VmMacError>,
 }
 
 /// An accepted Identification, with what it replaced.
@@ -108,6 +127,7 @@ impl Outcome {
             home_address: None,
             care_of: None,
             replay: None,
+            vm_mac_ignored: None,
         }
     }
 }
@@ -246,8 +266,19 @@ impl HomeAgent {
             }
         }
 
+        // Only the authenticated extensions (before the Mobile-Home
+        // Authentication Extension) are looked at. RFC 3115 has a receiver
+        // ignore an NVSE it cannot use, so a bad one does not fail the
+        // registration: the binding matters more than the give-back ARP.
+        let vm_mac = match wire::vm_mac(req.as_bytes(), wire::REQUEST_LEN) {
+            Ok(m) => m,
+            Err(e) => {
+                out.vm_mac_ignored = Some(e);
+                None
+            }
+        };
         let (action, granted) = if lifetime == 0 {
-            (Action::Deregister { vm: home }, 0)
+            (Action::Deregister { vm: home, vm_mac }, 0)
         } else {
             let granted = lifetime.min(self.config.max_lifetime).max(1);
             (
@@ -257,6 +288,7 @@ impl HomeAgent {
                     lifetime: granted,
                     reverse_tunnel: req.flags() & flags::T != 0,
                     spi: auth.spi,
+                    vm_mac,
                 },
                 granted,
             )
@@ -485,7 +517,7 @@ key = "ffeeddccbbaa99887766554433221100"
                     }
                     self.table.insert(vm, (care_of, lifetime));
                 }
-                Action::Deregister { vm } => {
+                Action::Deregister { vm, .. } => {
                     self.table.remove(&vm);
                 }
             }
@@ -513,6 +545,9 @@ key = "ffeeddccbbaa99887766554433221100"
         fields: RequestFields,
         spi: u32,
         keys: &'static str,
+        /// Extension bytes before the authenticator, and after it.
+        before: Vec<u8>,
+        after: Vec<u8>,
     }
 
     impl Req {
@@ -528,6 +563,8 @@ key = "ffeeddccbbaa99887766554433221100"
                 },
                 spi: 256,
                 keys: KEYS,
+                before: Vec::new(),
+                after: Vec::new(),
             }
         }
         fn bytes(&self) -> Vec<u8> {
@@ -540,7 +577,9 @@ key = "ffeeddccbbaa99887766554433221100"
                 256
             };
             let key = &keys.get(spi).unwrap().key;
+            out.extend_from_slice(&self.before);
             key.append_mh_auth(&mut out, self.spi);
+            out.extend_from_slice(&self.after);
             out
         }
     }
@@ -573,6 +612,7 @@ key = "ffeeddccbbaa99887766554433221100"
                 lifetime: 60,
                 reverse_tunnel: true,
                 spi: 256,
+                vm_mac: None,
             })
         );
         let (c, life, id, authed) = reply(&o, 256);
@@ -599,8 +639,118 @@ key = "ffeeddccbbaa99887766554433221100"
         req.fields.care_of = VM;
         let o = h.handle(&req.bytes(), SRC, t, &mut sink);
         assert_eq!(o.code, Some(0), "{o:?}");
-        assert_eq!(o.action, Some(Action::Deregister { vm: VM }));
+        assert_eq!(
+            o.action,
+            Some(Action::Deregister {
+                vm: VM,
+                vm_mac: None
+            })
+        );
         assert!(sink.table.is_empty());
+    }
+
+    const MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x51];
+
+    fn mac_nvse(mac: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        wire::Nvse {
+            vendor: wire::HOMEWARD_VENDOR_ID,
+            kind: wire::nvse_type::VM_LINK_LAYER_ADDRESS,
+            value: mac,
+        }
+        .emit(&mut out)
+        .unwrap();
+        out
+    }
+
+    fn bound_mac(o: &Outcome) -> Option<[u8; 6]> {
+        match o.action {
+            Some(Action::Bind { vm_mac, .. } | Action::Deregister { vm_mac, .. }) => vm_mac,
+            None => panic!("not accepted: {o:?}"),
+        }
+    }
+
+    #[test]
+    fn the_vm_link_layer_address_extension_reaches_the_action() {
+        let mut h = ha();
+        let mut sink = Sink::default();
+        let mut req = Req::new(now());
+        req.before = mac_nvse(&MAC);
+        let o = h.handle(&req.bytes(), SRC, now(), &mut sink);
+        assert_eq!(o.code, Some(0), "{o:?}");
+        assert_eq!(bound_mac(&o), Some(MAC));
+        assert_eq!(o.vm_mac_ignored, None);
+
+        // After the authenticator: not covered by it, so not used (the
+        // request itself is still good).
+        let t = now() + Duration::from_secs(1);
+        let mut req = Req::new(t);
+        req.after = mac_nvse(&MAC);
+        let o = h.handle(&req.bytes(), SRC, t, &mut sink);
+        assert_eq!(o.code, Some(0), "{o:?}");
+        assert_eq!(bound_mac(&o), None);
+
+        // Ours but unusable: ignored and reported, the registration stands.
+        let bad: [&[u8]; 4] = [&MAC[..5], &[0xff; 6], &[0; 6], &[0x01, 0, 0x5e, 0, 0, 1]];
+        for (i, value) in bad.into_iter().enumerate() {
+            let t = now() + Duration::from_secs(2 + i as u64);
+            let mut req = Req::new(t);
+            req.before = mac_nvse(value);
+            let o = h.handle(&req.bytes(), SRC, t, &mut sink);
+            assert_eq!(o.code, Some(0), "{o:?}");
+            assert_eq!(bound_mac(&o), None);
+            assert!(o.vm_mac_ignored.is_some(), "{value:?}");
+        }
+
+        // Another vendor's NVSE with the same type: skipped.
+        let t = now() + Duration::from_secs(10);
+        let mut req = Req::new(t);
+        wire::Nvse {
+            vendor: 9,
+            kind: wire::nvse_type::VM_LINK_LAYER_ADDRESS,
+            value: &MAC,
+        }
+        .emit(&mut req.before)
+        .unwrap();
+        let o = h.handle(&req.bytes(), SRC, t, &mut sink);
+        assert_eq!(
+            (o.code, bound_mac(&o), o.vm_mac_ignored),
+            (Some(0), None, None)
+        );
+
+        // A deregistration carries it too.
+        let t = now() + Duration::from_secs(11);
+        let mut req = Req::new(t);
+        req.fields.lifetime = 0;
+        req.fields.care_of = VM;
+        req.before = mac_nvse(&MAC);
+        let o = h.handle(&req.bytes(), SRC, t, &mut sink);
+        assert_eq!(
+            o.action,
+            Some(Action::Deregister {
+                vm: VM,
+                vm_mac: Some(MAC)
+            })
+        );
+    }
+
+    #[test]
+    fn every_bit_flip_of_a_request_with_the_mac_is_refused() {
+        let mut req = Req::new(now());
+        req.before = mac_nvse(&MAC);
+        let bytes = req.bytes();
+        for i in 0..bytes.len() * 8 {
+            let mut h = ha();
+            let mut b = bytes.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            let mut sink = Sink::default();
+            let o = h.handle(&b, SRC, now(), &mut sink);
+            assert!(
+                !matches!(o.code, Some(0 | 1)),
+                "bit {i} flipped was accepted: {o:?}"
+            );
+            assert_eq!(sink.calls, 0, "bit {i}");
+        }
     }
 
     #[test]

@@ -34,6 +34,23 @@ pub const EXT_MH_AUTH: u8 = 32;
 pub const EXT_MF_AUTH: u8 = 33;
 pub const EXT_FH_AUTH: u8 = 34;
 
+/// Normal Vendor/Organization Specific Extension (RFC 3115 §3.2). Type
+/// 134 is skippable (128-255): a home agent that does not know it ignores it.
+pub const EXT_NVSE: u8 = 134;
+
+/// Our Vendor/Org-ID in NVSEs: 32473, the IANA Private Enterprise Number
+/// reserved for documentation (RFC 5612). A deployment with its own PEN
+/// changes only this constant (both ends must agree on it).
+pub const HOMEWARD_VENDOR_ID: u32 = 32473;
+
+/// Vendor-NVSE-Types under [`HOMEWARD_VENDOR_ID`].
+pub mod nvse_type {
+    /// The VM's link-layer address: a 6-byte Ethernet MAC, so the home
+    /// agent can hand the address back with gratuitous ARP in the VM's name
+    /// without having seen the VM on its LAN.
+    pub const VM_LINK_LAYER_ADDRESS: u16 = 1;
+}
+
 /// Request flag bits (RFC 5944 §3.3; T from RFC 3024).
 pub mod flags {
     /// Simultaneous bindings.
@@ -109,6 +126,9 @@ pub enum WireError {
     /// a Mobile-Home Authentication Extension too short to hold an SPI
     #[error("authentication extension too short ({0} bytes of data)")]
     ShortAuth(usize),
+    /// an extension to build whose data does not fit the length byte
+    #[error("extension of {0} bytes does not fit a one-byte length")]
+    ExtensionTooLong(usize),
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -325,6 +345,120 @@ pub fn find_mh_auth(msg: &[u8], fixed_len: usize) -> Result<Option<MhAuth<'_>>, 
     Ok(None)
 }
 
+/// A Normal Vendor/Organization Specific Extension (RFC 3115 §3.2):
+///
+/// ```text
+///  0      type = 134
+///  1      length (of what follows: 8 + the value's length)
+///  2..4   reserved (sent as zero, ignored)
+///  4..8   Vendor/Org-ID (an IANA Private Enterprise Number)
+///  8..10  Vendor-NVSE-Type
+/// 10..    Vendor-NVSE-Value
+/// ```
+///
+/// Generic over vendor and type, so any message that carries extensions
+/// (requests, replies, later message types) can reuse it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nvse<'a> {
+    pub vendor: u32,
+    pub kind: u16,
+    pub value: &'a [u8],
+}
+
+/// Length of an NVSE's data before its value (reserved, vendor, type).
+pub const NVSE_HEADER_LEN: usize = 8;
+
+impl<'a> Nvse<'a> {
+    /// Reads an NVSE from an extension; `None` if it is another type or
+    /// too short for its header (RFC 3115: an NVSE that is not understood
+    /// is ignored, so the caller just skips it).
+    pub fn parse(ext: &Extension<'a>) -> Option<Nvse<'a>> {
+        if ext.kind != EXT_NVSE {
+            return None;
+        }
+        let value = ext.data.get(NVSE_HEADER_LEN..)?;
+        Some(Nvse {
+            vendor: be32(ext.data, 2),
+            kind: be16(ext.data, 6),
+            value,
+        })
+    }
+
+    /// Appends this NVSE as an extension. A value longer than 247 bytes
+    /// does not fit the one-byte length: refused rather than cut.
+    pub fn emit(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        let len = u8::try_from(NVSE_HEADER_LEN + self.value.len())
+            .map_err(|_| WireError::ExtensionTooLong(NVSE_HEADER_LEN + self.value.len()))?;
+        out.push(EXT_NVSE);
+        out.push(len);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&self.vendor.to_be_bytes());
+        out.extend_from_slice(&self.kind.to_be_bytes());
+        out.extend_from_slice(self.value);
+        Ok(())
+    }
+}
+
+/// The extensions a Mobile-Home Authentication Extension covers: those
+/// before the first one (RFC 5944 §3.5.1). Anything after it is not
+/// authenticated by it and must not be acted upon. Stops at a malformed
+/// extension.
+pub fn authenticated_extensions(
+    msg: &[u8],
+    fixed_len: usize,
+) -> impl Iterator<Item = Extension<'_>> {
+    Extensions::new(msg, fixed_len)
+        .map_while(Result::ok)
+        .take_while(|e| e.kind != EXT_MH_AUTH)
+}
+
+/// Why a VM link-layer address NVSE was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum VmMacError {
+    /// the value is not 6 bytes
+    #[error("VM link-layer address extension of {0} bytes, not 6")]
+    BadLength(u8),
+    /// multicast, broadcast or all-zero: never a VM's own address
+    #[error("VM link-layer address extension is not a unicast MAC")]
+    NotUnicast,
+}
+
+/// The VM link-layer address in the authenticated part of a message: the
+/// first of our NVSEs of that type before the Mobile-Home Authentication
+/// Extension. `Ok(None)` without one (other vendors' NVSEs and types are
+/// skipped); `Err` if ours is there but unusable (the caller ignores it and
+/// counts it: RFC 3115 has the receiver ignore what it cannot use).
+pub fn vm_mac(msg: &[u8], fixed_len: usize) -> Result<Option<[u8; 6]>, VmMacError> {
+    let found = authenticated_extensions(msg, fixed_len)
+        .filter_map(|e| Nvse::parse(&e))
+        .find(|n| n.vendor == HOMEWARD_VENDOR_ID && n.kind == nvse_type::VM_LINK_LAYER_ADDRESS);
+    let Some(n) = found else {
+        return Ok(None);
+    };
+    let mac: [u8; 6] = n
+        .value
+        .try_into()
+        // An extension's data is at most 255 bytes.
+        .map_err(|_| VmMacError::BadLength(u8::try_from(n.value.len()).unwrap_or(u8::MAX)))?;
+    // Bit 0 of the first octet is the group bit (multicast and broadcast).
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(VmMacError::NotUnicast);
+    }
+    Ok(Some(mac))
+}
+
+/// Appends the VM link-layer address NVSE (before the authentication
+/// extension, so the authenticator covers it).
+pub fn push_vm_mac(out: &mut Vec<u8>, mac: [u8; 6]) {
+    // 8 + 6 bytes always fits the length byte.
+    let _ = Nvse {
+        vendor: HOMEWARD_VENDOR_ID,
+        kind: nvse_type::VM_LINK_LAYER_ADDRESS,
+        value: &mac,
+    }
+    .emit(out);
+}
+
 /// The fixed part of a Registration Request, for building one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestFields {
@@ -497,6 +631,128 @@ mod tests {
         );
     }
 
+    /// The VM link-layer address NVSE for 02:00:5e:00:00:51, by hand:
+    /// type 134, length 14, reserved, vendor 32473 (0x7ed9), type 1, MAC.
+    const VM_MAC_NVSE: &str = "86 0e 0000 00007ed9 0001 02005e000051";
+    const MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x51];
+
+    /// `REQUEST`'s fixed part, then `middle`, then its MH auth extension.
+    fn request_with(middle: &str) -> Vec<u8> {
+        let mut b = unhex(REQUEST);
+        let auth = b.split_off(REQUEST_LEN);
+        b.extend(unhex(middle));
+        b.extend(auth);
+        b
+    }
+
+    #[test]
+    fn vm_mac_nvse_encodes_to_the_fixture_and_round_trips() {
+        let mut out = Vec::new();
+        push_vm_mac(&mut out, MAC);
+        assert_eq!(out, unhex(VM_MAC_NVSE));
+        // The fuzz seeds `fuzz/seeds/registration/*_vm_mac` carry these
+        // extension bytes (written by fuzz/examples/gen_seeds.rs with
+        // `push_vm_mac`): keep them in step.
+        let bytes = request_with(VM_MAC_NVSE);
+        assert_eq!(
+            hex::encode(&bytes),
+            "0102003cc0000232c6336401c63364020102030405060708\
+             860e000000007ed9000102005e000051\
+             200800000100deadbeef"
+        );
+        let r = Request::new_checked(&bytes[..]).unwrap();
+        let ext = r.extensions().next().unwrap().unwrap();
+        assert!(ext.skippable());
+        assert_eq!(
+            Nvse::parse(&ext),
+            Some(Nvse {
+                vendor: HOMEWARD_VENDOR_ID,
+                kind: nvse_type::VM_LINK_LAYER_ADDRESS,
+                value: &MAC,
+            })
+        );
+        assert_eq!(vm_mac(&bytes, REQUEST_LEN), Ok(Some(MAC)));
+        // The authenticator covers it.
+        let auth = r.mh_auth().unwrap().unwrap();
+        assert_eq!(auth.covered.len(), REQUEST_LEN + 16 + 6);
+        assert_eq!(auth.unknown_before, None);
+        // Generic: any vendor, type and value.
+        let mut out = Vec::new();
+        let n = Nvse {
+            vendor: 9,
+            kind: 0xbeef,
+            value: b"xyz",
+        };
+        n.emit(&mut out).unwrap();
+        assert_eq!(out, unhex("86 0b 0000 00000009 beef 78797a"));
+        let e = Extensions::new(&out, 0).next().unwrap().unwrap();
+        assert_eq!(Nvse::parse(&e), Some(n));
+        let long = [0u8; 248];
+        let mut out = Vec::new();
+        let too_long = Nvse {
+            vendor: 9,
+            kind: 1,
+            value: &long,
+        };
+        assert_eq!(
+            too_long.emit(&mut out),
+            Err(WireError::ExtensionTooLong(256))
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn vm_mac_nvse_malformed_foreign_and_after_auth() {
+        // None at all.
+        assert_eq!(vm_mac(&unhex(REQUEST), REQUEST_LEN), Ok(None));
+        // Too short for the NVSE header: not an NVSE we understand, skipped.
+        let short = request_with("86 05 0000 00007e");
+        assert_eq!(vm_mac(&short, REQUEST_LEN), Ok(None));
+        let r = Request::new_checked(&short[..]).unwrap();
+        let ext = r.extensions().next().unwrap().unwrap();
+        assert_eq!(Nvse::parse(&ext), None);
+        // Our vendor and type with a value of the wrong length.
+        for value in ["", "02005e0000", "02005e00005100"] {
+            let len = 8 + value.len() / 2;
+            let b = request_with(&format!("86 {len:02x} 0000 00007ed9 0001 {value}"));
+            assert_eq!(
+                vm_mac(&b, REQUEST_LEN),
+                Err(VmMacError::BadLength((value.len() / 2) as u8))
+            );
+        }
+        // Multicast, broadcast, zero.
+        for mac in [
+            "01005e000001",
+            "ffffffffffff",
+            "000000000000",
+            "330000000001",
+        ] {
+            let b = request_with(&format!("86 0e 0000 00007ed9 0001 {mac}"));
+            assert_eq!(
+                vm_mac(&b, REQUEST_LEN),
+                Err(VmMacError::NotUnicast),
+                "{mac}"
+            );
+        }
+        // Another vendor, or another of our types: ignored.
+        let other_vendor = request_with("86 0e 0000 00007eda 0001 02005e000051");
+        assert_eq!(vm_mac(&other_vendor, REQUEST_LEN), Ok(None));
+        let other_type = request_with("86 0e 0000 00007ed9 0002 02005e000051");
+        assert_eq!(vm_mac(&other_type, REQUEST_LEN), Ok(None));
+        // Another vendor's first, ours after it: ours is found.
+        let both = request_with(&format!("86 0a 0000 00000009 0001 aabb {VM_MAC_NVSE}"));
+        assert_eq!(vm_mac(&both, REQUEST_LEN), Ok(Some(MAC)));
+        // After the authentication extension: not covered, not used.
+        let mut after = unhex(REQUEST);
+        after.extend(unhex(VM_MAC_NVSE));
+        assert_eq!(vm_mac(&after, REQUEST_LEN), Ok(None));
+        assert_eq!(authenticated_extensions(&after, REQUEST_LEN).count(), 0);
+        // A malformed extension before it ends the walk without a panic.
+        let mut overrun = unhex(REQUEST)[..REQUEST_LEN].to_vec();
+        overrun.extend(unhex("86 20 0000"));
+        assert_eq!(vm_mac(&overrun, REQUEST_LEN), Ok(None));
+    }
+
     /// Deterministic xorshift, so failures reproduce.
     struct Rng(u64);
     impl Rng {
@@ -513,6 +769,12 @@ mod tests {
             let _ = (r.flags(), r.lifetime(), r.home_address(), r.home_agent());
             let _ = (r.care_of(), r.identification(), r.mh_auth());
             let _ = r.extensions().count();
+            let _ = vm_mac(b, REQUEST_LEN);
+            let _ = r
+                .extensions()
+                .flatten()
+                .filter_map(|e| Nvse::parse(&e))
+                .count();
         }
         if let Ok(r) = Reply::new_checked(b) {
             let _ = (r.code(), r.lifetime(), r.identification(), r.mh_auth());
@@ -531,15 +793,16 @@ mod tests {
             }
             poke(&b);
         }
-        let base = unhex(REQUEST);
-        for _ in 0..20_000 {
-            let mut b = base.clone();
-            for _ in 0..1 + rng.next() % 4 {
-                let i = (rng.next() as usize) % b.len();
-                b[i] ^= 1 << (rng.next() % 8);
+        for base in [unhex(REQUEST), request_with(VM_MAC_NVSE)] {
+            for _ in 0..20_000 {
+                let mut b = base.clone();
+                for _ in 0..1 + rng.next() % 4 {
+                    let i = (rng.next() as usize) % b.len();
+                    b[i] ^= 1 << (rng.next() % 8);
+                }
+                b.truncate((rng.next() as usize) % (base.len() + 1));
+                poke(&b);
             }
-            b.truncate((rng.next() as usize) % (base.len() + 1));
-            poke(&b);
         }
     }
 }

@@ -129,6 +129,7 @@ fn run(args: &Args, clients: u32) -> (f64, Duration) {
                         lifetime: 600,
                         reverse_tunnel: true,
                         spi: 256,
+                        vm_mac: None,
                     };
                     client
                         .register(&p, Duration::from_secs(5), 8)

@@ -61,6 +61,18 @@ fn service() -> (Registration, UdpSocket, tempfile::TempDir) {
 
 /// A signed request for `vm` at `COA`, from `agent`.
 fn request(vm: Ipv4Addr, lifetime: u16, id: u64, agent: &UdpSocket) -> Datagram {
+    request_with_mac(vm, lifetime, id, agent, None)
+}
+
+/// The same, with the VM link-layer address extension when `mac` is given
+/// (raw bytes, so malformed values can be sent).
+fn request_with_mac(
+    vm: Ipv4Addr,
+    lifetime: u16,
+    id: u64,
+    agent: &UdpSocket,
+    mac: Option<&[u8]>,
+) -> Datagram {
     let mut bytes = Vec::new();
     RequestFields {
         flags: flags::T,
@@ -71,6 +83,15 @@ fn request(vm: Ipv4Addr, lifetime: u16, id: u64, agent: &UdpSocket) -> Datagram 
         identification: id,
     }
     .emit(&mut bytes);
+    if let Some(mac) = mac {
+        wire::Nvse {
+            vendor: wire::HOMEWARD_VENDOR_ID,
+            kind: wire::nvse_type::VM_LINK_LAYER_ADDRESS,
+            value: mac,
+        }
+        .emit(&mut bytes)
+        .unwrap();
+    }
     let keys = KeyFile::parse(KEYS).unwrap();
     keys.get(256).unwrap().key.append_mh_auth(&mut bytes, 256);
     let from = match agent.local_addr().unwrap() {
@@ -194,4 +215,60 @@ fn deregistration_and_refusals_are_committed_or_not_as_they_should() {
     assert_eq!(lab.care_of(vm(0)), None);
     assert!(lab.store.bindings.is_empty());
     assert_eq!(lab.store.commits, 2);
+}
+
+#[test]
+fn the_registered_mac_is_kept_and_gets_the_address_back_without_a_neighbour_entry() {
+    // The service's LAN interface index is 0: no neighbour table to ask,
+    // as for a VM the home agent never talked to.
+    let mut lab = Lab::new();
+    let id = ntp_timestamp(SystemTime::now());
+    const MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x51];
+    let d = request_with_mac(vm(0), 60, id, &lab.agent, Some(&MAC));
+    lab.r
+        .handle_burst(vec![d], &mut lab.b, &mut lab.store, lab.now);
+    assert_eq!(replies(&lab.agent), vec![0]);
+    assert_eq!(lab.b.vm_mac(vm(0)), Some(MAC));
+    assert_eq!(lab.store.bindings[&vm(0)].vm_mac, Some(MAC), "stored");
+    // While bound, the address is announced at the HA's own MAC.
+    assert_ne!(lab.b.announcing(vm(0)), Some(MAC));
+
+    // A refresh without the extension keeps it.
+    assert_eq!(lab.burst(&[(vm(0), 60, id + (1 << 32))]), vec![0]);
+    assert_eq!(lab.store.bindings[&vm(0)].vm_mac, Some(MAC));
+
+    // Deregistered: handed back to the VM's MAC.
+    assert_eq!(lab.burst(&[(vm(0), 0, id + (2 << 32))]), vec![0]);
+    assert!(lab.store.bindings.is_empty());
+    assert_eq!(lab.b.announcing(vm(0)), Some(MAC));
+    assert_eq!(lab.r.stats().counts.unwrap().vm_mac_ignored, 0);
+}
+
+#[test]
+fn a_deregistration_with_the_mac_gives_back_a_binding_made_without_one() {
+    let mut lab = Lab::new();
+    let id = ntp_timestamp(SystemTime::now());
+    const MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x52];
+    assert_eq!(lab.burst(&[(vm(1), 60, id)]), vec![0]);
+    assert_eq!(lab.b.vm_mac(vm(1)), None);
+    let d = request_with_mac(vm(1), 0, id + (1 << 32), &lab.agent, Some(&MAC));
+    lab.r
+        .handle_burst(vec![d], &mut lab.b, &mut lab.store, lab.now);
+    assert_eq!(replies(&lab.agent), vec![0]);
+    assert_eq!(lab.b.announcing(vm(1)), Some(MAC));
+}
+
+#[test]
+fn an_unusable_mac_is_ignored_and_counted_not_refused() {
+    let mut lab = Lab::new();
+    let id = ntp_timestamp(SystemTime::now());
+    let bad: [&[u8]; 3] = [&[0xff; 6], &[0x02, 0, 0x5e, 0, 0], &[0; 6]];
+    for (i, mac) in bad.into_iter().enumerate() {
+        let d = request_with_mac(vm(2), 60, id + ((i as u64) << 32), &lab.agent, Some(mac));
+        lab.r
+            .handle_burst(vec![d], &mut lab.b, &mut lab.store, lab.now);
+        assert_eq!(replies(&lab.agent), vec![0], "{mac:?}");
+        assert_eq!(lab.b.vm_mac(vm(2)), None, "{mac:?}");
+    }
+    assert_eq!(lab.r.stats().counts.unwrap().vm_mac_ignored, 3);
 }
