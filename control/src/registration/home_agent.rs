@@ -383,6 +383,7 @@ pub fn screen<'a, 'k>(
     // message means it is silently discarded, authenticated or not.
     let unknown = req.extensions().filter_map(Result::ok).any(|e| {
         !e.skippable()
+            && !wire::is_known_cvse(&e)
             && !matches!(
                 e.kind,
                 wire::EXT_MH_AUTH | wire::EXT_MF_AUTH | wire::EXT_FH_AUTH

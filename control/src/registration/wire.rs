@@ -38,7 +38,14 @@ pub const EXT_FH_AUTH: u8 = 34;
 /// 134 is skippable (128-255): a home agent that does not know it ignores it.
 pub const EXT_NVSE: u8 = 134;
 
-/// Our Vendor/Org-ID in NVSEs: 32473, the IANA Private Enterprise Number
+/// Critical Vendor/Organization Specific Extension (RFC 3115 §3.1), in
+/// the long format (16-bit length). Type 38 is not skippable: a home agent
+/// that does not know it discards the whole message (RFC 5944 §1.9), which
+/// is what a switchover must get from a home agent without buffering, rather
+/// than being taken for a registration.
+pub const EXT_CVSE: u8 = 38;
+
+/// Our Vendor/Org-ID in NVSEs and CVSEs: 32473, the IANA Private Enterprise Number
 /// reserved for documentation (RFC 5612). A deployment with its own PEN
 /// changes only this constant (both ends must agree on it).
 pub const HOMEWARD_VENDOR_ID: u32 = 32473;
@@ -49,6 +56,16 @@ pub mod nvse_type {
     /// agent can hand the address back with gratuitous ARP in the VM's name
     /// without having seen the VM on its LAN.
     pub const VM_LINK_LAYER_ADDRESS: u16 = 1;
+}
+
+/// Vendor-CVSE-Types under [`HOMEWARD_VENDOR_ID`].
+pub mod cvse_type {
+    /// Switchover (no value): the VM stopped at its source for the last
+    /// step of a live migration. The home agent takes the VM's traffic and
+    /// holds it, for at most the request's lifetime, until the destination
+    /// registers (or the source does again, if the migration failed). The
+    /// request's care-of address is the source's; it is not bound.
+    pub const SWITCHOVER: u16 = 1;
 }
 
 /// Request flag bits (RFC 5944 §3.3; T from RFC 3024).
@@ -288,14 +305,20 @@ impl<'a> Iterator for Extensions<'a> {
         }
         let offset = self.pos;
         let kind = self.msg[offset];
-        let data = self
-            .msg
-            .get(offset + 1)
-            .map(|&len| offset + 2 + usize::from(len))
-            .and_then(|end| self.msg.get(offset + 2..end));
+        // The long format (RFC 5944 §1.11): type, reserved, 16-bit length.
+        let (header, len) = if kind == EXT_CVSE {
+            let len = self
+                .msg
+                .get(offset + 2..offset + 4)
+                .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+            (4, len)
+        } else {
+            (2, self.msg.get(offset + 1).map(|&len| usize::from(len)))
+        };
+        let data = len.and_then(|len| self.msg.get(offset + header..offset + header + len));
         match data {
             Some(data) => {
-                self.pos = offset + 2 + data.len();
+                self.pos = offset + header + data.len();
                 Some(Ok(Extension { kind, offset, data }))
             }
             None => {
@@ -338,7 +361,7 @@ pub fn find_mh_auth(msg: &[u8], fixed_len: usize) -> Result<Option<MhAuth<'_>>, 
                 unknown_before,
             }));
         }
-        if !ext.skippable() && unknown_before.is_none() {
+        if !ext.skippable() && !is_known_cvse(&ext) && unknown_before.is_none() {
             unknown_before = Some(ext.kind);
         }
     }
@@ -511,6 +534,35 @@ pub fn push_extension(out: &mut Vec<u8>, kind: u8, data: &[u8]) {
     out.push(kind);
     out.push(len);
     out.extend_from_slice(&data[..usize::from(len)]);
+}
+
+/// Whether the authenticated part of a message carries our switchover
+/// CVSE ([`cvse_type::SWITCHOVER`]).
+pub fn is_switchover(msg: &[u8], fixed_len: usize) -> bool {
+    authenticated_extensions(msg, fixed_len).any(|e| is_our_cvse(&e, cvse_type::SWITCHOVER))
+}
+
+/// Whether `ext` is our CVSE of type `kind`: vendor ID and type in its
+/// first 6 bytes (the long header is not in `data`).
+pub fn is_our_cvse(ext: &Extension<'_>, kind: u16) -> bool {
+    ext.kind == EXT_CVSE
+        && ext.data.get(..4) == Some(&HOMEWARD_VENDOR_ID.to_be_bytes()[..])
+        && ext.data.get(4..6) == Some(&kind.to_be_bytes()[..])
+}
+
+/// Whether `ext` is a CVSE this implementation understands.
+pub fn is_known_cvse(ext: &Extension<'_>) -> bool {
+    is_our_cvse(ext, cvse_type::SWITCHOVER)
+}
+
+/// Appends the switchover CVSE (before the authentication extension, so
+/// the authenticator covers it).
+pub fn push_switchover(out: &mut Vec<u8>) {
+    out.push(EXT_CVSE);
+    out.push(0);
+    out.extend_from_slice(&6u16.to_be_bytes());
+    out.extend_from_slice(&HOMEWARD_VENDOR_ID.to_be_bytes());
+    out.extend_from_slice(&cvse_type::SWITCHOVER.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -805,4 +857,35 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn switchover_cvse_is_long_format_and_authenticated() {
+        let mut msg = vec![0u8; REQUEST_LEN];
+        msg[0] = TYPE_REQUEST;
+        push_switchover(&mut msg);
+        assert_eq!(
+            &msg[REQUEST_LEN..],
+            &[38, 0, 0, 6, 0, 0, 0x7e, 0xd9, 0, 1],
+            "type, reserved, length 6, PEN 32473, type 1"
+        );
+        let ext = Extensions::new(&msg, REQUEST_LEN).next().unwrap().unwrap();
+        assert!(is_known_cvse(&ext) && !ext.skippable());
+        assert!(is_switchover(&msg, REQUEST_LEN));
+        // After the authenticator it is not covered, so not acted on.
+        let mut after = vec![0u8; REQUEST_LEN];
+        after.extend_from_slice(&[EXT_MH_AUTH, 4, 0, 0, 1, 0]);
+        push_switchover(&mut after);
+        assert!(!is_switchover(&after, REQUEST_LEN));
+        // Another vendor's or type's CVSE is not ours; a cut one overruns.
+        let mut other = msg.clone();
+        other[REQUEST_LEN + 9] = 2;
+        assert!(!is_switchover(&other, REQUEST_LEN));
+        let cut = &msg[..msg.len() - 1];
+        assert!(matches!(
+            Extensions::new(cut, REQUEST_LEN).next(),
+            Some(Err(WireError::ExtensionOverrun { kind: 38, .. }))
+        ));
+        assert!(!is_switchover(cut, REQUEST_LEN));
+    }
 }
+
