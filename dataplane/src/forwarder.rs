@@ -243,6 +243,20 @@ impl<S: SteeringMaps, N: NextHops> Forwarder<S, N> {
         }
     }
 
+    /// Holds `vm`'s traffic in the workers (a switchover: the VM stopped at
+    /// its source, its destination has not registered yet): a binding
+    /// without a care-of address, so the XDP program steers the VM's
+    /// traffic and proxy ARP answers for it, but nothing is tunnelled. The
+    /// next [`Forwarder::bind`] releases what was held into the tunnel,
+    /// [`Forwarder::unbind`] onto the home link.
+    pub fn hold(
+        &mut self,
+        vm: Ipv4Addr,
+        vm_mac: Option<[u8; 6]>,
+    ) -> Result<BindOutcome, ForwardError> {
+        self.bind(vm, Ipv4Addr::UNSPECIFIED, vm_mac)
+    }
+
     /// Removes `vm`'s binding: its traffic goes to the kernel again.
     /// Returns what it was (`None`: not bound). On error nothing changed.
     pub fn unbind(&mut self, vm: Ipv4Addr) -> Result<Option<Forwarded>, ForwardError> {
@@ -401,6 +415,10 @@ impl<S: SteeringMaps, N: NextHops> Forwarder<S, N> {
     }
 
     fn acquire(&mut self, care_of: Ipv4Addr) -> Result<(), String> {
+        if care_of.is_unspecified() {
+            // A hold: no tunnel, so nothing to follow or accept IPIP from.
+            return Ok(());
+        }
         let refs = self.care_of_refs.get(&care_of).copied().unwrap_or(0);
         if refs == 0 {
             self.steering.add_care_of(care_of)?;

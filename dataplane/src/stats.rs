@@ -37,6 +37,13 @@ pub struct SharedCounters {
     /// Frames for an unresolved neighbour dropped because the neighbour
     /// queue (per address or overall) was full.
     pub neighbor_queue_full: AtomicU64,
+    /// Frames held for a VM in switchover, and of those the ones released
+    /// (into the tunnel or home); dropped: the buffer was full, or the
+    /// switchover never ended (or the worker stopped).
+    pub switchover_held: AtomicU64,
+    pub switchover_released: AtomicU64,
+    pub switchover_buffer_full: AtomicU64,
+    pub switchover_expired: AtomicU64,
     /// Capture records dropped because the capture queue was full (the
     /// frames themselves were handled as usual).
     pub capture_dropped: AtomicU64,
@@ -84,6 +91,10 @@ impl Default for SharedCounters {
             neighbor_queued: AtomicU64::new(0),
             neighbor_released: AtomicU64::new(0),
             neighbor_queue_full: AtomicU64::new(0),
+            switchover_held: AtomicU64::new(0),
+            switchover_released: AtomicU64::new(0),
+            switchover_buffer_full: AtomicU64::new(0),
+            switchover_expired: AtomicU64::new(0),
             capture_dropped: AtomicU64::new(0),
             socket: SocketCounters::default(),
         }
@@ -102,6 +113,10 @@ pub struct CounterSnapshot {
     pub neighbor_queued: u64,
     pub neighbor_released: u64,
     pub neighbor_queue_full: u64,
+    pub switchover_held: u64,
+    pub switchover_released: u64,
+    pub switchover_buffer_full: u64,
+    pub switchover_expired: u64,
     /// Capture records lost to a full capture queue (not packet drops).
     pub capture_dropped: u64,
     pub xsk_rx_dropped: u64,
@@ -158,6 +173,10 @@ impl SharedCounters {
             neighbor_queued: self.neighbor_queued.load(Relaxed),
             neighbor_released: self.neighbor_released.load(Relaxed),
             neighbor_queue_full: self.neighbor_queue_full.load(Relaxed),
+            switchover_held: self.switchover_held.load(Relaxed),
+            switchover_released: self.switchover_released.load(Relaxed),
+            switchover_buffer_full: self.switchover_buffer_full.load(Relaxed),
+            switchover_expired: self.switchover_expired.load(Relaxed),
             capture_dropped: self.capture_dropped.load(Relaxed),
             xsk_rx_dropped: self.socket.rx_dropped.load(Relaxed),
             xsk_rx_ring_full: self.socket.rx_ring_full.load(Relaxed),
@@ -181,6 +200,8 @@ impl CounterSnapshot {
                 ("no_free_frame", self.no_free_frame),
                 ("bad_verdict", self.bad_verdict),
                 ("neighbor_queue_full", self.neighbor_queue_full),
+                ("switchover_buffer_full", self.switchover_buffer_full),
+                ("switchover_expired", self.switchover_expired),
                 ("xsk_rx_ring_full", self.xsk_rx_ring_full),
                 ("xsk_rx_dropped", self.xsk_rx_dropped),
                 ("xsk_rx_invalid", self.xsk_rx_invalid),
@@ -213,6 +234,10 @@ impl CounterSnapshot {
         self.neighbor_queued += o.neighbor_queued;
         self.neighbor_released += o.neighbor_released;
         self.neighbor_queue_full += o.neighbor_queue_full;
+        self.switchover_held += o.switchover_held;
+        self.switchover_released += o.switchover_released;
+        self.switchover_buffer_full += o.switchover_buffer_full;
+        self.switchover_expired += o.switchover_expired;
         self.capture_dropped += o.capture_dropped;
         self.xsk_rx_dropped += o.xsk_rx_dropped;
         self.xsk_rx_ring_full += o.xsk_rx_ring_full;

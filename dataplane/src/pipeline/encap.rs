@@ -53,6 +53,15 @@ impl Pipeline {
                 lookup.binding(ip.src).ok_or(DropReason::NoBinding)?
             }
         };
+        if binding.care_of.is_unspecified() {
+            // A switchover: the VM stopped at its source and its destination has not
+            // registered yet. The frame, untouched, waits in the worker for either.
+            return Ok(Verdict::Hold {
+                vm: ip.dst,
+                start: rx.start,
+                len: rx.end - rx.start,
+            });
+        }
         // RFC 2003 §3.2 (routing failures): never tunnel a datagram that we or the tunnel
         // exit point sent; it is looping.
         if ip.src == self.config.ha_addr {

@@ -32,6 +32,7 @@ mod ipv4;
 mod mss;
 mod partial;
 mod ratelimit;
+mod switchover;
 
 #[cfg(test)]
 mod foreign_agent;
@@ -99,6 +100,11 @@ pub struct PipelineConfig {
     pub icmp_rate_per_sec: u32,
     /// ICMP error token bucket depth (default 50).
     pub icmp_burst: u32,
+    /// Frames a worker holds for one VM in switchover (default 1024), and
+    /// for all of them (default 4096; never more than a quarter of the
+    /// worker's UMEM frames).
+    pub switchover_per_vm: u32,
+    pub switchover_total: u32,
     /// Lower the MSS option of TCP SYNs crossing the tunnel (either way) to what fits
     /// `tunnel_mtu` unfragmented: `tunnel_mtu - 60` (outer IPv4, inner IPv4, TCP), at least
     /// 88. On by default, as on most tunnel gateways: without it a new connection whose
@@ -119,6 +125,8 @@ impl PipelineConfig {
             tunnel_mtu: 1500,
             icmp_rate_per_sec: 100,
             icmp_burst: 50,
+            switchover_per_vm: 1024,
+            switchover_total: 4096,
             mss_clamp: true,
         }
     }
@@ -127,7 +135,8 @@ impl PipelineConfig {
 /// A VM's binding as the pipeline sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BindingRef {
-    /// Where the VM is now (the foreign hypervisor's tunnel endpoint).
+    /// Where the VM is now (the foreign hypervisor's tunnel endpoint);
+    /// unspecified (0.0.0.0) while a switchover holds its traffic.
     pub care_of: Ipv4Addr,
     /// Stable index for per-binding counters.
     pub slot: u32,
@@ -186,6 +195,11 @@ pub enum Verdict {
         len: usize,
         slot: Option<u32>,
     },
+    /// A datagram for a VM in switchover ([`BindingRef::care_of`] unspecified):
+    /// keep `buf[start..start + len]` as received until the VM's binding has a
+    /// care-of address again (then [`Pipeline::process`] it once more) or is
+    /// gone (then [`Pipeline::deliver_home`]). Not counted yet.
+    Hold { vm: Ipv4Addr, start: usize, len: usize },
     /// Not forwarded; counted under the reason.
     Drop(DropReason),
 }

@@ -298,6 +298,7 @@ fn random_frames_never_panic_and_stay_in_bounds() {
                     let end = s.checked_add(l).expect("no overflow");
                     assert!(end <= buf.len() && l >= 14, "held frame inside the buffer");
                 }
+                Verdict::Hold { .. } => unreachable!("no binding is in switchover here"),
                 Verdict::Fragments { plan, .. } => {
                     seen[1] = true;
                     assert!(plan.count() >= 2);

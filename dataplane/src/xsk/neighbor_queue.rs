@@ -1,21 +1,26 @@
-//! Frames waiting for a home-link neighbour to resolve, like the kernel's
-//! ARP queue (`unres_qlen`): a VM's replies right after it moved go to
-//! hosts the home agent has not talked to, and dropping them would stall
-//! the VM's connections for a retransmission timeout.
+//! Frames a worker holds until something about their address changes:
+//! a home-link neighbour resolving, like the kernel's ARP queue
+//! (`unres_qlen`): a VM's replies right after it moved go to hosts the home
+//! agent has not talked to, and dropping them would stall the VM's
+//! connections for a retransmission timeout; or a VM's switchover ending.
 //!
 //! Bounded per address and overall, allocated once; the frames stay in
 //! the UMEM (the accounting's `held` place) and leave in arrival order.
 
 use std::net::Ipv4Addr;
 
-/// Frames held per address (the kernel's default `unres_qlen_bytes`
-/// holds about 100 full-size packets; a resuming TCP stream sends a window
-/// at once, and 64 frames cover one at the usual 64 KiB).
+use crate::pipeline::Port;
+
+/// Frames held per address for a neighbour (the kernel's default
+/// `unres_qlen_bytes` holds about 100 full-size packets; a resuming TCP
+/// stream sends a window at once, and 64 frames cover one at the usual
+/// 64 KiB).
 pub const PER_ADDRESS: usize = 64;
-/// Frames held in all, at most a quarter of the queue's frames.
+/// Frames held in all for neighbours, at most a quarter of the queue's.
 pub const TOTAL: usize = 512;
-/// How long a frame waits: the kernel gives up on an address after three
-/// probes a second apart; a TCP sender has retransmitted long before.
+/// How long a frame waits for a neighbour: the kernel gives up on an
+/// address after three probes a second apart; a TCP sender has
+/// retransmitted long before.
 pub const MAX_WAIT_NS: u64 = 1_000_000_000;
 
 /// One held frame: where it is and what the verdict said.
@@ -27,13 +32,15 @@ pub(crate) struct Held<D> {
     pub len: usize,
     pub slot: Option<u32>,
     pub since_ns: u64,
+    /// Where it came in (a held frame may be processed again).
+    pub ingress: Port,
 }
 
 /// What became of a held frame at [`NeighborQueue::poll`].
-pub(crate) enum Release {
-    /// Its neighbour is at this MAC: send it.
-    Resolved([u8; 6]),
-    /// Waited [`MAX_WAIT_NS`] without a MAC: drop it.
+pub(crate) enum Release<R> {
+    /// What it waited for: send it on.
+    Ready(R),
+    /// Waited its longest without: drop it.
     Expired,
 }
 
@@ -42,15 +49,26 @@ pub(crate) enum Release {
 pub(crate) struct NeighborQueue<D> {
     held: Vec<Held<D>>,
     capacity: usize,
+    per_address: usize,
+    max_wait_ns: u64,
 }
 
 impl<D: Copy> NeighborQueue<D> {
-    /// A queue for a worker with `frames` UMEM frames.
+    /// The neighbour queue of a worker with `frames` UMEM frames.
     pub fn new(frames: usize) -> Self {
-        let capacity = TOTAL.min(frames / 4);
+        Self::with_limits(frames, TOTAL, PER_ADDRESS, MAX_WAIT_NS)
+    }
+
+    /// A queue of at most `total` frames (and never more than a quarter of
+    /// the worker's `frames`), `per_address` of them for one address, each
+    /// held at most `max_wait_ns`.
+    pub fn with_limits(frames: usize, total: usize, per_address: usize, max_wait_ns: u64) -> Self {
+        let capacity = total.min(frames / 4);
         NeighborQueue {
             held: Vec::with_capacity(capacity),
             capacity,
+            per_address,
+            max_wait_ns,
         }
     }
 
@@ -66,7 +84,7 @@ impl<D: Copy> NeighborQueue<D> {
     /// Hold `h`, or give it back if its address or the queue is full.
     pub fn push(&mut self, h: Held<D>) -> Result<(), Held<D>> {
         if self.held.len() >= self.capacity
-            || self.held.iter().filter(|x| x.addr == h.addr).count() >= PER_ADDRESS
+            || self.held.iter().filter(|x| x.addr == h.addr).count() >= self.per_address
         {
             return Err(h);
         }
@@ -74,24 +92,29 @@ impl<D: Copy> NeighborQueue<D> {
         Ok(())
     }
 
-    /// Hands every frame whose address `resolve`s, or that waited too long,
-    /// to `out` in arrival order; keeps the rest.
-    pub fn poll(
+    /// Hands up to `limit` frames whose address is `ready`, or that waited
+    /// too long, to `out` in arrival order; keeps the rest.
+    pub fn poll<R>(
         &mut self,
         now_ns: u64,
-        resolve: impl Fn(Ipv4Addr) -> Option<[u8; 6]>,
-        mut out: impl FnMut(Held<D>, Release),
+        limit: usize,
+        ready: impl Fn(Ipv4Addr) -> Option<R>,
+        mut out: impl FnMut(Held<D>, Release<R>),
     ) {
+        let mut released = 0;
+        let max_wait = self.max_wait_ns;
         self.held.retain(|h| {
-            if let Some(mac) = resolve(h.addr) {
-                out(*h, Release::Resolved(mac));
-                false
-            } else if now_ns.saturating_sub(h.since_ns) >= MAX_WAIT_NS {
-                out(*h, Release::Expired);
-                false
-            } else {
-                true
+            if released >= limit {
+                return true;
             }
+            let release = match ready(h.addr) {
+                Some(r) => Release::Ready(r),
+                None if now_ns.saturating_sub(h.since_ns) >= max_wait => Release::Expired,
+                None => return true,
+            };
+            released += 1;
+            out(*h, release);
+            false
         });
     }
 
@@ -119,6 +142,7 @@ mod tests {
             len: 60,
             slot: Some(1),
             since_ns,
+            ingress: Port::Wan,
         }
     }
 
@@ -154,8 +178,8 @@ mod tests {
         let mut sent = Vec::new();
         let mut dropped = Vec::new();
         let resolve = |a: Ipv4Addr| (a == Ipv4Addr::from(A)).then_some(mac);
-        q.poll(MAX_WAIT_NS, resolve, |h, r| match r {
-            Release::Resolved(m) => {
+        q.poll(MAX_WAIT_NS, usize::MAX, resolve, |h, r| match r {
+            Release::Ready(m) => {
                 assert_eq!(m, mac);
                 sent.push(h.desc)
             }
@@ -166,5 +190,18 @@ mod tests {
         assert_eq!(q.len(), 1);
         assert_eq!(q.drain().map(|h| h.desc).collect::<Vec<_>>(), [4]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_limited_poll_keeps_the_rest_in_order() {
+        let mut q = NeighborQueue::with_limits(4096, 8, 8, MAX_WAIT_NS);
+        for i in 0..5 {
+            q.push(held(i, A, 0)).unwrap();
+        }
+        let mut sent = Vec::new();
+        q.poll(0, 2, |_| Some(()), |h, _| sent.push(h.desc));
+        assert_eq!(sent, [0, 1]);
+        q.poll(0, 10, |_| Some(()), |h, _| sent.push(h.desc));
+        assert_eq!(sent, [0, 1, 2, 3, 4]);
     }
 }

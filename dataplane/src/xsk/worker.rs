@@ -204,7 +204,26 @@ pub struct Worker<L: Lookup, R: QueueIo = QueueSockets> {
     /// checked (at most every [`HELD_POLL_NS`]).
     held: NeighborQueue<R::Desc>,
     held_polled_ns: u64,
+    /// Frames for VMs in switchover, by VM, and when last checked.
+    switchover: NeighborQueue<R::Desc>,
+    switchover_polled_ns: u64,
 }
+
+/// Which way a frame goes through [`Worker::process`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    /// Just received.
+    Received,
+    /// Held in a switchover, now processed again.
+    Released,
+    /// Held in a switchover, for a VM that came home.
+    Home,
+}
+
+/// How long a frame waits for its VM's switchover to end. The home agent
+/// ends a switchover within its lifetime (at most 10 s) either way; this
+/// only bounds frames a lost update would leave.
+pub const SWITCHOVER_MAX_WAIT_NS: u64 = 15_000_000_000;
 
 /// How often held frames are checked: each check looks their addresses up
 /// (and asks for the missing ones to be resolved).
@@ -235,6 +254,9 @@ struct Scratch<D> {
     lan_tx: Vec<D>,
     wan_tx: Vec<D>,
     comp: Vec<D>,
+    /// Held frames released this turn: to tunnel (by ingress LAN, WAN),
+    /// and home.
+    released: [Vec<D>; 3],
 }
 
 impl<D: Copy + Default> Scratch<D> {
@@ -244,6 +266,7 @@ impl<D: Copy + Default> Scratch<D> {
             lan_tx: Vec::with_capacity(batch * 4),
             wan_tx: Vec::with_capacity(batch * 4),
             comp: vec![D::default(); batch * 2],
+            released: std::array::from_fn(|_| Vec::with_capacity(batch)),
         }
     }
 }
@@ -277,6 +300,12 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         };
         // The per-slot first-packet times are on this clock.
         let started = shared.epoch;
+        let switchover = NeighborQueue::with_limits(
+            xsk.frame_count as usize,
+            config.switchover_total as usize,
+            config.switchover_per_vm as usize,
+            SWITCHOVER_MAX_WAIT_NS,
+        );
         Worker {
             pipeline: Pipeline::new(config, ident_seed),
             sockets,
@@ -294,6 +323,8 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             tap: None,
             held: NeighborQueue::new(xsk.frame_count as usize),
             held_polled_ns: 0,
+            switchover,
+            switchover_polled_ns: 0,
         }
     }
 
@@ -323,6 +354,9 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             self.tap = self.shared.current_tap(generation);
         }
         let mut work = self.reclaim(&mut s.comp);
+        if !self.switchover.is_empty() {
+            work += self.release_switchover(s);
+        }
         if !self.held.is_empty() {
             work += self.release_held(&mut s.lan_tx);
         }
@@ -346,6 +380,11 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         // A successor (or a restart) starts without them: they are drops.
         for h in self.held.drain() {
             self.pipeline.drop_held();
+            self.free.push(h.desc);
+        }
+        for h in self.switchover.drain() {
+            let c = &self.shared.counters;
+            c.switchover_expired.fetch_add(1, Relaxed);
             self.free.push(h.desc);
         }
         self.drain(&mut s.comp);
@@ -406,11 +445,27 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             Side::Lan => Port::Lan,
             Side::Wan => Port::Wan,
         };
+        let frames = rx_descs.get_mut(..n).unwrap_or_default();
+        self.process(frames, ingress, Pass::Received, now_ns, lan_tx, wan_tx);
+        n
+    }
+
+    /// Frames through the pipeline and onto the TX lists (or the free list,
+    /// or a hold queue), each as its verdict says.
+    fn process(
+        &mut self,
+        frames: &mut [R::Desc],
+        ingress: Port,
+        pass: Pass,
+        now_ns: u64,
+        lan_tx: &mut Vec<R::Desc>,
+        wan_tx: &mut Vec<R::Desc>,
+    ) {
         let one_armed = !self.sockets.has_wan();
         // The socket each port's frames leave by, as the capture names it.
         let side_port = |port: Port| if one_armed { Port::Lan } else { port };
         let tap = self.tap.as_deref();
-        for desc in rx_descs.iter_mut().take(n) {
+        for desc in frames.iter_mut() {
             let len = R::data_len(desc);
             // SAFETY: `desc` came off the RX ring, so the frame is owned by
             // this worker until it is put on a TX or fill ring; no other
@@ -425,9 +480,13 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                     before = Some((record, Produced::of(self.pipeline.counters())));
                 }
             }
-            let verdict = self
-                .pipeline
-                .process(buf, start, len, ingress, now_ns, &self.lookup);
+            let verdict = match pass {
+                Pass::Received | Pass::Released => {
+                    self.pipeline
+                        .process(buf, start, len, ingress, now_ns, &self.lookup)
+                }
+                Pass::Home => self.pipeline.deliver_home(buf, start, len, &self.lookup),
+            };
             let capture = |outcome: Outcome, after: Option<(&[u8], Port)>| {
                 if let (Some(tap), Some((mut record, _))) = (tap, before) {
                     record.outcome = outcome;
@@ -540,6 +599,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                         len,
                         slot,
                         since_ns: now_ns,
+                        ingress,
                     };
                     let counters = &self.shared.counters;
                     match self.held.push(held) {
@@ -554,12 +614,92 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                         }
                     }
                 }
+                Verdict::Hold { vm, .. } => {
+                    let held = Held {
+                        desc: *desc,
+                        addr: vm,
+                        start,
+                        len,
+                        slot: None,
+                        since_ns: now_ns,
+                        ingress,
+                    };
+                    let counters = &self.shared.counters;
+                    match self.switchover.push(held) {
+                        Ok(()) => {
+                            if pass == Pass::Received {
+                                counters.switchover_held.fetch_add(1, Relaxed);
+                            }
+                            capture(Outcome::Held, None);
+                        }
+                        Err(h) => {
+                            counters.switchover_buffer_full.fetch_add(1, Relaxed);
+                            capture(Outcome::WorkerDrop("switchover_buffer_full"), None);
+                            self.free.push(h.desc);
+                        }
+                    }
+                }
                 Verdict::Drop(reason) => {
                     capture(Outcome::Drop(reason), None);
                     self.free.push(*desc);
                 }
             }
         }
+    }
+
+    /// Frames held for a VM in switchover whose binding changed: processed
+    /// again (it has a care-of address: into the tunnel) or delivered on the
+    /// home link (it has none: it came home), a batch per turn, in order.
+    fn release_switchover(&mut self, s: &mut Scratch<R::Desc>) -> usize {
+        let now_ns = self.started.elapsed().as_nanos() as u64;
+        if now_ns.saturating_sub(self.switchover_polled_ns) < HELD_POLL_NS {
+            return 0;
+        }
+        self.switchover_polled_ns = now_ns;
+        let batch = self.sockets.config().batch;
+        let lookup = &self.lookup;
+        let (free, shared) = (&mut self.free, &self.shared);
+        let mut released: [Vec<R::Desc>; 3] = std::mem::take(&mut s.released);
+        self.switchover.poll(
+            now_ns,
+            batch,
+            |vm| match lookup.binding(vm) {
+                Some(b) if b.care_of.is_unspecified() => None,
+                Some(_) => Some(true),
+                None => Some(false),
+            },
+            |h, release| match release {
+                Release::Ready(tunnel) => {
+                    let list = match (tunnel, h.ingress) {
+                        (false, _) => 2,
+                        (true, Port::Lan) => 0,
+                        (true, Port::Wan) => 1,
+                    };
+                    released[list].push(h.desc);
+                }
+                Release::Expired => {
+                    shared.counters.switchover_expired.fetch_add(1, Relaxed);
+                    free.push(h.desc);
+                }
+            },
+        );
+        let mut n = 0;
+        for (i, pass, ingress) in [
+            (0, Pass::Released, Port::Lan),
+            (1, Pass::Released, Port::Wan),
+            (2, Pass::Home, Port::Lan),
+        ] {
+            let mut frames = std::mem::take(&mut released[i]);
+            n += frames.len();
+            self.shared
+                .counters
+                .switchover_released
+                .fetch_add(frames.len() as u64, Relaxed);
+            self.process(&mut frames, ingress, pass, now_ns, &mut s.lan_tx, &mut s.wan_tx);
+            frames.clear();
+            released[i] = frames;
+        }
+        s.released = released;
         n
     }
 
@@ -580,11 +720,13 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             &self.shared,
             &mut self.free,
         );
+        let batch = sockets.config().batch;
         self.held.poll(
             now_ns,
+            batch,
             |addr| lookup.lan_neighbor(addr),
             |mut h, release| {
-                let Release::Resolved(mac) = release else {
+                let Release::Ready(mac) = release else {
                     pipeline.drop_held();
                     free.push(h.desc);
                     return;
@@ -749,7 +891,11 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         self.read_socket_counters();
         // Held frames are released when their neighbour resolves, which
         // does not wake poll(): look again soon.
-        let wait = if self.held.is_empty() { 10 } else { 1 };
+        let wait = if self.held.is_empty() && self.switchover.is_empty() {
+            10
+        } else {
+            1
+        };
         self.sockets.wait_readable(Duration::from_millis(wait));
     }
 
@@ -771,7 +917,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             self.sockets.config().frame_count as u64,
             self.free.len() as u64,
             0,
-            self.held.len() as u64,
+            (self.held.len() + self.switchover.len()) as u64,
             self.flow,
             rings,
         );

@@ -89,6 +89,7 @@ impl Harness {
             .free
             .iter()
             .chain(self.worker.held.descs())
+            .chain(self.worker.switchover.descs())
             .map(|d| q.index(d));
         assert_frames_once(q.placed().into_iter().chain(worker_free), &q.config());
         assert_eq!(
@@ -683,4 +684,102 @@ fn a_full_neighbour_queue_drops_and_counts() {
     );
     assert_eq!(h.accounting().held, 16);
     h.assert_conserved();
+}
+
+/// The lookup's VM binding in switchover (care-of unspecified), or moved
+/// to `care_of`, or gone (`None`).
+fn set_vm_binding(h: &mut Harness, care_of: Option<[u8; 4]>) {
+    let bindings = &mut h.worker.lookup.bindings;
+    bindings.retain(|(vm, _)| *vm != Ipv4Addr::from(VM));
+    if let Some(c) = care_of {
+        bindings.push((
+            VM.into(),
+            crate::pipeline::BindingRef {
+                care_of: c.into(),
+                slot: VM_SLOT,
+            },
+        ));
+    }
+}
+
+#[test]
+fn a_switchover_holds_frames_until_the_destination_registers() {
+    let mut h = two_armed();
+    set_vm_binding(&mut h, Some([0, 0, 0, 0]));
+    let first = Ip::udp(LAN_HOST, VM, b"first").frame();
+    let second = Ip::udp(LAN_HOST, VM, b"second").frame();
+    h.forward(Side::Lan, &first);
+    h.forward(Side::Lan, &second);
+    after_poll_interval(&mut h);
+    assert!(h.q().take_wire(Side::Wan).is_empty() && h.q().take_wire(Side::Lan).is_empty());
+    assert_eq!(h.counters().switchover_held, 2);
+    assert_eq!(h.accounting().held, 2);
+    h.assert_conserved();
+
+    // The destination registered: both go into its tunnel, in order.
+    set_vm_binding(&mut h, Some(CARE_OF));
+    after_poll_interval(&mut h);
+    let wire = h.q().take_wire(Side::Wan);
+    assert_eq!(wire.len(), 2);
+    check_encapsulated(&wire[0], inner_datagram(&first), 0);
+    check_encapsulated(&wire[1], inner_datagram(&second), 1);
+    let c = h.counters();
+    assert_eq!((c.switchover_released, c.pipeline.encapsulated), (2, 2));
+    h.step();
+    assert_eq!(h.accounting().held, 0);
+    h.assert_conserved();
+}
+
+#[test]
+fn a_switchover_that_ends_at_home_delivers_on_the_home_link() {
+    let mut h = two_armed();
+    set_vm_binding(&mut h, Some([0, 0, 0, 0]));
+    let datagram = Ip::udp(LAN_HOST, VM, b"you are home");
+    h.forward(Side::Lan, &datagram.clone().frame());
+    // Deregistered: no binding. The VM's MAC resolves a moment later.
+    set_vm_binding(&mut h, None);
+    after_poll_interval(&mut h);
+    assert!(h.q().take_wire(Side::Lan).is_empty(), "its MAC is not known yet");
+    assert_eq!(h.accounting().held, 1, "now waiting for the VM's MAC");
+    let vm_mac = [0x52, 0x54, 0, 0, 0, 0x50];
+    h.worker.lookup.neighbors.push((VM.into(), vm_mac));
+    after_poll_interval(&mut h);
+    let wire = h.q().take_wire(Side::Lan);
+    assert_eq!(wire.len(), 1);
+    check_decapsulated(&wire[0], &datagram.datagram(), vm_mac);
+    let c = h.counters();
+    assert_eq!((c.switchover_released, c.neighbor_released), (1, 1));
+    h.assert_conserved();
+}
+
+#[test]
+fn a_switchover_buffer_is_bounded_and_a_lost_one_expires() {
+    // 64 frames: at most 16 held.
+    let mut h = two_armed();
+    set_vm_binding(&mut h, Some([0, 0, 0, 0]));
+    for i in 0..17u8 {
+        h.forward(Side::Lan, &Ip::udp(LAN_HOST, VM, &[i; 8]).frame());
+    }
+    let c = h.counters();
+    assert_eq!((c.switchover_held, c.switchover_buffer_full), (16, 1));
+    h.assert_conserved();
+    h.worker.started -= Duration::from_nanos(SWITCHOVER_MAX_WAIT_NS);
+    // A batch (4) a turn.
+    for _ in 0..4 {
+        after_poll_interval(&mut h);
+    }
+    let c = h.counters();
+    assert_eq!(c.switchover_expired, 16);
+    assert_eq!(
+        c.drops().find(|(n, _)| *n == "switchover_expired"),
+        Some(("switchover_expired", 16))
+    );
+    assert_eq!(h.accounting().held, 0);
+    h.assert_conserved();
+    // And a stopping worker drops what it holds.
+    h.forward(Side::Lan, &Ip::udp(LAN_HOST, VM, b"at stop").frame());
+    let shared = h.shared.clone();
+    let parked = h.stop();
+    assert_eq!(parked.accounting.unaccounted(), 0);
+    assert_eq!(shared.counters.snapshot().switchover_expired, 17);
 }

@@ -1,0 +1,177 @@
+//! The end of a switchover for a VM that came home: what the worker held
+//! for it goes onto the home link, to the VM's own MAC, as a router would
+//! forward it (RFC 1812 §5.2: TTL decremented). A VM that went elsewhere
+//! needs nothing here: its held frames are simply processed again.
+
+use super::ether;
+use super::ipv4;
+use super::{DropReason, Lookup, Pipeline, Port, Verdict, MIN_HEADROOM};
+
+impl Pipeline {
+    /// A frame held by [`Verdict::Hold`] whose VM has no binding any more:
+    /// to the VM on the home link, or [`Verdict::AwaitLanNeighbor`] until its
+    /// MAC resolves. Never panics, whatever the bounds.
+    pub fn deliver_home(
+        &mut self,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        lookup: &impl Lookup,
+    ) -> Verdict {
+        match self.home_frame(buf, start, len, lookup) {
+            Ok(v) => v,
+            Err(reason) => {
+                self.counters.count_drop(reason);
+                Verdict::Drop(reason)
+            }
+        }
+    }
+
+    fn home_frame(
+        &mut self,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        lookup: &impl Lookup,
+    ) -> Result<Verdict, DropReason> {
+        let end = start
+            .checked_add(len)
+            .filter(|&end| end <= buf.len())
+            .ok_or(DropReason::BadFrameBounds)?;
+        if start < MIN_HEADROOM {
+            return Err(DropReason::NoHeadroom);
+        }
+        let l2 = ether::parse(buf.get(start..end).ok_or(DropReason::BadFrameBounds)?)?;
+        if l2.ethertype != ether::ETHERTYPE_IPV4 {
+            return Err(DropReason::Unexpected);
+        }
+        let ip_off = start + l2.len();
+        let ip = ipv4::parse(buf.get(ip_off..end).ok_or(DropReason::Ipv4Truncated)?)?;
+        if ip.ttl <= 1 {
+            return Err(DropReason::TtlExceeded);
+        }
+        let mac = lookup.lan_neighbor(ip.dst);
+        ipv4::decrement_ttl(buf, ip_off).ok_or(DropReason::Ipv4Truncated)?;
+        // Untagged, as decapsulated frames leave: the home link's own VLAN
+        // handling is the kernel's.
+        let new_start = ip_off
+            .checked_sub(ether::ETH_LEN)
+            .ok_or(DropReason::NoHeadroom)?;
+        let eth = buf.get_mut(new_start..).ok_or(DropReason::NoHeadroom)?;
+        ether::write(
+            eth,
+            mac.unwrap_or([0; 6]),
+            self.config.lan_mac,
+            None,
+            ether::ETHERTYPE_IPV4,
+        )
+        .ok_or(DropReason::NoHeadroom)?;
+        let len = ether::pad_to_min(buf, new_start, ether::ETH_LEN + ip.total_len);
+        Ok(match mac {
+            Some(_) => Verdict::Tx {
+                port: Port::Lan,
+                start: new_start,
+                len,
+                slot: None,
+            },
+            None => Verdict::AwaitLanNeighbor {
+                addr: ip.dst,
+                start: new_start,
+                len,
+                slot: None,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::super::testutil::*;
+    use super::super::*;
+
+    fn held_lookup() -> TestLookup {
+        let mut l = lookup();
+        for (vm, b) in &mut l.bindings {
+            if *vm == Ipv4Addr::from(VM) {
+                b.care_of = Ipv4Addr::UNSPECIFIED;
+            }
+        }
+        l
+    }
+
+    #[test]
+    fn a_vm_in_switchover_has_its_frames_held_untouched() {
+        let input = Ip::udp(LAN_HOST, VM, b"while the vm moves").frame();
+        let (mut buf, start) = place(&input);
+        let before = buf.clone();
+        let mut p = pipeline(1);
+        let v = p.process(&mut buf, start, input.len(), Port::Lan, 0, &held_lookup());
+        assert_eq!(
+            v,
+            Verdict::Hold {
+                vm: VM.into(),
+                start,
+                len: input.len()
+            }
+        );
+        assert_eq!(buf, before, "untouched");
+        assert_eq!(p.counters(), &Counters::default(), "nothing counted yet");
+        // Once the binding has a care-of address again, processing it once
+        // more tunnels it.
+        let v = p.process(&mut buf, start, input.len(), Port::Lan, 0, &lookup());
+        assert!(matches!(v, Verdict::Tx { port: Port::Wan, .. }), "{v:?}");
+    }
+
+    #[test]
+    fn a_vm_that_came_home_gets_its_held_frames_on_the_home_link() {
+        let datagram = Ip::udp(LAN_HOST, VM, b"welcome home");
+        let input = datagram.clone().frame();
+        let vm_mac = [0x52, 0x54, 0, 0, 0, 0x50];
+        let mut l = lookup();
+        l.bindings.clear();
+        let mut p = pipeline(1);
+        // MAC not known yet: the frame waits for it.
+        let (mut buf, start) = place(&input);
+        let v = p.deliver_home(&mut buf, start, input.len(), &l);
+        let Verdict::AwaitLanNeighbor {
+            addr,
+            start: s,
+            len,
+            slot: None,
+        } = v
+        else {
+            panic!("{v:?}")
+        };
+        assert_eq!(addr, Ipv4Addr::from(VM));
+        assert!(p.deliver_held(&mut buf, s, len, vm_mac));
+        check_decapsulated(&buf[s..s + len], &datagram.datagram(), vm_mac);
+        // Known: straight out on the LAN.
+        l.neighbors.push((VM.into(), vm_mac));
+        let (mut buf, start) = place(&input);
+        let v = p.deliver_home(&mut buf, start, input.len(), &l);
+        let Verdict::Tx {
+            port: Port::Lan,
+            start: s,
+            len,
+            slot: None,
+        } = v
+        else {
+            panic!("{v:?}")
+        };
+        check_decapsulated(&buf[s..s + len], &datagram.datagram(), vm_mac);
+        // TTL 1 and junk are dropped and counted, never a panic.
+        let ttl1 = Ip::udp(LAN_HOST, VM, b"x").ttl(1).frame();
+        let (mut buf, start) = place(&ttl1);
+        let v = p.deliver_home(&mut buf, start, ttl1.len(), &l);
+        assert_eq!(v, Verdict::Drop(DropReason::TtlExceeded));
+        let n = buf.len();
+        let v = p.deliver_home(&mut buf, n - 4, 10, &l);
+        assert_eq!(v, Verdict::Drop(DropReason::BadFrameBounds));
+        let arp = ArpFrame::request(LAN_HOST_MAC, LAN_HOST, VM).frame();
+        let (mut buf, start) = place(&arp);
+        let v = p.deliver_home(&mut buf, start, arp.len(), &l);
+        assert_eq!(v, Verdict::Drop(DropReason::Unexpected));
+    }
+}
