@@ -88,6 +88,10 @@ pub struct FileConfig {
     pub max_bindings: Option<u32>,
     /// ICMP errors per second the data path may send (per queue).
     pub icmp_rate: Option<u32>,
+    /// Frames held per queue for one VM in switchover (default 1024), and
+    /// for all (default 4096, at most a quarter of the queue's frames).
+    pub switchover_buffer_per_vm: Option<u32>,
+    pub switchover_buffer_total: Option<u32>,
     /// CPUs to pin the queue workers to, queue `i` on `worker_cpus[i % len]`
     /// (default: not pinned).
     pub worker_cpus: Option<Vec<usize>>,
@@ -152,6 +156,8 @@ pub struct RunConfig {
     pub socket: PathBuf,
     pub max_bindings: u32,
     pub icmp_rate: u32,
+    pub switchover_buffer_per_vm: u32,
+    pub switchover_buffer_total: u32,
     pub worker_cpus: Vec<usize>,
     /// The durable store's directory.
     pub state_dir: PathBuf,
@@ -270,6 +276,8 @@ impl RunConfig {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             max_bindings: file.max_bindings.unwrap_or(65536),
             icmp_rate: file.icmp_rate.unwrap_or(100),
+            switchover_buffer_per_vm: file.switchover_buffer_per_vm.unwrap_or(1024),
+            switchover_buffer_total: file.switchover_buffer_total.unwrap_or(4096),
             worker_cpus: file.worker_cpus.unwrap_or_default(),
             state_dir: args
                 .state_dir

@@ -214,6 +214,16 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
     )
     .sample(vec![], t.neighbor_released);
     x.counter(
+        "switchover_held",
+        "Frames held for a VM in switchover (stopped at its source, destination not registered yet).",
+    )
+    .sample(vec![], t.switchover_held);
+    x.counter(
+        "switchover_released",
+        "Frames held for a switchover, released into the tunnel or onto the home link when it ended.",
+    )
+    .sample(vec![], t.switchover_released);
+    x.counter(
         "icmp_errors_sent",
         "ICMP errors sent (fragmentation needed, TTL exceeded).",
     )

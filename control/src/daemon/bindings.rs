@@ -56,6 +56,15 @@ struct Entry {
     first_packet: Option<Duration>,
 }
 
+/// A switchover in progress: the VM's traffic is held by the workers until
+/// its destination registers (or deregisters, if that is home). If neither
+/// comes by `until`, it goes back to what it was: `previous`, or unbound.
+#[derive(Debug, Clone)]
+struct Switchover {
+    previous: Option<(Ipv4Addr, Entry)>,
+    until: Instant,
+}
+
 /// How long a new or moved binding's first packet is waited for.
 const FIRST_PACKET_WATCH: Duration = Duration::from_secs(60);
 /// How often the pending first packets are looked for.
@@ -102,6 +111,8 @@ pub struct Bindings<S = Steering, N = NeighHandle> {
     /// change arrived.
     watches: HashMap<Ipv4Addr, Instant>,
     next_poll: Instant,
+    /// VMs in switchover.
+    holds: HashMap<Ipv4Addr, Switchover>,
 }
 
 /// An address that can be neither a VM's home address nor a care-of address.
@@ -118,6 +129,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             ha_addr,
             lan_mac,
             claims: Claims::default(),
+            holds: HashMap::new(),
             watches: HashMap::new(),
             next_poll: Instant::now(),
         }
@@ -137,12 +149,21 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         &mut self.forwarder
     }
 
-    /// `vm`'s binding as the store keeps it.
+    /// `vm`'s binding as the store keeps it. A switchover is not stored
+    /// (it lasts seconds, and a restart ends it): during one, the binding
+    /// from before it.
     pub fn stored(&self, vm: Ipv4Addr) -> Option<StoredBinding> {
-        let (e, f) = (self.entries.get(&vm)?, self.forwarder.get(vm)?);
+        let f = self.forwarder.get(vm)?;
+        let (care_of, e) = match self.holds.get(&vm) {
+            Some(h) => {
+                let (care_of, e) = h.previous.as_ref()?;
+                (*care_of, e)
+            }
+            None => (f.care_of, self.entries.get(&vm)?),
+        };
         Some(StoredBinding {
             vm,
-            care_of: f.care_of,
+            care_of,
             vm_mac: f.vm_mac,
             expires_unix_ms: e.expires.map(|x| x.unix_ms),
             origin: e.origin,
@@ -183,6 +204,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             tracing::error!(%vm, "cannot revert the binding: {e}");
             return;
         }
+        self.holds.remove(&vm);
         self.entries.remove(&vm);
         self.watches.remove(&vm);
         self.announcer.cancel(vm);
@@ -254,6 +276,9 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         }
         let before = self.forwarder.get(vm).map(|f| f.care_of);
         let outcome = self.forwarder.bind(vm, care_of, vm_mac)?;
+        if self.holds.remove(&vm).is_some() {
+            tracing::info!(%vm, %care_of, "switchover done: held traffic released into the tunnel");
+        }
         let first_packet = self.entries.get(&vm).and_then(|e| e.first_packet);
         self.entries.insert(
             vm,
@@ -296,6 +321,9 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         let Some(f) = self.forwarder.unbind(vm).map_err(|e| e.to_string())? else {
             return Err(format!("no binding for {vm}"));
         };
+        if self.holds.remove(&vm).is_some() {
+            tracing::info!(%vm, "switchover done: home again, held traffic delivered there");
+        }
         self.entries.remove(&vm);
         self.watches.remove(&vm);
         self.announcer.cancel(vm);
@@ -306,8 +334,108 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         Ok(())
     }
 
-    /// Remove bindings whose lifetime has run out; returns them.
+    /// Switchover (the VM stopped at its source for the last step of a
+    /// migration): the workers hold `vm`'s traffic until the next bind
+    /// (released into the tunnel) or unbind (onto the home link), for at
+    /// most `lifetime`; then it goes back to what it was. Taking the
+    /// address over on the home link if it was not bound. On any error
+    /// nothing has changed.
+    pub fn hold(
+        &mut self,
+        now: Now,
+        vm: Ipv4Addr,
+        lifetime: Duration,
+        vm_mac: Option<[u8; 6]>,
+        origin: Origin,
+    ) -> Result<(), BindError> {
+        if unusable(vm) || vm == self.ha_addr {
+            return Err(BindError::Refused(format!(
+                "{vm} cannot be a VM's home address"
+            )));
+        }
+        if let Some(why) = self.claims.refuse_home(vm) {
+            return Err(BindError::Refused(format!(
+                "{vm} cannot be a VM's home address: {why}"
+            )));
+        }
+        // A second switchover before the first ended keeps the first's
+        // notion of what was before.
+        let previous = match self.holds.get(&vm) {
+            Some(h) => h.previous.clone(),
+            None => self
+                .forwarder
+                .get(vm)
+                .zip(self.entries.get(&vm).cloned())
+                .map(|(f, e)| (f.care_of, e)),
+        };
+        let outcome = self.forwarder.hold(vm, vm_mac)?;
+        let until = now.mono + lifetime;
+        let first_packet = self.entries.get(&vm).and_then(|e| e.first_packet);
+        self.entries.insert(
+            vm,
+            Entry {
+                refreshed: now.mono,
+                expires: None,
+                origin,
+                first_packet,
+            },
+        );
+        if outcome == BindOutcome::Created {
+            // It was at home: take the address over now, so what the LAN
+            // sends it is held too.
+            self.announcer.schedule(now.mono, vm, self.lan_mac);
+        }
+        tracing::info!(%vm, ms = lifetime.as_millis() as u64, "switchover: holding the VM's traffic");
+        self.holds.insert(vm, Switchover { previous, until });
+        Ok(())
+    }
+
+    /// Whether `vm`'s traffic is held for a switchover.
+    pub fn holding(&self, vm: Ipv4Addr) -> bool {
+        self.holds.contains_key(&vm)
+    }
+
+    /// Switchovers that ran out: back to the binding from before (if it
+    /// has not expired meanwhile), else unbound with the address handed
+    /// back. Returns the VMs left unbound that the store may still hold.
+    fn lapse_holds(&mut self, now: Instant) -> Vec<Ipv4Addr> {
+        let lapsed: Vec<Ipv4Addr> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| h.until <= now)
+            .map(|(vm, _)| *vm)
+            .collect();
+        let mut unbound = Vec::new();
+        for vm in lapsed {
+            let Some(h) = self.holds.remove(&vm) else {
+                continue;
+            };
+            let back = h
+                .previous
+                .filter(|(_, e)| e.expires.is_none_or(|x| x.mono > now));
+            match back {
+                Some((care_of, e)) => {
+                    tracing::warn!(%vm, %care_of, "switchover lapsed (no registration from the destination): back to the binding from before");
+                    if let Err(err) = self.bind_until(now, vm, care_of, e.expires, None, e.origin) {
+                        tracing::error!(%vm, "cannot go back after a switchover: {err}");
+                    }
+                }
+                None => {
+                    tracing::warn!(%vm, "switchover lapsed (no registration from the destination): address handed back");
+                    if let Err(err) = self.unbind(now, vm) {
+                        tracing::error!(%vm, "cannot end a switchover: {err}");
+                    }
+                    unbound.push(vm);
+                }
+            }
+        }
+        unbound
+    }
+
+    /// Remove bindings whose lifetime has run out, and end switchovers
+    /// that did; returns the VMs no longer bound.
     pub fn expire(&mut self, now: Instant) -> Vec<Ipv4Addr> {
+        let mut gone = self.lapse_holds(now);
         let expired: Vec<Ipv4Addr> = self
             .entries
             .iter()
@@ -320,7 +448,8 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
                 tracing::warn!(%vm, "cannot expire: {e}");
             }
         }
-        expired
+        gone.extend(expired);
+        gone
     }
 
     /// When the change to `vm` arrived, if earlier than its handling (a
@@ -373,6 +502,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             .entries
             .values()
             .filter_map(|e| e.expires.map(|x| x.mono))
+            .chain(self.holds.values().map(|h| h.until))
             .min();
         match (expiry, self.announcer.next_due()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -419,6 +549,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         self.forwarder.clear();
         self.entries.clear();
         self.watches.clear();
+        self.holds.clear();
     }
 }
 
@@ -503,6 +634,52 @@ pub(super) mod tests {
         assert_consistent(&b, &reader, &[(VM, COA2)]);
         assert!(reader.lookup(vm2).is_none());
         assert!(b.unbind(now.mono, vm2).is_err());
+    }
+
+    /// A switchover holds, then ends by a move, a deregistration or a
+    /// lapse; the store never sees it.
+    #[test]
+    fn a_switchover_holds_then_moves_comes_home_or_lapses() {
+        let (mut b, reader, now) = bindings();
+        let (d, hold) = (Duration::from_secs(60), Duration::from_secs(5));
+        let reg = Origin::Registration { spi: 256 };
+        // Foreign -> foreign: bound at COA1, held, then bound at COA2.
+        b.bind(now, VM, COA1, Some(d), None, reg).unwrap();
+        b.hold(now, VM, hold, None, reg).unwrap();
+        assert!(b.holding(VM));
+        let held = reader.lookup(VM).map(|(x, _)| x.care_of);
+        assert_eq!(held, Some(Ipv4Addr::UNSPECIFIED), "the workers hold");
+        assert!(b.forwarder().neigh().tracked().is_empty(), "no tunnel");
+        assert_eq!(b.stored(VM).map(|s| s.care_of), Some(COA1), "the store's");
+        b.bind(now, VM, COA2, Some(d), None, reg).unwrap();
+        assert!(!b.holding(VM));
+        assert_consistent(&b, &reader, &[(VM, COA2)]);
+
+        // Home -> foreign -> home: held from nothing (the address taken
+        // over at once), then the deregistration from home ends it.
+        let vm2 = Ipv4Addr::new(192, 0, 2, 51);
+        let vm2_mac = [0x52, 0x54, 0, 0, 0, 0x51];
+        b.hold(now, vm2, hold, Some(vm2_mac), reg).unwrap();
+        assert_eq!(b.announcing(vm2), Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(b.stored(vm2), None, "nothing to store");
+        b.unbind_to(now.mono, vm2, None).unwrap();
+        assert!(!b.holding(vm2));
+        assert_eq!(b.announcing(vm2), Some(vm2_mac), "handed back");
+
+        // Lapses: back to COA2 with its lifetime; from nothing, unbound.
+        b.hold(now, VM, hold, None, reg).unwrap();
+        b.hold(now, vm2, hold, Some(vm2_mac), reg).unwrap();
+        assert!(b.expire(now.mono + hold / 2).is_empty());
+        assert_eq!(b.expire(now.mono + hold), vec![vm2]);
+        assert_consistent(&b, &reader, &[(VM, COA2)]);
+        let s = b.stored(VM).unwrap();
+        assert_eq!(s.expires_unix_ms, Some(now.unix_ms + 60_000));
+        assert!(!b.holding(VM) && !b.holding(vm2));
+        // A refused home address changes nothing.
+        assert!(matches!(
+            b.hold(now, HA, hold, None, reg),
+            Err(BindError::Refused(_))
+        ));
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     pipeline.outer_ttl = config.ttl;
     pipeline.tunnel_mtu = config.tunnel_mtu;
     pipeline.mss_clamp = config.mss_clamp;
+    pipeline.switchover_per_vm = config.switchover_buffer_per_vm;
+    pipeline.switchover_total = config.switchover_buffer_total;
     pipeline.icmp_rate_per_sec = config.icmp_rate;
     let plan = Plan {
         lan: config.lan.clone(),

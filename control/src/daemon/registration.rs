@@ -286,7 +286,7 @@ impl Registration {
                     undo.push(Undo::Replay(r));
                 }
                 let lifetime = match outcome.action {
-                    Some(Action::Bind { lifetime, .. }) => lifetime,
+                    Some(Action::Bind { lifetime, .. } | Action::Hold { lifetime, .. }) => lifetime,
                     _ => 0,
                 };
                 accepted_lines.push((
@@ -639,9 +639,11 @@ impl<S: SteeringMaps, N: NextHops> BindingSink for Sink<'_, S, N> {
                     })
             }
             Action::Deregister { vm, vm_mac } => {
-                // Deregistering what is not bound is already done.
+                // Deregistering what is not bound is already done; a VM in
+                // switchover from home is unbound now (its held traffic
+                // goes home with it).
                 self.previous = self.bindings.stored(vm);
-                if self.previous.is_none() {
+                if self.previous.is_none() && !self.bindings.holding(vm) {
                     return Ok(());
                 }
                 // The agent's MAC, if sent, hands the address back even to a
@@ -651,6 +653,26 @@ impl<S: SteeringMaps, N: NextHops> BindingSink for Sink<'_, S, N> {
                     .map_err(|e| {
                         self.error = Some(e);
                         Denial::Unspecified
+                    })
+            }
+            Action::Hold {
+                vm,
+                lifetime,
+                spi,
+                vm_mac,
+            } => {
+                self.previous = self.bindings.stored(vm);
+                let lifetime = Duration::from_secs(lifetime.into());
+                self.bindings
+                    .hold(self.now, vm, lifetime, vm_mac, Origin::Registration { spi })
+                    .map_err(|e| {
+                        let d = match &e {
+                            BindError::Full(..) => Denial::InsufficientResources,
+                            BindError::Refused(_) => Denial::AdministrativelyProhibited,
+                            BindError::Failed(_) => Denial::Unspecified,
+                        };
+                        self.error = Some(e.to_string());
+                        d
                     })
             }
         }

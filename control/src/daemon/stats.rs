@@ -40,6 +40,9 @@ pub(super) struct HomeAgentCounters {
     /// and of those the ones sent.
     pub neighbor_queued: u64,
     pub neighbor_released: u64,
+    /// Frames held for VMs in switchover, and of those the ones released.
+    pub switchover_held: u64,
+    pub switchover_released: u64,
 }
 
 pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
@@ -55,6 +58,8 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
             xsk_fill_ring_empty: t.xsk_fill_ring_empty,
             neighbor_queued: t.neighbor_queued,
             neighbor_released: t.neighbor_released,
+            switchover_held: t.switchover_held,
+            switchover_released: t.switchover_released,
         },
         bindings: d.bindings.list(now),
         registration: d
@@ -83,15 +88,22 @@ pub(super) fn exposition(d: &Daemon, now: Instant) -> Exposition {
         .iter()
         .filter(|b| unresolved.contains(&b.care_of))
         .count();
+    // A switchover's binding has no care-of address yet.
+    let holding = s
+        .bindings
+        .iter()
+        .filter(|b| b.care_of.is_unspecified())
+        .count();
     x.gauge(
         "bindings",
-        "Bindings by state: forwarding, or waiting for the care-of address's next hop.",
+        "Bindings by state: forwarding, waiting for the care-of address's next hop, or holding the VM's traffic for a switchover.",
     )
     .sample(
         vec![label("state", "forwarding")],
-        s.bindings.len() - waiting,
+        s.bindings.len() - waiting - holding,
     )
-    .sample(vec![label("state", "awaiting_next_hop")], waiting);
+    .sample(vec![label("state", "awaiting_next_hop")], waiting)
+    .sample(vec![label("state", "holding")], holding);
     let cap = d.metrics.binding_series();
     let packets = x.counter(
         "binding_packets",

@@ -45,13 +45,27 @@ pub enum Action {
         /// As in `Bind`: the MAC to hand the address back to.
         vm_mac: Option<[u8; 6]>,
     },
+    /// Switchover ([`wire::cvse_type::SWITCHOVER`]): the VM stopped at its
+    /// source for the last step of a migration. Take its traffic and hold
+    /// it until the next registration (or deregistration) for it, for at
+    /// most `lifetime` seconds, then go back to what was before.
+    Hold {
+        vm: Ipv4Addr,
+        lifetime: u16,
+        spi: u32,
+        vm_mac: Option<[u8; 6]>,
+    },
 }
+
+/// The longest a switchover holds a VM's traffic, seconds: a migration's
+/// last step takes tens of milliseconds; this only bounds a lost one.
+pub const MAX_HOLD: u16 = 10;
 
 impl Action {
     /// The VM's home address.
     pub fn vm(&self) -> Ipv4Addr {
         match *self {
-            Action::Bind { vm, .. } | Action::Deregister { vm, .. } => vm,
+            Action::Bind { vm, .. } | Action::Deregister { vm, .. } | Action::Hold { vm, .. } => vm,
         }
     }
 }
@@ -245,7 +259,19 @@ impl HomeAgent {
         // RFC 5944 §3.6.1.2: back at home, the agent deregisters with the
         // home address as care-of address.
         let back_home = lifetime == 0 && care_of == home;
-        if !back_home {
+        // A switchover's care-of address is its source's, which may be on
+        // the home network: it is not bound, so not checked.
+        let switchover = wire::is_switchover(req.as_bytes(), wire::REQUEST_LEN);
+        if switchover && lifetime == 0 {
+            return deny(
+                out,
+                code::POORLY_FORMED,
+                "switchover with lifetime 0",
+                Some(&entry),
+                id,
+            );
+        }
+        if !back_home && !switchover {
             if unusable(care_of) || care_of == self.config.address || care_of == home {
                 return deny(
                     out,
@@ -277,7 +303,16 @@ impl HomeAgent {
                 None
             }
         };
-        let (action, granted) = if lifetime == 0 {
+        let (action, granted) = if switchover {
+            let granted = lifetime.min(MAX_HOLD);
+            let hold = Action::Hold {
+                vm: home,
+                lifetime: granted,
+                spi: auth.spi,
+                vm_mac,
+            };
+            (hold, granted)
+        } else if lifetime == 0 {
             (Action::Deregister { vm: home, vm_mac }, 0)
         } else {
             let granted = lifetime.min(self.config.max_lifetime).max(1);
@@ -317,7 +352,9 @@ impl HomeAgent {
         } else {
             code::ACCEPTED
         };
-        let reason = if lifetime == 0 {
+        let reason = if switchover {
+            "switchover: holding"
+        } else if lifetime == 0 {
             "deregistered"
         } else {
             "registered"
@@ -502,6 +539,7 @@ key = "ffeeddccbbaa99887766554433221100"
         table: std::collections::BTreeMap<Ipv4Addr, (Ipv4Addr, u16)>,
         full: bool,
         calls: usize,
+        holds: usize,
     }
     impl BindingSink for Sink {
         fn apply(&mut self, a: &Action) -> Result<(), Denial> {
@@ -521,6 +559,7 @@ key = "ffeeddccbbaa99887766554433221100"
                 Action::Deregister { vm, .. } => {
                     self.table.remove(&vm);
                 }
+                Action::Hold { .. } => self.holds += 1,
             }
             Ok(())
         }
@@ -666,7 +705,11 @@ key = "ffeeddccbbaa99887766554433221100"
 
     fn bound_mac(o: &Outcome) -> Option<[u8; 6]> {
         match o.action {
-            Some(Action::Bind { vm_mac, .. } | Action::Deregister { vm_mac, .. }) => vm_mac,
+            Some(
+                Action::Bind { vm_mac, .. }
+                | Action::Deregister { vm_mac, .. }
+                | Action::Hold { vm_mac, .. },
+            ) => vm_mac,
             None => panic!("not accepted: {o:?}"),
         }
     }
@@ -956,5 +999,50 @@ key = "ffeeddccbbaa99887766554433221100"
             24 => Some(131),
             _ => Some(134),
         }
+    }
+
+    #[test]
+    fn a_switchover_holds_and_binds_nothing() {
+        let mut h = ha();
+        let mut sink = Sink::default();
+        let mut req = Req::new(now());
+        // From the VM's home hypervisor: a care-of inside the home network.
+        req.fields.care_of = Ipv4Addr::new(192, 0, 2, 20);
+        req.fields.lifetime = 60;
+        wire::push_switchover(&mut req.before);
+        let o = h.handle(&req.bytes(), SRC, now(), &mut sink);
+        assert_eq!(o.code, Some(0), "{o:?}");
+        assert_eq!(
+            o.action,
+            Some(Action::Hold {
+                vm: VM,
+                lifetime: MAX_HOLD,
+                spi: 256,
+                vm_mac: None,
+            })
+        );
+        let (c, life, _, authed) = reply(&o, 256);
+        assert_eq!((c, life, authed), (0, MAX_HOLD, true));
+        assert!(sink.table.is_empty());
+        assert_eq!(sink.holds, 1);
+        // Replayed: refused like any registration.
+        let o = h.handle(&req.bytes(), SRC, now(), &mut sink);
+        assert_eq!(o.code, Some(code::ID_MISMATCH));
+        // After the authenticator it is not a switchover: the in-home
+        // care-of is then refused as for a registration.
+        let t = now() + Duration::from_secs(1);
+        let mut req = Req::new(t);
+        req.fields.care_of = Ipv4Addr::new(192, 0, 2, 20);
+        wire::push_switchover(&mut req.after);
+        let o = h.handle(&req.bytes(), SRC, t, &mut sink);
+        assert_eq!(o.code, Some(code::ADMIN_PROHIBITED), "{o:?}");
+        assert_eq!(sink.holds, 1);
+        // Lifetime 0 makes no sense for a hold.
+        let t = now() + Duration::from_secs(2);
+        let mut req = Req::new(t);
+        req.fields.lifetime = 0;
+        wire::push_switchover(&mut req.before);
+        let o = h.handle(&req.bytes(), SRC, t, &mut sink);
+        assert_eq!(o.code, Some(code::POORLY_FORMED), "{o:?}");
     }
 }

@@ -199,7 +199,11 @@ pub enum Verdict {
     /// keep `buf[start..start + len]` as received until the VM's binding has a
     /// care-of address again (then [`Pipeline::process`] it once more) or is
     /// gone (then [`Pipeline::deliver_home`]). Not counted yet.
-    Hold { vm: Ipv4Addr, start: usize, len: usize },
+    Hold {
+        vm: Ipv4Addr,
+        start: usize,
+        len: usize,
+    },
     /// Not forwarded; counted under the reason.
     Drop(DropReason),
 }

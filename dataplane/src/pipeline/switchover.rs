@@ -121,7 +121,16 @@ mod tests {
         // Once the binding has a care-of address again, processing it once
         // more tunnels it.
         let v = p.process(&mut buf, start, input.len(), Port::Lan, 0, &lookup());
-        assert!(matches!(v, Verdict::Tx { port: Port::Wan, .. }), "{v:?}");
+        assert!(
+            matches!(
+                v,
+                Verdict::Tx {
+                    port: Port::Wan,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
     }
 
     #[test]

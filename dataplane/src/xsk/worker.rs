@@ -695,7 +695,14 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                 .counters
                 .switchover_released
                 .fetch_add(frames.len() as u64, Relaxed);
-            self.process(&mut frames, ingress, pass, now_ns, &mut s.lan_tx, &mut s.wan_tx);
+            self.process(
+                &mut frames,
+                ingress,
+                pass,
+                now_ns,
+                &mut s.lan_tx,
+                &mut s.wan_tx,
+            );
             frames.clear();
             released[i] = frames;
         }

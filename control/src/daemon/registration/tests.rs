@@ -272,3 +272,84 @@ fn an_unusable_mac_is_ignored_and_counted_not_refused() {
     }
     assert_eq!(lab.r.stats().counts.unwrap().vm_mac_ignored, 3);
 }
+
+/// A switchover request: `vm` from `care_of` (its source), holding for
+/// `lifetime` seconds.
+fn switchover(
+    vm: Ipv4Addr,
+    care_of: Ipv4Addr,
+    lifetime: u16,
+    id: u64,
+    agent: &UdpSocket,
+) -> Datagram {
+    let mut bytes = Vec::new();
+    RequestFields {
+        flags: flags::T,
+        lifetime,
+        home_address: vm,
+        home_agent: HA,
+        care_of,
+        identification: id,
+    }
+    .emit(&mut bytes);
+    wire::push_switchover(&mut bytes);
+    let keys = KeyFile::parse(KEYS).unwrap();
+    keys.get(256).unwrap().key.append_mh_auth(&mut bytes, 256);
+    let from = match agent.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        other => panic!("{other}"),
+    };
+    Datagram {
+        bytes,
+        from,
+        received: std::time::Instant::now(),
+    }
+}
+
+#[test]
+fn a_switchover_from_home_holds_until_the_destination_registers() {
+    let mut lab = Lab::new();
+    let id = ntp_timestamp(SystemTime::now());
+    // The source is the VM's home hypervisor, on the home network.
+    let source = Ipv4Addr::new(192, 0, 2, 20);
+    let d = switchover(vm(0), source, 5, id, &lab.agent);
+    lab.r
+        .handle_burst(vec![d], &mut lab.b, &mut lab.store, lab.now);
+    assert_eq!(replies(&lab.agent), vec![0], "confirmed");
+    assert_eq!(lab.care_of(vm(0)), Some(Ipv4Addr::UNSPECIFIED), "held");
+    assert!(lab.b.holding(vm(0)));
+    assert!(lab.store.bindings.is_empty(), "a hold is not stored");
+    assert_eq!(lab.store.replay.len(), 1, "its Identification is used up");
+    // The destination registers: bound there, stored.
+    assert_eq!(lab.burst(&[(vm(0), 60, id + (1 << 32))]), vec![0]);
+    assert_eq!(lab.care_of(vm(0)), Some(COA));
+    assert!(!lab.b.holding(vm(0)));
+    assert_eq!(lab.store.bindings[&vm(0)].care_of, COA);
+
+    // Foreign -> home: held, then the deregistration from home ends it.
+    let d = switchover(vm(0), COA, 5, id + (2 << 32), &lab.agent);
+    lab.r
+        .handle_burst(vec![d], &mut lab.b, &mut lab.store, lab.now);
+    assert_eq!(replies(&lab.agent), vec![0]);
+    assert!(lab.b.holding(vm(0)));
+    assert_eq!(lab.store.bindings[&vm(0)].care_of, COA, "the store keeps B");
+    assert_eq!(lab.burst(&[(vm(0), 0, id + (3 << 32))]), vec![0]);
+    assert!(!lab.b.holding(vm(0)));
+    assert_eq!(lab.care_of(vm(0)), None);
+    assert!(lab.store.bindings.is_empty());
+}
+
+#[test]
+fn a_switchover_from_home_is_ended_by_a_deregistration_when_the_migration_fails() {
+    let mut lab = Lab::new();
+    let id = ntp_timestamp(SystemTime::now());
+    let d = switchover(vm(2), Ipv4Addr::new(192, 0, 2, 20), 5, id, &lab.agent);
+    lab.r
+        .handle_burst(vec![d], &mut lab.b, &mut lab.store, lab.now);
+    assert_eq!(replies(&lab.agent), vec![0]);
+    assert!(lab.b.holding(vm(2)));
+    // Cancelled: the VM runs at home again and its agent deregisters.
+    assert_eq!(lab.burst(&[(vm(2), 0, id + (1 << 32))]), vec![0]);
+    assert!(!lab.b.holding(vm(2)));
+    assert_eq!(lab.care_of(vm(2)), None, "nothing left bound");
+}

@@ -739,7 +739,10 @@ fn a_switchover_that_ends_at_home_delivers_on_the_home_link() {
     // Deregistered: no binding. The VM's MAC resolves a moment later.
     set_vm_binding(&mut h, None);
     after_poll_interval(&mut h);
-    assert!(h.q().take_wire(Side::Lan).is_empty(), "its MAC is not known yet");
+    assert!(
+        h.q().take_wire(Side::Lan).is_empty(),
+        "its MAC is not known yet"
+    );
     assert_eq!(h.accounting().held, 1, "now waiting for the VM's MAC");
     let vm_mac = [0x52, 0x54, 0, 0, 0, 0x50];
     h.worker.lookup.neighbors.push((VM.into(), vm_mac));
