@@ -89,6 +89,15 @@ impl Lookup for Tables {
     }
 
     #[inline]
+    fn lan_neighbor_known(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
+        if self.lan_from_bindings {
+            self.lan_neighbor(addr)
+        } else {
+            self.neigh.lan_neighbor(addr)
+        }
+    }
+
+    #[inline]
     fn warm_lan_neighbor(&self, addr: Ipv4Addr) {
         if !self.lan_from_bindings {
             let _ = self.neigh.lan_neighbor_or_resolve(addr);

@@ -163,6 +163,11 @@ pub trait Lookup {
     /// answer through the reverse tunnel: resolve it now if it is not, so
     /// the answer need not wait. A hint; the default ignores it.
     fn warm_lan_neighbor(&self, _addr: Ipv4Addr) {}
+    /// [`Lookup::lan_neighbor`] without asking for anything to be resolved:
+    /// for frames already waiting, looked at again and again.
+    fn lan_neighbor_known(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
+        self.lan_neighbor(addr)
+    }
 }
 
 /// What to do with a frame after [`Pipeline::process`].

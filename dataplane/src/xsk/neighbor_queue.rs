@@ -72,6 +72,11 @@ impl<D: Copy> NeighborQueue<D> {
         }
     }
 
+    /// The most frames it holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Frames held now.
     pub fn len(&self) -> usize {
         self.held.len()
@@ -94,7 +99,7 @@ impl<D: Copy> NeighborQueue<D> {
 
     /// Hands up to `limit` frames whose address is `ready`, or that waited
     /// too long, to `out` in arrival order; keeps the rest.
-    pub fn poll<R>(
+    pub fn poll<R: Copy>(
         &mut self,
         now_ns: u64,
         limit: usize,
@@ -103,11 +108,21 @@ impl<D: Copy> NeighborQueue<D> {
     ) {
         let mut released = 0;
         let max_wait = self.max_wait_ns;
+        // Frames of one address come in runs: look each run's address up once.
+        let mut last: Option<(Ipv4Addr, Option<R>)> = None;
         self.held.retain(|h| {
             if released >= limit {
                 return true;
             }
-            let release = match ready(h.addr) {
+            let answer = match last {
+                Some((addr, r)) if addr == h.addr => r,
+                _ => {
+                    let r = ready(h.addr);
+                    last = Some((h.addr, r));
+                    r
+                }
+            };
+            let release = match answer {
                 Some(r) => Release::Ready(r),
                 None if now_ns.saturating_sub(h.since_ns) >= max_wait => Release::Expired,
                 None => return true,

@@ -200,13 +200,11 @@ pub struct Worker<L: Lookup, R: QueueIo = QueueSockets> {
     /// The capture generation last seen, and its tap (`None`: off).
     capture_generation: u64,
     tap: Option<Arc<Tap>>,
-    /// Frames waiting for a home-link neighbour, and when they were last
-    /// checked (at most every [`HELD_POLL_NS`]).
+    /// Frames waiting for a home-link neighbour, looked at every turn
+    /// while there are any.
     held: NeighborQueue<R::Desc>,
-    held_polled_ns: u64,
-    /// Frames for VMs in switchover, by VM, and when last checked.
+    /// Frames for VMs in switchover, by VM, the same.
     switchover: NeighborQueue<R::Desc>,
-    switchover_polled_ns: u64,
 }
 
 /// Which way a frame goes through [`Worker::process`].
@@ -224,10 +222,6 @@ enum Pass {
 /// ends a switchover within its lifetime (at most 10 s) either way; this
 /// only bounds frames a lost update would leave.
 pub const SWITCHOVER_MAX_WAIT_NS: u64 = 15_000_000_000;
-
-/// How often held frames are checked: each check looks their addresses up
-/// (and asks for the missing ones to be resolved).
-const HELD_POLL_NS: u64 = 200_000;
 
 /// A stopped worker's queue: its sockets with every frame the worker held
 /// back on their free list (the rest are in the kernel's rings), ready to
@@ -260,13 +254,14 @@ struct Scratch<D> {
 }
 
 impl<D: Copy + Default> Scratch<D> {
-    fn new(batch: usize) -> Self {
+    /// `held`: the most frames a hold queue releases at once.
+    fn new(batch: usize, held: usize) -> Self {
         Scratch {
             rx: vec![D::default(); batch],
             lan_tx: Vec::with_capacity(batch * 4),
             wan_tx: Vec::with_capacity(batch * 4),
             comp: vec![D::default(); batch * 2],
-            released: std::array::from_fn(|_| Vec::with_capacity(batch)),
+            released: std::array::from_fn(|_| Vec::with_capacity(held)),
         }
     }
 }
@@ -322,9 +317,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             capture_generation: 0,
             tap: None,
             held: NeighborQueue::new(xsk.frame_count as usize),
-            held_polled_ns: 0,
             switchover,
-            switchover_polled_ns: 0,
         }
     }
 
@@ -332,7 +325,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
     /// transmissions, publishes the final frame accounting and hands back
     /// the sockets with the frames it held.
     pub fn run(mut self) -> Parked<R> {
-        let mut scratch = Scratch::new(self.sockets.config().batch);
+        let mut scratch = Scratch::new(self.sockets.config().batch, self.switchover.capacity());
         self.refill();
         while !self.shared.stop.load(Relaxed) {
             self.step(&mut scratch);
@@ -649,20 +642,16 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
 
     /// Frames held for a VM in switchover whose binding changed: processed
     /// again (it has a care-of address: into the tunnel) or delivered on the
-    /// home link (it has none: it came home), a batch per turn, in order.
+    /// home link (it has none: it came home). All at once and before this
+    /// turn's receive, so the VM's frames keep their order.
     fn release_switchover(&mut self, s: &mut Scratch<R::Desc>) -> usize {
         let now_ns = self.started.elapsed().as_nanos() as u64;
-        if now_ns.saturating_sub(self.switchover_polled_ns) < HELD_POLL_NS {
-            return 0;
-        }
-        self.switchover_polled_ns = now_ns;
-        let batch = self.sockets.config().batch;
         let lookup = &self.lookup;
         let (free, shared) = (&mut self.free, &self.shared);
         let mut released: [Vec<R::Desc>; 3] = std::mem::take(&mut s.released);
         self.switchover.poll(
             now_ns,
-            batch,
+            usize::MAX,
             |vm| match lookup.binding(vm) {
                 Some(b) if b.care_of.is_unspecified() => None,
                 Some(_) => Some(true),
@@ -715,10 +704,6 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
     /// that waited too long are dropped. Returns how many left the queue.
     fn release_held(&mut self, lan_tx: &mut Vec<R::Desc>) -> usize {
         let now_ns = self.started.elapsed().as_nanos() as u64;
-        if now_ns.saturating_sub(self.held_polled_ns) < HELD_POLL_NS {
-            return 0;
-        }
-        self.held_polled_ns = now_ns;
         let before = self.held.len();
         let (lookup, sockets, pipeline, shared, free) = (
             &self.lookup,
@@ -727,11 +712,12 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             &self.shared,
             &mut self.free,
         );
-        let batch = sockets.config().batch;
+        // All at once, before this turn's receive: an address's frames
+        // keep their order.
         self.held.poll(
             now_ns,
-            batch,
-            |addr| lookup.lan_neighbor(addr),
+            usize::MAX,
+            |addr| lookup.lan_neighbor_known(addr),
             |mut h, release| {
                 let Release::Ready(mac) = release else {
                     pipeline.drop_held();

@@ -38,7 +38,7 @@ impl Harness {
         let shared = WorkerShared::new(16);
         let worker = Worker::new(queue, config(), lookup(), receiver, shared.clone());
         Harness {
-            scratch: Scratch::new(worker.sockets.config().batch),
+            scratch: Scratch::new(worker.sockets.config().batch, worker.switchover.capacity()),
             worker,
             commands,
             shared,
@@ -603,9 +603,8 @@ fn to_unresolved(payload: &[u8]) -> (Ip, Vec<u8>) {
 const UNRESOLVED: [u8; 4] = [192, 0, 2, 77];
 const UNRESOLVED_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x77];
 
-/// Lets the worker's next turn look at its held frames again.
-fn after_poll_interval(h: &mut Harness) {
-    std::thread::sleep(Duration::from_nanos(2 * HELD_POLL_NS));
+/// The worker's next turn (it looks at its held frames every turn).
+fn next_turn(h: &mut Harness) {
     h.step();
 }
 
@@ -623,14 +622,14 @@ fn reverse_tunnelled_frames_wait_for_their_lan_neighbour_in_order() {
     assert_eq!(h.counters().neighbor_queued, 2);
     assert_eq!(h.accounting().held, 2);
     h.assert_conserved();
-    after_poll_interval(&mut h);
+    next_turn(&mut h);
     assert!(h.q().take_wire(Side::Lan).is_empty(), "still unresolved");
 
     h.worker
         .lookup
         .neighbors
         .push((UNRESOLVED.into(), UNRESOLVED_MAC));
-    after_poll_interval(&mut h);
+    next_turn(&mut h);
     let wire = h.q().take_wire(Side::Lan);
     assert_eq!(wire.len(), 2);
     check_decapsulated(&wire[0], &first.datagram(), UNRESOLVED_MAC);
@@ -710,7 +709,7 @@ fn a_switchover_holds_frames_until_the_destination_registers() {
     let second = Ip::udp(LAN_HOST, VM, b"second").frame();
     h.forward(Side::Lan, &first);
     h.forward(Side::Lan, &second);
-    after_poll_interval(&mut h);
+    next_turn(&mut h);
     assert!(h.q().take_wire(Side::Wan).is_empty() && h.q().take_wire(Side::Lan).is_empty());
     assert_eq!(h.counters().switchover_held, 2);
     assert_eq!(h.accounting().held, 2);
@@ -718,7 +717,7 @@ fn a_switchover_holds_frames_until_the_destination_registers() {
 
     // The destination registered: both go into its tunnel, in order.
     set_vm_binding(&mut h, Some(CARE_OF));
-    after_poll_interval(&mut h);
+    next_turn(&mut h);
     let wire = h.q().take_wire(Side::Wan);
     assert_eq!(wire.len(), 2);
     check_encapsulated(&wire[0], inner_datagram(&first), 0);
@@ -738,7 +737,7 @@ fn a_switchover_that_ends_at_home_delivers_on_the_home_link() {
     h.forward(Side::Lan, &datagram.clone().frame());
     // Deregistered: no binding. The VM's MAC resolves a moment later.
     set_vm_binding(&mut h, None);
-    after_poll_interval(&mut h);
+    next_turn(&mut h);
     assert!(
         h.q().take_wire(Side::Lan).is_empty(),
         "its MAC is not known yet"
@@ -746,7 +745,7 @@ fn a_switchover_that_ends_at_home_delivers_on_the_home_link() {
     assert_eq!(h.accounting().held, 1, "now waiting for the VM's MAC");
     let vm_mac = [0x52, 0x54, 0, 0, 0, 0x50];
     h.worker.lookup.neighbors.push((VM.into(), vm_mac));
-    after_poll_interval(&mut h);
+    next_turn(&mut h);
     let wire = h.q().take_wire(Side::Lan);
     assert_eq!(wire.len(), 1);
     check_decapsulated(&wire[0], &datagram.datagram(), vm_mac);
@@ -767,10 +766,7 @@ fn a_switchover_buffer_is_bounded_and_a_lost_one_expires() {
     assert_eq!((c.switchover_held, c.switchover_buffer_full), (16, 1));
     h.assert_conserved();
     h.worker.started -= Duration::from_nanos(SWITCHOVER_MAX_WAIT_NS);
-    // A batch (4) a turn.
-    for _ in 0..4 {
-        after_poll_interval(&mut h);
-    }
+    next_turn(&mut h);
     let c = h.counters();
     assert_eq!(c.switchover_expired, 16);
     assert_eq!(
