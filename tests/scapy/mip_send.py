@@ -9,9 +9,12 @@ Usage: mip_send.py --ha A --home A --coa A --spi N --key HEX
                    [--alg sha256|md5] [--lifetime S] [--flags N]
                    [--id-offset SECONDS] [--flip BIT] [--raw HEX]
                    [--reply-key HEX] [--ha-field A] [--timeout S]
+                   [--switchover]
 --raw sends those exact bytes instead (a replay); --flip flips one bit of
 the built request; --reply-key checks the reply's authenticator with
-another key than --key (for forged requests)."""
+another key than --key (for forged requests); --switchover adds homeward's
+switchover extension (RFC 3115 CVSE, type 38, long format: vendor 32473,
+CVSE type 1, no value) before the authenticator."""
 
 import argparse
 import hmac
@@ -22,6 +25,9 @@ import time
 
 NTP_UNIX_OFFSET = 2208988800
 MH_AUTH = 32
+CVSE = 38
+HOMEWARD_PEN = 32473
+CVSE_SWITCHOVER = 1
 TAG_LEN = {"sha256": 32, "md5": 16}
 
 
@@ -48,6 +54,7 @@ def main():
     p.add_argument("--raw")
     p.add_argument("--reply-key")
     p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("--switchover", action="store_true")
     a = p.parse_args()
     key = bytes.fromhex(a.key)
     reply_key = bytes.fromhex(a.reply_key) if a.reply_key else key
@@ -67,6 +74,9 @@ def main():
             socket.inet_aton(a.coa),
             ident,
         )
+        if a.switchover:
+            # Type, reserved, 16-bit length of what follows, vendor, type.
+            fixed += struct.pack("!BBHIH", CVSE, 0, 6, HOMEWARD_PEN, CVSE_SWITCHOVER)
         head = fixed + struct.pack("!BBI", MH_AUTH, 4 + TAG_LEN[a.alg], a.spi)
         request = head + hmac.new(key, head, a.alg).digest()
         if a.flip is not None:

@@ -705,3 +705,49 @@ fn cpu_seconds(pid: u32) -> f64 {
     // /proc reports in USER_HZ, 100 on every architecture homeward runs on.
     ticks / 100.0
 }
+
+/// Make before break, the home agent's side, with a request built by
+/// Python: a switchover from the VM's home hypervisor holds what the client
+/// sends the VM (nothing reaches the foreign host); the destination's
+/// registration releases all of it into the new tunnel.
+#[test]
+fn a_switchover_holds_the_vms_traffic_until_the_destination_registers() {
+    require_root();
+    let lab = Topology::home_agent_lab("rsw");
+    let f = files();
+    let ha = start(&lab, &f, &[]);
+    // From hypervisor A on the home network: its address as care-of.
+    let v = send(&lab, &vm_args(&["--switchover", "--coa", "192.0.2.20"]));
+    assert_eq!(code(&v), Some(0), "{v}");
+    assert_eq!(v["reply"]["lifetime"], 10, "the hold is capped: {v}");
+    assert_eq!(v["reply"]["auth_ok"], true, "{v}");
+    let b = ha.binding("192.0.2.50").expect("a held binding");
+    assert_eq!(b["care_of"], "0.0.0.0", "{b}");
+
+    let cap = Capture::start(&lab.foreign, &lab.foreign_wan.name, "ip proto 4");
+    let sent = lab
+        .client
+        .send_udp(&UdpSend::new(lab.vm_home, 9, 32).repeat(5, Duration::from_millis(20)));
+    assert_eq!(sent.sent(), 5, "{sent:?}");
+    let held = ha.wait_stats(Duration::from_secs(3), |s| {
+        s["counters"]["switchover_held"].as_u64() == Some(5)
+    });
+    assert_eq!(held["counters"]["switchover_held"], 5, "{held}");
+    assert_eq!(held["counters"]["encapsulated"], 0, "{held}");
+
+    // The destination registers: everything held goes into its tunnel.
+    let v = send(&lab, &vm_args(&["--id-offset", "1"]));
+    assert_eq!(code(&v), Some(0), "{v}");
+    let done = ha.wait_stats(Duration::from_secs(3), |s| {
+        s["counters"]["switchover_released"].as_u64() == Some(5)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let packets = homeward_tests::decode_ipip(&cap.stop()).packets;
+    assert_eq!(packets.len(), 5, "{packets:#?}\n{done}");
+    assert!(packets.iter().all(|p| p.outer.dst == lab.care_of));
+    assert_eq!(done["counters"]["encapsulated"], 5, "{done}");
+    assert_eq!(done["drops"]["switchover_buffer_full"], 0, "{done}");
+    assert_eq!(done["drops"]["switchover_expired"], 0, "{done}");
+    assert_eq!(ha.binding("192.0.2.50").unwrap()["care_of"], "198.51.100.2");
+    stop_clean(ha);
+}
