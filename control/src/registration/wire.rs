@@ -888,4 +888,3 @@ mod tests {
         assert!(!is_switchover(cut, REQUEST_LEN));
     }
 }
-
