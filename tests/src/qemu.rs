@@ -627,7 +627,18 @@ pub struct MigrateOptions {
     pub verify_disk: bool,
     /// Give up (panic) after this long.
     pub timeout: Duration,
+    /// Enable QEMU's `pause-before-switchover` on the source: it stops the
+    /// VM, then waits in `pre-switchover` for a `migrate-continue`, which
+    /// the source's homeward agent sends once the home agent holds the
+    /// VM's traffic. The lab does not send it, unless the source waits
+    /// longer than [`LAB_CONTINUE_AFTER`] (no agent): then it does, and
+    /// says so in [`MigrationReport::continued_by_lab`].
+    pub pause_before_switchover: bool,
 }
+
+/// How long [`Vm::migrate_to`] leaves a source in `pre-switchover` to
+/// someone else before it sends `migrate-continue` itself.
+pub const LAB_CONTINUE_AFTER: Duration = Duration::from_secs(3);
 
 impl Default for MigrateOptions {
     fn default() -> MigrateOptions {
@@ -636,6 +647,7 @@ impl Default for MigrateOptions {
             downtime_limit_ms: None,
             verify_disk: true,
             timeout: Duration::from_secs(90),
+            pause_before_switchover: false,
         }
     }
 }
@@ -678,6 +690,13 @@ pub struct MigrationReport {
     /// Wall time of the whole [`Vm::migrate_to`] (destination start to
     /// source quit).
     pub wall: Duration,
+    /// With `pause_before_switchover`: how long the source sat in
+    /// `pre-switchover` (QEMU's MIGRATION event timestamps, pre-switchover
+    /// to device).
+    pub pre_switchover: Option<Duration>,
+    /// With `pause_before_switchover`: nobody sent `migrate-continue`
+    /// within [`LAB_CONTINUE_AFTER`], so the lab did.
+    pub continued_by_lab: bool,
 }
 
 impl MigrationReport {
@@ -688,7 +707,7 @@ impl MigrationReport {
                 .unwrap_or_else(|| "-".into())
         };
         format!(
-            "storage={} status={} total={} ms downtime={} ms (QEMU) guest_paused={} (STOP->RESUME) setup={} ms ram={} KiB mirror_sync={} disks_identical={:?} (compare {}) wall={:.2} s",
+            "storage={} status={} total={} ms downtime={} ms (QEMU) guest_paused={} (STOP->RESUME) setup={} ms ram={} KiB mirror_sync={} disks_identical={:?} (compare {}) pre_switchover={}{} wall={:.2} s",
             self.storage,
             self.status,
             self.total_time_ms,
@@ -699,6 +718,12 @@ impl MigrationReport {
             ms(self.mirror_sync),
             self.disks_identical,
             ms(Some(self.verify_time)),
+            ms(self.pre_switchover),
+            if self.continued_by_lab {
+                " (continued by the lab)"
+            } else {
+                ""
+            },
             self.wall.as_secs_f64()
         )
     }
@@ -809,7 +834,17 @@ impl Vm {
         let src = self.qemu.as_mut().expect("the VM has a QEMU");
 
         let caps = json!({"capabilities": [{"capability": "events", "state": true}]});
-        src.qmp.run("migrate-set-capabilities", caps.clone());
+        if opts.pause_before_switchover {
+            src.qmp.run(
+                "migrate-set-capabilities",
+                json!({"capabilities": [
+                    {"capability": "events", "state": true},
+                    {"capability": "pause-before-switchover", "state": true}
+                ]}),
+            );
+        } else {
+            src.qmp.run("migrate-set-capabilities", caps.clone());
+        }
         dst.qmp.run("migrate-set-capabilities", caps);
         let mut params = serde_json::Map::new();
         if let Some(bw) = opts.max_bandwidth {
@@ -863,11 +898,28 @@ impl Vm {
             json!({"uri": format!("unix:{}", path_str(&mig_sock))}),
         );
         let deadline = Instant::now() + opts.timeout;
+        let mut paused_since: Option<Instant> = None;
+        let mut continued_by_lab = false;
         let info = loop {
             let info = src.query_migrate();
             let status = info["status"].as_str().unwrap_or("?").to_string();
             if status == "completed" {
                 break info;
+            }
+            if status == "pre-switchover" && !continued_by_lab {
+                // The agent continues it; if nobody does, the lab must.
+                let since = *paused_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > LAB_CONTINUE_AFTER {
+                    continued_by_lab = true;
+                    // The agent may have just done so: QEMU refuses a
+                    // second one, which is fine.
+                    if let Err(e) = src
+                        .qmp
+                        .execute("migrate-continue", json!({"state": "pre-switchover"}))
+                    {
+                        eprintln!("lab migrate-continue: {e}");
+                    }
+                }
             }
             if status == "failed" || status == "cancelled" {
                 panic!(
@@ -924,6 +976,16 @@ impl Vm {
             .iter()
             .find(|e| e.name == "STOP")
             .map(|e| e.timestamp);
+        let migration_at = |status: &str| {
+            src.qmp.events()[src_mark..]
+                .iter()
+                .find(|e| e.name == "MIGRATION" && e.data["status"] == status)
+                .map(|e| e.timestamp)
+        };
+        let pre_switchover = migration_at("pre-switchover").and_then(|p| {
+            let device = migration_at("device")?;
+            device.duration_since(p).ok()
+        });
         let num = |v: &Value| v.as_u64().unwrap_or(0);
         let report = MigrationReport {
             storage: self.storage.kind(),
@@ -943,6 +1005,8 @@ impl Vm {
             mirror_sync,
             disks_identical,
             wall: Duration::ZERO,
+            pre_switchover,
+            continued_by_lab,
         };
         let old = self.qemu.replace(dst).expect("the VM had a QEMU");
         old.quit();

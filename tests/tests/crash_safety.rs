@@ -113,6 +113,7 @@ impl Registrar {
             reverse_tunnel: true,
             spi: SPI,
             vm_mac: None,
+            switchover: false,
         };
         self.tx.send(p).expect("registrar thread");
         match self.rx.recv().expect("registrar thread") {

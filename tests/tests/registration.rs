@@ -644,6 +644,7 @@ fn a_forged_flood_does_not_starve_honest_registrations() {
             reverse_tunnel: true,
             spi: 256,
             vm_mac: None,
+            switchover: false,
         };
         let start = std::time::Instant::now();
         let mut results = Vec::new();

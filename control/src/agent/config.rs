@@ -83,12 +83,19 @@ pub struct AgentFile {
     pub tunnel_mtu: Option<u16>,
     /// TCP MSS clamping for SYNs crossing the tunnel (default on).
     pub mss_clamp: Option<bool>,
+    /// Longest hold asked of the home agent in a switchover (make before
+    /// break), seconds; 0: no switchovers.
+    #[serde(default = "default_switchover_hold")]
+    pub switchover_hold: u16,
     #[serde(default)]
     pub vm: Vec<VmFile>,
 }
 
 fn default_lifetime() -> u16 {
     60
+}
+fn default_switchover_hold() -> u16 {
+    super::lifecycle::DEFAULT_SWITCHOVER_HOLD
 }
 fn default_true() -> bool {
     true
@@ -158,6 +165,8 @@ pub struct AgentConfig {
     pub tunnel_mtu: u16,
     /// Clamp the MSS of TCP SYNs to `tunnel_mtu - 60`.
     pub mss_clamp: bool,
+    /// The switchover's lifetime, seconds; 0: none sent.
+    pub switchover_hold: u16,
 }
 
 impl AgentConfig {
@@ -307,6 +316,7 @@ impl AgentConfig {
             vms,
             tunnel_mtu,
             mss_clamp: args.mss_clamp.or(file.mss_clamp).unwrap_or(true),
+            switchover_hold: file.switchover_hold,
         })
     }
 }
@@ -387,6 +397,15 @@ qmp = "/run/homeward/db1.qmp"
             ]
         );
         assert_eq!(c.socket, PathBuf::from(DEFAULT_AGENT_SOCKET));
+    }
+
+    #[test]
+    fn switchover_hold_defaults_to_5_s_and_0_turns_it_off() {
+        let c = AgentConfig::merge(&args(), AgentFile::parse(EXAMPLE).unwrap()).unwrap();
+        assert_eq!(c.switchover_hold, 5);
+        let text = format!("switchover_hold = 0\n{EXAMPLE}");
+        let c = AgentConfig::merge(&args(), AgentFile::parse(&text).unwrap()).unwrap();
+        assert_eq!(c.switchover_hold, 0);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! `homeward agent`: the foreign agent on a hypervisor. Watches each
 //! configured VM's QEMU through QMP, turns the data path on for VMs running
 //! here away from home, and keeps their registrations with the home agent
-//! fresh; deregisters VMs that run at home again.
+//! fresh; deregisters VMs that run at home again. As the source of a
+//! migration it asks the home agent to hold the VM's traffic from the
+//! moment the VM stops here until the destination registers (switchover),
+//! and lets a migration paused before switchover go on.
 //!
 //! Threads: one QMP watcher and one registration thread per VM, the control
 //! socket's acceptor, the data path's workers. The loop here is the only
@@ -35,11 +38,11 @@ use crate::proto::{format_mac, Reply, Request};
 use crate::registration::{KeyFile, RegistrationClient, RegistrationError, RegistrationParams};
 use config::{AgentArgs, AgentConfig, AgentFile, VmConfig};
 use datapath::{DataPath, DataPathConfig};
-use lifecycle::{Action, Input, Lifecycle, Outcome};
+use lifecycle::{Action, Input, Lifecycle, Outcome, SwitchoverState};
 use qmp::{EventKind, Timestamp};
 use registrar::{Done, Job};
 use server::ControlSocket;
-use watch::Watch;
+use watch::{CommandSlot, Watch};
 
 /// What the loop needs from the data path; the real one is [`DataPath`],
 /// tests use a recorder.
@@ -93,6 +96,14 @@ struct Counters {
     errors: u64,
     /// Answers to requests already superseded.
     stale: u64,
+    /// Switchover requests sent (source of a migration).
+    switchovers_sent: u64,
+    /// Switchovers the home agent confirmed: it held the VM's traffic.
+    switchovers_held: u64,
+    /// Switchovers denied, failed or unanswered (late answers included).
+    switchovers_unconfirmed: u64,
+    /// `migrate-continue` commands sent to QEMU.
+    continues_sent: u64,
 }
 
 /// One served VM as the loop sees it.
@@ -106,6 +117,15 @@ struct Vm {
     last_latency: Option<Duration>,
     last_round_trip: Option<Duration>,
     last_error: Option<String>,
+    /// The VM's QMP session, to send `migrate-continue` on.
+    qmp: CommandSlot,
+    /// QEMU's timestamp of the last STOP: the start of stop-to-switchover.
+    stopped_at: Option<Timestamp>,
+    /// From QEMU's STOP to the home agent's confirmation of the last
+    /// switchover.
+    last_stop_to_switchover: Option<Duration>,
+    /// Round trip of the last confirmed switchover.
+    last_switchover_round_trip: Option<Duration>,
 }
 
 /// The agent's state, separate from its threads so tests can drive it.
@@ -126,13 +146,18 @@ impl<D: Serving> Agent<D> {
             .iter()
             .zip(jobs)
             .map(|(v, jobs)| Vm {
-                life: Lifecycle::new(v.in_home_subnet(config.address), config.lifetime),
+                life: Lifecycle::new(v.in_home_subnet(config.address), config.lifetime)
+                    .with_switchover_hold(config.switchover_hold),
                 cfg: v.clone(),
                 jobs,
                 resumed_at: None,
                 last_latency: None,
                 last_round_trip: None,
                 last_error: None,
+                qmp: CommandSlot::default(),
+                stopped_at: None,
+                last_stop_to_switchover: None,
+                last_switchover_round_trip: None,
             })
             .collect();
         Agent {
@@ -164,6 +189,13 @@ impl<D: Serving> Agent<D> {
                 tracing::info!(vm = %name, "QMP disconnected: {reason}");
                 Input::Disconnected
             }
+            Watch::Answer(a) => {
+                match a.error {
+                    None => tracing::debug!(vm = %name, id = %a.id, "QMP command done"),
+                    Some(e) => tracing::warn!(vm = %name, id = %a.id, "QMP command failed: {e}"),
+                }
+                return;
+            }
             Watch::Event(e) => {
                 let qemu_time = e.timestamp.display();
                 match e.kind {
@@ -174,6 +206,7 @@ impl<D: Serving> Agent<D> {
                     }
                     EventKind::Stop => {
                         tracing::info!(vm = %name, qemu_time, "VM stopped");
+                        vm.stopped_at = Some(e.timestamp);
                         Input::Stopped
                     }
                     EventKind::Migration { status } => {
@@ -203,6 +236,9 @@ impl<D: Serving> Agent<D> {
 
     /// A registration thread's answer.
     fn on_done(&mut self, now: Instant, d: Done) {
+        if d.params.switchover {
+            return self.on_switchover_done(now, d);
+        }
         let Some(vm) = self.vms.get_mut(d.index) else {
             return;
         };
@@ -301,6 +337,71 @@ impl<D: Serving> Agent<D> {
         self.apply(d.index, actions);
     }
 
+    /// The answer to a switchover: logged, timed, handed to the lifecycle
+    /// (which may let the migration go on).
+    fn on_switchover_done(&mut self, now: Instant, d: Done) {
+        let Some(vm) = self.vms.get_mut(d.index) else {
+            return;
+        };
+        let name = vm.cfg.name.as_str();
+        // Late: the migration went on without it, or is over.
+        let late = !vm.life.wants_switchover(d.seq);
+        let outcome = match &d.result {
+            Ok(r) if r.lifetime > 0 => {
+                self.counters.switchovers_held += 1;
+                let stop_to_switchover = vm
+                    .stopped_at
+                    .and_then(Timestamp::to_system_time)
+                    .and_then(|t| d.at.duration_since(t).ok());
+                vm.last_stop_to_switchover = stop_to_switchover;
+                vm.last_switchover_round_trip = Some(r.round_trip);
+                tracing::info!(
+                    vm = %name,
+                    home_agent = %d.params.home_agent,
+                    code = r.code,
+                    round_trip_ms = ms(r.round_trip),
+                    stop_to_switchover_ms = stop_to_switchover.map(ms),
+                    late,
+                    "home agent holds VM traffic (lifetime {} s)",
+                    r.lifetime
+                );
+                Outcome::Accepted {
+                    lifetime: r.lifetime,
+                }
+            }
+            result => {
+                self.counters.switchovers_unconfirmed += 1;
+                let (why, outcome) = match result {
+                    Ok(_) => ("accepted with lifetime 0".to_string(), Outcome::Failed),
+                    Err(e @ RegistrationError::Denied { code, .. }) => {
+                        (e.to_string(), Outcome::Denied { code: *code })
+                    }
+                    Err(e) => (e.to_string(), Outcome::Failed),
+                };
+                tracing::info!(
+                    vm = %name,
+                    home_agent = %d.params.home_agent,
+                    late,
+                    "switchover not confirmed: {why}"
+                );
+                outcome
+            }
+        };
+        let actions = vm.life.handle(
+            now,
+            Input::Switchover {
+                seq: d.seq,
+                outcome,
+            },
+        );
+        self.apply(d.index, actions);
+    }
+
+    /// Each VM's QMP command slot, for its watcher.
+    fn command_slots(&self) -> Vec<CommandSlot> {
+        self.vms.iter().map(|v| v.qmp.clone()).collect()
+    }
+
     /// Re-registrations and retries that came due.
     fn tick(&mut self, now: Instant) {
         for i in 0..self.vms.len() {
@@ -344,6 +445,7 @@ impl<D: Serving> Agent<D> {
                         reverse_tunnel: self.reverse_tunnel,
                         spi: c.spi,
                         vm_mac: Some(c.mac),
+                        switchover: false,
                     };
                     let _ = vm.jobs.send(Job { seq, params });
                 }
@@ -362,9 +464,56 @@ impl<D: Serving> Agent<D> {
                         // the VM's MAC even if the binding has none (made
                         // by an older agent, say).
                         vm_mac: Some(c.mac),
+                        switchover: false,
                     };
                     let _ = vm.jobs.send(Job { seq, params });
                 }
+                Action::Switchover { seq, lifetime } => {
+                    self.counters.switchovers_sent += 1;
+                    // A Registration Request for the home address, marked
+                    // by the (authenticated) switchover extension: care-of
+                    // is us, for information; the lifetime is the hold.
+                    let params = RegistrationParams {
+                        home_address: c.home_address,
+                        home_agent: c.home_agent,
+                        care_of: self.address,
+                        lifetime,
+                        reverse_tunnel: false,
+                        spi: c.spi,
+                        vm_mac: Some(c.mac),
+                        switchover: true,
+                    };
+                    let stop_to_sent = vm
+                        .stopped_at
+                        .and_then(Timestamp::to_system_time)
+                        .and_then(|t| SystemTime::now().duration_since(t).ok());
+                    tracing::info!(
+                        vm = %c.name,
+                        home_agent = %c.home_agent,
+                        hold_s = lifetime,
+                        stop_to_sent_ms = stop_to_sent.map(ms),
+                        "switchover sent"
+                    );
+                    let _ = vm.jobs.send(Job { seq, params });
+                }
+                Action::Continue => match watch::commander(&vm.qmp) {
+                    Some(q) => {
+                        let args = json!({ "state": "pre-switchover" });
+                        match q.send("migrate-continue", Some(args)) {
+                            Ok(id) => {
+                                self.counters.continues_sent += 1;
+                                tracing::info!(vm = %c.name, %id, "migrate-continue sent");
+                            }
+                            Err(e) => {
+                                tracing::warn!(vm = %c.name, "cannot send migrate-continue: {e}")
+                            }
+                        }
+                    }
+                    None => tracing::warn!(
+                        vm = %c.name,
+                        "cannot send migrate-continue: QMP is not connected"
+                    ),
+                },
             }
         }
     }
@@ -396,6 +545,21 @@ impl<D: Serving> Agent<D> {
             .sample(vec![label("outcome", "timeout")], c.timeouts)
             .sample(vec![label("outcome", "error")], c.errors)
             .sample(vec![label("outcome", "stale")], c.stale);
+        x.counter(
+            "switchovers",
+            "Switchover requests sent as the source of a migration, and their outcomes.",
+        )
+        .sample(vec![label("outcome", "sent")], c.switchovers_sent)
+        .sample(vec![label("outcome", "held")], c.switchovers_held)
+        .sample(
+            vec![label("outcome", "unconfirmed")],
+            c.switchovers_unconfirmed,
+        );
+        x.counter(
+            "migrate_continues_sent",
+            "migrate-continue commands sent to QEMU (pause-before-switchover).",
+        )
+        .sample(vec![], c.continues_sent);
         x
     }
 
@@ -453,6 +617,13 @@ impl<D: Serving> Agent<D> {
                     "last_error": v.last_error,
                     "resume_to_registered_ms": v.last_latency.map(ms),
                     "round_trip_ms": v.last_round_trip.map(ms),
+                    "switchover": v.life.switchover().map(|s| match s {
+                        SwitchoverState::Waiting { .. } => "waiting",
+                        SwitchoverState::Held => "held",
+                        SwitchoverState::Unconfirmed => "unconfirmed",
+                    }),
+                    "stop_to_switchover_ms": v.last_stop_to_switchover.map(ms),
+                    "switchover_round_trip_ms": v.last_switchover_round_trip.map(ms),
                 })
             })
             .collect();
@@ -593,9 +764,17 @@ pub fn run(args: &AgentArgs) -> Result<Vec<FrameAccounting>, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let (watch_tx, watch_rx) = channel::unbounded();
     let mut watchers = Vec::new();
-    for (i, vm) in config.vms.iter().enumerate() {
-        let t = watch::spawn(i, &vm.name, vm.qmp.clone(), watch_tx.clone(), stop.clone())
-            .map_err(|e| Error::Daemon(format!("cannot start a QMP watcher: {e}")))?;
+    let slots = agent.command_slots();
+    for ((i, vm), slot) in config.vms.iter().enumerate().zip(slots) {
+        let t = watch::spawn(
+            i,
+            &vm.name,
+            vm.qmp.clone(),
+            watch_tx.clone(),
+            stop.clone(),
+            slot,
+        )
+        .map_err(|e| Error::Daemon(format!("cannot start a QMP watcher: {e}")))?;
         watchers.push(t);
     }
     tracing::info!(

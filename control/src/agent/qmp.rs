@@ -1,14 +1,18 @@
 //! A small QMP client: line-delimited JSON over QEMU's `-qmp unix:` socket.
 //!
 //! Only what the agent needs: the greeting, `qmp_capabilities`,
-//! `query-status`, and the event stream. Replies are matched by `id`, so an
-//! event that arrives while a command is pending is queued, not lost.
+//! `query-status`, and the event stream; and, from another thread through a
+//! [`Commander`], commands whose answers come back in that stream
+//! (`migrate-continue`). Replies are matched by `id`, so an event that
+//! arrives while a command is pending is queued, not lost.
 //! Nothing QEMU sends can make this panic: bad input is a [`QmpError`].
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
@@ -91,6 +95,26 @@ pub struct Event {
     pub kind: EventKind,
     pub timestamp: Timestamp,
 }
+
+/// QEMU's answer to a command sent through a [`Commander`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The id [`Commander::send`] returned.
+    pub id: String,
+    /// `None`: it succeeded; else QEMU's error class and description.
+    pub error: Option<String>,
+}
+
+/// What the event stream carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Event(Event),
+    Answer(Answer),
+}
+
+/// The ids of [`Commander`] commands start with this; the session's own
+/// commands have numbers.
+const COMMANDER_ID: &str = "homeward-";
 
 /// `query-status`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -176,13 +200,63 @@ fn parse(line: &[u8]) -> Result<Message, QmpError> {
     ))
 }
 
+/// The answer to a [`Commander`]'s command, if `m` is one.
+fn commander_answer(m: Message) -> Option<Answer> {
+    let (id, error) = match m {
+        Message::Return { id, .. } => (id, None),
+        Message::Error { id, class, desc } => (id, Some(format!("{class}: {desc}"))),
+        Message::Greeting | Message::Event(_) => return None,
+    };
+    match id {
+        Some(Value::String(id)) if id.starts_with(COMMANDER_ID) => Some(Answer { id, error }),
+        _ => None,
+    }
+}
+
+/// Sends commands on a session's socket without waiting for their answers
+/// (the watcher reading the session reports them). Cloned handles share
+/// the numbering. Each command is one `write` of one line.
+#[derive(Debug, Clone)]
+pub struct Commander {
+    stream: Arc<UnixStream>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Commander {
+    /// A commander on `stream` (a QMP session someone else reads).
+    pub fn new(stream: UnixStream) -> Commander {
+        Commander {
+            stream: Arc::new(stream),
+            next_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Sends `command`; returns its id (`homeward-N`). The socket's write
+    /// timeout ([`COMMAND_TIMEOUT`]) bounds it if QEMU stops reading.
+    pub fn send(&self, command: &str, arguments: Option<Value>) -> Result<String, QmpError> {
+        let id = format!(
+            "{COMMANDER_ID}{}",
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut msg = json!({ "execute": command, "id": id });
+        if let Some(a) = arguments {
+            msg["arguments"] = a;
+        }
+        let mut line = msg.to_string();
+        line.push('\n');
+        (&*self.stream).write_all(line.as_bytes())?;
+        Ok(id)
+    }
+}
+
 /// A connected QMP session, capabilities negotiated.
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     /// Bytes of a line not yet complete when a read timed out.
     partial: Vec<u8>,
-    /// Events that arrived while a command waited for its reply.
-    queued: VecDeque<Event>,
+    /// Events (and answers to a [`Commander`]) that arrived while a
+    /// command waited for its reply.
+    queued: VecDeque<Incoming>,
     next_id: u64,
 }
 
@@ -235,7 +309,7 @@ impl Qmp {
         loop {
             match self.read_message()? {
                 None => return Err(QmpError::Io(ErrorKind::TimedOut.into())),
-                Some(Message::Event(e)) => self.queued.push_back(e),
+                Some(Message::Event(e)) => self.queued.push_back(Incoming::Event(e)),
                 Some(Message::Return { id: rid, value }) if rid == Some(json!(id)) => {
                     return Ok(value)
                 }
@@ -250,15 +324,39 @@ impl Qmp {
                         desc,
                     })
                 }
-                // A reply to someone else's command or a stray greeting.
-                Some(_) => {}
+                Some(m) => {
+                    // A commander's answer, a reply to a command that timed
+                    // out, or a stray greeting.
+                    if let Some(a) = commander_answer(m) {
+                        self.queued.push_back(Incoming::Answer(a));
+                    }
+                }
             }
         }
     }
 
+    /// A handle that sends commands on this session's socket from another
+    /// thread; their answers come out of [`Qmp::next`].
+    pub fn commander(&self) -> Result<Commander, QmpError> {
+        Ok(Commander::new(self.reader.get_ref().try_clone()?))
+    }
+
     /// The next event; `Ok(None)` if none arrived within `wait`, so the
     /// caller can check whether it should stop. `Err(Closed)` at EOF.
+    /// Answers to a [`Commander`]'s commands are skipped.
     pub fn next_event(&mut self, wait: Duration) -> Result<Option<Event>, QmpError> {
+        loop {
+            match self.next(wait)? {
+                None => return Ok(None),
+                Some(Incoming::Event(e)) => return Ok(Some(e)),
+                Some(Incoming::Answer(_)) => {}
+            }
+        }
+    }
+
+    /// The next event or answer to a [`Commander`]'s command; `Ok(None)`
+    /// if none arrived within `wait`. `Err(Closed)` at EOF.
+    pub fn next(&mut self, wait: Duration) -> Result<Option<Incoming>, QmpError> {
         if let Some(e) = self.queued.pop_front() {
             return Ok(Some(e));
         }
@@ -268,9 +366,13 @@ impl Qmp {
         loop {
             match self.read_message()? {
                 None => return Ok(None),
-                Some(Message::Event(e)) => return Ok(Some(e)),
-                // Late replies to commands that timed out: nothing to do.
-                Some(_) => {}
+                Some(Message::Event(e)) => return Ok(Some(Incoming::Event(e))),
+                Some(m) => {
+                    if let Some(a) = commander_answer(m) {
+                        return Ok(Some(Incoming::Answer(a)));
+                    }
+                    // Late replies to commands that timed out: nothing to do.
+                }
             }
         }
     }
@@ -581,5 +683,99 @@ mod tests {
         // Huge but well-formed: an answer either way, never a panic.
         let _ = t(i64::MAX, 999_999).to_system_time();
         assert_eq!(t(0, 0).to_system_time(), Some(UNIX_EPOCH));
+    }
+
+    #[test]
+    fn a_commander_sends_from_another_handle_and_its_answers_come_with_the_events() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let t = thread::spawn(move || {
+            let mut w = theirs.try_clone().unwrap();
+            let mut r = BufReader::new(theirs);
+            writeln!(w, "{GREETING}").unwrap();
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                let mut l = String::new();
+                r.read_line(&mut l).unwrap();
+                let cmd: Value = serde_json::from_str(&l).unwrap();
+                match cmd["execute"].as_str().unwrap() {
+                    "migrate-continue" if cmd["id"] == "homeward-1" => {
+                        w.write_all(ev("MIGRATION", r#"{"status": "device"}"#, 1, 2).as_bytes())
+                            .unwrap();
+                        w.write_all(ret(&cmd, "{}").as_bytes()).unwrap();
+                    }
+                    "migrate-continue" => writeln!(
+                        w,
+                        r#"{{"error": {{"class": "GenericError", "desc": "not paused"}}, "id": {}}}"#,
+                        cmd["id"]
+                    )
+                    .unwrap(),
+                    "query-status" => {
+                        // A commander's answer overtakes this reply.
+                        w.write_all(ret(&json!({"id": "homeward-9"}), "{}").as_bytes())
+                            .unwrap();
+                        w.write_all(
+                            ret(&cmd, r#"{"status": "paused", "running": false}"#).as_bytes(),
+                        )
+                        .unwrap();
+                    }
+                    _ => w.write_all(ret(&cmd, "{}").as_bytes()).unwrap(),
+                }
+                seen.push(cmd);
+            }
+            seen
+        });
+        let mut q = Qmp::handshake(ours).unwrap();
+        let c = q.commander().unwrap();
+        let arg = json!({"state": "pre-switchover"});
+        assert_eq!(
+            c.clone()
+                .send("migrate-continue", Some(arg.clone()))
+                .unwrap(),
+            "homeward-1"
+        );
+        let w = Duration::from_secs(2);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            got.extend(q.next(w).unwrap());
+        }
+        assert_eq!(
+            got[0],
+            Incoming::Event(Event {
+                kind: EventKind::Migration {
+                    status: "device".into()
+                },
+                timestamp: Timestamp {
+                    seconds: 1,
+                    microseconds: 2
+                }
+            })
+        );
+        assert_eq!(
+            got[1],
+            Incoming::Answer(Answer {
+                id: "homeward-1".into(),
+                error: None
+            })
+        );
+        assert_eq!(c.send("migrate-continue", None).unwrap(), "homeward-2");
+        let a = loop {
+            if let Some(a) = q.next(w).unwrap() {
+                break a;
+            }
+        };
+        assert_eq!(
+            a,
+            Incoming::Answer(Answer {
+                id: "homeward-2".into(),
+                error: Some("GenericError: not paused".into())
+            })
+        );
+        // An answer that arrives while the session waits for its own is
+        // queued, not lost.
+        assert!(!q.query_status().unwrap().running);
+        assert!(matches!(q.next(w).unwrap(), Some(Incoming::Answer(a)) if a.id == "homeward-9"));
+        let seen = t.join().unwrap();
+        assert_eq!(seen[1]["arguments"], arg);
+        assert!(seen[2].get("arguments").is_none());
     }
 }

@@ -69,6 +69,7 @@ fn agent(fail_serve: bool) -> (Agent<Recorder>, Vec<Receiver<Job>>) {
         vms: vec![vm("web1", WEB1, 256), vm("local1", LOCAL1, 257)],
         tunnel_mtu: 1500,
         mss_clamp: true,
+        switchover_hold: 5,
     };
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| channel::unbounded()).unzip();
     let dp = Recorder {
@@ -143,6 +144,7 @@ fn a_resume_away_serves_registers_and_measures_from_qemus_timestamp() {
             reverse_tunnel: true,
             spi: 256,
             vm_mac: Some([0x52, 0x54, 0, 0, 0, 0]),
+            switchover: false,
         }
     );
     assert_eq!(listed(&a, now, "web1")["state"], "registering");
@@ -301,4 +303,102 @@ fn shutdown_unserves_everything_and_unknown_indexes_are_ignored() {
     );
     a.unserve_all();
     assert_eq!(a.datapath.calls.last().unwrap(), "unserve 192.0.2.50");
+}
+
+#[test]
+fn the_source_of_a_migration_sends_a_switchover_then_migrate_continue() {
+    use std::io::{BufRead, BufReader};
+    let (mut a, jobs) = agent(false);
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    // The watcher's session: QEMU's end of it is `qemu`.
+    let (ours, qemu) = std::os::unix::net::UnixStream::pair().unwrap();
+    watch::put(&a.vms[0].qmp, Some(qmp::Commander::new(ours)));
+    a.on_watch(now, 0, status(true));
+    let reg = jobs[0].try_recv().unwrap();
+    a.on_done(now, accepted(0, &reg, 60, wall));
+    let migration = |s: &str| {
+        event(
+            EventKind::Migration { status: s.into() },
+            wall + Duration::from_millis(5),
+        )
+    };
+    a.on_watch(now, 0, migration("active"));
+    a.on_watch(now, 0, event(EventKind::Stop, wall));
+    let job = jobs[0].try_recv().unwrap();
+    assert_eq!(
+        job.params,
+        RegistrationParams {
+            home_address: WEB1,
+            home_agent: HA,
+            care_of: AGENT,
+            lifetime: 5,
+            reverse_tunnel: false,
+            spi: 256,
+            vm_mac: Some([0x52, 0x54, 0, 0, 0, 0]),
+            switchover: true,
+        }
+    );
+    a.on_watch(now, 0, migration("pre-switchover"));
+    assert_eq!(listed(&a, now, "web1")["switchover"], "waiting");
+    // Confirmed 3 ms after QEMU's STOP.
+    a.on_done(now, accepted(0, &job, 5, wall + Duration::from_millis(3)));
+    let mut line = String::new();
+    BufReader::new(&qemu).read_line(&mut line).unwrap();
+    let cmd: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(cmd["execute"], "migrate-continue");
+    assert_eq!(cmd["arguments"], json!({"state": "pre-switchover"}));
+    let v = listed(&a, now, "web1");
+    assert_eq!(v["switchover"], "held");
+    // QEMU's timestamps have microseconds.
+    let stop_to_switchover = v["stop_to_switchover_ms"].as_f64().unwrap();
+    assert!(
+        (stop_to_switchover - 3.0).abs() < 0.01,
+        "{stop_to_switchover}"
+    );
+    assert_eq!(v["switchover_round_trip_ms"], 2.5);
+    // The VM's own registration is untouched by the switchover's answer.
+    assert_eq!(v["state"], "registered");
+    assert_eq!(a.counters.accepted, 1);
+    let s = a.handle(now, Request::Stats {}).result.unwrap();
+    assert_eq!(s["registration"]["switchovers_sent"], 1);
+    assert_eq!(s["registration"]["switchovers_held"], 1);
+    assert_eq!(s["registration"]["continues_sent"], 1);
+    a.on_watch(now, 0, migration("completed"));
+    assert_eq!(a.datapath.calls.last().unwrap(), "unserve 192.0.2.50");
+    assert!(jobs[0].try_recv().is_err());
+}
+
+#[test]
+fn an_unanswered_switchover_still_lets_the_migration_go_on() {
+    let (mut a, jobs) = agent(false);
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    a.on_watch(now, 1, status(true));
+    let dereg = jobs[1].try_recv().unwrap();
+    a.on_done(now, accepted(1, &dereg, 0, wall));
+    let migration = |s: &str| event(EventKind::Migration { status: s.into() }, wall);
+    a.on_watch(now, 1, migration("active"));
+    a.on_watch(now, 1, event(EventKind::Stop, wall));
+    let job = jobs[1].try_recv().unwrap();
+    assert!(job.params.switchover);
+    // Not connected: the continue is logged as impossible, not a panic.
+    a.on_watch(now, 1, migration("pre-switchover"));
+    assert_eq!(a.next_deadline(), Some(now + lifecycle::SWITCHOVER_WAIT));
+    a.tick(now + lifecycle::SWITCHOVER_WAIT);
+    assert_eq!(listed(&a, now, "local1")["switchover"], "unconfirmed");
+    assert_eq!(a.counters.continues_sent, 0);
+    // The old home agent's silence arrives late.
+    a.on_done(
+        now,
+        Done {
+            index: 1,
+            seq: job.seq,
+            params: job.params,
+            result: Err(RegistrationError::Timeout),
+            at: wall,
+        },
+    );
+    assert_eq!(a.counters.switchovers_unconfirmed, 1);
+    assert_eq!(a.counters.timeouts, 0, "registration counters untouched");
 }

@@ -1,16 +1,35 @@
 //! One thread per VM watching its QEMU through QMP. QEMU may start after
 //! the agent, be restarted, or hand the socket to the next QEMU after a
 //! migration, so the watcher reconnects forever until told to stop.
+//!
+//! While connected it leaves a [`Commander`] for the session in the VM's
+//! [`CommandSlot`], so the agent's loop can send commands
+//! (`migrate-continue`) on the same socket; their answers come back here
+//! and are reported as [`Watch::Answer`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam::channel::Sender;
 
-use super::qmp::{Event, Qmp, Status};
+use super::qmp::{Answer, Commander, Event, Incoming, Qmp, Status};
+
+/// The connected session's [`Commander`], `None` while there is none.
+pub type CommandSlot = Arc<Mutex<Option<Commander>>>;
+
+/// Puts `c` into the slot (a poisoned lock is taken over: the value is a
+/// plain handle).
+pub fn put(slot: &CommandSlot, c: Option<Commander>) {
+    *slot.lock().unwrap_or_else(PoisonError::into_inner) = c;
+}
+
+/// A clone of the slot's commander.
+pub fn commander(slot: &CommandSlot) -> Option<Commander> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
 
 /// Pause between connection attempts while the socket is absent or refused.
 pub const RETRY: Duration = Duration::from_millis(100);
@@ -23,6 +42,8 @@ pub enum Watch {
     /// Connected and negotiated; QEMU's `query-status`.
     Connected(Status),
     Event(Event),
+    /// QEMU's answer to a command the loop sent through the slot.
+    Answer(Answer),
     /// The session ended (EOF or error); the reason for the log.
     Disconnected(String),
 }
@@ -34,14 +55,25 @@ pub fn spawn(
     path: PathBuf,
     tx: Sender<(usize, Watch)>,
     stop: Arc<AtomicBool>,
+    slot: CommandSlot,
 ) -> std::io::Result<JoinHandle<()>> {
     let vm = name.to_string();
     std::thread::Builder::new()
         .name(format!("qmp-{name}"))
-        .spawn(move || watch(index, &vm, &path, &tx, &stop))
+        .spawn(move || {
+            watch(index, &vm, &path, &tx, &stop, &slot);
+            put(&slot, None);
+        })
 }
 
-fn watch(index: usize, vm: &str, path: &Path, tx: &Sender<(usize, Watch)>, stop: &AtomicBool) {
+fn watch(
+    index: usize,
+    vm: &str,
+    path: &Path,
+    tx: &Sender<(usize, Watch)>,
+    stop: &AtomicBool,
+    slot: &CommandSlot,
+) {
     let mut waiting_logged = false;
     while !stop.load(Ordering::Relaxed) {
         let (mut qmp, status) = match Qmp::connect(path).and_then(|mut q| {
@@ -61,6 +93,13 @@ fn watch(index: usize, vm: &str, path: &Path, tx: &Sender<(usize, Watch)>, stop:
             }
         };
         waiting_logged = false;
+        match qmp.commander() {
+            Ok(c) => put(slot, Some(c)),
+            Err(e) => tracing::warn!(
+                vm,
+                "no QMP commander (migrate-continue cannot be sent): {e}"
+            ),
+        }
         if tx.send((index, Watch::Connected(status))).is_err() {
             return;
         }
@@ -68,16 +107,17 @@ fn watch(index: usize, vm: &str, path: &Path, tx: &Sender<(usize, Watch)>, stop:
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            match qmp.next_event(POLL) {
-                Ok(Some(e)) => {
-                    if tx.send((index, Watch::Event(e))).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => {}
+            let report = match qmp.next(POLL) {
+                Ok(Some(Incoming::Event(e))) => Watch::Event(e),
+                Ok(Some(Incoming::Answer(a))) => Watch::Answer(a),
+                Ok(None) => continue,
                 Err(e) => break e.to_string(),
+            };
+            if tx.send((index, report)).is_err() {
+                return;
             }
         };
+        put(slot, None);
         if tx.send((index, Watch::Disconnected(reason))).is_err() {
             return;
         }
@@ -125,7 +165,8 @@ mod tests {
         let path = dir.path().join("vm.qmp");
         let (tx, rx) = channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
-        let t = spawn(3, "web1", path.clone(), tx, stop.clone()).unwrap();
+        let slot = CommandSlot::default();
+        let t = spawn(3, "web1", path.clone(), tx, stop.clone(), slot.clone()).unwrap();
         // QEMU starts later than the agent.
         std::thread::sleep(Duration::from_millis(250));
         let listener = UnixListener::bind(&path).unwrap();
@@ -136,6 +177,7 @@ mod tests {
         assert!(matches!(&got[0].1, Watch::Connected(s) if !s.running));
         assert!(matches!(&got[1].1, Watch::Event(e) if e.kind == EventKind::Resume));
         assert!(matches!(&got[2].1, Watch::Disconnected(_)));
+        assert!(commander(&slot).is_none(), "no commander once disconnected");
         // QEMU restarted: a second session.
         session(&listener, true, &[]);
         let (_, m) = rx.recv_timeout(w).unwrap();
@@ -143,5 +185,6 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         drop(listener);
         t.join().unwrap();
+        assert!(commander(&slot).is_none());
     }
 }

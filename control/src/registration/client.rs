@@ -26,6 +26,12 @@ pub struct RegistrationParams {
     /// the authenticator, so it is covered) so the home agent can hand the
     /// address back in the VM's name even if it never saw the VM.
     pub vm_mac: Option<[u8; 6]>,
+    /// A switchover request (make before break): the source of a migration
+    /// asks the home agent to take the VM's traffic and hold it until the
+    /// destination registers; `lifetime` is the longest hold, `care_of` the
+    /// sender (informational). Carried as our critical vendor extension,
+    /// before the authenticator.
+    pub switchover: bool,
 }
 
 /// An accepted registration.
@@ -221,6 +227,9 @@ impl RegistrationClient {
         if let Some(mac) = p.vm_mac {
             wire::push_vm_mac(&mut out, mac);
         }
+        if p.switchover {
+            wire::push_switchover(&mut out);
+        }
         key.append_mh_auth(&mut out, p.spi);
         out
     }
@@ -289,6 +298,7 @@ key = "00112233445566778899aabbccddeeff"
             reverse_tunnel: true,
             spi: 256,
             vm_mac,
+            switchover: false,
         }
     }
 
@@ -322,5 +332,38 @@ key = "00112233445566778899aabbccddeeff"
         let r = Request::new_checked(&bytes[..]).unwrap();
         let kinds: Vec<u8> = r.extensions().map(|e| e.unwrap().kind).collect();
         assert_eq!(kinds, [wire::EXT_MH_AUTH]);
+    }
+
+    #[test]
+    fn a_switchover_request_carries_the_cvse_before_the_authenticator() {
+        let keys = KeyFile::parse(KEYS).unwrap();
+        let key = keys.get(256).unwrap().key.clone();
+        let mut c = RegistrationClient::new(Ipv4Addr::LOCALHOST, keys.clone()).unwrap();
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let p = RegistrationParams {
+            lifetime: 5,
+            switchover: true,
+            ..params(Some(mac))
+        };
+        let bytes = c.build(&p, &key);
+        let r = Request::new_checked(&bytes[..]).unwrap();
+        assert_eq!(r.lifetime(), 5);
+        let exts: Vec<_> = r.extensions().map(|e| e.unwrap()).collect();
+        let kinds: Vec<u8> = exts.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [wire::EXT_NVSE, wire::EXT_CVSE, wire::EXT_MH_AUTH],
+            "MAC, switchover, then the authenticator"
+        );
+        assert!(wire::is_our_cvse(&exts[1], wire::cvse_type::SWITCHOVER));
+        assert!(wire::is_switchover(&bytes, wire::REQUEST_LEN));
+        let auth = r.mh_auth().unwrap().unwrap();
+        // Long format: a 4-byte header, then vendor and type.
+        assert!(auth.covered.len() >= exts[1].offset + 4 + exts[1].data.len());
+        assert!(key.verify(auth.covered, auth.authenticator));
+        assert_eq!(wire::vm_mac(&bytes, wire::REQUEST_LEN), Ok(Some(mac)));
+        // A plain registration has none.
+        let bytes = c.build(&params(Some(mac)), &key);
+        assert!(!wire::is_switchover(&bytes, wire::REQUEST_LEN));
     }
 }

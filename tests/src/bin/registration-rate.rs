@@ -130,6 +130,7 @@ fn run(args: &Args, clients: u32) -> (f64, Duration) {
                         reverse_tunnel: true,
                         spi: 256,
                         vm_mac: None,
+                        switchover: false,
                     };
                     client
                         .register(&p, Duration::from_secs(5), 8)
