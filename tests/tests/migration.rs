@@ -190,24 +190,35 @@ fn migration_with_shared_storage_and_with_block_mirroring() {
     }
 }
 
-/// One migration of `vm` to `tap` on `to` during a download: the stream
-/// must stay clean. Returns (client-observed max gap, QEMU stop -> resume,
-/// resume -> the client's data again), ms.
+/// One migration of `vm` to `tap` on `to` during a download from `lab`'s
+/// client: the stream must stay clean. Returns (client-observed max gap,
+/// QEMU stop -> resume, resume -> the client's data again), ms.
 #[track_caller]
 fn outage(
     lab: &MigrationLab,
     vm: &mut homeward_tests::Vm,
     to: &homeward_tests::Netns,
     tap: &str,
+    opts: &MigrateOptions,
     label: &str,
+    reverse_tunnel: Option<(&homeward_tests::Netns, &str)>,
 ) -> (f64, f64, f64) {
     let mut stream = lab.start_stream(&StreamOptions {
         seconds: 5.0,
         ..StreamOptions::default()
     });
     std::thread::sleep(Duration::from_secs(2));
-    let report = vm.migrate_to(to, tap, &MigrateOptions::default());
+    // Where the VM's first packets after the move show up: the reverse
+    // tunnel on its way into the home agent (the router's side: the home
+    // agent's XDP takes them before any capture there).
+    let capture = reverse_tunnel.map(|(ns, link)| Capture::start(ns, link, "ip proto 4"));
+    let report = vm.migrate_to(to, tap, opts);
     assert_eq!(report.status, "completed", "{label}: {}", report.summary());
+    assert!(
+        !report.continued_by_lab,
+        "{label}: the source's agent did not send migrate-continue: {}",
+        report.summary()
+    );
     let download = StreamReport::wait(&mut stream, Duration::from_secs(60));
     assert!(download.is_clean(), "{label}: {download:?}");
     let paused = report
@@ -218,10 +229,21 @@ fn outage(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(f64::NAN, |d| d.as_secs_f64());
     let resume_to_data = (download.max_gap_end_unix - resume) * 1e3;
+    if let Some(c) = capture {
+        let first = homeward_tests::decode_ipip(&c.stop())
+            .packets
+            .iter()
+            .map(|p| p.time)
+            .find(|t| *t >= resume);
+        eprintln!(
+            "{label}: resume -> the VM's first packet in the reverse tunnel: {:?} ms",
+            first.map(|t| ((t - resume) * 1e3).round())
+        );
+    }
     eprintln!(
         "{label}: client max gap {:.0} ms | QEMU stop -> resume {paused:.0} ms | \
-         resume -> data {resume_to_data:.0} ms | {} bytes verified",
-        download.max_gap_ms, download.bytes
+         resume -> data {resume_to_data:.0} ms | pre-switchover {:?} | {} bytes verified",
+        download.max_gap_ms, report.pre_switchover, download.bytes
     );
     (download.max_gap_ms, paused, resume_to_data)
 }
@@ -235,52 +257,102 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// The client's outage in a migration across networks with homeward,
-/// against one inside the home LAN without it (hypervisor A's two taps on
-/// its bridge), interleaved in one run so that the machine's drift hits
-/// both alike; and home again (B -> A). Prints every run and the medians:
-/// a measurement, not a timed assertion (this 2-core box stalls at
-/// random); what must hold is that every download stays clean.
+/// The client's outage in a migration across networks with homeward
+/// (switchover on, QEMU's `pause-before-switchover` set), against one inside
+/// a home LAN without homeward (a second lab: hypervisor A's two taps on its
+/// bridge), interleaved in one run so that the machine's drift hits both
+/// alike; and home again (B -> A). Prints every run and the medians: a
+/// measurement, not a timed assertion (this 2-core box stalls at random);
+/// what must hold is that every download stays clean and each source's
+/// agent released its migration.
 #[test]
 fn outage_against_a_migration_inside_the_lan_interleaved() {
     let _one = serial();
     const PAIRS: usize = 5;
+    let plain = MigrationLab::new("hwl2");
+    let mut vm_plain = plain.boot_vm_on_a(Storage::None);
     let lab = MigrationLab::new("hwcmp");
     let hw = Homeward::start(&lab);
     let mut vm = lab.boot_vm_on_a(Storage::None);
-    let taps = [lab.tap.clone(), lab.tap_alt.clone()];
+    let taps = [plain.tap.clone(), plain.tap_alt.clone()];
+    let switchover = MigrateOptions {
+        pause_before_switchover: true,
+        ..MigrateOptions::default()
+    };
     let (mut lan, mut away, mut home) = (Vec::new(), Vec::new(), Vec::new());
-    let mut paused = Vec::new();
+    let (mut paused_lan, mut paused_hw) = (Vec::new(), Vec::new());
     for i in 0..PAIRS {
-        // Pair i starts on A's tap `taps[i % 2]` and moves to the other
-        // one; from B it comes back to that one, where pair i + 1 starts.
+        // The plain lab's VM moves between A's two taps.
         let there = &taps[(i + 1) % 2];
-        let (gap, p, _) = outage(&lab, &mut vm, &lab.hyp_a, there, &format!("{i} same LAN"));
+        let (gap, p, _) = outage(
+            &plain,
+            &mut vm_plain,
+            &plain.hyp_a,
+            there,
+            &MigrateOptions::default(),
+            &format!("{i} same LAN, no homeward"),
+            None,
+        );
         lan.push(gap);
-        paused.push(p);
-        let (gap, p, _) = outage(&lab, &mut vm, &lab.hyp_b, &lab.tap, &format!("{i} A -> B"));
+        paused_lan.push(p);
+        let label = format!("{i} homeward A -> B");
+        let (gap, p, _) = outage(
+            &lab,
+            &mut vm,
+            &lab.hyp_b,
+            &lab.tap,
+            &switchover,
+            &label,
+            Some((&lab.router, &lab.router_wan.name)),
+        );
         hw.wait_binding(&lab, Some("203.0.113.2"), Duration::from_secs(10));
         away.push(gap);
-        paused.push(p);
-        let (gap, p, _) = outage(&lab, &mut vm, &lab.hyp_a, there, &format!("{i} B -> A"));
+        paused_hw.push(p);
+        let label = format!("{i} homeward B -> A");
+        let (gap, p, _) = outage(
+            &lab,
+            &mut vm,
+            &lab.hyp_a,
+            &lab.tap,
+            &switchover,
+            &label,
+            None,
+        );
         hw.wait_binding(&lab, None, Duration::from_secs(10));
         home.push(gap);
-        paused.push(p);
+        paused_hw.push(p);
     }
     let stats = hw.json(&lab.ha, "ha", &["stats"]);
+    let c = &stats["counters"];
     eprintln!(
-        "medians of {PAIRS}: same LAN {:.0} ms | homeward A -> B {:.0} ms | B -> A {:.0} ms | \
-         QEMU stop -> resume {:.0} ms | HA neighbour queue: {} held, {} sent; \
-         mss_clamped {}; frag_needed {}",
+        "medians of {PAIRS}: same LAN without homeward {:.0} ms (QEMU stop -> resume {:.0} ms) | \
+         homeward A -> B {:.0} ms, B -> A {:.0} ms (QEMU stop -> resume {:.0} ms) | \
+         HA: switchover held {} released {}, neighbour queue held {} sent {}, mss_clamped {}, \
+         frag_needed {}",
         median(lan),
+        median(paused_lan),
         median(away),
         median(home),
-        median(paused),
-        stats["counters"]["neighbor_queued"],
-        stats["counters"]["neighbor_released"],
-        stats["counters"]["mss_clamped"],
+        median(paused_hw),
+        c["switchover_held"],
+        c["switchover_released"],
+        c["neighbor_queued"],
+        c["neighbor_released"],
+        c["mss_clamped"],
         stats["drops"]["frag_needed"],
     );
+    // Each source's agent had its switchover confirmed and released its
+    // migration (what the client sent meanwhile, if anything, was held).
+    let confirmed: u64 = [(&lab.hyp_a, "agent-a"), (&lab.hyp_b, "agent-b")]
+        .iter()
+        .map(|(ns, name)| {
+            let s = hw.json(ns, name, &["stats"]);
+            s["registration"]["switchovers_held"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(confirmed, 2 * PAIRS as u64, "{stats}");
+    assert_eq!(stats["drops"]["switchover_expired"], 0, "{stats}");
     drop(vm);
+    drop(vm_plain);
     hw.stop();
 }
