@@ -634,6 +634,12 @@ pub struct MigrateOptions {
     /// longer than [`LAB_CONTINUE_AFTER`] (no agent): then it does, and
     /// says so in [`MigrationReport::continued_by_lab`].
     pub pause_before_switchover: bool,
+    /// Cancel the migration (`migrate_cancel` on the source) this long
+    /// after it started, while it transfers: the VM stays on the source,
+    /// the destination QEMU is killed, and the report's status is
+    /// `cancelled` (with no destination resume: `dest_resume` is the
+    /// epoch).
+    pub cancel_after: Option<Duration>,
 }
 
 /// How long [`Vm::migrate_to`] leaves a source in `pre-switchover` to
@@ -648,6 +654,7 @@ impl Default for MigrateOptions {
             verify_disk: true,
             timeout: Duration::from_secs(90),
             pause_before_switchover: false,
+            cancel_after: None,
         }
     }
 }
@@ -897,14 +904,25 @@ impl Vm {
             "migrate",
             json!({"uri": format!("unix:{}", path_str(&mig_sock))}),
         );
-        let deadline = Instant::now() + opts.timeout;
+        let started = Instant::now();
+        let deadline = started + opts.timeout;
         let mut paused_since: Option<Instant> = None;
         let mut continued_by_lab = false;
+        let mut cancelled = false;
         let info = loop {
             let info = src.query_migrate();
             let status = info["status"].as_str().unwrap_or("?").to_string();
             if status == "completed" {
                 break info;
+            }
+            if let Some(after) = opts.cancel_after {
+                if status == "cancelled" && cancelled {
+                    break info;
+                }
+                if !cancelled && status == "active" && started.elapsed() >= after {
+                    src.qmp.run("migrate_cancel", json!({}));
+                    cancelled = true;
+                }
             }
             if status == "pre-switchover" && !continued_by_lab {
                 // The agent continues it; if nobody does, the lab must.
@@ -934,6 +952,31 @@ impl Vm {
             );
             thread::sleep(Duration::from_millis(20));
         };
+
+        if cancelled {
+            // The VM never left: the destination goes, the source stays.
+            let num = |v: &Value| v.as_u64().unwrap_or(0);
+            let report = MigrationReport {
+                storage: self.storage.kind(),
+                status: "cancelled".into(),
+                total_time_ms: num(&info["total-time"]),
+                downtime_ms: 0,
+                setup_time_ms: num(&info["setup-time"]),
+                ram_transferred: num(&info["ram"]["transferred"]),
+                query_migrate: info,
+                source_stop: None,
+                dest_resume: std::time::UNIX_EPOCH,
+                guest_paused: None,
+                verify_time: Duration::ZERO,
+                mirror_sync,
+                disks_identical: None,
+                wall: begin.elapsed(),
+                pre_switchover: None,
+                continued_by_lab,
+            };
+            dst.quit();
+            return report;
+        }
 
         let mut disks_identical = None;
         let mut verify_time = Duration::ZERO;

@@ -356,3 +356,47 @@ fn outage_against_a_migration_inside_the_lan_interleaved() {
     drop(vm_plain);
     hw.stop();
 }
+
+/// A migration cancelled while it transfers (`migrate_cancel`): the VM
+/// keeps its session at the source, and nothing is left bound at the home
+/// agent, nor tunnelled.
+#[test]
+fn a_cancelled_migration_keeps_the_session_at_the_source_and_binds_nothing() {
+    let _one = serial();
+    let lab = MigrationLab::new("hwcan");
+    let hw = Homeward::start(&lab);
+    let mut vm = lab.boot_vm_on_a(Storage::None);
+    let mut stream = lab.start_stream(&StreamOptions {
+        seconds: 6.0,
+        ..StreamOptions::default()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // Slow enough to be cancelled mid-transfer.
+    let opts = MigrateOptions {
+        max_bandwidth: Some(256 << 10),
+        cancel_after: Some(Duration::from_millis(500)),
+        pause_before_switchover: true,
+        ..MigrateOptions::default()
+    };
+    let report = vm.migrate_to(&lab.hyp_b, &lab.tap, &opts);
+    assert_eq!(report.status, "cancelled", "{}", report.summary());
+    assert_eq!(vm.host(), lab.hyp_a.name(), "the VM stays at its source");
+    let download = StreamReport::wait(&mut stream, Duration::from_secs(60));
+    eprintln!(
+        "cancelled: client max gap {:.0} ms, {} bytes verified={} | {}",
+        download.max_gap_ms,
+        download.bytes,
+        download.verified,
+        report.summary()
+    );
+    assert!(download.is_clean(), "{download:?}");
+    assert!(
+        download.duration_s >= 5.0,
+        "the download ended early: {download:?}"
+    );
+    assert!(hw.binding(&lab).is_none(), "a binding is left");
+    let stats = hw.json(&lab.ha, "ha", &["stats"]);
+    assert_eq!(stats["counters"]["encapsulated"], 0, "{stats}");
+    drop(vm);
+    hw.stop();
+}
