@@ -419,6 +419,11 @@ fn registration_seeds(o: &mut Out) {
     let mut bad_mac = request(|_| {});
     wire::push_vm_mac(&mut bad_mac, [0xff; 6]);
     put("accept_with_broadcast_vm_mac", ok, &bad_mac);
+    // A switchover from the VM's home hypervisor (a care-of on the home
+    // network): our critical vendor extension, long format.
+    let mut switchover = request(|r| r.care_of = Ipv4Addr::new(192, 0, 2, 20));
+    wire::push_switchover(&mut switchover);
+    put("switchover_from_home", ok, &switchover);
     let mut unknown = request(|_| {});
     wire::push_extension(&mut unknown, 5, b"");
     put("unknown_extension_then_auth", ok, &unknown);

@@ -169,6 +169,7 @@ fn check(outcome: &Outcome, sink: &Sink, datagram: &[u8], request: Option<&Reque
             .extensions()
             .filter_map(Result::ok)
             .all(|e| e.skippable()
+                || wire::is_known_cvse(&e)
                 || matches!(
                     e.kind,
                     wire::EXT_MH_AUTH | wire::EXT_MF_AUTH | wire::EXT_FH_AUTH
@@ -199,6 +200,21 @@ fn check(outcome: &Outcome, sink: &Sink, datagram: &[u8], request: Option<&Reque
                 check_vm_mac(vm_mac, req);
                 assert_eq!(req.lifetime(), 0);
                 assert!(home().contains(vm) && entry.authorizes(vm));
+            }
+            Action::Hold {
+                vm,
+                lifetime,
+                spi,
+                vm_mac,
+            } => {
+                // Only an authenticated switchover extension holds.
+                check_vm_mac(vm_mac, req);
+                assert!(wire::is_switchover(req.as_bytes(), wire::REQUEST_LEN));
+                assert_eq!(spi, auth.spi);
+                assert!((1..=homeward::registration::home_agent::MAX_HOLD).contains(&lifetime));
+                assert!(req.lifetime() > 0);
+                assert!(home().contains(vm) && vm != HA && entry.authorizes(vm));
+                assert_eq!(vm, req.home_address());
             }
         }
     } else if let (Some(c), [_]) = (outcome.code, &sink.calls[..]) {
