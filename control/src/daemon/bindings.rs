@@ -254,16 +254,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         vm_mac: Option<[u8; 6]>,
         origin: Origin,
     ) -> Result<BindOutcome, BindError> {
-        if unusable(vm) || vm == self.ha_addr {
-            return Err(BindError::Refused(format!(
-                "{vm} cannot be a VM's home address"
-            )));
-        }
-        if let Some(why) = self.claims.refuse_home(vm) {
-            return Err(BindError::Refused(format!(
-                "{vm} cannot be a VM's home address: {why}"
-            )));
-        }
+        self.check_home(vm)?;
         if unusable(care_of) || care_of == self.ha_addr || care_of == vm {
             return Err(BindError::Refused(format!(
                 "{care_of} cannot be a care-of address"
@@ -301,6 +292,21 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             tracing::info!(%vm, %care_of, "bound");
         }
         Ok(outcome)
+    }
+
+    /// Refuses an address that can be no VM's home address.
+    fn check_home(&self, vm: Ipv4Addr) -> Result<(), BindError> {
+        if unusable(vm) || vm == self.ha_addr {
+            return Err(BindError::Refused(format!(
+                "{vm} cannot be a VM's home address"
+            )));
+        }
+        if let Some(why) = self.claims.refuse_home(vm) {
+            return Err(BindError::Refused(format!(
+                "{vm} cannot be a VM's home address: {why}"
+            )));
+        }
+        Ok(())
     }
 
     /// Remove `vm`'s binding; hand the address back to the VM's own MAC if
@@ -348,16 +354,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         vm_mac: Option<[u8; 6]>,
         origin: Origin,
     ) -> Result<(), BindError> {
-        if unusable(vm) || vm == self.ha_addr {
-            return Err(BindError::Refused(format!(
-                "{vm} cannot be a VM's home address"
-            )));
-        }
-        if let Some(why) = self.claims.refuse_home(vm) {
-            return Err(BindError::Refused(format!(
-                "{vm} cannot be a VM's home address: {why}"
-            )));
-        }
+        self.check_home(vm)?;
         // A second switchover before the first ended keeps the first's
         // notion of what was before.
         let previous = match self.holds.get(&vm) {

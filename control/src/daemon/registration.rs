@@ -586,6 +586,20 @@ struct Sink<'a, S, N> {
     previous: Option<StoredBinding>,
 }
 
+impl<S: SteeringMaps, N: NextHops> Sink<'_, S, N> {
+    /// The reply code for a binding the manager refused; its message kept
+    /// for the log.
+    fn refused(&mut self, e: BindError) -> Denial {
+        let d = match &e {
+            BindError::Full(..) => Denial::InsufficientResources,
+            BindError::Refused(_) => Denial::AdministrativelyProhibited,
+            BindError::Failed(_) => Denial::Unspecified,
+        };
+        self.error = Some(e.to_string());
+        d
+    }
+}
+
 impl<S: SteeringMaps, N: NextHops> BindingSink for Sink<'_, S, N> {
     fn apply(&mut self, action: &Action) -> Result<(), Denial> {
         match *action {
@@ -628,15 +642,7 @@ impl<S: SteeringMaps, N: NextHops> BindingSink for Sink<'_, S, N> {
                         Origin::Registration { spi },
                     )
                     .map(|_| ())
-                    .map_err(|e| {
-                        let d = match &e {
-                            BindError::Full(..) => Denial::InsufficientResources,
-                            BindError::Refused(_) => Denial::AdministrativelyProhibited,
-                            BindError::Failed(_) => Denial::Unspecified,
-                        };
-                        self.error = Some(e.to_string());
-                        d
-                    })
+                    .map_err(|e| self.refused(e))
             }
             Action::Deregister { vm, vm_mac } => {
                 // Deregistering what is not bound is already done; a VM in
@@ -665,15 +671,7 @@ impl<S: SteeringMaps, N: NextHops> BindingSink for Sink<'_, S, N> {
                 let lifetime = Duration::from_secs(lifetime.into());
                 self.bindings
                     .hold(self.now, vm, lifetime, vm_mac, Origin::Registration { spi })
-                    .map_err(|e| {
-                        let d = match &e {
-                            BindError::Full(..) => Denial::InsufficientResources,
-                            BindError::Refused(_) => Denial::AdministrativelyProhibited,
-                            BindError::Failed(_) => Denial::Unspecified,
-                        };
-                        self.error = Some(e.to_string());
-                        d
-                    })
+                    .map_err(|e| self.refused(e))
             }
         }
     }

@@ -64,16 +64,34 @@ impl Pipeline {
         if inner.ttl <= 1 {
             return Err(DropReason::TtlExceeded);
         }
-        let mac = lookup.lan_neighbor(inner.dst);
         // A SYN leaving the tunnel is clamped too, like `ip tcp adjust-mss` on both
         // directions of a tunnel interface: its MSS sizes what the host here will send into
         // *this* end, so this end's `tunnel_mtu` is the right limit, and it holds even if
         // the far end does not clamp or runs a larger tunnel MTU. Idempotent after the far
         // end's clamp (never raises). No partial checksum here: it crossed a wire.
         self.clamp_mss(buf, inner_off, &inner);
-        ipv4::decrement_ttl(buf, inner_off).ok_or(DropReason::Ipv4Truncated)?;
+        let verdict = self.onto_lan(buf, inner_off, &inner, Some(binding.slot), lookup)?;
+        if matches!(verdict, Verdict::Tx { .. }) {
+            self.counters.decapsulated += 1;
+            self.counters.decapsulated_bytes += inner.total_len as u64;
+        }
+        Ok(verdict)
+    }
 
-        let new_start = inner_off
+    /// Forwards the datagram `ip` at `ip_off` (TTL already checked) onto the
+    /// home link as a router does: TTL decremented, a new untagged Ethernet
+    /// header right in front of it, to `ip.dst`'s MAC. Not counted here.
+    pub(super) fn onto_lan(
+        &mut self,
+        buf: &mut [u8],
+        ip_off: usize,
+        ip: &Ipv4,
+        slot: Option<u32>,
+        lookup: &impl Lookup,
+    ) -> Result<Verdict, DropReason> {
+        let mac = lookup.lan_neighbor(ip.dst);
+        ipv4::decrement_ttl(buf, ip_off).ok_or(DropReason::Ipv4Truncated)?;
+        let new_start = ip_off
             .checked_sub(ether::ETH_LEN)
             .ok_or(DropReason::NoHeadroom)?;
         let eth = buf.get_mut(new_start..).ok_or(DropReason::NoHeadroom)?;
@@ -87,25 +105,22 @@ impl Pipeline {
             ether::ETHERTYPE_IPV4,
         )
         .ok_or(DropReason::NoHeadroom)?;
-        let len = ether::pad_to_min(buf, new_start, ether::ETH_LEN + inner.total_len);
-        let slot = Some(binding.slot);
-        if mac.is_none() {
-            // The kernel queues a packet for a neighbour it is resolving
-            // (RFC 1122 §2.3.2.2); so does the worker, with this frame.
-            return Ok(Verdict::AwaitLanNeighbor {
-                addr: inner.dst,
+        let len = ether::pad_to_min(buf, new_start, ether::ETH_LEN + ip.total_len);
+        Ok(match mac {
+            Some(_) => Verdict::Tx {
+                port: Port::Lan,
                 start: new_start,
                 len,
                 slot,
-            });
-        }
-        self.counters.decapsulated += 1;
-        self.counters.decapsulated_bytes += inner.total_len as u64;
-        Ok(Verdict::Tx {
-            port: Port::Lan,
-            start: new_start,
-            len,
-            slot,
+            },
+            // The kernel queues a packet for a neighbour it is resolving
+            // (RFC 1122 §2.3.2.2); so does the worker, with this frame.
+            None => Verdict::AwaitLanNeighbor {
+                addr: ip.dst,
+                start: new_start,
+                len,
+                slot,
+            },
         })
     }
 

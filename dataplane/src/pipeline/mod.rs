@@ -232,6 +232,19 @@ impl Rx {
     }
 }
 
+/// Where the frame `buf[start..start + len]` ends, if it lies inside `buf`
+/// with [`MIN_HEADROOM`] in front of it.
+fn frame_end(buf: &[u8], start: usize, len: usize) -> Result<usize, DropReason> {
+    let end = start
+        .checked_add(len)
+        .filter(|&end| end <= buf.len())
+        .ok_or(DropReason::BadFrameBounds)?;
+    if start < MIN_HEADROOM {
+        return Err(DropReason::NoHeadroom);
+    }
+    Ok(end)
+}
+
 /// The pipeline of one worker: configuration, its own Identification counter and ICMP token
 /// bucket (so workers share nothing), and counters.
 #[derive(Clone, Debug)]
@@ -297,13 +310,7 @@ impl Pipeline {
         now_ns: u64,
         lookup: &impl Lookup,
     ) -> Result<Verdict, DropReason> {
-        let end = start
-            .checked_add(len)
-            .filter(|&end| end <= buf.len())
-            .ok_or(DropReason::BadFrameBounds)?;
-        if start < MIN_HEADROOM {
-            return Err(DropReason::NoHeadroom);
-        }
+        let end = frame_end(buf, start, len)?;
         let frame = buf.get(start..end).ok_or(DropReason::BadFrameBounds)?;
         let l2 = ether::parse(frame)?;
         let rx = Rx {

@@ -5,7 +5,7 @@
 
 use super::ether;
 use super::ipv4;
-use super::{DropReason, Lookup, Pipeline, Port, Verdict, MIN_HEADROOM};
+use super::{DropReason, Lookup, Pipeline, Verdict};
 
 impl Pipeline {
     /// A frame held by [`Verdict::Hold`] whose VM has no binding any more:
@@ -34,13 +34,7 @@ impl Pipeline {
         len: usize,
         lookup: &impl Lookup,
     ) -> Result<Verdict, DropReason> {
-        let end = start
-            .checked_add(len)
-            .filter(|&end| end <= buf.len())
-            .ok_or(DropReason::BadFrameBounds)?;
-        if start < MIN_HEADROOM {
-            return Err(DropReason::NoHeadroom);
-        }
+        let end = super::frame_end(buf, start, len)?;
         let l2 = ether::parse(buf.get(start..end).ok_or(DropReason::BadFrameBounds)?)?;
         if l2.ethertype != ether::ETHERTYPE_IPV4 {
             return Err(DropReason::Unexpected);
@@ -50,37 +44,9 @@ impl Pipeline {
         if ip.ttl <= 1 {
             return Err(DropReason::TtlExceeded);
         }
-        let mac = lookup.lan_neighbor(ip.dst);
-        ipv4::decrement_ttl(buf, ip_off).ok_or(DropReason::Ipv4Truncated)?;
         // Untagged, as decapsulated frames leave: the home link's own VLAN
         // handling is the kernel's.
-        let new_start = ip_off
-            .checked_sub(ether::ETH_LEN)
-            .ok_or(DropReason::NoHeadroom)?;
-        let eth = buf.get_mut(new_start..).ok_or(DropReason::NoHeadroom)?;
-        ether::write(
-            eth,
-            mac.unwrap_or([0; 6]),
-            self.config.lan_mac,
-            None,
-            ether::ETHERTYPE_IPV4,
-        )
-        .ok_or(DropReason::NoHeadroom)?;
-        let len = ether::pad_to_min(buf, new_start, ether::ETH_LEN + ip.total_len);
-        Ok(match mac {
-            Some(_) => Verdict::Tx {
-                port: Port::Lan,
-                start: new_start,
-                len,
-                slot: None,
-            },
-            None => Verdict::AwaitLanNeighbor {
-                addr: ip.dst,
-                start: new_start,
-                len,
-                slot: None,
-            },
-        })
+        self.onto_lan(buf, ip_off, &ip, None, lookup)
     }
 }
 

@@ -73,25 +73,40 @@ fn request_with_mac(
     agent: &UdpSocket,
     mac: Option<&[u8]>,
 ) -> Datagram {
-    let mut bytes = Vec::new();
-    RequestFields {
-        flags: flags::T,
-        lifetime,
-        home_address: vm,
-        home_agent: HA,
-        care_of: COA,
-        identification: id,
-    }
-    .emit(&mut bytes);
+    let mut extensions = Vec::new();
     if let Some(mac) = mac {
         wire::Nvse {
             vendor: wire::HOMEWARD_VENDOR_ID,
             kind: wire::nvse_type::VM_LINK_LAYER_ADDRESS,
             value: mac,
         }
-        .emit(&mut bytes)
+        .emit(&mut extensions)
         .unwrap();
     }
+    signed(vm, COA, lifetime, id, &extensions, agent)
+}
+
+/// A request for `vm` at `care_of` with `extensions` before the
+/// authenticator (SPI 256), from `agent`.
+fn signed(
+    vm: Ipv4Addr,
+    care_of: Ipv4Addr,
+    lifetime: u16,
+    id: u64,
+    extensions: &[u8],
+    agent: &UdpSocket,
+) -> Datagram {
+    let mut bytes = Vec::new();
+    RequestFields {
+        flags: flags::T,
+        lifetime,
+        home_address: vm,
+        home_agent: HA,
+        care_of,
+        identification: id,
+    }
+    .emit(&mut bytes);
+    bytes.extend_from_slice(extensions);
     let keys = KeyFile::parse(KEYS).unwrap();
     keys.get(256).unwrap().key.append_mh_auth(&mut bytes, 256);
     let from = match agent.local_addr().unwrap() {
@@ -282,28 +297,9 @@ fn switchover(
     id: u64,
     agent: &UdpSocket,
 ) -> Datagram {
-    let mut bytes = Vec::new();
-    RequestFields {
-        flags: flags::T,
-        lifetime,
-        home_address: vm,
-        home_agent: HA,
-        care_of,
-        identification: id,
-    }
-    .emit(&mut bytes);
-    wire::push_switchover(&mut bytes);
-    let keys = KeyFile::parse(KEYS).unwrap();
-    keys.get(256).unwrap().key.append_mh_auth(&mut bytes, 256);
-    let from = match agent.local_addr().unwrap() {
-        std::net::SocketAddr::V4(a) => a,
-        other => panic!("{other}"),
-    };
-    Datagram {
-        bytes,
-        from,
-        received: std::time::Instant::now(),
-    }
+    let mut extensions = Vec::new();
+    wire::push_switchover(&mut extensions);
+    signed(vm, care_of, lifetime, id, &extensions, agent)
 }
 
 #[test]
