@@ -22,6 +22,8 @@ pub struct SharedCounters {
     trimmed_padding: AtomicU64,
     checksums_finished: AtomicU64,
     mss_clamped: AtomicU64,
+    segmented: AtomicU64,
+    segments_out: AtomicU64,
     /// Frames dropped because a TX ring was full.
     pub tx_ring_full: AtomicU64,
     /// Frames not sent because the free list was empty (fragments, ARP).
@@ -84,6 +86,8 @@ impl Default for SharedCounters {
             trimmed_padding: AtomicU64::new(0),
             checksums_finished: AtomicU64::new(0),
             mss_clamped: AtomicU64::new(0),
+            segmented: AtomicU64::new(0),
+            segments_out: AtomicU64::new(0),
             tx_ring_full: AtomicU64::new(0),
             no_free_frame: AtomicU64::new(0),
             bad_verdict: AtomicU64::new(0),
@@ -144,6 +148,8 @@ impl SharedCounters {
         self.trimmed_padding.store(c.trimmed_padding, Relaxed);
         self.checksums_finished.store(c.checksums_finished, Relaxed);
         self.mss_clamped.store(c.mss_clamped, Relaxed);
+        self.segmented.store(c.segmented, Relaxed);
+        self.segments_out.store(c.segments_out, Relaxed);
     }
 
     /// The counters as last published.
@@ -164,6 +170,8 @@ impl SharedCounters {
         pipeline.trimmed_padding = self.trimmed_padding.load(Relaxed);
         pipeline.checksums_finished = self.checksums_finished.load(Relaxed);
         pipeline.mss_clamped = self.mss_clamped.load(Relaxed);
+        pipeline.segmented = self.segmented.load(Relaxed);
+        pipeline.segments_out = self.segments_out.load(Relaxed);
         CounterSnapshot {
             pipeline,
             tx_ring_full: self.tx_ring_full.load(Relaxed),
@@ -227,6 +235,8 @@ impl CounterSnapshot {
         p.trimmed_padding += q.trimmed_padding;
         p.checksums_finished += q.checksums_finished;
         p.mss_clamped += q.mss_clamped;
+        p.segmented += q.segmented;
+        p.segments_out += q.segments_out;
         self.tx_ring_full += o.tx_ring_full;
         self.no_free_frame += o.no_free_frame;
         self.bad_verdict += o.bad_verdict;

@@ -232,6 +232,13 @@ pub fn decode_ipip(pcap: &Path) -> IpipCapture {
     run_script("ipip.py", &[&pcap.to_string_lossy()])
 }
 
+/// Decodes the plain (not IP-in-IP) IPv4 packets of a pcap with
+/// `tests/scapy/ipv4.py`, in capture order.
+#[track_caller]
+pub fn decode_ipv4(pcap: &Path) -> Vec<Ipv4> {
+    run_script("ipv4.py", &[&pcap.to_string_lossy()])
+}
+
 /// ARP operation codes.
 pub const ARP_REQUEST: u16 = 1;
 /// ARP reply.

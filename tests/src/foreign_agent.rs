@@ -39,6 +39,37 @@ impl ForeignAgentLab {
         mtu: u32,
         extra: &[&str],
     ) -> ForeignAgentLab {
+        Self::build(lab, tag, dir, keys, vm_addr, mtu, extra, false)
+    }
+
+    /// [`ForeignAgentLab::new`] with the VM link a tap made with
+    /// `vnet_hdr`, as QEMU's: the VM is whatever writes into the tap (the
+    /// test, with `tests/scapy/tap_tso.py`), and `vm`'s namespace has no
+    /// link.
+    #[track_caller]
+    pub fn on_tap(
+        lab: &Topology,
+        tag: &str,
+        dir: &Path,
+        keys: &Path,
+        vm_addr: Ipv4Addr,
+        extra: &[&str],
+    ) -> ForeignAgentLab {
+        Self::build(lab, tag, dir, keys, vm_addr, 1500, extra, true)
+    }
+
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        lab: &Topology,
+        tag: &str,
+        dir: &Path,
+        keys: &Path,
+        vm_addr: Ipv4Addr,
+        mtu: u32,
+        extra: &[&str],
+        tap: bool,
+    ) -> ForeignAgentLab {
         let vm = Netns::new(&format!("{tag}-vm"));
         vm.disable_ipv6();
         let vmlink_mac = Mac::derive(tag, 0x52);
@@ -48,12 +79,19 @@ impl ForeignAgentLab {
             addr: vm_addr,
             prefix: 24,
         };
-        veth_pair(
-            &VethEnd::new(&vm, &vm_if.name, vm_if.mac)
-                .addr(vm_if.addr, 24)
-                .mtu(mtu),
-            &VethEnd::new(&lab.foreign, "vmlink", vmlink_mac).mtu(mtu),
-        );
+        if tap {
+            let mac = vmlink_mac.to_string();
+            let ns = &lab.foreign;
+            ns.ip(&["tuntap", "add", "dev", "vmlink", "mode", "tap", "vnet_hdr"]);
+            ns.ip(&["link", "set", "vmlink", "address", &mac, "up"]);
+        } else {
+            veth_pair(
+                &VethEnd::new(&vm, &vm_if.name, vm_if.mac)
+                    .addr(vm_if.addr, 24)
+                    .mtu(mtu),
+                &VethEnd::new(&lab.foreign, "vmlink", vmlink_mac).mtu(mtu),
+            );
+        }
         let qmp = dir.join("vm.qmp");
         let mut fake_qmp = lab.foreign.spawn(&[
             PYTHON.to_string(),

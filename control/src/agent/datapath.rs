@@ -82,6 +82,11 @@ pub struct AgentCounters {
     pub arp_replies: u64,
     pub icmp_sent: u64,
     pub fragmented: u64,
+    /// Partial checksums (a guest's checksum offload) finished.
+    pub checksums_finished: u64,
+    /// TSO super-frames cut into segments, and the segments.
+    pub segmented: u64,
+    pub segments_out: u64,
 }
 
 /// One served VM with what was forwarded for it.
@@ -286,6 +291,9 @@ impl DataPath {
                 arp_replies: p.arp_replies,
                 icmp_sent: p.icmp_sent,
                 fragmented: p.fragmented,
+                checksums_finished: p.checksums_finished,
+                segmented: p.segmented,
+                segments_out: p.segments_out,
             },
             served: self
                 .forwarder

@@ -241,6 +241,16 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
     )
     .sample(vec![], t.pipeline.mss_clamped);
     x.counter(
+        "superframes_segmented",
+        "TCP super-frames (a guest's TSO, larger than one AF_XDP frame) cut into segments.",
+    )
+    .sample(vec![], t.pipeline.segmented);
+    x.counter(
+        "segments",
+        "Segments written from TCP super-frames.",
+    )
+    .sample(vec![], t.pipeline.segments_out);
+    x.counter(
         "capture_dropped",
         "Records homeward capture could not take (its queue was full); the packets were forwarded as usual.",
     )

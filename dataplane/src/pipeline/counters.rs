@@ -88,11 +88,15 @@ pub enum DropReason {
     ArpSenderNotServed,
     /// Foreign agent: a served VM's datagram that did not come from the VM link.
     NotFromVmLink,
+    /// A frame larger than one AF_XDP frame (a TSO/GSO super-frame) that is not an
+    /// unfragmented IPv4 TCP datagram, is longer than 64 KiB, or would need more than
+    /// `MAX_SEGMENTS` segments: not cut into segments.
+    Unsegmentable,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 37;
+    pub const COUNT: usize = 38;
 
     /// Every reason, in discriminant order (`ALL[r as usize] == r`).
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -133,6 +137,7 @@ impl DropReason {
         DropReason::DecapUnknownDestination,
         DropReason::ArpSenderNotServed,
         DropReason::NotFromVmLink,
+        DropReason::Unsegmentable,
     ];
 
     /// Stable snake_case name, used as a JSON key.
@@ -175,6 +180,7 @@ impl DropReason {
             DropReason::DecapUnknownDestination => "decap_unknown_destination",
             DropReason::ArpSenderNotServed => "arp_sender_not_served",
             DropReason::NotFromVmLink => "not_from_vm_link",
+            DropReason::Unsegmentable => "unsegmentable",
         }
     }
 }
@@ -219,6 +225,10 @@ pub struct Counters {
     /// TCP SYNs whose MSS option was lowered to fit the tunnel (`mss_clamp`), either
     /// direction.
     pub mss_clamped: u64,
+    /// TCP super-frames (TSO/GSO, larger than one AF_XDP frame) cut into segments.
+    pub segmented: u64,
+    /// Segments written from super-frames.
+    pub segments_out: u64,
 }
 
 // Manual: `[u64; N]` implements `Default` only up to N = 32.
@@ -238,6 +248,8 @@ impl Default for Counters {
             trimmed_padding: 0,
             checksums_finished: 0,
             mss_clamped: 0,
+            segmented: 0,
+            segments_out: 0,
         }
     }
 }

@@ -15,8 +15,8 @@
 //!
 //! Layout: `ether` and `ipv4` are the header views, `checksum` the Internet checksum,
 //! `ratelimit` the ICMP token bucket, `fragment` the RFC 791 fragmentation of tunnelled
-//! datagrams, `partial` finishing partial checksums, `mss` TCP MSS clamping, `counters` the
-//! drop reasons and counters.
+//! datagrams, `partial` finishing partial checksums, `mss` TCP MSS clamping, `segment` cutting TCP
+//! super-frames (TSO) into segments, `counters` the drop reasons and counters.
 
 use std::net::Ipv4Addr;
 
@@ -32,6 +32,7 @@ mod ipv4;
 mod mss;
 mod partial;
 mod ratelimit;
+mod segment;
 mod switchover;
 
 #[cfg(test)]
@@ -44,6 +45,7 @@ pub(crate) mod testutil;
 pub use arp::write_gratuitous_arp;
 pub use counters::{Counters, DropReason};
 pub use fragment::FragmentPlan;
+pub use segment::{SegmentPlan, MAX_SEGMENTS, MAX_SUPER_FRAME};
 
 use ratelimit::TokenBucket;
 

@@ -27,6 +27,8 @@ const TX_BATCH: usize = 32;
 pub struct MemDesc {
     pub addr: usize,
     pub len: usize,
+    /// `XDP_PKT_CONTD`: the packet goes on in the next descriptor.
+    pub contd: bool,
 }
 
 /// One socket's rings and what went out on its wire.
@@ -68,6 +70,7 @@ impl MemQueue {
             .map(|i| MemDesc {
                 addr: i * size + RX_HEADROOM,
                 len: 0,
+                contd: false,
             })
             .collect();
         MemQueue {
@@ -107,34 +110,54 @@ impl MemQueue {
     }
 
     /// The kernel receives `bytes` on `side`: into the frame at the head of
-    /// the fill ring, then onto the RX ring. Returns the frame's index, or
-    /// `None` (counted as the kernel counts it) if the fill ring is empty
-    /// or the RX ring full.
+    /// the fill ring, then onto the RX ring; a packet longer than a frame
+    /// into as many frames as it needs, each but the last marked `contd`
+    /// (copy mode with `XDP_USE_SG`). Returns the first frame's index, or
+    /// `None` (counted as the kernel counts it) if the fill ring has too few
+    /// frames or the RX ring too little room.
     pub fn receive(&mut self, side: Side, bytes: &[u8]) -> Option<usize> {
         let capacity = self.capacity();
         let frame_size = self.config.frame_size as usize;
-        assert!(bytes.len() <= frame_size - RX_HEADROOM, "frame too long");
+        let room = frame_size - RX_HEADROOM;
+        let pieces = bytes.len().div_ceil(room).max(1);
         let socket = self.socket_mut(side);
-        let Some(mut desc) = socket.fill.pop_front() else {
+        if socket.fill.len() < pieces {
             socket.stats.fill_ring_empty += 1;
             socket.stats.rx_dropped += 1;
             return None;
-        };
-        if socket.rx.len() >= capacity {
-            // The kernel would keep the frame for the next packet.
-            socket.fill.push_front(desc);
+        }
+        if socket.rx.len() + pieces > capacity {
+            // The kernel would keep the frames for the next packet.
             socket.stats.rx_ring_full += 1;
             socket.stats.rx_dropped += 1;
             return None;
         }
-        let index = desc.addr / frame_size;
-        desc = MemDesc {
-            addr: index * frame_size + RX_HEADROOM,
-            len: bytes.len(),
-        };
-        self.socket_mut(side).rx.push_back(desc);
-        self.write(desc.addr, bytes);
-        Some(index)
+        let mut first = None;
+        for (i, piece) in bytes.chunks(room).enumerate() {
+            let socket = self.socket_mut(side);
+            let desc = socket.fill.pop_front().expect("checked above");
+            let index = desc.addr / frame_size;
+            let desc = MemDesc {
+                addr: index * frame_size + RX_HEADROOM,
+                len: piece.len(),
+                contd: i + 1 < pieces,
+            };
+            socket.rx.push_back(desc);
+            self.write(desc.addr, piece);
+            first.get_or_insert(index);
+        }
+        if bytes.is_empty() {
+            let socket = self.socket_mut(side);
+            let desc = socket.fill.pop_front().expect("checked above");
+            let index = desc.addr / frame_size;
+            socket.rx.push_back(MemDesc {
+                addr: index * frame_size + RX_HEADROOM,
+                len: 0,
+                contd: false,
+            });
+            first = Some(index);
+        }
+        first
     }
 
     /// The kernel takes `n` frames off `side`'s fill ring and keeps them
@@ -328,6 +351,10 @@ impl QueueIo for MemQueue {
         desc.len
     }
 
+    fn continues(desc: &MemDesc) -> bool {
+        desc.contd
+    }
+
     unsafe fn frame_mut(&self, desc: &MemDesc) -> (&mut [u8], usize) {
         let size = self.config.frame_size as usize;
         let start = desc.addr / size * size;
@@ -346,6 +373,7 @@ impl QueueIo for MemQueue {
             Some(end) if end <= size => {
                 desc.addr = desc.addr / size * size + offset;
                 desc.len = len;
+                desc.contd = false;
                 true
             }
             _ => false,

@@ -81,6 +81,9 @@ pub trait QueueIo {
 
     /// Bytes of packet data `desc` describes.
     fn data_len(desc: &Self::Desc) -> usize;
+    /// Whether the packet goes on in the next descriptor (`XDP_PKT_CONTD`:
+    /// a frame larger than one UMEM frame, received with `XDP_USE_SG`).
+    fn continues(desc: &Self::Desc) -> bool;
     /// The whole frame `desc` points into, and where its data starts.
     ///
     /// # Safety
@@ -93,7 +96,8 @@ pub trait QueueIo {
     // not the borrow, makes each slice unique (as xsk-rs's whole_frame_mut).
     #[allow(clippy::mut_from_ref)]
     unsafe fn frame_mut(&self, desc: &Self::Desc) -> (&mut [u8], usize);
-    /// Points `desc` at `len` bytes `offset` bytes into its frame; false,
-    /// and `desc` unchanged, if that leaves the frame.
+    /// Points `desc` at `len` bytes `offset` bytes into its frame, as one
+    /// whole packet (no `XDP_PKT_CONTD`); false, and `desc` unchanged, if
+    /// that leaves the frame.
     fn set_data(&self, desc: &mut Self::Desc, offset: usize, len: usize) -> bool;
 }

@@ -14,6 +14,9 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RingSizes, RxQueue, Socket, TxQueu
 
 use super::{QueueIo, RingOccupancy, Side, SocketStats, XskError};
 
+/// `XDP_PKT_CONTD` (linux/if_xdp.h): the packet continues in the next descriptor.
+const XDP_PKT_CONTD: u32 = 1;
+
 /// Sizes of the UMEM and its rings for one queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct XskConfig {
@@ -272,22 +275,40 @@ fn open_socket(
     let iface: Interface = ifname
         .parse()
         .map_err(|_| XskError::Config(format!("bad interface name {ifname:?}")))?;
-    let config = SocketConfig::builder()
-        .rx_queue_size(ring)
-        .tx_queue_size(ring)
-        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-        .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
-        .build();
-    // SAFETY: the UMEM outlives the socket (the rings keep a clone of it),
-    // and its frames are handed to the kernel only through this queue's
-    // worker, which tracks where every frame is.
-    let (tx, rx, fq_cq) =
-        unsafe { Socket::new(config, umem, &iface, queue) }.map_err(|e| XskError::Socket {
-            ifname: ifname.to_string(),
-            queue,
-            reason: e.to_string(),
-            cause: std::error::Error::source(&e).map(|s| s.to_string()),
-        })?;
+    let bind = |flags: BindFlags| {
+        let config = SocketConfig::builder()
+            .rx_queue_size(ring)
+            .tx_queue_size(ring)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(flags)
+            .build();
+        // SAFETY: the UMEM outlives the socket (the rings keep a clone of
+        // it), and its frames are handed to the kernel only through this
+        // queue's worker, which tracks where every frame is.
+        unsafe { Socket::new(config, umem, &iface, queue) }
+    };
+    // Multi-buffer receive, so a frame larger than a UMEM frame (a guest's
+    // TSO super-frame on a tap) reaches the worker in pieces, to be cut
+    // into segments, instead of being dropped by the kernel. Kernels
+    // before 6.6 refuse the flag: then such frames stay the kernel's drops.
+    let (tx, rx, fq_cq) = match bind(BindFlags::XDP_USE_NEED_WAKEUP | BindFlags::XDP_USE_SG) {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            tracing::warn!(
+                ifname,
+                queue,
+                error = %e,
+                "AF_XDP multi-buffer (XDP_USE_SG) refused: frames larger than a UMEM \
+                 frame (TSO super-frames) will be dropped by the kernel"
+            );
+            bind(BindFlags::XDP_USE_NEED_WAKEUP).map_err(|e| XskError::Socket {
+                ifname: ifname.to_string(),
+                queue,
+                reason: e.to_string(),
+                cause: std::error::Error::source(&e).map(|s| s.to_string()),
+            })?
+        }
+    };
     let (fill, comp) = fq_cq.ok_or_else(|| XskError::Socket {
         ifname: ifname.to_string(),
         queue,
@@ -436,6 +457,11 @@ impl QueueIo for QueueSockets {
     }
 
     #[inline]
+    fn continues(desc: &FrameDesc) -> bool {
+        desc.options() & XDP_PKT_CONTD != 0
+    }
+
+    #[inline]
     unsafe fn frame_mut(&self, desc: &FrameDesc) -> (&mut [u8], usize) {
         // SAFETY: the caller owns the frame, a frame of this UMEM, and holds
         // no other slice of it (this trait method's contract), which is
@@ -445,6 +471,13 @@ impl QueueIo for QueueSockets {
 
     #[inline]
     fn set_data(&self, desc: &mut FrameDesc, offset: usize, len: usize) -> bool {
-        self.umem.set_data(desc, offset, len)
+        // A frame that was one piece of a multi-buffer packet keeps the
+        // kernel's XDP_PKT_CONTD; sent with it, the kernel would take the
+        // next descriptor as the rest of this one.
+        let ok = self.umem.set_data(desc, offset, len);
+        if ok {
+            desc.set_options(0);
+        }
+        ok
     }
 }

@@ -20,7 +20,8 @@ use super::rings::{QueueIo, Side};
 use super::sockets::QueueSockets;
 use crate::capture::{self, Outcome, Record, Stage, Tap, TxKind};
 use crate::pipeline::{
-    write_gratuitous_arp, Counters, Lookup, Pipeline, PipelineConfig, Port, Verdict,
+    write_gratuitous_arp, Counters, Lookup, Pipeline, PipelineConfig, Port, Verdict, MAX_SEGMENTS,
+    MAX_SUPER_FRAME,
 };
 use crate::stats::{CounterSnapshot, SharedCounters};
 
@@ -205,7 +206,26 @@ pub struct Worker<L: Lookup, R: QueueIo = QueueSockets> {
     held: NeighborQueue<R::Desc>,
     /// Frames for VMs in switchover, by VM, the same.
     switchover: NeighborQueue<R::Desc>,
+    /// A multi-buffer packet (a TSO super-frame) gathered so far, across
+    /// RX batches; `gathering` while its last piece has not come.
+    super_frame: SuperFrame<R::Desc>,
 }
+
+/// A super-frame being gathered from its pieces, and the segments cut from
+/// it. Both buffers are allocated once, at their largest.
+struct SuperFrame<D> {
+    bytes: Vec<u8>,
+    gathering: bool,
+    /// A piece did not fit `bytes` (or was out of its frame): the rest is
+    /// skipped and the packet counted as unsegmentable.
+    overflow: bool,
+    segments: Vec<D>,
+}
+
+/// Where a segment cut from a super-frame starts in its frame: where the
+/// kernel puts a received frame (XDP's headroom), so encapsulation has the
+/// same room to prepend.
+const SEGMENT_AT: usize = 256;
 
 /// Which way a frame goes through [`Worker::process`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,6 +338,12 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             tap: None,
             held: NeighborQueue::new(xsk.frame_count as usize),
             switchover,
+            super_frame: SuperFrame {
+                bytes: Vec::with_capacity(MAX_SUPER_FRAME),
+                gathering: false,
+                overflow: false,
+                segments: Vec::with_capacity(MAX_SEGMENTS),
+            },
         }
     }
 
@@ -439,8 +465,99 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             Side::Wan => Port::Wan,
         };
         let frames = rx_descs.get_mut(..n).unwrap_or_default();
-        self.process(frames, ingress, Pass::Received, now_ns, lan_tx, wan_tx);
+        if !self.super_frame.gathering && !frames.iter().any(R::continues) {
+            self.process(frames, ingress, Pass::Received, now_ns, lan_tx, wan_tx);
+            return n;
+        }
+        // Pieces of multi-buffer packets among whole frames: the whole
+        // frames go through in runs, each packet's pieces are gathered and
+        // its segments go through when its last piece comes, in order.
+        let mut run = 0;
+        for i in 0..frames.len() {
+            let desc = frames[i];
+            if !self.super_frame.gathering && !R::continues(&desc) {
+                continue;
+            }
+            if let Some(whole) = frames.get_mut(run..i) {
+                self.process(whole, ingress, Pass::Received, now_ns, lan_tx, wan_tx);
+            }
+            run = i + 1;
+            self.gather(desc);
+            if !self.super_frame.gathering {
+                self.segment(ingress, now_ns, lan_tx, wan_tx);
+            }
+        }
+        if let Some(whole) = frames.get_mut(run..) {
+            self.process(whole, ingress, Pass::Received, now_ns, lan_tx, wan_tx);
+        }
         n
+    }
+
+    /// Copies one piece of a multi-buffer packet onto the super-frame and
+    /// frees its frame.
+    fn gather(&mut self, desc: R::Desc) {
+        let len = R::data_len(&desc);
+        let sf = &mut self.super_frame;
+        // SAFETY: `desc` came off the RX ring, so the frame is this
+        // worker's until it goes back on the free list below.
+        let (buf, start) = unsafe { self.sockets.frame_mut(&desc) };
+        match buf.get(start..start.saturating_add(len)) {
+            Some(piece) if !sf.overflow && sf.bytes.len() + piece.len() <= MAX_SUPER_FRAME => {
+                sf.bytes.extend_from_slice(piece);
+            }
+            _ => sf.overflow = true,
+        }
+        sf.gathering = R::continues(&desc);
+        let mut desc = desc;
+        // Clears the piece's XDP_PKT_CONTD before the frame is reused.
+        self.sockets.set_data(&mut desc, start, 0);
+        self.free.push(desc);
+    }
+
+    /// Cuts the gathered super-frame into segments, each in a frame of its
+    /// own, and sends them through the pipeline; all or none.
+    fn segment(
+        &mut self,
+        ingress: Port,
+        now_ns: u64,
+        lan_tx: &mut Vec<R::Desc>,
+        wan_tx: &mut Vec<R::Desc>,
+    ) {
+        let mut segments = std::mem::take(&mut self.super_frame.segments);
+        let bytes = std::mem::take(&mut self.super_frame.bytes);
+        if std::mem::take(&mut self.super_frame.overflow) {
+            self.pipeline.super_frame_too_long();
+        } else if let Ok(plan) = self.pipeline.plan_segments(&bytes) {
+            if self.free.len() < plan.count() {
+                self.shared.counters.no_free_frame.fetch_add(1, Relaxed);
+            } else {
+                for index in 0..plan.count() {
+                    let Some(mut desc) = self.free.pop() else {
+                        break;
+                    };
+                    // SAFETY: a free frame, owned by this worker.
+                    let (dst, _) = unsafe { self.sockets.frame_mut(&desc) };
+                    match self
+                        .pipeline
+                        .write_segment(&bytes, &plan, index, dst, SEGMENT_AT)
+                    {
+                        Some(len) if self.sockets.set_data(&mut desc, SEGMENT_AT, len) => {
+                            segments.push(desc);
+                        }
+                        _ => {
+                            self.shared.counters.bad_verdict.fetch_add(1, Relaxed);
+                            self.free.push(desc);
+                        }
+                    }
+                }
+                self.process(&mut segments, ingress, Pass::Received, now_ns, lan_tx, wan_tx);
+            }
+        }
+        segments.clear();
+        self.super_frame.segments = segments;
+        let mut bytes = bytes;
+        bytes.clear();
+        self.super_frame.bytes = bytes;
     }
 
     /// Frames through the pipeline and onto the TX lists (or the free list,

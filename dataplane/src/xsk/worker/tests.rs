@@ -782,3 +782,88 @@ fn a_switchover_buffer_is_bounded_and_a_lost_one_expires() {
     assert_eq!(parked.accounting.unaccounted(), 0);
     assert_eq!(shared.counters.snapshot().switchover_expired, 17);
 }
+
+/// A TCP datagram of `len` data bytes from the home link to the bound VM,
+/// as one frame however long (a TSO super-frame when longer than a UMEM
+/// frame).
+fn tcp_to_vm(len: usize) -> (Vec<u8>, Vec<u8>) {
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    (Ip::tcp(LAN_HOST, VM, 0x18, &[], &data).frame(), data)
+}
+
+#[test]
+fn a_super_frame_leaves_as_segments_in_order_between_whole_frames() {
+    let mut h = two_armed();
+    let before = Ip::udp(LAN_HOST, VM, b"before").frame();
+    let after = Ip::udp(LAN_HOST, VM, b"after").frame();
+    // 9000 bytes: 6 pieces of 1792, over two RX batches of 4.
+    let (super_frame, data) = tcp_to_vm(9000 - 54);
+    h.q().receive(Side::Lan, &before).unwrap();
+    h.q().receive(Side::Lan, &super_frame).unwrap();
+    h.q().receive(Side::Lan, &after).unwrap();
+    assert_eq!(h.q().lan.rx.iter().filter(|d| d.contd).count(), 5);
+    for _ in 0..3 {
+        h.step();
+    }
+
+    let wire = h.q().take_wire(Side::Wan);
+    // 1500 - 20 outer - 20 - 20 = 1440 data bytes a segment.
+    let segments = (9000 - 54usize).div_ceil(1440);
+    assert_eq!(wire.len(), 1 + segments + 1);
+    check_encapsulated(&wire[0], inner_datagram(&before), 0);
+    // Outer Identifications count on through the segments.
+    check_encapsulated(wire.last().unwrap(), inner_datagram(&after), 1 + segments as u16);
+    let mut carried = Vec::new();
+    for out in &wire[1..=segments] {
+        let inner = &out[14 + 20..];
+        let (ip, tcp) = etherparse::Ipv4Slice::from_slice(inner)
+            .map(|ip| (ip.header().to_header(), ip.payload().payload.to_vec()))
+            .unwrap();
+        assert!(usize::from(ip.total_len) + 20 <= 1500);
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+        let th = etherparse::TcpSlice::from_slice(&tcp).unwrap();
+        assert_eq!(
+            th.calc_checksum_ipv4(ip.source, ip.destination).unwrap(),
+            th.checksum()
+        );
+        carried.extend_from_slice(th.payload());
+    }
+    assert_eq!(carried, data);
+    let c = h.counters();
+    assert_eq!((c.pipeline.segmented, c.pipeline.segments_out), (1, segments as u64));
+    assert_eq!(c.pipeline.encapsulated, 2 + segments as u64);
+    h.step();
+    h.assert_conserved();
+}
+
+#[test]
+fn a_super_frame_that_is_not_tcp_is_dropped_and_counted() {
+    let mut h = two_armed();
+    let udp = Ip::udp(LAN_HOST, VM, &[9; 5000]).frame();
+    h.q().receive(Side::Lan, &udp).unwrap();
+    h.step();
+    h.step();
+    assert!(h.q().take_wire(Side::Wan).is_empty());
+    let c = h.counters();
+    assert_eq!(c.pipeline.drops[DropReason::Unsegmentable as usize], 1);
+    assert_eq!(c.pipeline.segmented, 0);
+    h.assert_conserved();
+}
+
+#[test]
+fn a_super_frame_without_enough_free_frames_counts_no_free_frame() {
+    // 1440 data bytes a segment... at a tunnel MTU of 340, 280: 33
+    // segments, and the worker has 32 frames to spare.
+    let mut cfg = config();
+    cfg.tunnel_mtu = 340;
+    let mut h = Harness::new(XSK, false, cfg);
+    let (super_frame, _) = tcp_to_vm(9000);
+    h.q().receive(Side::Lan, &super_frame).unwrap();
+    for _ in 0..3 {
+        h.step();
+    }
+    assert!(h.q().take_wire(Side::Wan).is_empty(), "all segments or none");
+    let c = h.counters();
+    assert_eq!((c.no_free_frame, c.pipeline.segmented), (1, 1));
+    h.assert_conserved();
+}
