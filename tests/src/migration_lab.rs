@@ -63,6 +63,10 @@ pub struct MigrationLabOptions {
     /// GRO on the veth peers of the HA's and hypervisors' uplinks, so that
     /// frames homeward XDP-redirects into them are not dropped.
     pub gro: bool,
+    /// Offloads as a fresh system has them: every veth keeps its checksum
+    /// offload, and the VM has QEMU's default virtio-net (checksum offload
+    /// and TSO). `false`: complete checksums everywhere, `csum=off`.
+    pub default_offloads: bool,
 }
 
 impl Default for MigrationLabOptions {
@@ -70,6 +74,7 @@ impl Default for MigrationLabOptions {
         MigrationLabOptions {
             wan_mtu: 1500,
             gro: true,
+            default_offloads: false,
         }
     }
 }
@@ -232,12 +237,14 @@ impl MigrationLab {
 
         // Hosts whose traffic homeward may forward from userspace send
         // frames as a wire would carry them: checksums complete.
-        client.full_checksums(&client_lan.name);
-        hyp_a.full_checksums(&a_bridge.name);
-        hyp_a.full_checksums(&a_uplink_port);
-        router.full_checksums(&router_wan.name);
-        router.full_checksums(&router_b.name);
-        hyp_b.full_checksums(&b_uplink.name);
+        if !options.default_offloads {
+            client.full_checksums(&client_lan.name);
+            hyp_a.full_checksums(&a_bridge.name);
+            hyp_a.full_checksums(&a_uplink_port);
+            router.full_checksums(&router_wan.name);
+            router.full_checksums(&router_b.name);
+            hyp_b.full_checksums(&b_uplink.name);
+        }
         if options.gro {
             // A frame XDP-redirected into a veth is dropped unless the peer
             // has GRO on: peers of the HA's lan0/wan0 and of the hypervisors'
@@ -290,7 +297,10 @@ impl MigrationLab {
         Vm::boot(
             &self.hyp_a,
             &self.tap,
-            QemuConfig::new("vm", &self.tap),
+            QemuConfig {
+                default_nic: self.options.default_offloads,
+                ..QemuConfig::new("vm", &self.tap)
+            },
             storage,
         )
     }

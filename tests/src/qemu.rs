@@ -319,6 +319,10 @@ pub struct QemuConfig {
     /// namespace's [`agent_qmp_socket`], the same path for every QEMU on
     /// that host, so an agent configured once finds each VM that arrives.
     pub agent_qmp: Option<PathBuf>,
+    /// QEMU's default virtio-net: checksum offload and TSO toward the host
+    /// on. `false`: `csum=off`, the guest finishes its own checksums and
+    /// sends nothing larger than its MTU.
+    pub default_nic: bool,
 }
 
 /// Where a QEMU the lab starts in `ns` offers its spare QMP socket, unless
@@ -342,6 +346,7 @@ impl QemuConfig {
             incoming: false,
             paused: false,
             agent_qmp: None,
+            default_nic: false,
         }
     }
 }
@@ -408,14 +413,15 @@ impl Qemu {
             format!("unix:{},server=on,wait=off", path_str(&agent_qmp_path)),
             "-netdev".into(),
             format!("tap,id=net0,ifname={},script=no,downscript=no", config.tap),
-            // csum=off: the guest computes its own checksums, so its frames
-            // leave the tap complete, as a wire would carry them (the same
-            // reason the lab's veths have tx offload off). romfile=: no PXE
-            // option ROM needed (ipxe-qemu is only recommended).
+            // csum=off unless `default_nic`: the guest computes its own
+            // checksums and segments, so its frames leave the tap complete,
+            // as a wire would carry them. romfile=: no PXE option ROM
+            // needed (ipxe-qemu is only recommended).
             "-device".into(),
             format!(
-                "virtio-net-pci,netdev=net0,mac={},csum=off,romfile=",
-                config.mac
+                "virtio-net-pci,netdev=net0,mac={}{},romfile=",
+                config.mac,
+                if config.default_nic { "" } else { ",csum=off" }
             ),
         ];
         if let Some(disk) = &config.disk {

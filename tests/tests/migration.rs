@@ -15,7 +15,8 @@ use homeward_tests::homeward_lab::{agent_vm, metric, scrape, Homeward};
 use homeward_tests::qemu::MigrationReport;
 use homeward_tests::vm::{HELLO_BODY, HELLO_PATH, VM_MAC};
 use homeward_tests::{
-    decode_arp, Capture, MigrateOptions, MigrationLab, Storage, StreamOptions, StreamReport,
+    decode_arp, Capture, MigrateOptions, MigrationLab, MigrationLabOptions, Storage,
+    StreamOptions, StreamReport,
 };
 
 /// One guest at a time on this 2-core machine (see vm_migration.rs).
@@ -188,6 +189,54 @@ fn migration_with_shared_storage_and_with_block_mirroring() {
         drop(vm);
         hw.stop();
     }
+}
+
+/// QEMU's default virtio-net on the guest (checksum offload and TSO toward
+/// the host, no `csum=off`) and default offloads on every veth of the lab,
+/// the client's included: the download keeps going through a migration to
+/// B, a download served from B, and a migration home; agent B cut the VM's
+/// TSO super-frames into segments and finished its partial checksums.
+#[test]
+fn a_default_guest_nic_with_default_offloads_migrates_away_and_home() {
+    let _one = serial();
+    let lab = MigrationLab::with_options(
+        "hwdef",
+        MigrationLabOptions {
+            default_offloads: true,
+            ..MigrationLabOptions::default()
+        },
+    );
+    let hw = Homeward::start(&lab);
+    let mut vm = lab.boot_vm_on_a(Storage::None);
+    assert_eq!(
+        lab.http_get(&lab.client, HELLO_PATH).as_deref(),
+        Some(HELLO_BODY)
+    );
+    let opts = MigrateOptions::default();
+    outage(&lab, &mut vm, &lab.hyp_b, &lab.tap, &opts, "default NIC A->B", None);
+
+    let mut stream = lab.start_stream(&StreamOptions {
+        seconds: 3.0,
+        ..StreamOptions::default()
+    });
+    let served_from_b = StreamReport::wait(&mut stream, Duration::from_secs(30));
+    assert!(served_from_b.is_clean(), "{served_from_b:?}");
+    let fa = hw.json(&lab.hyp_b, "agent-b", &["stats"]);
+    let c = &fa["datapath"]["counters"];
+    let segmented = c["segmented"].as_u64().unwrap_or(0);
+    let segments = c["segments_out"].as_u64().unwrap_or(0);
+    assert!(segmented > 0, "no super-frame from the guest: {fa}");
+    assert!(segments > segmented, "{fa}");
+    assert_eq!(fa["datapath"]["drops"]["unsegmentable"].as_u64(), Some(0), "{fa}");
+    eprintln!(
+        "served from B: {} bytes; agent B cut {segmented} super-frames into {segments} \
+         segments, finished {} checksums",
+        served_from_b.bytes, c["checksums_finished"]
+    );
+
+    outage(&lab, &mut vm, &lab.hyp_a, &lab.tap, &opts, "default NIC B->A", None);
+    drop(vm);
+    hw.stop();
 }
 
 /// One migration of `vm` to `tap` on `to` during a download from `lab`'s
