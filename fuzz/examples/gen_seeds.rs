@@ -52,6 +52,15 @@ fn payload(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
+/// A TCP segment (doff 8: NOP NOP timestamps) carrying `n` bytes, as a
+/// guest's TSO hands over a super-frame.
+fn tcp_segment(n: usize) -> Vec<u8> {
+    let mut t = vec![0x9c, 0x40, 0x00, 0x50, 0, 0, 0x10, 0, 0, 0, 0, 1, 0x80, 0x18, 0xff, 0xff];
+    t.extend_from_slice(&[0, 0, 0, 0, 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+    t.extend_from_slice(&payload(n));
+    t
+}
+
 fn home_agent_seeds(o: &mut Out) {
     assert_eq!(Settings::encode_default(Port::Lan), LAN);
     assert_eq!(Settings::encode_default(Port::Wan), WAN);
@@ -97,6 +106,11 @@ fn home_agent_seeds(o: &mut Out) {
         "offset_overflow_cannot_fragment",
         [0x02, 0x03],
         &udp(VM, 1400).df(false).frag(false, 8100).frame(),
+    );
+    o.frame(
+        "superframe_tcp_3k_mtu576",
+        [0x02, 0x03],
+        &Ip::raw(LAN_HOST, VM, 6, &tcp_segment(3000)).frame(),
     );
     o.frame(
         "fragments_mtu576_3k",
@@ -230,6 +244,14 @@ fn foreign_agent_seeds(o: &mut Out) {
             .eth_dst(LAN_HOST_MAC)
             .eth_src(SERVED_MAC)
     };
+    o.frame(
+        "superframe_tcp_from_vm",
+        [0x00, 0x03],
+        &Ip::raw(SERVED, CLIENT, 6, &tcp_segment(3900))
+            .eth_dst(LAN_HOST_MAC)
+            .eth_src(SERVED_MAC)
+            .frame(),
+    );
     o.frame(
         "decap_to_vm",
         WAN,

@@ -18,7 +18,9 @@
 //! outside the old and new frame is written, and every IPv4 header (and ICMP
 //! message) the pipeline emits verifies; a dropped frame is not modified;
 //! `Fragments` pieces fit their buffers and the tunnel MTU, verify, and
-//! carry exactly the datagram's data, in order.
+//! carry exactly the datagram's data, in order. The frame is also offered
+//! as a TSO super-frame: if it is planned, its segments fit the tunnel,
+//! verify (IPv4 and TCP checksums) and carry the TCP data in order.
 
 use std::net::Ipv4Addr;
 
@@ -164,6 +166,7 @@ pub fn run(role: Role, data: &[u8]) {
     cfg.icmp_rate_per_sec = 10;
     let mut p = Pipeline::new(cfg, 0x100);
     let tables = Tables { role };
+    segments(&mut p.clone(), frame);
     let rounds = if s.twice { 2 } else { 1 };
     for round in 0..rounds {
         if s.everything {
@@ -397,4 +400,52 @@ fn check_fragments(
     let mut dst = vec![0u8; 2048];
     let _ = p.write_fragment(&buf[..buf.len() / 2], plan, 0, &mut dst);
     let _ = p.write_fragment(received, plan, 1, &mut dst);
+}
+
+/// The frame as a super-frame the worker gathered: a plan counts it as
+/// segmented, a refusal as one drop; every segment fits a 2048-byte frame
+/// after 256 bytes of headroom and the tunnel, verifies, and the segments
+/// carry the TCP data in order with consecutive sequence numbers.
+fn segments(p: &mut Pipeline, frame: &[u8]) {
+    let c0 = p.counters().clone();
+    let Ok(plan) = p.plan_segments(frame) else {
+        let c = p.counters();
+        assert_eq!(c.drops.iter().sum::<u64>(), c0.drops.iter().sum::<u64>() + 1);
+        return;
+    };
+    assert_eq!(p.counters().segmented, c0.segmented + 1);
+    let l2 = ipv4_offset(frame).expect("a planned super-frame is IPv4");
+    let ip = &frame[l2..];
+    let ihl = usize::from(ip[0] & 0xf) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let thl = usize::from(ip[ihl + 12] >> 4) * 4;
+    let data = &ip[ihl + thl..total];
+    let seq = u32::from_be_bytes([ip[ihl + 4], ip[ihl + 5], ip[ihl + 6], ip[ihl + 7]]);
+    let mtu = usize::from(p.config().tunnel_mtu);
+    let mut carried = 0;
+    for i in 0..plan.count() {
+        let mut dst = vec![0u8; 2048];
+        let len = p
+            .write_segment(frame, &plan, i, &mut dst, 256)
+            .expect("a planned segment fits a frame");
+        let out = &dst[256..256 + len];
+        assert_eq!(out[..l2], frame[..l2], "link header copied");
+        let (sihl, stotal) = check_ipv4(&out[l2..], "segment header");
+        assert_eq!(l2 + stotal, len);
+        assert!(stotal + 20 <= mtu.max(20) && stotal <= 1500, "segment over the tunnel");
+        let seg = &out[l2..l2 + stotal];
+        let mut pseudo = Vec::with_capacity(12 + stotal);
+        pseudo.extend_from_slice(&seg[12..20]);
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&((stotal - sihl) as u16).to_be_bytes());
+        pseudo.extend_from_slice(&seg[sihl..]);
+        assert_eq!(internet_checksum(&pseudo), 0, "segment {i}: TCP checksum");
+        let sseq = u32::from_be_bytes([seg[sihl + 4], seg[sihl + 5], seg[sihl + 6], seg[sihl + 7]]);
+        assert_eq!(sseq, seq.wrapping_add(carried as u32), "segment {i}: sequence");
+        let piece = &seg[sihl + thl..];
+        assert!(data.get(carried..carried + piece.len()) == Some(piece), "segment {i}: data");
+        carried += piece.len();
+    }
+    assert_eq!(carried, data.len(), "the segments carry all the data");
+    assert!(p.write_segment(frame, &plan, plan.count(), &mut [0u8; 2048], 256).is_none());
 }
