@@ -55,7 +55,9 @@ fn payload(n: usize) -> Vec<u8> {
 /// A TCP segment (doff 8: NOP NOP timestamps) carrying `n` bytes, as a
 /// guest's TSO hands over a super-frame.
 fn tcp_segment(n: usize) -> Vec<u8> {
-    let mut t = vec![0x9c, 0x40, 0x00, 0x50, 0, 0, 0x10, 0, 0, 0, 0, 1, 0x80, 0x18, 0xff, 0xff];
+    let mut t = vec![
+        0x9c, 0x40, 0x00, 0x50, 0, 0, 0x10, 0, 0, 0, 0, 1, 0x80, 0x18, 0xff, 0xff,
+    ];
     t.extend_from_slice(&[0, 0, 0, 0, 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
     t.extend_from_slice(&payload(n));
     t

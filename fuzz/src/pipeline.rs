@@ -219,7 +219,10 @@ fn one(p: &mut Pipeline, s: &Settings, frame: &[u8], round: u64, lookup: &impl L
         };
     }
     let c = p.counters().clone();
-    if let Verdict::Hold { start: s, len: l, .. } = v {
+    if let Verdict::Hold {
+        start: s, len: l, ..
+    } = v
+    {
         // Held as received, for the worker to process again later.
         assert!((s, l) == (start, len), "a held frame is the received one");
         assert!(buf == before, "a held frame is not modified");
@@ -410,7 +413,10 @@ fn segments(p: &mut Pipeline, frame: &[u8]) {
     let c0 = p.counters().clone();
     let Ok(plan) = p.plan_segments(frame) else {
         let c = p.counters();
-        assert_eq!(c.drops.iter().sum::<u64>(), c0.drops.iter().sum::<u64>() + 1);
+        assert_eq!(
+            c.drops.iter().sum::<u64>(),
+            c0.drops.iter().sum::<u64>() + 1
+        );
         return;
     };
     assert_eq!(p.counters().segmented, c0.segmented + 1);
@@ -432,7 +438,10 @@ fn segments(p: &mut Pipeline, frame: &[u8]) {
         assert_eq!(out[..l2], frame[..l2], "link header copied");
         let (sihl, stotal) = check_ipv4(&out[l2..], "segment header");
         assert_eq!(l2 + stotal, len);
-        assert!(stotal + 20 <= mtu.max(20) && stotal <= 1500, "segment over the tunnel");
+        assert!(
+            stotal + 20 <= mtu.max(20) && stotal <= 1500,
+            "segment over the tunnel"
+        );
         let seg = &out[l2..l2 + stotal];
         let mut pseudo = Vec::with_capacity(12 + stotal);
         pseudo.extend_from_slice(&seg[12..20]);
@@ -441,11 +450,20 @@ fn segments(p: &mut Pipeline, frame: &[u8]) {
         pseudo.extend_from_slice(&seg[sihl..]);
         assert_eq!(internet_checksum(&pseudo), 0, "segment {i}: TCP checksum");
         let sseq = u32::from_be_bytes([seg[sihl + 4], seg[sihl + 5], seg[sihl + 6], seg[sihl + 7]]);
-        assert_eq!(sseq, seq.wrapping_add(carried as u32), "segment {i}: sequence");
+        assert_eq!(
+            sseq,
+            seq.wrapping_add(carried as u32),
+            "segment {i}: sequence"
+        );
         let piece = &seg[sihl + thl..];
-        assert!(data.get(carried..carried + piece.len()) == Some(piece), "segment {i}: data");
+        assert!(
+            data.get(carried..carried + piece.len()) == Some(piece),
+            "segment {i}: data"
+        );
         carried += piece.len();
     }
     assert_eq!(carried, data.len(), "the segments carry all the data");
-    assert!(p.write_segment(frame, &plan, plan.count(), &mut [0u8; 2048], 256).is_none());
+    assert!(p
+        .write_segment(frame, &plan, plan.count(), &mut [0u8; 2048], 256)
+        .is_none());
 }

@@ -15,8 +15,8 @@ use homeward_tests::homeward_lab::{agent_vm, metric, scrape, Homeward};
 use homeward_tests::qemu::MigrationReport;
 use homeward_tests::vm::{HELLO_BODY, HELLO_PATH, VM_MAC};
 use homeward_tests::{
-    decode_arp, Capture, MigrateOptions, MigrationLab, MigrationLabOptions, Storage,
-    StreamOptions, StreamReport,
+    decode_arp, Capture, MigrateOptions, MigrationLab, MigrationLabOptions, Storage, StreamOptions,
+    StreamReport,
 };
 
 /// One guest at a time on this 2-core machine (see vm_migration.rs).
@@ -213,7 +213,15 @@ fn a_default_guest_nic_with_default_offloads_migrates_away_and_home() {
         Some(HELLO_BODY)
     );
     let opts = MigrateOptions::default();
-    outage(&lab, &mut vm, &lab.hyp_b, &lab.tap, &opts, "default NIC A->B", None);
+    outage(
+        &lab,
+        &mut vm,
+        &lab.hyp_b,
+        &lab.tap,
+        &opts,
+        "default NIC A->B",
+        None,
+    );
 
     let mut stream = lab.start_stream(&StreamOptions {
         seconds: 3.0,
@@ -227,14 +235,26 @@ fn a_default_guest_nic_with_default_offloads_migrates_away_and_home() {
     let segments = c["segments_out"].as_u64().unwrap_or(0);
     assert!(segmented > 0, "no super-frame from the guest: {fa}");
     assert!(segments > segmented, "{fa}");
-    assert_eq!(fa["datapath"]["drops"]["unsegmentable"].as_u64(), Some(0), "{fa}");
+    assert_eq!(
+        fa["datapath"]["drops"]["unsegmentable"].as_u64(),
+        Some(0),
+        "{fa}"
+    );
     eprintln!(
         "served from B: {} bytes; agent B cut {segmented} super-frames into {segments} \
          segments, finished {} checksums",
         served_from_b.bytes, c["checksums_finished"]
     );
 
-    outage(&lab, &mut vm, &lab.hyp_a, &lab.tap, &opts, "default NIC B->A", None);
+    outage(
+        &lab,
+        &mut vm,
+        &lab.hyp_a,
+        &lab.tap,
+        &opts,
+        "default NIC B->A",
+        None,
+    );
     drop(vm);
     hw.stop();
 }

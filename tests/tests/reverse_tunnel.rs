@@ -115,7 +115,11 @@ fn a_tso_super_frame_from_a_default_guest_nic_is_segmented_into_the_tunnel() {
         "1448",
     ]);
     let written: serde_json::Value = serde_json::from_str(&written).unwrap();
-    assert_eq!(written["frame"].as_u64(), Some(54 + LEN as u64), "{written}");
+    assert_eq!(
+        written["frame"].as_u64(),
+        Some(54 + LEN as u64),
+        "{written}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let delivered = decode_ipv4(&at_host.stop());
 
@@ -131,7 +135,11 @@ fn a_tso_super_frame_from_a_default_guest_nic_is_segmented_into_the_tunnel() {
         assert_eq!(l4.checksum_valid, Some(true), "segment {i}: {s:?}");
         assert_eq!(s.checksum_valid, Some(true), "segment {i}");
         assert_eq!(l4.tcp_seq, Some(1000 + (i * 1440) as u32), "in order");
-        assert!(usize::from(s.len) + 20 <= 1500, "fitted the tunnel: {}", s.len);
+        assert!(
+            usize::from(s.len) + 20 <= 1500,
+            "fitted the tunnel: {}",
+            s.len
+        );
         data.extend(l4.payload());
     }
     let want: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();

@@ -245,11 +245,8 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
         "TCP super-frames (a guest's TSO, larger than one AF_XDP frame) cut into segments.",
     )
     .sample(vec![], t.pipeline.segmented);
-    x.counter(
-        "segments",
-        "Segments written from TCP super-frames.",
-    )
-    .sample(vec![], t.pipeline.segments_out);
+    x.counter("segments", "Segments written from TCP super-frames.")
+        .sample(vec![], t.pipeline.segments_out);
     x.counter(
         "capture_dropped",
         "Records homeward capture could not take (its queue was full); the packets were forwarded as usual.",

@@ -550,7 +550,14 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                         }
                     }
                 }
-                self.process(&mut segments, ingress, Pass::Received, now_ns, lan_tx, wan_tx);
+                self.process(
+                    &mut segments,
+                    ingress,
+                    Pass::Received,
+                    now_ns,
+                    lan_tx,
+                    wan_tx,
+                );
             }
         }
         segments.clear();

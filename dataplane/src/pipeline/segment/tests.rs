@@ -31,7 +31,9 @@ fn cut(p: &mut Pipeline, frame: &[u8]) -> Vec<Vec<u8>> {
     (0..plan.count())
         .map(|i| {
             let mut dst = vec![0u8; 2048];
-            let len = p.write_segment(frame, &plan, i, &mut dst, AT).expect("a segment");
+            let len = p
+                .write_segment(frame, &plan, i, &mut dst, AT)
+                .expect("a segment");
             dst[AT..AT + len].to_vec()
         })
         .collect()
@@ -132,9 +134,18 @@ fn no_input_panics_or_writes_out_of_bounds() {
     let plan = p.plan_segments(&original).unwrap();
     // Out of range, a destination too small, a source cut short.
     let mut dst = vec![0u8; 2048];
-    assert_eq!(p.write_segment(&original, &plan, plan.count(), &mut dst, AT), None);
-    assert_eq!(p.write_segment(&original, &plan, 0, &mut dst[..600], AT), None);
-    assert_eq!(p.write_segment(&original[..1000], &plan, 2, &mut dst, AT), None);
+    assert_eq!(
+        p.write_segment(&original, &plan, plan.count(), &mut dst, AT),
+        None
+    );
+    assert_eq!(
+        p.write_segment(&original, &plan, 0, &mut dst[..600], AT),
+        None
+    );
+    assert_eq!(
+        p.write_segment(&original[..1000], &plan, 2, &mut dst, AT),
+        None
+    );
     for cut in 0..original.len().min(200) {
         let _ = p.plan_segments(&original[..cut]);
     }

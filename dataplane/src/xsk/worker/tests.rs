@@ -812,7 +812,11 @@ fn a_super_frame_leaves_as_segments_in_order_between_whole_frames() {
     assert_eq!(wire.len(), 1 + segments + 1);
     check_encapsulated(&wire[0], inner_datagram(&before), 0);
     // Outer Identifications count on through the segments.
-    check_encapsulated(wire.last().unwrap(), inner_datagram(&after), 1 + segments as u16);
+    check_encapsulated(
+        wire.last().unwrap(),
+        inner_datagram(&after),
+        1 + segments as u16,
+    );
     let mut carried = Vec::new();
     for out in &wire[1..=segments] {
         let inner = &out[14 + 20..];
@@ -830,7 +834,10 @@ fn a_super_frame_leaves_as_segments_in_order_between_whole_frames() {
     }
     assert_eq!(carried, data);
     let c = h.counters();
-    assert_eq!((c.pipeline.segmented, c.pipeline.segments_out), (1, segments as u64));
+    assert_eq!(
+        (c.pipeline.segmented, c.pipeline.segments_out),
+        (1, segments as u64)
+    );
     assert_eq!(c.pipeline.encapsulated, 2 + segments as u64);
     h.step();
     h.assert_conserved();
@@ -862,7 +869,10 @@ fn a_super_frame_without_enough_free_frames_counts_no_free_frame() {
     for _ in 0..3 {
         h.step();
     }
-    assert!(h.q().take_wire(Side::Wan).is_empty(), "all segments or none");
+    assert!(
+        h.q().take_wire(Side::Wan).is_empty(),
+        "all segments or none"
+    );
     let c = h.counters();
     assert_eq!((c.no_free_frame, c.pipeline.segmented), (1, 1));
     h.assert_conserved();
