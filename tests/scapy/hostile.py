@@ -194,7 +194,9 @@ class Gen:
 
     def oversize(self):
         """Well-formed UDP to the bound VM, in a frame larger than a UMEM
-        frame's room (2048 B less XDP's 256 B of headroom)."""
+        frame's room (2048 B less XDP's 256 B of headroom): it reaches the
+        worker in pieces (AF_XDP multi-buffer) and, not being TCP, is not
+        cut into segments."""
         total = self.r.randint(1850, 3400)
         return self.l2(ETH_IP) + self.good_udp_to_vm(length=total - 14 - 28)
 
