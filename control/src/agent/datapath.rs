@@ -60,6 +60,9 @@ pub struct DataPathConfig {
 pub struct DataPath {
     forwarder: Forwarder,
     config: DataPathConfig,
+    /// Keeps a bridge VM link promiscuous while the agent runs (see
+    /// [`bridge_promiscuous`]).
+    _promiscuous: Option<std::os::fd::OwnedFd>,
 }
 
 /// The `datapath` object of the agent's `stats`.
@@ -97,6 +100,33 @@ pub struct ServedStats {
     pub home_agent: Ipv4Addr,
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// A VM link that is a bridge must be promiscuous. A moved VM keeps
+/// sending to the MACs it learned at home (its clients', its gateway's),
+/// which this bridge does not know: it floods such frames to its ports and
+/// passes them up to itself, where the agent's XDP program runs, only when
+/// promiscuous. On a tap the program sees every frame anyway.
+fn bridge_promiscuous(name: &str, ifindex: u32) -> Result<Option<std::os::fd::OwnedFd>, Error> {
+    if !std::path::Path::new("/sys/class/net")
+        .join(name)
+        .join("bridge")
+        .exists()
+    {
+        return Ok(None);
+    }
+    let fd = dataplane::xsk::promiscuous(ifindex).map_err(|e| {
+        Error::Dataplane(format!(
+            "cannot make the VM bridge {name} promiscuous ({e}): the agent would not \
+             see a moved VM's frames to home-link MACs; it needs CAP_NET_RAW"
+        ))
+    })?;
+    tracing::info!(
+        vm_link = name,
+        "the VM link is a bridge: promiscuous while the agent runs, so it sees the \
+         frames moved VMs send to home-link MACs"
+    );
+    Ok(Some(fd))
 }
 
 fn dp_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -170,7 +200,15 @@ impl DataPath {
                 Tables::foreign_agent(reader.clone(), neigh_reader.clone(), vm_index, up_index)
             }),
         };
-        Ok((DataPath { forwarder, config }, plan))
+        let promiscuous = bridge_promiscuous(&config.vm_link, vm_index)?;
+        Ok((
+            DataPath {
+                forwarder,
+                config,
+                _promiscuous: promiscuous,
+            },
+            plan,
+        ))
     }
 
     /// Serve what the predecessor served, start the workers (on its

@@ -14,7 +14,7 @@ mod worker;
 pub use accounting::{FrameAccounting, QueueFrames, RingOccupancy, SharedAccounting};
 pub use rings::{QueueIo, Side, SocketStats};
 pub use sockets::{QueueSockets, QueueState, SocketRings, XskConfig};
-pub use sys::pin_current_thread;
+pub use sys::{pin_current_thread, promiscuous};
 pub use worker::{Command, Parked, Worker, WorkerShared};
 
 /// Failures opening AF_XDP sockets.

@@ -1,6 +1,7 @@
-//! The one raw syscall the worker makes itself: poll(2) on its sockets.
+//! The raw syscalls of the data path: poll(2) on a worker's sockets, CPU
+//! pinning, and a link's promiscuity.
 
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Sleep until `a` or `b` has something to read, or `timeout` passes.
@@ -40,6 +41,46 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc == 0 {
         Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Puts the link `ifindex` into promiscuous mode for as long as the
+/// returned socket is open, as tcpdump does (a packet socket's
+/// `PACKET_MR_PROMISC` membership): the kernel counts it, so closing the
+/// socket, or the process ending however it ends, undoes it, and other
+/// users of promiscuous mode are unaffected. The socket (protocol 0)
+/// receives nothing.
+pub fn promiscuous(ifindex: u32) -> std::io::Result<OwnedFd> {
+    let ifindex = libc::c_int::try_from(ifindex)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket this function just opened and owns alone.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mreq = libc::packet_mreq {
+        mr_ifindex: ifindex,
+        mr_type: libc::PACKET_MR_PROMISC as libc::c_ushort,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    // SAFETY: `mreq` is a valid packet_mreq that lives across the call, and
+    // its size is what is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            (&mreq as *const libc::packet_mreq).cast(),
+            std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(socket)
     } else {
         Err(std::io::Error::last_os_error())
     }
