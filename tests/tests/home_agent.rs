@@ -98,7 +98,10 @@ fn bind_takes_over_the_address_with_proxy_and_gratuitous_arp() {
     // The schedule's gaps, not just its slots: the last comes about 800 ms
     // after the first (a late first one shortens this by its lateness).
     let span = offsets[4] - offsets[0];
-    assert!(span > 700.0 && span < 900.0, "announcements at {offsets:?} ms");
+    assert!(
+        span > 700.0 && span < 900.0,
+        "announcements at {offsets:?} ms"
+    );
     // The proxy reply to the client's request came from the data path.
     let reply = arps
         .iter()
