@@ -4,13 +4,13 @@
 //! replay state, configs and sockets in a private directory. Used by the
 //! migration tests and the migration demo.
 
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::vm::VM_MAC;
 use crate::{homeward_bin, MigrationLab, Netns, NsChild};
 
 /// The VM's SPI 256 key (HMAC-SHA256), in the HA's and both agents' key file.
@@ -97,6 +97,12 @@ impl Homeward {
         }
     }
 
+    /// The control socket of `which` (`ha`, `agent-a`, `agent-b`), for
+    /// `homeward capture --socket`, say.
+    pub fn socket(&self, which: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("{which}.sock"))
+    }
+
     /// `homeward ARGS --socket <which>.sock --json` in `ns`, parsed.
     #[track_caller]
     pub fn json(&self, ns: &Netns, which: &str, args: &[&str]) -> Value {
@@ -119,10 +125,15 @@ impl Homeward {
 
     /// The HA's binding of the VM, if any.
     pub fn binding(&self, lab: &MigrationLab) -> Option<Value> {
+        self.binding_of(lab, lab.vm_addr())
+    }
+
+    /// The HA's binding of the VM whose home address is `vm`, if any.
+    pub fn binding_of(&self, lab: &MigrationLab, vm: Ipv4Addr) -> Option<Value> {
         let list = self.json(&lab.ha, "ha", &["list"]);
         list.as_array()?
             .iter()
-            .find(|b| b["vm"] == "192.0.2.50")
+            .find(|b| b["vm"] == vm.to_string())
             .cloned()
     }
 
@@ -134,9 +145,21 @@ impl Homeward {
         want: Option<&str>,
         timeout: Duration,
     ) -> Duration {
+        self.wait_binding_of(lab, lab.vm_addr(), want, timeout)
+    }
+
+    /// [`Homeward::wait_binding`] for the VM whose home address is `vm`.
+    #[track_caller]
+    pub fn wait_binding_of(
+        &self,
+        lab: &MigrationLab,
+        vm: Ipv4Addr,
+        want: Option<&str>,
+        timeout: Duration,
+    ) -> Duration {
         let start = Instant::now();
         loop {
-            let got = self.binding(lab);
+            let got = self.binding_of(lab, vm);
             let care_of = got
                 .as_ref()
                 .and_then(|b| b["care_of"].as_str().map(String::from));
@@ -145,7 +168,7 @@ impl Homeward {
             }
             assert!(
                 start.elapsed() < timeout,
-                "HA binding {got:?}, want care-of {want:?}\nagent B:\n{}\nHA:\n{}",
+                "HA binding of {vm}: {got:?}, want care-of {want:?}\nagent B:\n{}\nHA:\n{}",
                 self.agent_b.stderr(),
                 self.ha.stderr()
             );
@@ -174,22 +197,32 @@ impl Homeward {
     }
 }
 
-/// The agent's config on hypervisor `ns`: the lab's VM, on the lab's tap,
-/// with QEMU's spare QMP socket there.
+/// The agent's config on hypervisor `ns`: a `[[vm]]` per lab VM, each with
+/// its QEMU's spare QMP socket there. The VM link: on A the first VM's tap
+/// (A's bridge is the uplink), on B [`MigrationLab::b_vm_link`] (the tap,
+/// or with several VMs the bridge holding their taps).
 fn write_agent_config(path: &Path, keys: &Path, lab: &MigrationLab, ns: &Netns, socket: &Path) {
-    std::fs::write(
-        path,
-        format!(
-            "keys = \"{}\"\nvm_link = \"{}\"\nlifetime = 30\nsocket = \"{}\"\nmetrics = \"{METRICS}\"\n\n\
-             [[vm]]\nname = \"vm\"\nmac = \"{VM_MAC}\"\nhome_address = \"192.0.2.50\"\n\
+    let vm_link = if ns.name() == lab.hyp_b.name() {
+        &lab.b_vm_link
+    } else {
+        &lab.tap
+    };
+    let mut text = format!(
+        "keys = \"{}\"\nvm_link = \"{vm_link}\"\nlifetime = 30\nsocket = \"{}\"\nmetrics = \"{METRICS}\"\n",
+        keys.display(),
+        socket.display(),
+    );
+    for (i, v) in lab.vms.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[vm]]\nname = \"{}\"\nmac = \"{}\"\nhome_address = \"{}\"\n\
              home_prefix_len = 24\nspi = 256\nqmp = \"{}\"\n",
-            keys.display(),
-            lab.tap,
-            socket.display(),
-            lab.agent_qmp_socket(ns).display()
-        ),
-    )
-    .expect("write agent config");
+            v.name,
+            v.mac,
+            v.addr,
+            lab.vm_agent_qmp_socket(ns, i).display()
+        ));
+    }
+    std::fs::write(path, text).expect("write agent config");
 }
 
 /// Where each daemon (HA and agents, each in its own namespace) serves its
@@ -222,4 +255,12 @@ pub fn metric(samples: &[(String, f64)], series: &str) -> Option<f64> {
 /// The agent on `ns`'s view of the VM (`homeward list` on its socket).
 pub fn agent_vm(hw: &Homeward, ns: &Netns, which: &str) -> Value {
     hw.json(ns, which, &["list"])["vms"][0].clone()
+}
+
+/// The agent on `ns`'s view of the VM named `name` (`Null` if it has none).
+pub fn agent_vm_named(hw: &Homeward, ns: &Netns, which: &str, name: &str) -> Value {
+    hw.json(ns, which, &["list"])["vms"]
+        .as_array()
+        .and_then(|vms| vms.iter().find(|v| v["name"] == name).cloned())
+        .unwrap_or(Value::Null)
 }

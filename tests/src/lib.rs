@@ -40,7 +40,7 @@ pub use decode::{
     OuterReassembled, L4,
 };
 pub use link::{veth_pair, Iface, Mac, VethEnd};
-pub use migration_lab::{MigrationLab, MigrationLabOptions, StreamOptions, StreamReport};
+pub use migration_lab::{LabVm, MigrationLab, MigrationLabOptions, StreamOptions, StreamReport};
 pub use netns::{netns_exists, require_root, Netns, NsChild};
 pub use qemu::{MigrateOptions, MigrationReport, Qemu, QemuConfig, Qmp, QmpEvent, Storage, Vm};
 pub use topology::{LabOptions, LanHost, Topology};

@@ -12,6 +12,13 @@
 //!                                                                         hyp B ns: tap vm0 (no bridge)
 //! ```
 //!
+//! With [`MigrationLabOptions::vms`] > 1 the lab hosts that many VMs
+//! ([`LabVm`]): VM `i` is `vm<i>`, home address 192.0.2.(50+i), MAC
+//! 52:54:00:12:34:(50+i), tap `vm<i>` on both hypervisors (on A a port of
+//! `br0`), its own spare QMP socket on each. On B their taps are the ports
+//! of a bridge `br-vm` (no address), the link B's agent serves them on. A's
+//! spare tap is then `vmalt`.
+//!
 //! The VM's home address is 192.0.2.50 on the home LAN, gateway 192.0.2.1
 //! (the HA). The router forwards between the HA's WAN and B's network and
 //! routes the home prefix to the HA, as the Internet would. The HA forwards
@@ -32,7 +39,7 @@ use crate::link::{veth_pair, Iface, Mac, VethEnd, LINK_UP_TIMEOUT};
 use crate::netns::{Netns, NsChild};
 use crate::qemu::{QemuConfig, Storage, Vm};
 use crate::topology::{CLIENT_ADDR, HA_LAN_ADDR, HA_WAN_ADDR, VM_HOME_ADDR};
-use crate::vm::{HTTP_PORT, STREAM_PATH};
+use crate::vm::{HTTP_PORT, STREAM_PATH, VM_MAC};
 
 /// Hypervisor A's own address on the home LAN (on its bridge).
 pub const HYP_A_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
@@ -49,6 +56,10 @@ pub const VM_TAP: &str = "vm0";
 /// A second tap on A's bridge, for a migration within A (a tap takes one
 /// QEMU at a time, and both run during a migration).
 pub const VM_TAP_ALT: &str = "vm1";
+/// A's spare tap in a lab with several VMs (`vm1` is then a VM's).
+pub const VM_TAP_ALT_MULTI: &str = "vmalt";
+/// The bridge on B that holds the VMs' taps in a lab with several VMs.
+pub const B_VM_BRIDGE: &str = "br-vm";
 /// Name of the client binary (tests/src/bin/hw-vm-client.rs).
 pub const CLIENT_BIN: &str = "hw-vm-client";
 /// Environment variable that overrides where [`CLIENT_BIN`] is.
@@ -67,6 +78,8 @@ pub struct MigrationLabOptions {
     /// offload, and the VM has QEMU's default virtio-net (checksum offload
     /// and TSO). `false`: complete checksums everywhere, `csum=off`.
     pub default_offloads: bool,
+    /// How many VMs the lab hosts (at least 1; see the module's docs).
+    pub vms: usize,
 }
 
 impl Default for MigrationLabOptions {
@@ -75,7 +88,62 @@ impl Default for MigrationLabOptions {
             wan_mtu: 1500,
             gro: true,
             default_offloads: false,
+            vms: 1,
         }
+    }
+}
+
+/// One of the lab's VMs: who it is and where it plugs in.
+#[derive(Clone, Debug)]
+pub struct LabVm {
+    /// Its name: QEMU's label and the agents' `[[vm]]` name (`vm` in a
+    /// one-VM lab, else `vm<i>`).
+    pub name: String,
+    /// Its NIC's MAC.
+    pub mac: Mac,
+    /// Its home address.
+    pub addr: Ipv4Addr,
+    /// Its tap, the same name on A (a port of `br0`) and on B.
+    pub tap: String,
+    /// The file name of its spare QMP socket on a hypervisor (`None`: the
+    /// one-VM lab's `qmp-agent.sock`).
+    pub agent_qmp_name: Option<String>,
+}
+
+impl LabVm {
+    /// VM `index` of a lab with `count` VMs.
+    fn new(index: usize, count: usize) -> LabVm {
+        if count == 1 {
+            return LabVm {
+                name: "vm".into(),
+                mac: VM_MAC,
+                addr: VM_HOME_ADDR,
+                tap: VM_TAP.into(),
+                agent_qmp_name: None,
+            };
+        }
+        let n = u8::try_from(index).expect("fewer than 200 VMs");
+        assert!(n < 200, "fewer than 200 VMs");
+        let mut mac = VM_MAC;
+        mac.0[5] += n;
+        let [a, b, c, d] = VM_HOME_ADDR.octets();
+        LabVm {
+            name: format!("vm{index}"),
+            mac,
+            addr: Ipv4Addr::new(a, b, c, d + n),
+            tap: format!("vm{index}"),
+            agent_qmp_name: Some(format!("qmp-agent-vm{index}.sock")),
+        }
+    }
+
+    /// Its QEMU's settings: the lab's defaults ([`QemuConfig::new`]) with
+    /// its name, MAC, address and spare QMP socket.
+    pub fn qemu_config(&self) -> QemuConfig {
+        let mut config = QemuConfig::new(&self.name, &self.tap);
+        config.mac = self.mac;
+        config.net.addr = self.addr;
+        config.agent_qmp_name = self.agent_qmp_name.clone();
+        config
     }
 }
 
@@ -115,8 +183,15 @@ pub struct MigrationLab {
     pub b_uplink: Iface,
     /// The VM's tap on A (port of A's br0) and on B (alone): `vm0`.
     pub tap: String,
-    /// A second tap on A's br0, `vm1`, for migrations within A.
+    /// A second tap on A's br0, `vm1`, for migrations within A (`vmalt`
+    /// with several VMs).
     pub tap_alt: String,
+    /// The VMs ([`MigrationLabOptions::vms`]); the first is the one-VM
+    /// lab's VM, on [`MigrationLab::tap`].
+    pub vms: Vec<LabVm>,
+    /// The link the VMs sit on at B, for B's agent (`vm_link`): the tap
+    /// `vm0` alone, or with several VMs the bridge `br-vm` holding theirs.
+    pub b_vm_link: String,
     /// The home-LAN bridge in `lan`: `br0`.
     pub lan_bridge: String,
     /// The options it was built with.
@@ -164,8 +239,14 @@ impl MigrationLab {
         let b_uplink = iface("wan0", 0x42, HYP_B_ADDR);
         let lan_bridge = "br0".to_string();
         let a_uplink_port = "up0".to_string();
+        assert!(options.vms >= 1, "a migration lab hosts at least one VM");
+        let vms: Vec<LabVm> = (0..options.vms)
+            .map(|i| LabVm::new(i, options.vms))
+            .collect();
+        let multi = vms.len() > 1;
         let tap = VM_TAP.to_string();
-        let tap_alt = VM_TAP_ALT.to_string();
+        let tap_alt = if multi { VM_TAP_ALT_MULTI } else { VM_TAP_ALT }.to_string();
+        let b_vm_link = if multi { B_VM_BRIDGE } else { VM_TAP }.to_string();
 
         // Home LAN.
         lan.add_bridge(&lan_bridge);
@@ -199,7 +280,7 @@ impl MigrationLab {
         lan.enslave("p-hypa", &lan_bridge);
         hyp_a.enslave(&a_uplink_port, &a_bridge.name);
         hyp_a.add_addr(&a_bridge.name, a_bridge.addr, a_bridge.prefix);
-        for t in [&tap, &tap_alt] {
+        for t in vms.iter().map(|v| &v.tap).chain([&tap_alt]) {
             add_tap(&hyp_a, t);
             hyp_a.enslave(t, &a_bridge.name);
             hyp_a.link_up(t);
@@ -223,8 +304,25 @@ impl MigrationLab {
                 .addr(b_uplink.addr, b_uplink.prefix)
                 .mtu(options.wan_mtu),
         );
-        add_tap(&hyp_b, &tap);
-        hyp_b.link_up(&tap);
+        if multi {
+            hyp_b.add_bridge(&b_vm_link);
+            hyp_b.ip(&[
+                "link",
+                "set",
+                "dev",
+                &b_vm_link,
+                "address",
+                &Mac::derive(tag, 0x43).to_string(),
+            ]);
+        }
+        for v in &vms {
+            add_tap(&hyp_b, &v.tap);
+            if multi {
+                hyp_b.enslave(&v.tap, &b_vm_link);
+            }
+            hyp_b.link_up(&v.tap);
+        }
+        // (br-vm has no carrier until a VM's QEMU opens one of its taps.)
         lan.wait_link_up(&lan_bridge, LINK_UP_TIMEOUT);
 
         client.route_via("default", HA_LAN_ADDR);
@@ -273,6 +371,8 @@ impl MigrationLab {
             b_uplink,
             tap,
             tap_alt,
+            vms,
+            b_vm_link,
             lan_bridge,
             options,
             shared,
@@ -303,6 +403,22 @@ impl MigrationLab {
             },
             storage,
         )
+    }
+
+    /// Boots VM `index` of [`MigrationLab::vms`] on hypervisor A (home), on
+    /// its tap, without a disk.
+    #[track_caller]
+    pub fn boot_lab_vm_on_a(&self, index: usize) -> Vm {
+        let v = &self.vms[index];
+        let mut config = v.qemu_config();
+        config.default_nic = self.options.default_offloads;
+        Vm::boot(&self.hyp_a, &v.tap, config, Storage::None)
+    }
+
+    /// VM `index`'s spare QMP socket on `hypervisor`, for an agent's
+    /// `[[vm]]`.
+    pub fn vm_agent_qmp_socket(&self, hypervisor: &Netns, index: usize) -> PathBuf {
+        crate::qemu::agent_qmp_socket_named(hypervisor, self.vms[index].agent_qmp_name.as_deref())
     }
 
     /// A shared-storage case: a raw image of `size_mb` MiB (filled) in
@@ -361,21 +477,28 @@ impl MigrationLab {
     /// server (a few seconds' timeout); the body if it answered 200.
     #[track_caller]
     pub fn http_get(&self, ns: &Netns, path: &str) -> Option<String> {
-        let bin = client_bin();
-        let out = ns.exec(&[
-            bin.to_string_lossy().as_ref(),
-            "get",
-            "--addr",
-            &format!("{}:{HTTP_PORT}", self.vm_addr()),
-            "--path",
-            path,
-            "--timeout-ms",
-            "3000",
-        ]);
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        http_get_from(ns, self.vm_addr(), path)
     }
+}
+
+/// `hw-vm-client get` from `ns`: fetches `path` from the web server of the
+/// VM at `addr` (a few seconds' timeout); the body if it answered 200.
+#[track_caller]
+pub fn http_get_from(ns: &Netns, addr: Ipv4Addr, path: &str) -> Option<String> {
+    let bin = client_bin();
+    let out = ns.exec(&[
+        bin.to_string_lossy().as_ref(),
+        "get",
+        "--addr",
+        &format!("{addr}:{HTTP_PORT}"),
+        "--path",
+        path,
+        "--timeout-ms",
+        "3000",
+    ]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn agent_args(uplink: &Iface, config: &Path) -> Vec<String> {
@@ -487,6 +610,10 @@ pub struct StreamReport {
     pub max_gap_start_unix: f64,
     /// See `max_gap_start_unix`.
     pub max_gap_end_unix: f64,
+    /// Wall-clock (Unix seconds) of the last read that returned data (0
+    /// from a client that does not report it).
+    #[serde(default)]
+    pub last_data_unix: f64,
     /// Gaps over 100 ms: `[start_unix, length_ms]`.
     pub long_gaps: Vec<(f64, f64)>,
     /// Whether the connection was reset (RST).

@@ -323,6 +323,10 @@ pub struct QemuConfig {
     /// on. `false`: `csum=off`, the guest finishes its own checksums and
     /// sends nothing larger than its MTU.
     pub default_nic: bool,
+    /// File name of that default socket in the namespace's directory, for
+    /// a host that runs several VMs at once (each its own agent socket,
+    /// [`agent_qmp_socket_named`]). `None`: `qmp-agent.sock`.
+    pub agent_qmp_name: Option<String>,
 }
 
 /// Where a QEMU the lab starts in `ns` offers its spare QMP socket, unless
@@ -330,7 +334,13 @@ pub struct QemuConfig {
 /// agent in that namespace at it (it appears when a VM arrives, and
 /// disappears when it leaves).
 pub fn agent_qmp_socket(ns: &Netns) -> PathBuf {
-    ns.dir().join("qmp-agent.sock")
+    agent_qmp_socket_named(ns, None)
+}
+
+/// [`agent_qmp_socket`] with the file name `name` (a VM's own, where a host
+/// runs several at once); `None`: `qmp-agent.sock`.
+pub fn agent_qmp_socket_named(ns: &Netns, name: Option<&str>) -> PathBuf {
+    ns.dir().join(name.unwrap_or("qmp-agent.sock"))
 }
 
 impl QemuConfig {
@@ -347,6 +357,7 @@ impl QemuConfig {
             paused: false,
             agent_qmp: None,
             default_nic: false,
+            agent_qmp_name: None,
         }
     }
 }
@@ -379,7 +390,7 @@ impl Qemu {
         let agent_qmp_path = config
             .agent_qmp
             .clone()
-            .unwrap_or_else(|| agent_qmp_socket(ns));
+            .unwrap_or_else(|| agent_qmp_socket_named(ns, config.agent_qmp_name.as_deref()));
         for p in [&serial_path, &qmp_path, &agent_qmp_path] {
             let _ = fs::remove_file(p);
         }
@@ -713,6 +724,21 @@ pub struct MigrationReport {
 }
 
 impl MigrationReport {
+    /// [`MigrationReport::guest_paused`] in ms (NaN when the source's STOP
+    /// was not seen).
+    pub fn guest_paused_ms(&self) -> f64 {
+        self.guest_paused
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    }
+
+    /// [`MigrationReport::dest_resume`] in Unix seconds, to set against the
+    /// download client's timestamps.
+    pub fn dest_resume_unix(&self) -> f64 {
+        self.dest_resume
+            .duration_since(UNIX_EPOCH)
+            .map_or(f64::NAN, |d| d.as_secs_f64())
+    }
+
     /// One line for test logs.
     pub fn summary(&self) -> String {
         let ms = |d: Option<Duration>| {

@@ -179,7 +179,7 @@ fn stream(args: &Args) -> ExitCode {
                     "connected": false, "bytes": 0, "verified": false,
                     "first_mismatch": null, "max_gap_ms": 0.0,
                     "max_gap_start_unix": 0.0, "max_gap_end_unix": 0.0,
-                    "long_gaps": [], "reset": e.contains("reset"), "eof": false,
+                    "last_data_unix": 0.0, "long_gaps": [], "reset": e.contains("reset"), "eof": false,
                     "stalled": false, "error": e, "duration_s": 0.0, "rate_bps": 0.0,
                 })
             );
@@ -268,6 +268,7 @@ fn stream(args: &Args) -> ExitCode {
             "max_gap_ms": max_gap.as_secs_f64() * 1e3,
             "max_gap_start_unix": max_gap_start,
             "max_gap_end_unix": max_gap_end,
+            "last_data_unix": last_unix,
             "long_gaps": long_gaps,
             "reset": reset,
             "eof": eof,
