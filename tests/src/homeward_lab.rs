@@ -26,6 +26,8 @@ pub struct Homeward {
     pub agent_a: NsChild,
     /// `homeward agent` on hypervisor B (the foreign network).
     pub agent_b: NsChild,
+    /// `homeward agent` on hypervisor C (a second foreign network).
+    pub agent_c: NsChild,
 }
 
 impl Homeward {
@@ -74,10 +76,10 @@ impl Homeward {
                 &dir.path().join(format!("agent-{label}.sock")),
             );
             let mut args = vec![bin.clone()];
-            args.extend(if label == "a" {
-                lab.agent_args_a(&config)
-            } else {
-                lab.agent_args_b(&config)
+            args.extend(match label {
+                "a" => lab.agent_args_a(&config),
+                "b" => lab.agent_args_b(&config),
+                _ => lab.agent_args_c(&config),
             });
             let mut child = ns.spawn(&args);
             assert!(
@@ -89,11 +91,13 @@ impl Homeward {
         };
         let agent_a = agent(&lab.hyp_a, "a");
         let agent_b = agent(&lab.hyp_b, "b");
+        let agent_c = agent(&lab.hyp_c, "c");
         Homeward {
             dir,
             ha,
             agent_a,
             agent_b,
+            agent_c,
         }
     }
 
@@ -183,6 +187,7 @@ impl Homeward {
             ("HA", &mut self.ha),
             ("agent A", &mut self.agent_a),
             ("agent B", &mut self.agent_b),
+            ("agent C", &mut self.agent_c),
         ] {
             let status = child.stop();
             let err = child.stderr();
@@ -202,7 +207,7 @@ impl Homeward {
 /// (A's bridge is the uplink), on B [`MigrationLab::b_vm_link`] (the tap,
 /// or with several VMs the bridge holding their taps).
 fn write_agent_config(path: &Path, keys: &Path, lab: &MigrationLab, ns: &Netns, socket: &Path) {
-    let vm_link = if ns.name() == lab.hyp_b.name() {
+    let vm_link = if ns.name() == lab.hyp_b.name() || ns.name() == lab.hyp_c.name() {
         &lab.b_vm_link
     } else {
         &lab.tap

@@ -10,7 +10,12 @@
 //!  HA ns:     wan0 198.51.100.1/24 ── router ns: r-ha 198.51.100.254/24
 //!                                     router ns: r-b  203.0.113.254/24 ── hyp B ns: wan0 203.0.113.2/24
 //!                                                                         hyp B ns: tap vm0 (no bridge)
+//!                                     router ns: r-c  198.18.0.254/24 ─── hyp C ns: wan0 198.18.0.2/24
+//!                                                                         hyp C ns: tap vm0 (no bridge)
 //! ```
+//!
+//! C is B's twin on a third network: a migration from B to C moves the VM
+//! from one foreign network to another.
 //!
 //! With [`MigrationLabOptions::vms`] > 1 the lab hosts that many VMs
 //! ([`LabVm`]): VM `i` is `vm<i>`, home address 192.0.2.(50+i), MAC
@@ -51,6 +56,13 @@ pub const ROUTER_B_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
 pub const HYP_B_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 /// Hypervisor B's network, 203.0.113.0/24 (TEST-NET-3).
 pub const B_NET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 0);
+/// The router's address on hypervisor C's network.
+pub const ROUTER_C_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+/// Hypervisor C's uplink address: the care-of address at C.
+pub const HYP_C_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// Hypervisor C's network, 198.18.0.0/24 (benchmarking range): a second
+/// foreign network, for migrations from one foreign network to another.
+pub const C_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 /// The VM's tap in both hypervisors.
 pub const VM_TAP: &str = "vm0";
 /// A second tap on A's bridge, for a migration within A (a tap takes one
@@ -165,6 +177,8 @@ pub struct MigrationLab {
     pub router: Netns,
     /// Hypervisor B, on another network.
     pub hyp_b: Netns,
+    /// Hypervisor C, on a third network (B's twin).
+    pub hyp_c: Netns,
     /// Client's `lan0`, 192.0.2.10/24.
     pub client_lan: Iface,
     /// A's bridge `br0`, 192.0.2.20/24 (its address; A's uplink for an agent).
@@ -181,6 +195,10 @@ pub struct MigrationLab {
     pub router_b: Iface,
     /// B's uplink `wan0`, 203.0.113.2/24.
     pub b_uplink: Iface,
+    /// Router's `r-c`, 198.18.0.254/24.
+    pub router_c: Iface,
+    /// C's uplink `wan0`, 198.18.0.2/24.
+    pub c_uplink: Iface,
     /// The VM's tap on A (port of A's br0) and on B (alone): `vm0`.
     pub tap: String,
     /// A second tap on A's br0, `vm1`, for migrations within A (`vmalt`
@@ -191,6 +209,7 @@ pub struct MigrationLab {
     pub vms: Vec<LabVm>,
     /// The link the VMs sit on at B, for B's agent (`vm_link`): the tap
     /// `vm0` alone, or with several VMs the bridge `br-vm` holding theirs.
+    /// C's is named the same.
     pub b_vm_link: String,
     /// The home-LAN bridge in `lan`: `br0`.
     pub lan_bridge: String,
@@ -216,7 +235,8 @@ impl MigrationLab {
         let ha = Netns::new(&format!("{tag}-ha"));
         let router = Netns::new(&format!("{tag}-rt"));
         let hyp_b = Netns::new(&format!("{tag}-hypb"));
-        for ns in [&client, &lan, &hyp_a, &ha, &router, &hyp_b] {
+        let hyp_c = Netns::new(&format!("{tag}-hypc"));
+        for ns in [&client, &lan, &hyp_a, &ha, &router, &hyp_b, &hyp_c] {
             ns.disable_ipv6();
         }
         let shared = tempfile::Builder::new()
@@ -237,6 +257,8 @@ impl MigrationLab {
         let router_wan = iface("r-ha", 0x31, ROUTER_WAN_ADDR);
         let router_b = iface("r-b", 0x32, ROUTER_B_ADDR);
         let b_uplink = iface("wan0", 0x42, HYP_B_ADDR);
+        let router_c = iface("r-c", 0x33, ROUTER_C_ADDR);
+        let c_uplink = iface("wan0", 0x44, HYP_C_ADDR);
         let lan_bridge = "br0".to_string();
         let a_uplink_port = "up0".to_string();
         assert!(options.vms >= 1, "a migration lab hosts at least one VM");
@@ -296,42 +318,27 @@ impl MigrationLab {
                 .addr(router_wan.addr, router_wan.prefix)
                 .mtu(options.wan_mtu),
         );
-        veth_pair(
-            &VethEnd::new(&router, &router_b.name, router_b.mac)
-                .addr(router_b.addr, router_b.prefix)
-                .mtu(options.wan_mtu),
-            &VethEnd::new(&hyp_b, &b_uplink.name, b_uplink.mac)
-                .addr(b_uplink.addr, b_uplink.prefix)
-                .mtu(options.wan_mtu),
-        );
-        if multi {
-            hyp_b.add_bridge(&b_vm_link);
-            hyp_b.ip(&[
-                "link",
-                "set",
-                "dev",
-                &b_vm_link,
-                "address",
-                &Mac::derive(tag, 0x43).to_string(),
-            ]);
-        }
-        for v in &vms {
-            add_tap(&hyp_b, &v.tap);
-            if multi {
-                hyp_b.enslave(&v.tap, &b_vm_link);
-            }
-            hyp_b.link_up(&v.tap);
-        }
+        let foreign = ForeignHost {
+            router: &router,
+            vms: &vms,
+            vm_link: &b_vm_link,
+            multi,
+            wan_mtu: options.wan_mtu,
+        };
+        foreign.build(&router_b, &hyp_b, &b_uplink, Mac::derive(tag, 0x43));
+        foreign.build(&router_c, &hyp_c, &c_uplink, Mac::derive(tag, 0x45));
         // (br-vm has no carrier until a VM's QEMU opens one of its taps.)
         lan.wait_link_up(&lan_bridge, LINK_UP_TIMEOUT);
 
         client.route_via("default", HA_LAN_ADDR);
         hyp_a.route_via("default", HA_LAN_ADDR);
         ha.route_via(&format!("{B_NET}/24"), ROUTER_WAN_ADDR);
+        ha.route_via(&format!("{C_NET}/24"), ROUTER_WAN_ADDR);
         ha.sysctl("net.ipv4.ip_forward", "1");
         router.sysctl("net.ipv4.ip_forward", "1");
         router.route_via(&format!("{}/24", crate::topology::HOME_NET), HA_WAN_ADDR);
         hyp_b.route_via("default", ROUTER_B_ADDR);
+        hyp_c.route_via("default", ROUTER_C_ADDR);
 
         // Hosts whose traffic homeward may forward from userspace send
         // frames as a wire would carry them: checksums complete.
@@ -342,6 +349,8 @@ impl MigrationLab {
             router.full_checksums(&router_wan.name);
             router.full_checksums(&router_b.name);
             hyp_b.full_checksums(&b_uplink.name);
+            router.full_checksums(&router_c.name);
+            hyp_c.full_checksums(&c_uplink.name);
         }
         if options.gro {
             // A frame XDP-redirected into a veth is dropped unless the peer
@@ -350,6 +359,7 @@ impl MigrationLab {
             lan.set_gro("p-ha", true);
             router.set_gro(&router_wan.name, true);
             router.set_gro(&router_b.name, true);
+            router.set_gro(&router_c.name, true);
             lan.set_gro("p-hypa", true);
         }
 
@@ -361,6 +371,7 @@ impl MigrationLab {
             ha,
             router,
             hyp_b,
+            hyp_c,
             client_lan,
             a_bridge,
             a_uplink_port,
@@ -369,6 +380,8 @@ impl MigrationLab {
             router_wan,
             router_b,
             b_uplink,
+            router_c,
+            c_uplink,
             tap,
             tap_alt,
             vms,
@@ -460,6 +473,11 @@ impl MigrationLab {
         agent_args(&self.b_uplink, config)
     }
 
+    /// Arguments of `homeward agent` on hypervisor C, as on B.
+    pub fn agent_args_c(&self, config: &Path) -> Vec<String> {
+        agent_args(&self.c_uplink, config)
+    }
+
     /// Arguments of `homeward agent` on hypervisor A: `agent --uplink br0
     /// --address 192.0.2.20 --home-agent 198.51.100.1 --config CONFIG`.
     pub fn agent_args_a(&self, config: &Path) -> Vec<String> {
@@ -513,6 +531,47 @@ fn agent_args(uplink: &Iface, config: &Path) -> Vec<String> {
         "--config".into(),
         config.to_string_lossy().into_owned(),
     ]
+}
+
+/// How a foreign hypervisor (B, C) is built: an uplink to the router, and
+/// a tap per VM, alone or on a bridge.
+struct ForeignHost<'a> {
+    router: &'a Netns,
+    vms: &'a [LabVm],
+    vm_link: &'a str,
+    multi: bool,
+    wan_mtu: u32,
+}
+
+impl ForeignHost<'_> {
+    fn build(&self, router_if: &Iface, ns: &Netns, uplink: &Iface, bridge_mac: Mac) {
+        veth_pair(
+            &VethEnd::new(self.router, &router_if.name, router_if.mac)
+                .addr(router_if.addr, router_if.prefix)
+                .mtu(self.wan_mtu),
+            &VethEnd::new(ns, &uplink.name, uplink.mac)
+                .addr(uplink.addr, uplink.prefix)
+                .mtu(self.wan_mtu),
+        );
+        if self.multi {
+            ns.add_bridge(self.vm_link);
+            ns.ip(&[
+                "link",
+                "set",
+                "dev",
+                self.vm_link,
+                "address",
+                &bridge_mac.to_string(),
+            ]);
+        }
+        for v in self.vms {
+            add_tap(ns, &v.tap);
+            if self.multi {
+                ns.enslave(&v.tap, self.vm_link);
+            }
+            ns.link_up(&v.tap);
+        }
+    }
 }
 
 /// A persistent tap QEMU attaches to by name; it lives (and its bridge

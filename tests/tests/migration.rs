@@ -323,29 +323,86 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The client's outage in a migration across networks with homeward
-/// (switchover on, QEMU's `pause-before-switchover` set), against one inside
-/// a home LAN without homeward (a second lab: hypervisor A's two taps on its
-/// bridge), interleaved in one run so that the machine's drift hits both
-/// alike; and home again (B -> A). Prints every run and the medians: a
-/// measurement, not a timed assertion (this 2-core box stalls at random);
-/// what must hold is that every download stays clean and each source's
-/// agent released its migration.
+/// (switchover on, QEMU's `pause-before-switchover` set): home to a foreign
+/// network (A -> B), from one foreign network to another (B -> C) and home
+/// again (C -> A), against one inside a home LAN without homeward (a second
+/// lab: hypervisor A's two taps on its bridge), interleaved in one run so
+/// that the machine's drift hits all alike. Prints every run and the
+/// medians: a measurement, not a timed assertion (this 2-core box stalls at
+/// random); what must hold is that every download stays clean and each
+/// source's agent released its migration.
 #[test]
 fn outage_against_a_migration_inside_the_lan_interleaved() {
+    interleaved("", Disk::None);
+}
+
+/// [`outage_against_a_migration_inside_the_lan_interleaved`] with the
+/// paper's shared storage: the disk image on storage both hosts see.
+#[test]
+fn outage_interleaved_with_shared_storage() {
+    interleaved("s", Disk::Shared);
+}
+
+/// [`outage_against_a_migration_inside_the_lan_interleaved`] with the disk
+/// copied with the migration (the paper's other case): NBD block mirroring.
+#[test]
+fn outage_interleaved_with_block_mirroring() {
+    interleaved("m", Disk::Mirror);
+}
+
+/// The VM's disk in [`interleaved`]: the paper's two storage cases, or none.
+#[derive(Clone, Copy)]
+enum Disk {
+    None,
+    Shared,
+    Mirror,
+}
+
+impl Disk {
+    /// The [`Storage`] of this case in `lab` (a shared image is the lab's).
+    fn storage(self, lab: &MigrationLab) -> Storage {
+        match self {
+            Disk::None => Storage::None,
+            Disk::Shared => lab.shared_storage(64),
+            Disk::Mirror => Storage::Mirror { size_mb: 64 },
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Disk::None => "no disk",
+            Disk::Shared => "shared storage",
+            Disk::Mirror => "disk mirrored with the migration",
+        }
+    }
+}
+
+/// The interleaved comparison, `PAIRS` rounds, with `disk`.
+fn interleaved(tag: &str, disk: Disk) {
     let _one = serial();
     const PAIRS: usize = 5;
-    let plain = MigrationLab::new("hwl2");
-    let mut vm_plain = plain.boot_vm_on_a(Storage::None);
-    let lab = MigrationLab::new("hwcmp");
+    let plain = MigrationLab::new(&format!("hwl2{tag}"));
+    let mut vm_plain = plain.boot_vm_on_a(disk.storage(&plain));
+    let lab = MigrationLab::new(&format!("hwcmp{tag}"));
     let hw = Homeward::start(&lab);
-    let mut vm = lab.boot_vm_on_a(Storage::None);
+    let mut vm = lab.boot_vm_on_a(disk.storage(&lab));
     let taps = [plain.tap.clone(), plain.tap_alt.clone()];
     let switchover = MigrateOptions {
         pause_before_switchover: true,
         ..MigrateOptions::default()
     };
-    let (mut lan, mut away, mut home) = (Vec::new(), Vec::new(), Vec::new());
+    let storage_name = disk.name();
+    let mut lan = Vec::new();
+    let mut moves: [Vec<f64>; 3] = Default::default();
     let (mut paused_lan, mut paused_hw) = (Vec::new(), Vec::new());
+    // Where each homeward move goes, the care-of address the HA must then
+    // have (None: home), and whether the VM's first packets after it cross
+    // the router toward the HA (a reverse tunnel to capture).
+    let hops = [
+        ("A -> B", &lab.hyp_b, Some("203.0.113.2"), true),
+        ("B -> C", &lab.hyp_c, Some("198.18.0.2"), true),
+        ("C -> A", &lab.hyp_a, None, false),
+    ];
     for i in 0..PAIRS {
         // The plain lab's VM moves between A's two taps.
         let there = &taps[(i + 1) % 2];
@@ -355,48 +412,32 @@ fn outage_against_a_migration_inside_the_lan_interleaved() {
             &plain.hyp_a,
             there,
             &MigrateOptions::default(),
-            &format!("{i} same LAN, no homeward"),
+            &format!("{i} same LAN, no homeward, {storage_name}"),
             None,
         );
         lan.push(gap);
         paused_lan.push(p);
-        let label = format!("{i} homeward A -> B");
-        let (gap, p, _) = outage(
-            &lab,
-            &mut vm,
-            &lab.hyp_b,
-            &lab.tap,
-            &switchover,
-            &label,
-            Some((&lab.router, &lab.router_wan.name)),
-        );
-        hw.wait_binding(&lab, Some("203.0.113.2"), Duration::from_secs(10));
-        away.push(gap);
-        paused_hw.push(p);
-        let label = format!("{i} homeward B -> A");
-        let (gap, p, _) = outage(
-            &lab,
-            &mut vm,
-            &lab.hyp_a,
-            &lab.tap,
-            &switchover,
-            &label,
-            None,
-        );
-        hw.wait_binding(&lab, None, Duration::from_secs(10));
-        home.push(gap);
-        paused_hw.push(p);
+        for ((name, to, care_of, tunnelled), gaps) in hops.iter().zip(moves.iter_mut()) {
+            let label = format!("{i} homeward {name}, {storage_name}");
+            let capture = tunnelled.then_some((&lab.router, lab.router_wan.name.as_str()));
+            let (gap, p, _) = outage(&lab, &mut vm, to, &lab.tap, &switchover, &label, capture);
+            hw.wait_binding(&lab, *care_of, Duration::from_secs(10));
+            gaps.push(gap);
+            paused_hw.push(p);
+        }
     }
     let stats = hw.json(&lab.ha, "ha", &["stats"]);
     let c = &stats["counters"];
+    let [away, across, home] = moves;
     eprintln!(
-        "medians of {PAIRS}: same LAN without homeward {:.0} ms (QEMU stop -> resume {:.0} ms) | \
-         homeward A -> B {:.0} ms, B -> A {:.0} ms (QEMU stop -> resume {:.0} ms) | \
-         HA: switchover held {} released {}, neighbour queue held {} sent {}, mss_clamped {}, \
-         frag_needed {}",
+        "{storage_name}: medians of {PAIRS}: same LAN without homeward {:.0} ms (QEMU stop -> \
+         resume {:.0} ms) | homeward A -> B {:.0} ms, B -> C {:.0} ms, C -> A {:.0} ms (QEMU \
+         stop -> resume {:.0} ms) | HA: switchover held {} released {}, neighbour queue held {} \
+         sent {}, mss_clamped {}, frag_needed {}",
         median(lan),
         median(paused_lan),
         median(away),
+        median(across),
         median(home),
         median(paused_hw),
         c["switchover_held"],
@@ -408,14 +449,18 @@ fn outage_against_a_migration_inside_the_lan_interleaved() {
     );
     // Each source's agent had its switchover confirmed and released its
     // migration (what the client sent meanwhile, if anything, was held).
-    let confirmed: u64 = [(&lab.hyp_a, "agent-a"), (&lab.hyp_b, "agent-b")]
-        .iter()
-        .map(|(ns, name)| {
-            let s = hw.json(ns, name, &["stats"]);
-            s["registration"]["switchovers_held"].as_u64().unwrap_or(0)
-        })
-        .sum();
-    assert_eq!(confirmed, 2 * PAIRS as u64, "{stats}");
+    let confirmed: u64 = [
+        (&lab.hyp_a, "agent-a"),
+        (&lab.hyp_b, "agent-b"),
+        (&lab.hyp_c, "agent-c"),
+    ]
+    .iter()
+    .map(|(ns, name)| {
+        let s = hw.json(ns, name, &["stats"]);
+        s["registration"]["switchovers_held"].as_u64().unwrap_or(0)
+    })
+    .sum();
+    assert_eq!(confirmed, 3 * PAIRS as u64, "{stats}");
     assert_eq!(stats["drops"]["switchover_expired"], 0, "{stats}");
     drop(vm);
     drop(vm_plain);
