@@ -433,7 +433,8 @@ fn interleaved(tag: &str, disk: Disk) {
         "{storage_name}: medians of {PAIRS}: same LAN without homeward {:.0} ms (QEMU stop -> \
          resume {:.0} ms) | homeward A -> B {:.0} ms, B -> C {:.0} ms, C -> A {:.0} ms (QEMU \
          stop -> resume {:.0} ms) | HA: switchover held {} released {}, neighbour queue held {} \
-         sent {}, mss_clamped {}, frag_needed {}",
+         sent {}, mss_clamped {}, frag_needed {}, reverse tunnel before the registration \
+         (decap_care_of_mismatch) {}",
         median(lan),
         median(paused_lan),
         median(away),
@@ -446,6 +447,7 @@ fn interleaved(tag: &str, disk: Disk) {
         c["neighbor_released"],
         c["mss_clamped"],
         stats["drops"]["frag_needed"],
+        stats["drops"]["decap_care_of_mismatch"],
     );
     // Each source's agent had its switchover confirmed and released its
     // migration (what the client sent meanwhile, if anything, was held).

@@ -36,9 +36,6 @@ impl Pipeline {
             buf.get(inner_off..outer_end)
                 .ok_or(DropReason::Ipv4Truncated)?,
         )?;
-        if inner.total_len < outer.payload_len() {
-            self.counters.trimmed_padding += 1;
-        }
         // Either end accepts only what the other end of that binding's tunnel may send: the
         // HA a datagram from the VM via its care-of address, the foreign agent one to the VM
         // from its home agent. Anything else is an injection attempt (CVE-2020-10136).
@@ -50,6 +47,20 @@ impl Pipeline {
                 .binding(inner.dst)
                 .ok_or(DropReason::DecapUnknownDestination)?,
         };
+        if self.config.role == Role::HomeAgent && binding.care_of.is_unspecified() {
+            // A switchover: the VM resumed at its destination, whose registration has not
+            // arrived yet, and already answers. Its frame, untouched, waits in the worker
+            // with the VM's others; once the binding names a care-of address it is processed
+            // again, and accepted only from that address (a VM that came home: dropped).
+            return Ok(Verdict::Hold {
+                vm: inner.src,
+                start: rx.start,
+                len: rx.end - rx.start,
+            });
+        }
+        if inner.total_len < outer.payload_len() {
+            self.counters.trimmed_padding += 1;
+        }
         if outer.src != binding.care_of {
             return Err(DropReason::DecapCareOfMismatch);
         }

@@ -1,7 +1,8 @@
 //! The end of a switchover for a VM that came home: what the worker held
 //! for it goes onto the home link, to the VM's own MAC, as a router would
-//! forward it (RFC 1812 §5.2: TTL decremented). A VM that went elsewhere
-//! needs nothing here: its held frames are simply processed again.
+//! forward it (RFC 1812 §5.2: TTL decremented); what it sent through a
+//! tunnel meanwhile is dropped. A VM that went elsewhere needs nothing here:
+//! its held frames are simply processed again.
 
 use super::ether;
 use super::ipv4;
@@ -41,6 +42,11 @@ impl Pipeline {
         }
         let ip_off = start + l2.len();
         let ip = ipv4::parse(buf.get(ip_off..end).ok_or(DropReason::Ipv4Truncated)?)?;
+        if ip.protocol == ipv4::PROTO_IPIP {
+            // The VM's own frame, held while it came in through a tunnel: the VM is home
+            // now, and a tunnel from a care-of address is no longer its.
+            return Err(DropReason::DecapCareOfMismatch);
+        }
         if ip.ttl <= 1 {
             return Err(DropReason::TtlExceeded);
         }
@@ -97,6 +103,50 @@ mod tests {
             ),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn the_vms_first_frames_from_its_destination_wait_for_its_registration() {
+        // The VM resumed at CARE_OF and answers before CARE_OF's
+        // registration has reached the HA: held, not dropped.
+        let inner = Ip::udp(VM, LAN_HOST, b"resumed");
+        let input = Ip::ipip(CARE_OF, HA, inner.clone()).frame();
+        let (mut buf, start) = place(&input);
+        let before = buf.clone();
+        let mut p = pipeline(1);
+        let v = p.process(&mut buf, start, input.len(), Port::Wan, 0, &held_lookup());
+        assert_eq!(
+            v,
+            Verdict::Hold {
+                vm: VM.into(),
+                start,
+                len: input.len()
+            }
+        );
+        assert_eq!(buf, before, "untouched");
+        assert_eq!(p.counters(), &Counters::default(), "nothing counted yet");
+        // The registration names CARE_OF: decapsulated onto the home link.
+        let v = p.process(&mut buf, start, input.len(), Port::Wan, 0, &lookup());
+        let (port, out_start, out_len, _) = expect_tx(v);
+        assert_eq!(port, Port::Lan);
+        check_decapsulated(
+            &buf[out_start..out_start + out_len],
+            &inner.datagram(),
+            LAN_HOST_MAC,
+        );
+        // Had it named another care-of, or had the VM come home: dropped.
+        let (mut buf, start) = place(&input);
+        let mut elsewhere = lookup();
+        for (vm, b) in &mut elsewhere.bindings {
+            if *vm == Ipv4Addr::from(VM) {
+                b.care_of = CARE_OF2.into();
+            }
+        }
+        let v = p.process(&mut buf, start, input.len(), Port::Wan, 0, &elsewhere);
+        assert_eq!(v, Verdict::Drop(DropReason::DecapCareOfMismatch));
+        let (mut buf, start) = place(&input);
+        let v = p.deliver_home(&mut buf, start, input.len(), &lookup());
+        assert_eq!(v, Verdict::Drop(DropReason::DecapCareOfMismatch));
     }
 
     #[test]
