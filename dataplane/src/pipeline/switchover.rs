@@ -73,6 +73,16 @@ mod tests {
         l
     }
 
+    /// `v` holds the frame at `start`, `len` as received: nothing written to
+    /// the buffer (`bufs`: after, before), nothing counted.
+    #[track_caller]
+    fn assert_held(v: Verdict, p: &Pipeline, bufs: (&[u8], &[u8]), start: usize, len: usize) {
+        let vm = VM.into();
+        assert_eq!(v, Verdict::Hold { vm, start, len });
+        assert_eq!(bufs.0, bufs.1, "untouched");
+        assert_eq!(p.counters(), &Counters::default(), "nothing counted yet");
+    }
+
     #[test]
     fn a_vm_in_switchover_has_its_frames_held_untouched() {
         let input = Ip::udp(LAN_HOST, VM, b"while the vm moves").frame();
@@ -80,16 +90,7 @@ mod tests {
         let before = buf.clone();
         let mut p = pipeline(1);
         let v = p.process(&mut buf, start, input.len(), Port::Lan, 0, &held_lookup());
-        assert_eq!(
-            v,
-            Verdict::Hold {
-                vm: VM.into(),
-                start,
-                len: input.len()
-            }
-        );
-        assert_eq!(buf, before, "untouched");
-        assert_eq!(p.counters(), &Counters::default(), "nothing counted yet");
+        assert_held(v, &p, (&buf, &before), start, input.len());
         // Once the binding has a care-of address again, processing it once
         // more tunnels it.
         let v = p.process(&mut buf, start, input.len(), Port::Lan, 0, &lookup());
@@ -115,16 +116,7 @@ mod tests {
         let before = buf.clone();
         let mut p = pipeline(1);
         let v = p.process(&mut buf, start, input.len(), Port::Wan, 0, &held_lookup());
-        assert_eq!(
-            v,
-            Verdict::Hold {
-                vm: VM.into(),
-                start,
-                len: input.len()
-            }
-        );
-        assert_eq!(buf, before, "untouched");
-        assert_eq!(p.counters(), &Counters::default(), "nothing counted yet");
+        assert_held(v, &p, (&buf, &before), start, input.len());
         // The registration names CARE_OF: decapsulated onto the home link.
         let v = p.process(&mut buf, start, input.len(), Port::Wan, 0, &lookup());
         let (port, out_start, out_len, _) = expect_tx(v);
