@@ -20,8 +20,8 @@ use super::rings::{QueueIo, Side};
 use super::sockets::QueueSockets;
 use crate::capture::{self, Outcome, Record, Stage, Tap, TxKind};
 use crate::pipeline::{
-    write_gratuitous_arp, Counters, Lookup, Pipeline, PipelineConfig, Port, Verdict, MAX_SEGMENTS,
-    MAX_SUPER_FRAME,
+    write_gratuitous_arp, Counters, Lookup, NextHop, Pipeline, PipelineConfig, Port, Verdict,
+    MAX_SEGMENTS, MAX_SUPER_FRAME,
 };
 use crate::stats::{CounterSnapshot, SharedCounters};
 
@@ -778,7 +778,13 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             usize::MAX,
             |vm| match lookup.binding(vm) {
                 Some(b) if b.care_of.is_unspecified() => None,
-                Some(_) => Some(true),
+                // The registration and the care-of's neighbour entry land
+                // a moment apart: released before the entry, the frames
+                // would drop as `no_next_hop`. They wait for it (or expire).
+                Some(b) => match lookup.next_hop(b.care_of) {
+                    NextHop::Resolved { .. } => Some(true),
+                    NextHop::Unresolved => None,
+                },
                 None => Some(false),
             },
             |h, release| match release {

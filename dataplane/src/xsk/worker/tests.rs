@@ -729,6 +729,30 @@ fn a_switchover_holds_frames_until_the_destination_registers() {
     h.assert_conserved();
 }
 
+/// The registration can land before the new care-of's neighbour entry: the
+/// frames wait for it rather than drop as `no_next_hop`.
+#[test]
+fn a_switchover_waits_for_the_new_care_of_next_hop() {
+    let mut h = two_armed();
+    set_vm_binding(&mut h, Some([0, 0, 0, 0]));
+    let datagram = Ip::udp(LAN_HOST, VM, b"wait for its MAC");
+    h.forward(Side::Lan, &datagram.clone().frame());
+    let resolved = h.worker.lookup.next_hops.remove(0);
+    assert_eq!(resolved.0, Ipv4Addr::from(CARE_OF));
+    set_vm_binding(&mut h, Some(CARE_OF));
+    next_turn(&mut h);
+    assert!(h.q().take_wire(Side::Wan).is_empty());
+    assert_eq!(h.accounting().held, 1, "still held, not dropped");
+    assert_eq!(h.counters().drops().map(|(_, n)| n).sum::<u64>(), 0);
+    h.worker.lookup.next_hops.push(resolved);
+    next_turn(&mut h);
+    let wire = h.q().take_wire(Side::Wan);
+    assert_eq!(wire.len(), 1);
+    check_encapsulated(&wire[0], inner_datagram(&datagram.frame()), 0);
+    assert_eq!(h.counters().switchover_released, 1);
+    h.assert_conserved();
+}
+
 #[test]
 fn a_switchover_that_ends_at_home_delivers_on_the_home_link() {
     let mut h = two_armed();
