@@ -48,6 +48,11 @@ use crate::config::EtcdConfig;
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How often a lost watch tries to reconnect.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+/// How often the watch asks etcd for progress (a heartbeat), and how long
+/// without any answer counts as a loss (a silent network, a member that
+/// hangs).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const SILENCE: Duration = Duration::from_secs(3);
 
 /// A binding's value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,14 +268,22 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
+/// How long one try of a request may take: a third of the request
+/// timeout, so that a member that went away mid-request leaves time to
+/// retry at another.
+fn attempt_timeout(config: &EtcdConfig) -> Duration {
+    (config.request_timeout / 3).max(Duration::from_millis(100))
+}
+
 /// The client options of a config (TLS files are read here).
 fn options(config: &EtcdConfig) -> Result<ConnectOptions, StoreError> {
     let mut o = ConnectOptions::new()
         .with_connect_timeout(config.connect_timeout)
-        .with_timeout(config.request_timeout)
-        // A member that went silent (not closed) is noticed within seconds.
-        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true)
+        .with_timeout(attempt_timeout(config))
+        // Not more often than etcd allows (--grpc-keepalive-min-time, 5 s
+        // by default: faster pings get the connection closed); the watch
+        // has its own, faster heartbeat (progress requests).
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
         // A member cut off from the quorum fails requests and watches
         // rather than serving stale data.
         .with_require_leader(true);
@@ -421,7 +434,7 @@ impl EtcdStore {
     /// hands what another gateway stored to the control loop.
     fn reload_replay(&mut self, keys: &[(u32, Ipv4Addr)]) {
         let layout = self.layout.clone();
-        let limit = self.config.request_timeout;
+        let limit = attempt_timeout(&self.config);
         let keys = keys.to_vec();
         let read = self.retrying(|mut c| {
             let keys = keys.clone();
@@ -482,7 +495,7 @@ impl Drop for EtcdStore {
 impl Store for EtcdStore {
     fn load(&mut self, now_unix_ms: u64) -> Result<Snapshot, StoreError> {
         let layout = self.layout.clone();
-        let limit = self.config.request_timeout;
+        let limit = attempt_timeout(&self.config);
         let range = self
             .retrying(|mut c| {
                 let layout = layout.clone();
@@ -518,7 +531,7 @@ impl Store for EtcdStore {
             return Ok(());
         }
         let layout = self.layout.clone();
-        let limit = self.config.request_timeout;
+        let limit = attempt_timeout(&self.config);
         let mut compares = Vec::new();
         let mut replay_ops = Vec::new();
         for (&(spi, home), &(oldest, newest)) in &plan.replay {
@@ -669,7 +682,7 @@ fn watch_thread(
             if stop.stopped() {
                 return;
             }
-            let attempt = watch_once(&config, &opts, &layout, &mut from, &tx, &stop, resync || lost, &mut failures);
+            let attempt = watch_once(&config, &opts, &layout, &mut from, &tx, &stop, &mut resync, &mut lost, &mut failures);
             match stop.or_stop(attempt).await {
                 None | Some(WatchEnd::Stopped) => return,
                 Some(WatchEnd::Failed { why, resync: r }) => {
@@ -710,7 +723,8 @@ async fn watch_once(
     from: &mut i64,
     tx: &Sender<Replication>,
     stop: &Stop,
-    resync: bool,
+    resync: &mut bool,
+    lost: &mut bool,
     failures: &mut u32,
 ) -> WatchEnd {
     let failed = |why: String| WatchEnd::Failed { why, resync: false };
@@ -725,7 +739,7 @@ async fn watch_once(
         Ok(Err(e)) => return failed(format!("connecting: {e}")),
         Err(_) => return failed("connecting: no connection in time".into()),
     };
-    if resync {
+    if *resync || *lost {
         let range = match read_all(&mut client, layout, limit).await {
             Ok(r) => r,
             Err(e) => return failed(e),
@@ -750,20 +764,42 @@ async fn watch_once(
         .with_prefix()
         .with_start_revision(*from)
         .with_progress_notify();
-    let mut stream =
-        match within(limit, "watching", client.watch(layout.all(), Some(options))).await {
-            Ok(s) => s,
-            Err(e) => return failed(e),
-        };
+    let stream = match within(limit, "watching", client.watch(layout.all(), Some(options))).await {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
+    let (mut requests, mut responses) = stream.split();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut heard = Instant::now();
     loop {
-        let msg = match stream.message().await {
+        let msg = tokio::select! {
+            m = responses.message() => m,
+            _ = heartbeat.tick() => {
+                if heard.elapsed() > SILENCE {
+                    return failed(format!("no answer from etcd for {} s", SILENCE.as_secs()));
+                }
+                // Bounded: a stream whose connection is gone stops taking
+                // requests, and must not hold the watch up.
+                match tokio::time::timeout(HEARTBEAT, requests.request_progress()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return failed(format!("watch: {e}")),
+                    Err(_) => return failed("watch: etcd takes no requests".into()),
+                }
+                continue;
+            }
+        };
+        let msg = match msg {
             Ok(Some(m)) => m,
             Ok(None) => return failed("the watch stream ended".into()),
             Err(e) => return failed(format!("watch: {e}")),
         };
+        heard = Instant::now();
         if msg.created() {
             // Watching (again): whatever failed before is over.
             *failures = 0;
+            // Caught up (if it was lost): a next loss is reported again.
+            *resync = false;
+            *lost = false;
         }
         if msg.canceled() {
             let compacted = msg.compact_revision() > 0;

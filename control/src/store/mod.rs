@@ -80,7 +80,7 @@ pub enum StoreError {
     #[error("cannot commit to the state store {path}: {message}")]
     Commit { path: PathBuf, message: String },
     /// etcd cannot be reached (or refused us): nothing was acknowledged.
-    #[error("etcd at {endpoints} is unreachable or refused the request ({message}); nothing was acknowledged. Check that the etcd cluster is up and has quorum (etcdctl endpoint health), and the endpoints and TLS files in [etcd]")]
+    #[error("etcd at {endpoints} is unreachable or refused the request ({message}); nothing was acknowledged (a request that reached etcd before the timeout may still be applied: every gateway then follows it). Check that the etcd cluster is up and has quorum (etcdctl endpoint health), and the endpoints and TLS files in [etcd]")]
     EtcdUnavailable { endpoints: String, message: String },
     /// A key under the prefix holds what homeward cannot read.
     #[error("the etcd key {key} holds a value homeward cannot read ({message}): delete it (etcdctl del {key}; its binding is lost until the agent re-registers) or fix what wrote it")]
