@@ -219,6 +219,9 @@ impl Plan {
     }
 }
 
+/// A binding's key, and its value and expiry (`None`: delete it).
+type BindingOp = (String, Option<(Vec<u8>, Option<u64>)>);
+
 /// Shared with the watch thread: stop it.
 #[derive(Debug, Default)]
 struct Stop {
@@ -545,7 +548,7 @@ impl Store for EtcdStore {
             });
             replay_ops.push((key, encode_id(newest)));
         }
-        let bindings: Vec<(String, Option<(Vec<u8>, Option<u64>)>)> = plan
+        let bindings: Vec<BindingOp> = plan
             .bindings
             .iter()
             .map(|(vm, b)| {
