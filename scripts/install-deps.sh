@@ -13,6 +13,9 @@ PACKAGES=(
     busybox-static xz-utils zstd
     # the metrics test scrapes homeward with Debian's real Prometheus
     prometheus
+    # the etcd store: etcd-client builds its gRPC code with protoc (and the
+    # well-known .proto files); the etcd store test runs a real cluster
+    protobuf-compiler libprotobuf-dev etcd-server etcd-client
     # the Debian package (scripts/deb.sh, tests/tests/package.rs): cargo-deb
     # reads dependencies with dpkg-shlibdeps and strips with binutils;
     # systemd-analyze verifies the units (no running systemd needed) and

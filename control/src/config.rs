@@ -105,6 +105,160 @@ pub struct FileConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// Most bindings with their own packet/byte series (default 1000).
     pub metrics_binding_series: Option<usize>,
+    /// Where bindings and replay state are kept: "sqlite" (the embedded
+    /// store in state_dir, default) or "etcd" (shared by gateways; [etcd]).
+    pub store: Option<String>,
+    /// The etcd store's settings (with `store = "etcd"`).
+    pub etcd: Option<EtcdFile>,
+}
+
+/// The `[etcd]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdFile {
+    /// Client URLs of the cluster's members, e.g. "http://10.0.0.1:2379".
+    pub endpoints: Option<Vec<String>>,
+    /// Key prefix (default "/homeward"); gateways sharing bindings share it.
+    pub prefix: Option<String>,
+    /// TLS: the CA that signed the members' certificates (turns TLS on),
+    /// and this gateway's client certificate and key (both or neither).
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Longest wait for one etcd request, milliseconds (default 2000).
+    pub request_timeout_ms: Option<u64>,
+    /// Longest wait for a connection, milliseconds (default 2000).
+    pub connect_timeout_ms: Option<u64>,
+}
+
+/// Which store, after merging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// SQLite in state_dir.
+    Sqlite,
+    Etcd(EtcdConfig),
+}
+
+/// TLS to etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    /// Client certificate and key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// The etcd store's settings after merging, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// With their scheme (https:// when TLS is on).
+    pub endpoints: Vec<String>,
+    /// Starts with '/', no trailing '/'.
+    pub prefix: String,
+    pub tls: Option<EtcdTls>,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl StoreConfig {
+    fn merge(store: Option<String>, etcd: Option<EtcdFile>) -> Result<StoreConfig, Error> {
+        match store.as_deref().unwrap_or("sqlite") {
+            "sqlite" => match etcd {
+                Some(_) => Err(Error::Invalid(
+                    "[etcd] is set but store is not \"etcd\": add store = \"etcd\" or remove [etcd]"
+                        .into(),
+                )),
+                None => Ok(StoreConfig::Sqlite),
+            },
+            "etcd" => {
+                let etcd = etcd.ok_or_else(|| {
+                    Error::Invalid(
+                        "store = \"etcd\" needs an [etcd] table with endpoints = [\"http://HOST:2379\", ...]"
+                            .into(),
+                    )
+                })?;
+                EtcdConfig::merge(etcd).map(StoreConfig::Etcd)
+            }
+            other => Err(Error::Invalid(format!(
+                "store = {other:?} is unknown: \"sqlite\" (embedded, the default) or \"etcd\""
+            ))),
+        }
+    }
+}
+
+impl EtcdConfig {
+    fn merge(f: EtcdFile) -> Result<EtcdConfig, Error> {
+        let tls = match (f.ca, f.cert, f.key) {
+            (None, None, None) => None,
+            (Some(ca), None, None) => Some(EtcdTls { ca, identity: None }),
+            (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
+                ca,
+                identity: Some((cert, key)),
+            }),
+            (None, _, _) => {
+                return Err(Error::Invalid(
+                    "[etcd] cert and key need ca too (the CA that signed the etcd members' certificates)"
+                        .into(),
+                ))
+            }
+            _ => {
+                return Err(Error::Invalid(
+                    "[etcd] cert and key go together: set both or neither".into(),
+                ))
+            }
+        };
+        let scheme = if tls.is_some() { "https://" } else { "http://" };
+        let endpoints = f.endpoints.unwrap_or_default();
+        if endpoints.is_empty() {
+            return Err(Error::Invalid(
+                "[etcd] endpoints is empty: list the members' client URLs, e.g. [\"http://10.0.0.1:2379\"]"
+                    .into(),
+            ));
+        }
+        let endpoints = endpoints
+            .into_iter()
+            .map(|e| {
+                let e = e.trim().trim_end_matches('/').to_string();
+                if e.starts_with(scheme) {
+                    Ok(e)
+                } else if e.starts_with("http://") || e.starts_with("https://") {
+                    Err(Error::Invalid(format!(
+                        "[etcd] endpoint {e:?}: TLS is {} (ca {}), so it must start with {scheme}",
+                        if tls.is_some() { "on" } else { "off" },
+                        if tls.is_some() { "set" } else { "not set" },
+                    )))
+                } else if e.is_empty() || e.contains("://") {
+                    Err(Error::Invalid(format!(
+                        "[etcd] endpoint {e:?} is not HOST:PORT or {scheme}HOST:PORT"
+                    )))
+                } else {
+                    Ok(format!("{scheme}{e}"))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let prefix = f.prefix.unwrap_or_else(|| "/homeward".into());
+        let prefix = prefix.trim_end_matches('/').to_string();
+        if !prefix.starts_with('/') || prefix.len() < 2 {
+            return Err(Error::Invalid(format!(
+                "[etcd] prefix {prefix:?} must start with '/' and name something, e.g. \"/homeward\""
+            )));
+        }
+        let ms = |v: Option<u64>, name: &str| -> Result<Duration, Error> {
+            let v = v.unwrap_or(2000);
+            if !(100..=60_000).contains(&v) {
+                return Err(Error::Invalid(format!(
+                    "[etcd] {name} {v} is out of range (100 to 60000 milliseconds)"
+                )));
+            }
+            Ok(Duration::from_millis(v))
+        };
+        Ok(EtcdConfig {
+            endpoints,
+            prefix,
+            tls,
+            request_timeout: ms(f.request_timeout_ms, "request_timeout_ms")?,
+            connect_timeout: ms(f.connect_timeout_ms, "connect_timeout_ms")?,
+        })
+    }
 }
 
 /// The `[registration]` table.
@@ -169,6 +323,8 @@ pub struct RunConfig {
     pub takeover: bool,
     /// The metrics endpoint, if on.
     pub metrics: Option<MetricsConfig>,
+    /// Where bindings and replay state are kept.
+    pub store: StoreConfig,
 }
 
 /// Reads a TOML config file into `T`; errors name the file.
@@ -290,6 +446,7 @@ impl RunConfig {
                 .or(file.bpffs)
                 .unwrap_or_else(|| PathBuf::from(crate::common::DEFAULT_BPFFS)),
             registration: RegistrationConfig::merge(args, file.registration.unwrap_or_default())?,
+            store: StoreConfig::merge(file.store, file.etcd)?,
             takeover: args.takeover,
             metrics: MetricsConfig::merge(
                 args.metrics.or(file.metrics),
@@ -456,5 +613,83 @@ mod tests {
             RunConfig::merge(&a, FileConfig::default()).unwrap().wan,
             None
         );
+    }
+
+    #[test]
+    fn the_etcd_store() {
+        let merge = |text: &str| {
+            let file = FileConfig::parse(text).map_err(|e| e.to_string())?;
+            let args = RunArgs {
+                lan: Some("eth0".into()),
+                address: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                ..RunArgs::default()
+            };
+            RunConfig::merge(&args, file).map_err(|e| e.to_string())
+        };
+        assert_eq!(merge("").unwrap().store, StoreConfig::Sqlite);
+        let c = merge(
+            "store = \"etcd\"\n[etcd]\nendpoints = [\"10.0.0.1:2379\", \"http://10.0.0.2:2379/\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.store,
+            StoreConfig::Etcd(EtcdConfig {
+                endpoints: vec!["http://10.0.0.1:2379".into(), "http://10.0.0.2:2379".into()],
+                prefix: "/homeward".into(),
+                tls: None,
+                request_timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_secs(2),
+            })
+        );
+        let c = merge(
+            "store = \"etcd\"\n[etcd]\nendpoints = [\"e1:2379\"]\nprefix = \"/site/a/\"\nca = \"/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nrequest_timeout_ms = 500\n",
+        )
+        .unwrap();
+        let StoreConfig::Etcd(e) = c.store else {
+            panic!("not etcd")
+        };
+        assert_eq!(e.endpoints, vec!["https://e1:2379".to_string()]);
+        assert_eq!(e.prefix, "/site/a");
+        assert_eq!(e.request_timeout, Duration::from_millis(500));
+        assert_eq!(
+            e.tls.unwrap().identity,
+            Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")))
+        );
+        for (text, says) in [
+            ("store = \"etcd\"", "needs an [etcd] table"),
+            (
+                "store = \"etcd\"\n[etcd]\nendpoints = []",
+                "endpoints is empty",
+            ),
+            ("store = \"zookeeper\"", "is unknown"),
+            ("[etcd]\nendpoints = [\"e:1\"]", "add store = \"etcd\""),
+            (
+                "store = \"etcd\"\n[etcd]\nendpoints = [\"e:1\"]\nca = \"/ca\"\ncert = \"/c\"",
+                "go together",
+            ),
+            (
+                "store = \"etcd\"\n[etcd]\nendpoints = [\"e:1\"]\ncert = \"/c\"\nkey = \"/k\"",
+                "need ca",
+            ),
+            (
+                "store = \"etcd\"\n[etcd]\nendpoints = [\"http://e:1\"]\nca = \"/ca\"",
+                "must start with https://",
+            ),
+            (
+                "store = \"etcd\"\n[etcd]\nendpoints = [\"e:1\"]\nprefix = \"x\"",
+                "must start with '/'",
+            ),
+            (
+                "store = \"etcd\"\n[etcd]\nendpoints = [\"e:1\"]\nrequest_timeout_ms = 5",
+                "out of range",
+            ),
+            (
+                "store = \"etcd\"\n[etcd]\nendpoints = [\"e:1\"]\nendpoint = \"x\"",
+                "unknown field",
+            ),
+        ] {
+            let e = merge(text).unwrap_err();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
     }
 }

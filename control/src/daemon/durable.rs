@@ -64,6 +64,22 @@ impl<S: Store> Store for Timed<S> {
         self.inner.load(now_unix_ms)
     }
 
+    fn replication(&self) -> Option<crossbeam::channel::Receiver<crate::store::Replication>> {
+        self.inner.replication()
+    }
+
+    fn fresh(&mut self, key: crate::store::Key, revision: i64) -> bool {
+        self.inner.fresh(key, revision)
+    }
+
+    fn expires_itself(&self) -> bool {
+        self.inner.expires_itself()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
     fn commit(&mut self, changes: &[crate::store::Change]) -> Result<(), crate::store::StoreError> {
         let started = std::time::Instant::now();
         let result = self.inner.commit(changes);

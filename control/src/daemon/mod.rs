@@ -6,6 +6,7 @@ mod bindings;
 mod denials;
 mod durable;
 mod registration;
+mod replica;
 mod stats;
 
 use std::net::Ipv4Addr;
@@ -26,10 +27,10 @@ use crate::common::control_socket::{self as server, ControlSocket};
 use crate::common::handover::{self, Answer, OfferError, Successor};
 use crate::common::metrics::Metrics;
 use crate::common::{is_root, link};
-use crate::config::RunConfig;
+use crate::config::{RunConfig, StoreConfig};
 use crate::error::Error;
 use crate::proto::{parse_mac, Reply, Request};
-use crate::store::{Change, Lent, SqliteStore, Store};
+use crate::store::{Change, EtcdStore, Lent, SqliteStore, Store, StoreError};
 use bindings::{Bindings, Now};
 
 /// Everything a running home agent holds.
@@ -44,6 +45,17 @@ struct Daemon {
     store: Box<dyn Store>,
     /// The metrics endpoint and histograms.
     metrics: Metrics,
+    /// With a replicated store (etcd): whether it is reachable, what came
+    /// from other gateways.
+    replica: Option<replica::ReplicaState>,
+}
+
+/// Opens the configured store.
+fn open_store(config: &RunConfig) -> Result<Box<dyn Store>, StoreError> {
+    Ok(match &config.store {
+        StoreConfig::Sqlite => Box::new(SqliteStore::open(&config.state_dir)?),
+        StoreConfig::Etcd(etcd) => Box::new(EtcdStore::connect(etcd)?),
+    })
 }
 
 /// How `serve` ended.
@@ -227,12 +239,12 @@ fn assemble(
     } = parts;
     // The store before the data path: a damaged one stops us before
     // anything is attached.
-    let mut store = SqliteStore::open(&config.state_dir).map_err(|e| (e.into(), None))?;
+    let mut store = open_store(config).map_err(|e| (e.into(), None))?;
     let snapshot = store
         .load(Now::read().unix_ms)
         .map_err(|e| (e.into(), None))?;
     tracing::info!(
-        store = %store.path().display(),
+        store = %store.describe(),
         bindings = snapshot.bindings.len(),
         expired = snapshot.expired,
         replay = snapshot.replay.len(),
@@ -288,6 +300,8 @@ fn assemble(
             histogram: metrics.histograms.store_commit.clone(),
         }),
         metrics,
+        replica: matches!(config.store, StoreConfig::Etcd(_))
+            .then(|| replica::ReplicaState::new(Instant::now())),
     })
 }
 
@@ -340,6 +354,8 @@ impl Daemon {
             .as_ref()
             .map_or_else(channel::never, |r| r.datagrams().clone());
         loop {
+            // Anew each turn: a failed --takeover reopens the store.
+            let replication = self.store.replication().unwrap_or_else(channel::never);
             let now = Instant::now();
             let wait = self
                 .bindings
@@ -383,6 +399,15 @@ impl Daemon {
                         r.handle_burst(burst, &mut self.bindings, &mut *self.store, Now::read());
                     }
                 }
+                recv(replication) -> msg => {
+                    if let (Ok(msg), Some(state)) = (msg, self.replica.as_mut()) {
+                        let sink: &mut dyn replica::ReplaySink = match self.registration.as_mut() {
+                            Some(r) => r,
+                            None => &mut (),
+                        };
+                        replica::apply(msg, &mut self.bindings, &mut *self.store, sink, state, Now::read());
+                    }
+                }
                 recv(self.metrics.scrapes()) -> reply => {
                     if let Ok(reply) = reply {
                         let _ = reply.send(stats::exposition(self, Instant::now()));
@@ -399,7 +424,9 @@ impl Daemon {
             }
             let now = Instant::now();
             let expired = self.bindings.expire(now);
-            if !expired.is_empty() {
+            // A store that expires bindings itself (etcd's leases) is not
+            // told: a delete could race a refresh made at another gateway.
+            if !expired.is_empty() && !self.store.expires_itself() {
                 let deletes: Vec<Change> = expired.into_iter().map(Change::Delete).collect();
                 // Not acknowledged to anyone; a binding left in the store
                 // is dropped as expired at the next start anyway.
@@ -528,8 +555,20 @@ impl Daemon {
             .forwarder_mut()
             .take_back(parked, returned)
             .map_err(|e| e.to_string())?;
+        let mut store = open_store(&self.config).map_err(|e| e.to_string())?;
+        if store.replication().is_some() {
+            // Starts the watch; what changed meanwhile is caught up with.
+            let snapshot = store.load(Now::read().unix_ms).map_err(|e| e.to_string())?;
+            if let Some(r) = self.replica.as_mut() {
+                let sink: &mut dyn replica::ReplaySink = match self.registration.as_mut() {
+                    Some(r) => r,
+                    None => &mut (),
+                };
+                replica::adopt(snapshot, &mut self.bindings, sink, r, Now::read());
+            }
+        }
         self.store = Box::new(durable::Timed {
-            inner: SqliteStore::open(&self.config.state_dir).map_err(|e| e.to_string())?,
+            inner: store,
             histogram: self.metrics.histograms.store_commit.clone(),
         });
         socket.resume().map_err(|e| e.to_string())?;

@@ -405,6 +405,11 @@ impl Registration {
         }
     }
 
+    /// An Identification another gateway accepted (replicated store).
+    pub fn observe_replay(&mut self, spi: u32, home: std::net::Ipv4Addr, id: u64) {
+        self.handler.observe_replay(spi, home, id);
+    }
+
     /// The `registration` object of `homeward stats`.
     pub fn stats(&self) -> RegistrationStats {
         let mut all = self.counters.replies.clone();

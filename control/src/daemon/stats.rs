@@ -25,6 +25,8 @@ pub(super) struct HomeAgentStats {
     pub data_path: DataPathStats,
     pub bindings: Vec<BindingInfo>,
     pub registration: RegistrationStats,
+    /// The binding store; with etcd, whether it is reachable.
+    pub store: super::replica::StoreStats,
 }
 
 /// The pipeline's counters (the home agent's names are the pipeline's),
@@ -66,6 +68,7 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
             .registration
             .as_ref()
             .map_or_else(disabled_stats, |r| r.stats()),
+        store: super::replica::stats(&*d.store, d.replica.as_ref(), now),
         data_path,
     }
 }
@@ -124,6 +127,23 @@ pub(super) fn exposition(d: &Daemon, now: Instant) -> Exposition {
         "Bindings without their own series (beyond metrics_binding_series).",
     )
     .sample(vec![], s.bindings.len().saturating_sub(cap));
+    if let Some(connected) = s.store.connected {
+        x.gauge(
+            "etcd_connected",
+            "1 while the etcd store's watch is live; 0 while etcd is unreachable (forwarding goes on with the bindings held; registrations and bind/unbind are refused).",
+        )
+        .sample(vec![], u64::from(connected));
+        x.counter(
+            "etcd_losses",
+            "Times etcd was lost (the watch failed and could not be re-established at once).",
+        )
+        .sample(vec![], s.store.losses.unwrap_or(0));
+        x.counter(
+            "etcd_remote_changes",
+            "Binding and replay changes made at other gateways and applied here.",
+        )
+        .sample(vec![], s.store.remote_changes.unwrap_or(0));
+    }
     if let Some(r) = &s.registration.counts {
         let replies = x.counter(
             "registration_replies",

@@ -377,6 +377,12 @@ impl HomeAgent {
         self.replay.restore(c.spi, c.home, c.previous);
     }
 
+    /// An Identification another gateway accepted (through the replicated
+    /// store): nothing older or equal is accepted here any more.
+    pub fn observe_replay(&mut self, spi: u32, home: Ipv4Addr, id: u64) {
+        self.replay.commit(spi, home, id);
+    }
+
     /// The keys, for [`screen`] outside the handler.
     pub fn keys(&self) -> &Arc<KeyFile> {
         &self.keys

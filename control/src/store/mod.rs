@@ -9,11 +9,13 @@
 //! Lifetimes are absolute (Unix milliseconds), so a binding that expired
 //! while the daemon was down is dropped when the store is loaded.
 
+pub mod etcd;
 mod sqlite;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+pub use etcd::EtcdStore;
 pub use sqlite::SqliteStore;
 
 /// Who made a binding.
@@ -77,6 +79,16 @@ pub enum StoreError {
     /// A commit did not reach the disk: nothing in it may be acknowledged.
     #[error("cannot commit to the state store {path}: {message}")]
     Commit { path: PathBuf, message: String },
+    /// etcd cannot be reached (or refused us): nothing was acknowledged.
+    #[error("etcd at {endpoints} is unreachable or refused the request ({message}); nothing was acknowledged (a request that reached etcd before the timeout may still be applied: every gateway then follows it). Check that the etcd cluster is up and has quorum (etcdctl endpoint health), and the endpoints and TLS files in [etcd]")]
+    EtcdUnavailable { endpoints: String, message: String },
+    /// A key under the prefix holds what homeward cannot read.
+    #[error("the etcd key {key} holds a value homeward cannot read ({message}): delete it (etcdctl del {key}; its binding is lost until the agent re-registers) or fix what wrote it")]
+    EtcdData { key: String, message: String },
+    /// The compare-and-swap of a registration Identification failed:
+    /// another gateway accepted this one or a newer one first.
+    #[error("another gateway accepted an Identification at least as new for SPI {spi} home {home} first: refused (its state is reloaded from etcd)")]
+    ReplayConflict { spi: u32, home: Ipv4Addr },
 }
 
 /// The binding and replay store.
@@ -85,6 +97,92 @@ pub trait Store {
     fn load(&mut self, now_unix_ms: u64) -> Result<Snapshot, StoreError>;
     /// Makes every change durable, all or none, before returning `Ok`.
     fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError>;
+    /// A replicated store: what other gateways change, for the control
+    /// loop to apply (started by the first [`Store::load`]). `None` for a
+    /// store only this daemon writes.
+    fn replication(&self) -> Option<crossbeam::channel::Receiver<Replication>> {
+        None
+    }
+    /// Whether a replicated change of `key` at `revision` is news to this
+    /// gateway (not its own commit, not older than what it has); if so it
+    /// is recorded as known. Always true for a store nobody else writes.
+    fn fresh(&mut self, _key: Key, _revision: i64) -> bool {
+        true
+    }
+    /// Whether the store removes expired bindings itself (etcd's leases):
+    /// then a lifetime that runs out is not committed as a delete, which
+    /// could race a refresh made at another gateway.
+    fn expires_itself(&self) -> bool {
+        false
+    }
+    /// What the store is, for logs.
+    fn describe(&self) -> String;
+}
+
+impl<T: Store + ?Sized> Store for Box<T> {
+    fn load(&mut self, now_unix_ms: u64) -> Result<Snapshot, StoreError> {
+        (**self).load(now_unix_ms)
+    }
+    fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        (**self).commit(changes)
+    }
+    fn replication(&self) -> Option<crossbeam::channel::Receiver<Replication>> {
+        (**self).replication()
+    }
+    fn fresh(&mut self, key: Key, revision: i64) -> bool {
+        (**self).fresh(key, revision)
+    }
+    fn expires_itself(&self) -> bool {
+        (**self).expires_itself()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
+/// What a replicated change is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    Binding(Ipv4Addr),
+    Replay { spi: u32, home: Ipv4Addr },
+}
+
+/// One change another gateway made, at its store revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replicated {
+    pub revision: i64,
+    pub change: Change,
+}
+
+impl Replicated {
+    /// What it changes.
+    pub fn key(&self) -> Key {
+        match &self.change {
+            Change::Put(b) => Key::Binding(b.vm),
+            Change::Delete(vm) => Key::Binding(*vm),
+            Change::Replay { spi, home, .. } => Key::Replay {
+                spi: *spi,
+                home: *home,
+            },
+        }
+    }
+}
+
+/// What a replicated store's watch tells the control loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replication {
+    /// Changes, in revision order.
+    Changes(Vec<Replicated>),
+    /// The watch was lost: the store is unreachable (why). The gateway
+    /// keeps forwarding what it has.
+    Lost(String),
+    /// Connected again (or for the first time after a loss): everything
+    /// under the prefix at `revision`. What the gateway holds beyond it is
+    /// removed, unless it knows a newer revision of that key.
+    Resync {
+        revision: i64,
+        state: Vec<Replicated>,
+    },
 }
 
 /// Where a daemon's store is while a `--takeover` successor holds it: the
@@ -96,6 +194,9 @@ pub struct Lent {
 }
 
 impl Store for Lent {
+    fn describe(&self) -> String {
+        format!("{} (lent)", self.path.display())
+    }
     fn load(&mut self, _now_unix_ms: u64) -> Result<Snapshot, StoreError> {
         Err(StoreError::Open {
             path: self.path.clone(),
@@ -122,6 +223,9 @@ pub struct MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
     fn load(&mut self, now_unix_ms: u64) -> Result<Snapshot, StoreError> {
         let before = self.bindings.len();
         self.bindings

@@ -240,6 +240,9 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
     fn load(&mut self, now_unix_ms: u64) -> Result<Snapshot, StoreError> {
         let (all, replay) = self.read().inspect_err(|_| self.healthy = false)?;
         let (alive, expired): (Vec<_>, Vec<_>) = all

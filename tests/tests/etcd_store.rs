@@ -1,0 +1,586 @@
+//! The etcd store (`store = "etcd"`) end to end, with Debian's etcd
+//! (`/usr/bin/etcd`, package etcd-server): a real 3-member cluster in its
+//! own namespace, two home agents in two labs, each joined to the etcd
+//! namespace by a veth. Bindings made at either gateway appear at the
+//! other (the delay is measured and printed), unbinds and lifetimes that
+//! run out disappear from both, a killed member changes nothing, a gateway
+//! cut off from etcd keeps forwarding, says so, and catches up; a
+//! registration accepted at one gateway and replayed to the other is
+//! refused. And at the store level: two stores racing for one
+//! Identification, only one wins (the compare-and-swap).
+//! Needs root and `cargo build --release -p homeward`.
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use homeward::proto::Request;
+use homeward_tests::agent::HomeAgent;
+use homeward_tests::decode::{script, PYTHON};
+use homeward_tests::{
+    decode_ipip, require_root, veth_pair, Capture, Mac, Netns, NsChild, Topology, UdpSend, VethEnd,
+};
+use serde_json::Value;
+
+const ETCD: &str = "/usr/bin/etcd";
+const ETCDCTL: &str = "/usr/bin/etcdctl";
+const KEY: &str = "00112233445566778899aabbccddeeff0011223344556677";
+const PREFIX: &str = "/hwtest";
+/// The etcd namespace's address on its bridge.
+const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+#[track_caller]
+fn require_etcd() {
+    assert!(
+        Path::new(ETCD).exists() && Path::new(ETCDCTL).exists(),
+        "{ETCD} and {ETCDCTL} are missing: apt-get install etcd-server etcd-client (scripts/install-deps.sh)"
+    );
+}
+
+/// A 3-member etcd cluster, members `m0..m2` on `addr`, client ports
+/// `base`, `base+2`, `base+4` (peer ports one above), data in `ns`'s
+/// scratch directory. Killed with the namespace (or the guards) on drop.
+struct Cluster<'a> {
+    ns: &'a Netns,
+    addr: Ipv4Addr,
+    base: u16,
+    members: Vec<Option<NsChild>>,
+}
+
+impl<'a> Cluster<'a> {
+    fn client_port(&self, i: usize) -> u16 {
+        self.base + 2 * i as u16
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        (0..3)
+            .map(|i| format!("http://{}:{}", self.addr, self.client_port(i)))
+            .collect()
+    }
+
+    #[track_caller]
+    fn start(ns: &'a Netns, addr: Ipv4Addr, base: u16) -> Cluster<'a> {
+        let mut c = Cluster {
+            ns,
+            addr,
+            base,
+            members: (0..3).map(|_| None).collect(),
+        };
+        for i in 0..3 {
+            c.start_member(i);
+        }
+        c.wait_healthy(Duration::from_secs(30));
+        c
+    }
+
+    fn start_member(&mut self, i: usize) {
+        let peer = |j: usize| format!("http://{}:{}", self.addr, self.client_port(j) + 1);
+        let cluster: Vec<String> = (0..3).map(|j| format!("m{j}={}", peer(j))).collect();
+        let client = format!("http://{}:{}", self.addr, self.client_port(i));
+        let data = self.ns.dir().join(format!("m{i}"));
+        let args = vec![
+            ETCD.to_string(),
+            "--name".into(),
+            format!("m{i}"),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--listen-client-urls".into(),
+            client.clone(),
+            "--advertise-client-urls".into(),
+            client,
+            "--listen-peer-urls".into(),
+            peer(i),
+            "--initial-advertise-peer-urls".into(),
+            peer(i),
+            "--initial-cluster".into(),
+            cluster.join(","),
+            "--initial-cluster-state".into(),
+            "new".into(),
+            "--initial-cluster-token".into(),
+            "homeward-test".into(),
+            // Fast elections; the shortest lease is then ~1 s.
+            "--heartbeat-interval".into(),
+            "50".into(),
+            "--election-timeout".into(),
+            "500".into(),
+            "--log-level".into(),
+            "warn".into(),
+        ];
+        self.members[i] = Some(self.ns.spawn(&args));
+    }
+
+    fn kill_member(&mut self, i: usize) {
+        if let Some(mut m) = self.members[i].take() {
+            m.stop_with("KILL", Duration::from_secs(5));
+        }
+    }
+
+    fn etcdctl(&self, args: &[&str]) -> std::process::Output {
+        let mut full = vec![
+            ETCDCTL.to_string(),
+            "--endpoints".into(),
+            self.endpoints().join(","),
+            "--dial-timeout".into(),
+            "1s".into(),
+            "--command-timeout".into(),
+            "2s".into(),
+        ];
+        full.extend(args.iter().map(|s| s.to_string()));
+        let mut cmd = self.ns.command(&full);
+        cmd.env("ETCDCTL_API", "3");
+        cmd.output().expect("etcdctl")
+    }
+
+    /// The keys under the prefix.
+    fn keys(&self) -> Vec<String> {
+        let out = self.etcdctl(&["get", "--prefix", "--keys-only", &format!("{PREFIX}/")]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[track_caller]
+    fn wait_healthy(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.etcdctl(&["put", "/hw-health", "ok"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the etcd cluster did not come up: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.members
+                    .iter()
+                    .flatten()
+                    .map(|m| m.stderr())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A home agent lab joined to the etcd namespace's bridge as `addr`.
+fn join_etcd(lab: &Topology, etcd: &Netns, port: &str, addr: Ipv4Addr, n: u8) {
+    veth_pair(
+        &VethEnd::new(&lab.ha, "etcd0", Mac::derive(&lab.tag, 0x70 + n)).addr(addr, 24),
+        &VethEnd::new(etcd, port, Mac::derive("etcd", 0x70 + n)),
+    );
+    etcd.enslave(port, "br0");
+}
+
+/// The config and key files of one gateway.
+fn gateway_files(dir: &Path, endpoints: &[String]) -> (PathBuf, PathBuf) {
+    let keys = dir.join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!("[[spi]]\nspi = 256\nkey = \"{KEY}\"\nhome_addresses = [\"192.0.2.0/24\"]\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.join("run.toml");
+    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "store = \"etcd\"\n\n[etcd]\nendpoints = [{}]\nprefix = \"{PREFIX}\"\nrequest_timeout_ms = 1500\nconnect_timeout_ms = 1000\n\n[registration]\nreplay_window = 300\n",
+            endpoints.join(", ")
+        ),
+    )
+    .unwrap();
+    (config, keys)
+}
+
+fn start<'a>(lab: &'a Topology, config: &Path, keys: &Path) -> HomeAgent<'a> {
+    let config = config.display().to_string();
+    let keys = keys.display().to_string();
+    HomeAgent::start(lab, &["--config", &config, "--registration-keys", &keys])
+}
+
+/// `list` straight over the control socket (no process per poll, so the
+/// replication delay is measured to a fraction of a millisecond).
+fn list(lab: &Topology) -> Vec<Value> {
+    match homeward::client::request(&lab.control_socket(), &Request::List {}) {
+        Ok(Value::Array(v)) => v,
+        other => panic!("list: {other:?}"),
+    }
+}
+
+fn care_of_at(lab: &Topology, vm: &str) -> Option<String> {
+    list(lab)
+        .into_iter()
+        .find(|b| b["vm"] == vm)
+        .and_then(|b| b["care_of"].as_str().map(str::to_string))
+}
+
+/// Waits until `vm`'s binding at `lab` is `want` (None: absent); the time
+/// it took.
+#[track_caller]
+fn wait_binding(lab: &Topology, vm: &str, want: Option<&str>, timeout: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let now = care_of_at(lab, vm);
+        if now.as_deref() == want {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "{vm} at {}: {now:?}, expected {want:?} within {timeout:?}",
+            lab.tag
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Whether a UDP datagram from the lab's client to `vm` comes out of the
+/// tunnel at the care-of address.
+fn forwards(lab: &Topology, vm: Ipv4Addr) -> bool {
+    let cap = Capture::start(&lab.foreign, &lab.foreign_wan.name, "ip proto 4");
+    lab.client
+        .send_udp(&UdpSend::new(vm, 4000, 64).repeat(3, Duration::from_millis(50)));
+    let packets = decode_ipip(&cap.stop_after(Duration::from_millis(300))).packets;
+    packets
+        .iter()
+        .any(|p| p.inner.as_ref().is_some_and(|i| i.dst == vm))
+}
+
+/// `mip_send.py` from the lab's foreign namespace; its JSON.
+fn mip_send(lab: &Topology, extra: &[&str]) -> Value {
+    let mut full = vec![
+        "env".to_string(),
+        "PYTHONDONTWRITEBYTECODE=1".into(),
+        PYTHON.into(),
+        script("mip_send.py").to_string_lossy().into_owned(),
+        "--ha".into(),
+        lab.ha_wan.addr.to_string(),
+        "--coa".into(),
+        lab.care_of.to_string(),
+        "--home".into(),
+        "192.0.2.60".into(),
+        "--spi".into(),
+        "256".into(),
+        "--key".into(),
+        KEY.into(),
+    ];
+    full.extend(extra.iter().map(|s| s.to_string()));
+    let out = lab.foreign.exec_ok(&full);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("mip_send.py: {e}: {out}"))
+}
+
+fn store_stats(ha: &HomeAgent) -> Value {
+    ha.stats()["store"].clone()
+}
+
+#[track_caller]
+fn wait_connected(ha: &HomeAgent, want: bool, timeout: Duration) -> Value {
+    let s = ha.wait_stats(timeout, |s| s["store"]["connected"] == want);
+    assert_eq!(
+        s["store"]["connected"],
+        want,
+        "{}\n{}",
+        s["store"],
+        ha.stderr()
+    );
+    s["store"].clone()
+}
+
+#[test]
+fn two_gateways_share_bindings_through_a_three_member_etcd() {
+    require_root();
+    require_etcd();
+    let etcd_ns = Netns::new("etcd-db");
+    etcd_ns.disable_ipv6();
+    etcd_ns.add_bridge("br0");
+    etcd_ns.add_addr("br0", ETCD_ADDR, 24);
+    let a = Topology::home_agent_lab("eta");
+    let b = Topology::home_agent_lab("etb");
+    join_etcd(&a, &etcd_ns, "pa", Ipv4Addr::new(10, 77, 0, 2), 1);
+    join_etcd(&b, &etcd_ns, "pb", Ipv4Addr::new(10, 77, 0, 3), 2);
+    etcd_ns.wait_link_up("br0", Duration::from_secs(5));
+    let mut cluster = Cluster::start(&etcd_ns, ETCD_ADDR, 2379);
+    let endpoints = cluster.endpoints();
+    let (config_a, keys_a) = gateway_files(a.dir(), &endpoints);
+    let (config_b, keys_b) = gateway_files(b.dir(), &endpoints);
+    let ha_a = start(&a, &config_a, &keys_a);
+    let ha_b = start(&b, &config_b, &keys_b);
+    for ha in [&ha_a, &ha_b] {
+        let s = store_stats(ha);
+        assert_eq!(s["backend"], "etcd", "{s}");
+        assert_eq!(s["connected"], true, "{s}");
+    }
+    let coa = a.care_of.to_string();
+
+    // A bind at either gateway appears at the other.
+    let mut delays = Vec::new();
+    for (i, vm) in ["192.0.2.50", "192.0.2.51", "192.0.2.52", "192.0.2.53"]
+        .iter()
+        .enumerate()
+    {
+        let (from, to, ha) = if i % 2 == 0 {
+            (&a, &b, &ha_a)
+        } else {
+            (&b, &a, &ha_b)
+        };
+        let t0 = Instant::now();
+        ha.bind(vm, &coa, &[]);
+        let acked = t0.elapsed();
+        let seen = wait_binding(to, vm, Some(&coa), Duration::from_secs(5));
+        println!(
+            "bind {vm} at {}: acknowledged (committed to etcd) in {:.1} ms, in {}'s table {:.2} ms after the acknowledgement",
+            from.tag,
+            acked.as_secs_f64() * 1e3,
+            to.tag,
+            seen.as_secs_f64() * 1e3
+        );
+        delays.push(seen);
+    }
+    delays.sort();
+    println!(
+        "replication delay after the acknowledgement: median {:.2} ms, max {:.2} ms",
+        delays[delays.len() / 2].as_secs_f64() * 1e3,
+        delays[delays.len() - 1].as_secs_f64() * 1e3
+    );
+    // Applied to the data path too: B forwards what A bound.
+    assert!(
+        forwards(&b, Ipv4Addr::new(192, 0, 2, 50)),
+        "B does not forward A's binding"
+    );
+
+    // An unbind disappears from both.
+    ha_b.unbind("192.0.2.50");
+    let gone = wait_binding(&a, "192.0.2.50", None, Duration::from_secs(5));
+    println!(
+        "unbind at B gone from A in {:.2} ms",
+        gone.as_secs_f64() * 1e3
+    );
+    assert!(care_of_at(&b, "192.0.2.50").is_none());
+
+    // A lifetime that runs out: gone from both, and from etcd (its lease).
+    ha_a.bind("192.0.2.54", &coa, &["--lifetime", "2"]);
+    wait_binding(&b, "192.0.2.54", Some(&coa), Duration::from_secs(5));
+    let t0 = Instant::now();
+    wait_binding(&a, "192.0.2.54", None, Duration::from_secs(5));
+    wait_binding(&b, "192.0.2.54", None, Duration::from_secs(5));
+    let tables = t0.elapsed();
+    let key = format!("{PREFIX}/bindings/192.0.2.54");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.keys().contains(&key) {
+        assert!(Instant::now() < deadline, "lease did not remove {key}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "2 s lifetime: gone from both tables {:.0} ms after the bind was seen at B; from etcd (its lease) {:.0} ms after",
+        tables.as_secs_f64() * 1e3,
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+
+    // Replay protection across gateways: a registration accepted at A,
+    // replayed to B, is refused.
+    let first = mip_send(&a, &[]);
+    assert_eq!(first["reply"]["code"], 0, "{first}");
+    wait_binding(&b, "192.0.2.60", Some(&coa), Duration::from_secs(5));
+    let raw = first["request_hex"].as_str().unwrap().to_string();
+    let replayed = mip_send(&b, &["--raw", &raw, "--timeout", "1"]);
+    let code = replayed["reply"]["code"].as_u64();
+    assert!(
+        !matches!(code, Some(0 | 1)),
+        "the replay was accepted by the other gateway: {replayed}"
+    );
+    println!("registration accepted at A, replayed to B: code {code:?}");
+    let rb = ha_b.registration_stats();
+    assert_eq!(rb["accepted"], 0, "{rb}");
+    // A fresh one at B passes (and A learns its Identification).
+    let fresh = mip_send(&b, &[]);
+    assert_eq!(fresh["reply"]["code"], 0, "{fresh}");
+    let raw_b = fresh["request_hex"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(200));
+    let back = mip_send(&a, &["--raw", &raw_b, "--timeout", "1"]);
+    assert!(
+        !matches!(back["reply"]["code"].as_u64(), Some(0 | 1)),
+        "B's registration replayed to A was accepted: {back}"
+    );
+
+    // One member of three killed: nothing changes.
+    cluster.kill_member(0);
+    let t0 = Instant::now();
+    ha_b.bind("192.0.2.55", &coa, &[]);
+    let acked = t0.elapsed();
+    let seen = wait_binding(&a, "192.0.2.55", Some(&coa), Duration::from_secs(5));
+    println!(
+        "member m0 killed: bind at B acknowledged in {:.1} ms, at A {:.2} ms later",
+        acked.as_secs_f64() * 1e3,
+        seen.as_secs_f64() * 1e3
+    );
+    ha_a.unbind("192.0.2.55");
+    wait_binding(&b, "192.0.2.55", None, Duration::from_secs(5));
+    for ha in [&ha_a, &ha_b] {
+        assert_eq!(store_stats(ha)["connected"], true, "{}", ha.stderr());
+    }
+
+    // B cut off from etcd (its link down: the connections go silent): it
+    // says so, keeps forwarding, and catches up when the link is back.
+    b.ha.link_down("etcd0");
+    let s = wait_connected(&ha_b, false, Duration::from_secs(15));
+    println!("B cut off: reported {s}");
+    assert!(ha_b.stderr().contains("etcd LOST"), "{}", ha_b.stderr());
+    assert!(
+        forwards(&b, Ipv4Addr::new(192, 0, 2, 52)),
+        "B stopped forwarding"
+    );
+    let refused = b.homeward_cli(&[
+        "bind",
+        "192.0.2.56",
+        &coa,
+        "--socket",
+        &b.control_socket().to_string_lossy(),
+    ]);
+    assert!(
+        !refused.status.success(),
+        "a bind without etcd was acknowledged"
+    );
+    println!(
+        "bind at B without etcd refused: {}",
+        String::from_utf8_lossy(&refused.stderr).trim()
+    );
+    let metrics_b = ha_b.stats();
+    assert_eq!(metrics_b["store"]["connected"], false);
+    // Meanwhile at A.
+    ha_a.unbind("192.0.2.52");
+    ha_a.bind("192.0.2.57", &coa, &[]);
+    assert!(care_of_at(&b, "192.0.2.52").is_some());
+    let t0 = Instant::now();
+    b.ha.link_up("etcd0");
+    wait_connected(&ha_b, true, Duration::from_secs(20));
+    wait_binding(&b, "192.0.2.52", None, Duration::from_secs(5));
+    wait_binding(&b, "192.0.2.57", Some(&coa), Duration::from_secs(5));
+    // The refused bind's request may have sat in B's socket and reached
+    // etcd when the link came back (a timed-out commit's outcome is
+    // unknown): whichever it was, both gateways agree.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while care_of_at(&a, "192.0.2.56") != care_of_at(&b, "192.0.2.56") {
+        assert!(
+            Instant::now() < deadline,
+            "the gateways disagree on 192.0.2.56"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "the refused bind at B: {} at both after the catch-up",
+        if care_of_at(&a, "192.0.2.56").is_some() {
+            "applied late by etcd (its request had reached it)"
+        } else {
+            "absent"
+        }
+    );
+    println!(
+        "B reconnected and caught up {:.0} ms after its link came back",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+
+    // All of etcd down: both gateways keep forwarding and report it.
+    cluster.kill_member(1);
+    cluster.kill_member(2);
+    for ha in [&ha_a, &ha_b] {
+        wait_connected(ha, false, Duration::from_secs(15));
+    }
+    assert!(
+        forwards(&a, Ipv4Addr::new(192, 0, 2, 51)),
+        "A stopped forwarding"
+    );
+    assert!(
+        forwards(&b, Ipv4Addr::new(192, 0, 2, 51)),
+        "B stopped forwarding"
+    );
+    let s = ha_a.stats();
+    assert!(s["store"]["losses"].as_u64() >= Some(1), "{}", s["store"]);
+    // etcd back: both catch up, and bindings replicate again.
+    for i in 0..3 {
+        cluster.start_member(i);
+    }
+    cluster.wait_healthy(Duration::from_secs(30));
+    for ha in [&ha_a, &ha_b] {
+        wait_connected(ha, true, Duration::from_secs(20));
+    }
+    ha_a.bind("192.0.2.58", &coa, &[]);
+    let seen = wait_binding(&b, "192.0.2.58", Some(&coa), Duration::from_secs(5));
+    println!(
+        "etcd restarted: replication again, {:.2} ms",
+        seen.as_secs_f64() * 1e3
+    );
+    for ha in [ha_a, ha_b] {
+        let t = ha.stop();
+        assert!(t.success, "homeward did not exit cleanly:\n{}", t.stderr);
+    }
+}
+
+/// Two stores that both last saw no Identification for one (SPI, home)
+/// race to accept the same one: exactly one commit succeeds, the other is
+/// a ReplayConflict, and its reload hands the winner's value over.
+#[test]
+fn only_one_gateway_accepts_an_identification() {
+    use homeward::config::EtcdConfig;
+    use homeward::store::{Change, EtcdStore, Replication, Store, StoreError};
+
+    require_root();
+    require_etcd();
+    let ns = Netns::new("etcd-cas");
+    let mut cluster = Cluster::start(&ns, Ipv4Addr::LOCALHOST, 2479);
+    // The test process talks to it through the namespace's loopback.
+    let config = EtcdConfig {
+        endpoints: cluster.endpoints(),
+        prefix: "/cas".into(),
+        tls: None,
+        request_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+    };
+    let ns_file = std::fs::File::open(format!("/run/netns/{}", ns.name())).expect("netns");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A thread in the namespace (setns is per thread).
+    let worker = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid namespace fd, for this thread only.
+        let rc = unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns");
+        let mut s1 = EtcdStore::connect(&config).unwrap();
+        let mut s2 = EtcdStore::connect(&config).unwrap();
+        s1.load(0).unwrap();
+        s2.load(0).unwrap();
+        let home = Ipv4Addr::new(192, 0, 2, 9);
+        let replay = |id| Change::Replay { spi: 7, home, id };
+        s1.commit(&[replay(100)]).unwrap();
+        let lost = s2.commit(&[replay(100)]);
+        assert!(
+            matches!(lost, Err(StoreError::ReplayConflict { spi: 7, .. })),
+            "{lost:?}"
+        );
+        // The reload (and the watch) tell s2's control loop about id 100.
+        let got = s2
+            .replication()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(3))
+            .unwrap();
+        let Replication::Changes(list) = got else {
+            panic!("{got:?}")
+        };
+        assert!(list.iter().any(|r| r.change == replay(100)), "{list:?}");
+        // What the daemon's control loop does with it.
+        for r in &list {
+            s2.fresh(r.key(), r.revision);
+        }
+        // Knowing it now, a newer one passes at s2; an older at s1 not.
+        s2.commit(&[replay(101)]).unwrap();
+        assert!(s1.commit(&[replay(101)]).is_err());
+        let snap = s1.load(0).unwrap();
+        tx.send(snap.replay).unwrap();
+    });
+    worker.join().expect("the store thread failed");
+    let replay = rx.recv().unwrap();
+    assert_eq!(replay, vec![((7, Ipv4Addr::new(192, 0, 2, 9)), 101)]);
+    cluster.kill_member(0);
+}
