@@ -10,6 +10,34 @@ use crate::decode::{script, PYTHON};
 use crate::link::{Iface, Mac, VethEnd};
 use crate::{homeward_bin, veth_pair, Netns, NsChild, Topology};
 
+/// Where an agent runs: its hypervisor's namespace and uplink, its care-of
+/// address and the home agent it registers with. [`ForeignSite::of`] is
+/// the standard lab's foreign host; other labs (e.g. the two-gateway lab,
+/// [`crate::ha_lab`]) name their own.
+#[derive(Clone, Copy, Debug)]
+pub struct ForeignSite<'a> {
+    /// The hypervisor's namespace.
+    pub ns: &'a Netns,
+    /// Its uplink (`--uplink`).
+    pub uplink: &'a str,
+    /// Its address on the uplink, the care-of address (`--address`).
+    pub care_of: Ipv4Addr,
+    /// The home agent's address (`--home-agent`).
+    pub home_agent: Ipv4Addr,
+}
+
+impl<'a> ForeignSite<'a> {
+    /// The standard lab's foreign host.
+    pub fn of(lab: &'a Topology) -> ForeignSite<'a> {
+        ForeignSite {
+            ns: &lab.foreign,
+            uplink: &lab.foreign_wan.name,
+            care_of: lab.care_of,
+            home_agent: lab.ha_wan.addr,
+        }
+    }
+}
+
 /// The VM, its link and QMP stand-in, and the agent's command line.
 pub struct ForeignAgentLab {
     /// The VM's namespace, with `vm0` on the agent's `vmlink`.
@@ -39,7 +67,30 @@ impl ForeignAgentLab {
         mtu: u32,
         extra: &[&str],
     ) -> ForeignAgentLab {
-        Self::build(lab, tag, dir, keys, vm_addr, mtu, extra, false)
+        Self::build(
+            ForeignSite::of(lab),
+            tag,
+            dir,
+            keys,
+            vm_addr,
+            mtu,
+            extra,
+            false,
+        )
+    }
+
+    /// [`ForeignAgentLab::new`] at any site (no [`Topology`] needed).
+    #[track_caller]
+    pub fn at_site(
+        site: ForeignSite<'_>,
+        tag: &str,
+        dir: &Path,
+        keys: &Path,
+        vm_addr: Ipv4Addr,
+        mtu: u32,
+        extra: &[&str],
+    ) -> ForeignAgentLab {
+        Self::build(site, tag, dir, keys, vm_addr, mtu, extra, false)
     }
 
     /// [`ForeignAgentLab::new`] with the VM link a tap made with
@@ -55,13 +106,22 @@ impl ForeignAgentLab {
         vm_addr: Ipv4Addr,
         extra: &[&str],
     ) -> ForeignAgentLab {
-        Self::build(lab, tag, dir, keys, vm_addr, 1500, extra, true)
+        Self::build(
+            ForeignSite::of(lab),
+            tag,
+            dir,
+            keys,
+            vm_addr,
+            1500,
+            extra,
+            true,
+        )
     }
 
     #[track_caller]
     #[allow(clippy::too_many_arguments)]
     fn build(
-        lab: &Topology,
+        site: ForeignSite<'_>,
         tag: &str,
         dir: &Path,
         keys: &Path,
@@ -81,7 +141,7 @@ impl ForeignAgentLab {
         };
         if tap {
             let mac = vmlink_mac.to_string();
-            let ns = &lab.foreign;
+            let ns = site.ns;
             ns.ip(&["tuntap", "add", "dev", "vmlink", "mode", "tap", "vnet_hdr"]);
             ns.ip(&["link", "set", "vmlink", "address", &mac, "up"]);
         } else {
@@ -89,17 +149,17 @@ impl ForeignAgentLab {
                 &VethEnd::new(&vm, &vm_if.name, vm_if.mac)
                     .addr(vm_if.addr, 24)
                     .mtu(mtu),
-                &VethEnd::new(&lab.foreign, "vmlink", vmlink_mac).mtu(mtu),
+                &VethEnd::new(site.ns, "vmlink", vmlink_mac).mtu(mtu),
             );
         }
         let qmp = dir.join("vm.qmp");
-        let mut fake_qmp = lab.foreign.spawn(&[
+        let mut fake_qmp = site.ns.spawn(&[
             PYTHON.to_string(),
             script("fake_qmp.py").to_string_lossy().into_owned(),
             qmp.display().to_string(),
         ]);
         assert!(fake_qmp.wait_for_output("listening", Duration::from_secs(10)));
-        let socket = lab.foreign.dir().join("agent.sock");
+        let socket = site.ns.dir().join("agent.sock");
         let config = dir.join("agent.toml");
         std::fs::write(
             &config,
@@ -118,11 +178,11 @@ impl ForeignAgentLab {
             homeward_bin().to_string_lossy().into_owned(),
             "agent".into(),
             "--uplink".into(),
-            lab.foreign_wan.name.clone(),
+            site.uplink.to_string(),
             "--address".into(),
-            lab.care_of.to_string(),
+            site.care_of.to_string(),
             "--home-agent".into(),
-            lab.ha_wan.addr.to_string(),
+            site.home_agent.to_string(),
             "--config".into(),
             config.display().to_string(),
         ];
@@ -146,9 +206,16 @@ impl ForeignAgentLab {
     /// [`ForeignAgentLab::spawn`] with `more` flags (e.g. `--takeover`).
     #[track_caller]
     pub fn spawn_with(&self, lab: &Topology, more: &[&str]) -> NsChild {
+        self.spawn_in(&lab.foreign, more)
+    }
+
+    /// Starts the agent in `ns` (its site's namespace) with `more` flags
+    /// and waits until it runs.
+    #[track_caller]
+    pub fn spawn_in(&self, ns: &Netns, more: &[&str]) -> NsChild {
         let mut args = self.args.clone();
         args.extend(more.iter().map(|s| s.to_string()));
-        let mut agent = lab.foreign.spawn(&args);
+        let mut agent = ns.spawn(&args);
         assert!(
             agent.wait_for_output("homeward agent is running", Duration::from_secs(20)),
             "agent did not start:\n{}",

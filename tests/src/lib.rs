@@ -20,7 +20,9 @@
 pub mod agent;
 pub mod capture;
 pub mod decode;
+pub mod etcd;
 pub mod foreign_agent;
+pub mod ha_lab;
 pub mod homeward_lab;
 pub mod inns;
 pub mod link;

@@ -18,153 +18,16 @@ use std::time::{Duration, Instant};
 use homeward::proto::Request;
 use homeward_tests::agent::HomeAgent;
 use homeward_tests::decode::{script, PYTHON};
+use homeward_tests::etcd::{require_etcd, Cluster};
 use homeward_tests::{
-    decode_ipip, require_root, veth_pair, Capture, Mac, Netns, NsChild, Topology, UdpSend, VethEnd,
+    decode_ipip, require_root, veth_pair, Capture, Mac, Netns, Topology, UdpSend, VethEnd,
 };
 use serde_json::Value;
 
-const ETCD: &str = "/usr/bin/etcd";
-const ETCDCTL: &str = "/usr/bin/etcdctl";
 const KEY: &str = "00112233445566778899aabbccddeeff0011223344556677";
 const PREFIX: &str = "/hwtest";
 /// The etcd namespace's address on its bridge.
 const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
-
-#[track_caller]
-fn require_etcd() {
-    assert!(
-        Path::new(ETCD).exists() && Path::new(ETCDCTL).exists(),
-        "{ETCD} and {ETCDCTL} are missing: apt-get install etcd-server etcd-client (scripts/install-deps.sh)"
-    );
-}
-
-/// A 3-member etcd cluster, members `m0..m2` on `addr`, client ports
-/// `base`, `base+2`, `base+4` (peer ports one above), data in `ns`'s
-/// scratch directory. Killed with the namespace (or the guards) on drop.
-struct Cluster<'a> {
-    ns: &'a Netns,
-    addr: Ipv4Addr,
-    base: u16,
-    members: Vec<Option<NsChild>>,
-}
-
-impl<'a> Cluster<'a> {
-    fn client_port(&self, i: usize) -> u16 {
-        self.base + 2 * i as u16
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        (0..3)
-            .map(|i| format!("http://{}:{}", self.addr, self.client_port(i)))
-            .collect()
-    }
-
-    #[track_caller]
-    fn start(ns: &'a Netns, addr: Ipv4Addr, base: u16) -> Cluster<'a> {
-        let mut c = Cluster {
-            ns,
-            addr,
-            base,
-            members: (0..3).map(|_| None).collect(),
-        };
-        for i in 0..3 {
-            c.start_member(i);
-        }
-        c.wait_healthy(Duration::from_secs(30));
-        c
-    }
-
-    fn start_member(&mut self, i: usize) {
-        let peer = |j: usize| format!("http://{}:{}", self.addr, self.client_port(j) + 1);
-        let cluster: Vec<String> = (0..3).map(|j| format!("m{j}={}", peer(j))).collect();
-        let client = format!("http://{}:{}", self.addr, self.client_port(i));
-        let data = self.ns.dir().join(format!("m{i}"));
-        let args = vec![
-            ETCD.to_string(),
-            "--name".into(),
-            format!("m{i}"),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--listen-client-urls".into(),
-            client.clone(),
-            "--advertise-client-urls".into(),
-            client,
-            "--listen-peer-urls".into(),
-            peer(i),
-            "--initial-advertise-peer-urls".into(),
-            peer(i),
-            "--initial-cluster".into(),
-            cluster.join(","),
-            "--initial-cluster-state".into(),
-            "new".into(),
-            "--initial-cluster-token".into(),
-            "homeward-test".into(),
-            // Fast elections; the shortest lease is then ~1 s.
-            "--heartbeat-interval".into(),
-            "50".into(),
-            "--election-timeout".into(),
-            "500".into(),
-            "--log-level".into(),
-            "warn".into(),
-        ];
-        self.members[i] = Some(self.ns.spawn(&args));
-    }
-
-    fn kill_member(&mut self, i: usize) {
-        if let Some(mut m) = self.members[i].take() {
-            m.stop_with("KILL", Duration::from_secs(5));
-        }
-    }
-
-    fn etcdctl(&self, args: &[&str]) -> std::process::Output {
-        let mut full = vec![
-            ETCDCTL.to_string(),
-            "--endpoints".into(),
-            self.endpoints().join(","),
-            "--dial-timeout".into(),
-            "1s".into(),
-            "--command-timeout".into(),
-            "2s".into(),
-        ];
-        full.extend(args.iter().map(|s| s.to_string()));
-        let mut cmd = self.ns.command(&full);
-        cmd.env("ETCDCTL_API", "3");
-        cmd.output().expect("etcdctl")
-    }
-
-    /// The keys under the prefix.
-    fn keys(&self) -> Vec<String> {
-        let out = self.etcdctl(&["get", "--prefix", "--keys-only", &format!("{PREFIX}/")]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-
-    #[track_caller]
-    fn wait_healthy(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let out = self.etcdctl(&["put", "/hw-health", "ok"]);
-            if out.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the etcd cluster did not come up: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                self.members
-                    .iter()
-                    .flatten()
-                    .map(|m| m.stderr())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
 
 /// A home agent lab joined to the etcd namespace's bridge as `addr`.
 fn join_etcd(lab: &Topology, etcd: &Netns, port: &str, addr: Ipv4Addr, n: u8) {
@@ -370,7 +233,7 @@ fn two_gateways_share_bindings_through_a_three_member_etcd() {
     let tables = t0.elapsed();
     let key = format!("{PREFIX}/bindings/192.0.2.54");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while cluster.keys().contains(&key) {
+    while cluster.keys(&format!("{PREFIX}/")).contains(&key) {
         assert!(Instant::now() < deadline, "lease did not remove {key}");
         std::thread::sleep(Duration::from_millis(50));
     }
