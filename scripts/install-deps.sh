@@ -16,6 +16,9 @@ PACKAGES=(
     # the etcd store: etcd-client builds its gRPC code with protoc (and the
     # well-known .proto files); the etcd store test runs a real cluster
     protobuf-compiler libprotobuf-dev etcd-server etcd-client
+    # two gateways with VRRP (tests/tests/failover.rs): keepalived in each
+    # gateway's namespace moves the home agent's addresses
+    keepalived
     # the Debian package (scripts/deb.sh, tests/tests/package.rs): cargo-deb
     # reads dependencies with dpkg-shlibdeps and strips with binutils;
     # systemd-analyze verifies the units (no running systemd needed) and
