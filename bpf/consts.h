@@ -15,6 +15,8 @@
 /* steer_config.role */
 #define ROLE_HOME_AGENT 0
 #define ROLE_FOREIGN_AGENT 1
+/* A home agent on standby (VRRP backup): forwards what reaches it, answers no ARP. */
+#define ROLE_HOME_AGENT_BACKUP 2
 
 /* Default size of bound_vms and care_ofs; the loader resizes both before load. */
 #define DEFAULT_MAX_BINDINGS 65536

@@ -6,7 +6,8 @@
  * interface. Redirects to the AF_XDP socket of the ingress port and queue
  * (xsks[port * MAX_QUEUES + rx_queue_index]) only:
  *  (a) IPv4 to a bound VM address, any ingress;
- *  (b) ARP requests for a bound VM address, LAN ingress only;
+ *  (b) ARP requests for a bound VM address, LAN ingress only, unless the
+ *      home agent is on standby (ROLE_HOME_AGENT_BACKUP: passed);
  *  (c) IPIP (protocol 4) whose outer source is a bound care-of address, any
  *      ingress;
  * each untagged or under one 802.1Q tag (QinQ is passed).
@@ -167,8 +168,11 @@ int homeward_steer(struct xdp_md *ctx)
 
 		if (!arp)
 			return pass(CNT_MALFORMED_L3);
-		/* Proxy ARP is for the home link only. */
-		if (port != PORT_LAN || !arp_is_eth_ipv4_request(arp))
+		/* Proxy ARP is for the home link only, and for the active
+		 * gateway only: a standby's answer would pull the VMs'
+		 * traffic (and a shared virtual MAC) to its port. */
+		if (port != PORT_LAN || !arp_is_eth_ipv4_request(arp) ||
+		    cfg->role == ROLE_HOME_AGENT_BACKUP)
 			return pass(CNT_PASSED);
 		tpa = arp->tpa;
 		if (bpf_map_lookup_elem(&bound_vms, &tpa))

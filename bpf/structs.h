@@ -13,7 +13,7 @@
 struct steer_config {
 	__u32 lan_ifindex; /* port 0 (the foreign agent's VM link) */
 	__u32 wan_ifindex; /* port 1 (its uplink); equal to lan_ifindex in one-armed mode */
-	__u32 role; /* ROLE_HOME_AGENT or ROLE_FOREIGN_AGENT */
+	__u32 role; /* ROLE_HOME_AGENT, ROLE_HOME_AGENT_BACKUP or ROLE_FOREIGN_AGENT */
 	__be32 local_addr; /* foreign agent: its care-of address, the tunnels' end */
 };
 _Static_assert(sizeof(struct steer_config) == 16, "struct steer_config is mirrored in loader.rs");

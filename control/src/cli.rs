@@ -1,4 +1,5 @@
-//! Command line: `homeward run | bind | unbind | list | stats | register | agent`.
+//! Command line: `homeward run | bind | unbind | list | stats | capture | role |
+//! health | register | agent`.
 //! On top: each role's flags are its own (`config::RunArgs`,
 //! `agent::config::AgentArgs`, `register::RegisterArgs`); nothing imports
 //! this module but main.rs.
@@ -81,6 +82,23 @@ pub enum Command {
         /// The pcapng file to write.
         #[arg(short = 'w', long = "write")]
         file: PathBuf,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Tell the home agent its role in an active/standby pair: what
+    /// keepalived's notify runs (`notify "homeward role"` appends GROUP|INSTANCE
+    /// NAME STATE PRIORITY). Only MASTER is active; the state is also kept
+    /// beside the control socket for a restart.
+    Role {
+        /// master, backup, fault or stop; or keepalived's notify arguments.
+        #[arg(required = true, num_args = 1..=4)]
+        state: Vec<String>,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Exit 0 if the home agent answers and every worker turns its loop,
+    /// 1 otherwise: keepalived's track script.
+    Health {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },

@@ -110,6 +110,60 @@ pub struct FileConfig {
     pub store: Option<String>,
     /// The etcd store's settings (with `store = "etcd"`).
     pub etcd: Option<EtcdFile>,
+    /// Two gateways, one active (keepalived/VRRP): [failover].
+    pub failover: Option<FailoverFile>,
+}
+
+/// The `[failover]` table: this gateway is one of an active/standby pair.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverFile {
+    /// Start on standby and let `homeward role` (keepalived's notify) make
+    /// this gateway the active one (default false: always active).
+    pub enabled: Option<bool>,
+    /// The MAC proxy ARP answers and gratuitous ARP announce on the home
+    /// link: the VRRP virtual MAC (keepalived's `use_vmac`), so that the
+    /// LAN's hosts need not re-learn anything across a failover. Default:
+    /// the LAN interface's own MAC.
+    pub lan_mac: Option<String>,
+}
+
+/// Active/standby settings after merging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailoverConfig {
+    /// The home link MAC to answer ARP with, if not the interface's.
+    pub lan_mac: Option<[u8; 6]>,
+}
+
+impl FailoverConfig {
+    fn merge(file: Option<FailoverFile>) -> Result<Option<FailoverConfig>, Error> {
+        let Some(file) = file else { return Ok(None) };
+        let lan_mac = match &file.lan_mac {
+            None => None,
+            Some(text) => {
+                let mac = crate::proto::parse_mac(text).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "[failover] lan_mac {text:?} is not a MAC address (e.g. \"00:00:5e:00:01:33\", keepalived's use_vmac for virtual_router_id 51)"
+                    ))
+                })?;
+                if mac[0] & 1 == 1 || mac == [0; 6] {
+                    return Err(Error::Invalid(format!(
+                        "[failover] lan_mac {text} must be a unicast MAC address"
+                    )));
+                }
+                Some(mac)
+            }
+        };
+        if !file.enabled.unwrap_or(false) {
+            if lan_mac.is_some() {
+                return Err(Error::Invalid(
+                    "[failover] lan_mac is set but enabled is not true: set enabled = true (two gateways with keepalived) or remove lan_mac".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        Ok(Some(FailoverConfig { lan_mac }))
+    }
 }
 
 /// The `[etcd]` table.
@@ -325,6 +379,9 @@ pub struct RunConfig {
     pub metrics: Option<MetricsConfig>,
     /// Where bindings and replay state are kept.
     pub store: StoreConfig,
+    /// One of an active/standby pair (`[failover] enabled`): starts on
+    /// standby unless the role file says active.
+    pub failover: Option<FailoverConfig>,
 }
 
 /// Reads a TOML config file into `T`; errors name the file.
@@ -447,6 +504,7 @@ impl RunConfig {
                 .unwrap_or_else(|| PathBuf::from(crate::common::DEFAULT_BPFFS)),
             registration: RegistrationConfig::merge(args, file.registration.unwrap_or_default())?,
             store: StoreConfig::merge(file.store, file.etcd)?,
+            failover: FailoverConfig::merge(file.failover)?,
             takeover: args.takeover,
             metrics: MetricsConfig::merge(
                 args.metrics.or(file.metrics),
@@ -532,6 +590,48 @@ mod tests {
         }
         let cli = <Cli as clap::Parser>::parse_from(["homeward", "--mss-clamp", "false"]);
         assert_eq!(cli.args.mss_clamp, Some(false));
+    }
+
+    #[test]
+    fn failover_with_the_virtual_mac_and_what_is_refused() {
+        let base = "lan = \"eth1\"\naddress = \"198.51.100.1\"\n";
+        let merge = |extra: &str| {
+            RunConfig::merge(
+                &args(),
+                FileConfig::parse(&format!("{base}{extra}")).unwrap(),
+            )
+        };
+        assert_eq!(merge("").unwrap().failover, None);
+        let c = merge("[failover]\nenabled = true\nlan_mac = \"00:00:5E:00:01:33\"\n").unwrap();
+        assert_eq!(
+            c.failover,
+            Some(FailoverConfig {
+                lan_mac: Some([0, 0, 0x5e, 0, 1, 0x33])
+            })
+        );
+        let c = merge("[failover]\nenabled = true\n").unwrap();
+        assert_eq!(c.failover, Some(FailoverConfig { lan_mac: None }));
+        assert_eq!(
+            merge("[failover]\nenabled = false\n").unwrap().failover,
+            None
+        );
+        for (bad, says) in [
+            (
+                "[failover]\nenabled = true\nlan_mac = \"00:00:5e:00:01\"\n",
+                "not a MAC",
+            ),
+            (
+                "[failover]\nenabled = true\nlan_mac = \"01:00:5e:00:01:33\"\n",
+                "unicast",
+            ),
+            (
+                "[failover]\nlan_mac = \"00:00:5e:00:01:33\"\n",
+                "enabled is not true",
+            ),
+        ] {
+            let e = merge(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

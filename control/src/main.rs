@@ -7,6 +7,7 @@ use clap::Parser;
 use serde_json::Value;
 
 use homeward::cli::{Cli, Command, LogFormat};
+use homeward::common::failover::{self, VrrpState};
 use homeward::config::{FileConfig, RunConfig};
 use homeward::error::Error;
 use homeward::proto::{self, BindingInfo, Request};
@@ -143,6 +144,37 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                 file.display(),
                 w.dropped
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Role { state, socket } => {
+            let state = VrrpState::from_args(&state).map_err(Error::Invalid)?;
+            // The file first: a daemon that is (re)starting reads it.
+            failover::write_role(&socket, state).map_err(|e| {
+                Error::Invalid(format!(
+                    "cannot write {}: {e}",
+                    failover::role_file(&socket).display()
+                ))
+            })?;
+            match client::request(
+                &socket,
+                &Request::Role {
+                    state: state.as_str().into(),
+                },
+            ) {
+                Ok(r) => println!("{r}"),
+                Err(Error::NotRunning(_)) => eprintln!(
+                    "homeward is not running at {}: it will start as {} ({})",
+                    socket.display(),
+                    state.as_str(),
+                    if state.active() { "active" } else { "standby" }
+                ),
+                Err(e) => return Err(e),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Health { socket } => {
+            let r = client::request(&socket, &Request::Health {})?;
+            println!("{r}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Register(args) => register::run(&args),

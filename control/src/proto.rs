@@ -36,6 +36,13 @@ pub enum Request {
     /// `--takeover`: hand the data path to the process asking (see
     /// `common::handover`); answered with fds, not a reply line.
     Takeover {},
+    /// `homeward role`: keepalived's VRRP state for this gateway
+    /// (`master`, `backup`, `fault`, `stop`); only `master` is active.
+    Role {
+        state: String,
+    },
+    /// `homeward health`: whether every worker turns its loop.
+    Health {},
 }
 
 /// The daemon's answer: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.

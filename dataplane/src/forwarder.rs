@@ -336,6 +336,33 @@ impl<S: SteeringMaps, N: NextHops> Forwarder<S, N> {
         }
     }
 
+    /// Each worker's loop turns so far, by queue (see [`Forwarder::stuck_queues`]).
+    pub fn worker_turns(&self) -> Vec<u64> {
+        self.workers.shared().iter().map(|w| w.turns()).collect()
+    }
+
+    /// The queues whose worker has not turned its loop within `within` (an
+    /// idle worker turns every 10 ms): stuck or gone. Waits at most
+    /// `within`, less when every worker turned sooner.
+    pub fn stuck_queues(&self, within: std::time::Duration) -> Vec<usize> {
+        let before = self.worker_turns();
+        let deadline = Instant::now() + within;
+        loop {
+            let stuck: Vec<usize> = self
+                .worker_turns()
+                .iter()
+                .zip(&before)
+                .enumerate()
+                .filter(|(_, (now, then))| now == then)
+                .map(|(q, _)| q)
+                .collect();
+            if stuck.is_empty() || Instant::now() >= deadline {
+                return stuck;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
     /// When the first packet since [`Forwarder::arm_first_packet`] was
     /// forwarded under `vm`'s binding, on any queue.
     pub fn first_packet(&self, vm: Ipv4Addr) -> Option<Instant> {

@@ -140,7 +140,7 @@ pub struct SteerConfig {
     /// Ifindex of the WAN interface (port 1; the foreign agent's uplink); equal to
     /// `lan_ifindex` in one-armed mode.
     pub wan_ifindex: u32,
-    /// [`ROLE_HOME_AGENT`] or [`ROLE_FOREIGN_AGENT`].
+    /// [`ROLE_HOME_AGENT`], [`ROLE_HOME_AGENT_BACKUP`] or [`ROLE_FOREIGN_AGENT`].
     pub role: u32,
     /// Foreign agent: its care-of address, network byte order (as the packet carries it).
     pub local_addr: u32,
@@ -152,6 +152,9 @@ const _: () = assert!(size_of::<SteerConfig>() == 16);
 pub const ROLE_HOME_AGENT: u32 = 0;
 /// `SteerConfig::role` of a foreign agent (`ROLE_FOREIGN_AGENT` in bpf/consts.h).
 pub const ROLE_FOREIGN_AGENT: u32 = 1;
+/// `SteerConfig::role` of a home agent on standby, which answers no ARP
+/// (`ROLE_HOME_AGENT_BACKUP` in bpf/consts.h).
+pub const ROLE_HOME_AGENT_BACKUP: u32 = 2;
 
 extern "C" {
     // In the libbpf that libxdp-sys links, but not in its bindings.
@@ -713,11 +716,34 @@ impl Steering {
 
     /// Switch a loaded program to the foreign-agent role with this care-of address.
     pub fn set_foreign_agent(&mut self, care_of: Ipv4Addr) -> Result<(), LoaderError> {
-        let config = SteerConfig {
+        self.set_config(SteerConfig {
             role: ROLE_FOREIGN_AGENT,
             local_addr: u32::from_ne_bytes(care_of.octets()),
             ..self.config
+        })
+    }
+
+    /// A home agent's program: the active gateway (answers ARP for the
+    /// bound VMs) or the standby (passes those requests to the kernel,
+    /// which does not answer them). Takes effect on the next frame.
+    pub fn set_home_agent_standby(&mut self, standby: bool) -> Result<(), LoaderError> {
+        let role = if standby {
+            ROLE_HOME_AGENT_BACKUP
+        } else {
+            ROLE_HOME_AGENT
         };
+        self.set_config(SteerConfig {
+            role,
+            ..self.config
+        })
+    }
+
+    /// Whether the program is a home agent on standby.
+    pub fn standby(&self) -> bool {
+        self.config.role == ROLE_HOME_AGENT_BACKUP
+    }
+
+    fn set_config(&mut self, config: SteerConfig) -> Result<(), LoaderError> {
         map_update(self.maps.config, &0u32, &config, sys::BPF_ANY as u64).map_err(|source| {
             LoaderError::Map {
                 map: MAP_CONFIG,

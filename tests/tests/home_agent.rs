@@ -728,3 +728,124 @@ fn a_config_file_sets_what_flags_do_and_pins_workers() {
         .all(|p| p.outer.ttl == 33 && p.outer.len <= 1400));
     stop_clean(ha);
 }
+
+/// One gateway of a keepalived pair: on standby it answers no ARP for a
+/// bound VM (yet forwards what reaches it); `homeward role` with
+/// keepalived's MASTER notify makes it answer with the pair's virtual MAC
+/// and announce the VM at once; BACKUP silences it again, and a restart
+/// comes back as the role file says.
+#[test]
+fn a_standby_answers_no_arp_until_keepalived_makes_it_active() {
+    require_root();
+    const VMAC: Mac = Mac([0x00, 0x00, 0x5e, 0x00, 0x01, 0x33]);
+    let lab = Topology::home_agent_lab("vrrp");
+    let config = lab.dir().join("pair.toml");
+    std::fs::write(
+        &config,
+        format!("[failover]\nenabled = true\nlan_mac = \"{VMAC}\"\n"),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let ha = HomeAgent::start(&lab, &["--config", &config]);
+    let f = &ha.stats()["failover"];
+    assert_eq!(
+        (f["state"].as_str(), f["active"].as_bool()),
+        (Some("backup"), Some(false)),
+        "{f}"
+    );
+
+    // Standby: bound, but silent on the home link.
+    let cap = Capture::start(&lab.client, &lab.client_lan.name, "arp");
+    ha.bind(&vm(&lab), &care_of(&lab), &[]);
+    lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 32));
+    std::thread::sleep(Duration::from_millis(1200));
+    let arps = decode_arp(&cap.stop());
+    assert!(
+        arps.iter()
+            .all(|a| a.hwsrc != VMAC && a.hwsrc != lab.ha_lan.mac),
+        "the standby spoke: {arps:#?}"
+    );
+    assert!(
+        arps.iter().any(|a| a.is_request() && a.pdst == lab.vm_home),
+        "{arps:#?}"
+    );
+    assert_eq!(ha.stats()["counters"]["arp_replies"], 0);
+    // What reaches it anyway (a host with the virtual MAC cached) is forwarded.
+    lab.client.ip(&[
+        "neigh",
+        "replace",
+        &vm(&lab),
+        "lladdr",
+        &VMAC.to_string(),
+        "dev",
+        &lab.client_lan.name,
+    ]);
+    let tunnel = Capture::start(&lab.foreign, &lab.foreign_wan.name, "ip proto 4");
+    lab.client
+        .send_udp(&UdpSend::new(lab.vm_home, 9, 32).repeat(3, Duration::from_millis(20)));
+    let packets = decode_ipip(&tunnel.stop_after(Duration::from_millis(300))).packets;
+    assert_eq!(packets.len(), 3, "{packets:#?}");
+    lab.client.flush_neighbors(&lab.client_lan.name);
+
+    // keepalived's notify: MASTER. Announced at once, answered from now on.
+    let cap = Capture::start(&lab.client, &lab.client_lan.name, "arp");
+    let out = ha.cli(&["role", "GROUP", "homeward", "MASTER", "100"]);
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (r["active"].as_bool(), r["announced"].as_u64()),
+        (Some(true), Some(1)),
+        "{r}"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 32));
+    std::thread::sleep(Duration::from_millis(300));
+    let arps = decode_arp(&cap.stop());
+    let announcements: Vec<_> = arps
+        .iter()
+        .filter(|a| a.is_gratuitous() && a.psrc == lab.vm_home)
+        .collect();
+    assert_eq!(announcements.len(), 5, "{arps:#?}");
+    assert!(announcements
+        .iter()
+        .all(|a| a.hwsrc == VMAC && a.eth_src == Some(VMAC)));
+    let neighbor = lab.client.neighbor(lab.vm_home).expect("neighbour entry");
+    assert_eq!(neighbor.lladdr, Some(VMAC), "{neighbor:?}");
+    let f = &ha.stats()["failover"];
+    assert_eq!(
+        (f["state"].as_str(), f["transitions"].as_u64()),
+        (Some("master"), Some(1)),
+        "{f}"
+    );
+
+    // BACKUP: silent again (an ARP request goes unanswered).
+    ha.cli(&["role", "backup"]);
+    let replies = ha.stats()["counters"]["arp_replies"].as_u64().unwrap();
+    lab.client.flush_neighbors(&lab.client_lan.name);
+    lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 32));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        ha.stats()["counters"]["arp_replies"].as_u64(),
+        Some(replies)
+    );
+    let health: serde_json::Value = serde_json::from_str(ha.cli(&["health"]).trim()).unwrap();
+    assert_eq!(health["healthy"], true, "{health}");
+    stop_clean(ha);
+
+    // The role file outlives the daemon: a restart comes back on standby
+    // (last word BACKUP), and `homeward role` works while none runs.
+    let socket = lab.control_socket();
+    let role = lab.homeward_cli(&["role", "master", "--socket", &socket.to_string_lossy()]);
+    assert!(
+        role.status.success(),
+        "{}",
+        String::from_utf8_lossy(&role.stderr)
+    );
+    assert!(String::from_utf8_lossy(&role.stderr).contains("not running"));
+    let ha = HomeAgent::start(&lab, &["--config", &config]);
+    assert_eq!(
+        ha.stats()["failover"]["active"],
+        true,
+        "the role file said master"
+    );
+    stop_clean(ha);
+}

@@ -587,6 +587,12 @@ impl<D: Serving> Agent<D> {
             Request::Bind { .. } | Request::Unbind { .. } => Reply::err(
                 "this is homeward agent: it serves the VMs of its config as QEMU reports them; bind and unbind are for the home agent (homeward run)",
             ),
+            Request::Role { .. } => Reply::err(
+                "this is homeward agent: roles in an active/standby pair are for the home agent (homeward run); agents register with the pair's virtual address",
+            ),
+            Request::Health {} => Reply::err(
+                "this is homeward agent: `homeward health` checks the home agent (homeward run)",
+            ),
         }
     }
 

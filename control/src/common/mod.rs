@@ -3,6 +3,7 @@
 pub mod capture;
 pub mod claims;
 pub mod control_socket;
+pub mod failover;
 pub mod handover;
 pub mod metrics;
 pub mod notify;

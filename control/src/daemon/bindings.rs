@@ -113,6 +113,9 @@ pub struct Bindings<S = Steering, N = NeighHandle> {
     next_poll: Instant,
     /// VMs in switchover.
     holds: HashMap<Ipv4Addr, Switchover>,
+    /// Whether this gateway speaks for the VMs on the home link (sends
+    /// gratuitous ARP): the only one, or the active one of a pair.
+    active: bool,
 }
 
 /// An address that can be neither a VM's home address nor a care-of address.
@@ -132,6 +135,38 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             holds: HashMap::new(),
             watches: HashMap::new(),
             next_poll: Instant::now(),
+            active: true,
+        }
+    }
+
+    /// The active gateway of a pair announces every bound VM at once (the
+    /// LAN's switches learn its port, hosts that cached another MAC learn
+    /// this one); the standby announces nothing. Returns how many VMs are
+    /// announced.
+    pub fn set_active(&mut self, now: Instant, active: bool) -> usize {
+        self.active = active;
+        if !active {
+            self.announcer = Announcer::default();
+            return 0;
+        }
+        let vms: Vec<Ipv4Addr> = self.entries.keys().copied().collect();
+        for &vm in &vms {
+            self.announcer.schedule(now, vm, self.lan_mac);
+        }
+        vms.len()
+    }
+
+    /// Whether this gateway announces (see [`Bindings::set_active`]).
+    #[cfg(test)]
+    pub fn active(&self) -> bool {
+        self.active
+    }
+
+    /// Schedules gratuitous ARP for `vm` at `mac`, if this gateway speaks
+    /// for the VMs.
+    fn announce(&mut self, now: Instant, vm: Ipv4Addr, mac: [u8; 6]) {
+        if self.active {
+            self.announcer.schedule(now, vm, mac);
         }
     }
 
@@ -288,7 +323,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         }
         if outcome == BindOutcome::Created {
             // Take the address over on the home link.
-            self.announcer.schedule(now, vm, self.lan_mac);
+            self.announce(now, vm, self.lan_mac);
             tracing::info!(%vm, %care_of, "bound");
         }
         Ok(outcome)
@@ -334,7 +369,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         self.watches.remove(&vm);
         self.announcer.cancel(vm);
         if let Some(mac) = vm_mac.or(f.vm_mac) {
-            self.announcer.schedule(now, vm, mac);
+            self.announce(now, vm, mac);
         }
         tracing::info!(%vm, care_of = %f.care_of, "unbound");
         Ok(())
@@ -380,7 +415,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         if outcome == BindOutcome::Created {
             // It was at home: take the address over now, so what the LAN
             // sends it is held too.
-            self.announcer.schedule(now.mono, vm, self.lan_mac);
+            self.announce(now.mono, vm, self.lan_mac);
         }
         tracing::info!(%vm, ms = lifetime.as_millis() as u64, "switchover: holding the VM's traffic");
         self.holds.insert(vm, Switchover { previous, until });
@@ -631,6 +666,34 @@ pub(super) mod tests {
         assert_consistent(&b, &reader, &[(VM, COA2)]);
         assert!(reader.lookup(vm2).is_none());
         assert!(b.unbind(now.mono, vm2).is_err());
+    }
+
+    /// A standby binds (replicated bindings) without a word on the home
+    /// link; becoming active announces every bound VM at once; back on
+    /// standby the pending announcements stop.
+    #[test]
+    fn only_the_active_gateway_announces_and_it_announces_everything_at_once() {
+        let (mut b, _reader, now) = bindings();
+        assert!(b.active(), "a single gateway is active");
+        assert_eq!(b.set_active(now.mono, false), 0);
+        let vm2 = Ipv4Addr::new(192, 0, 2, 51);
+        b.bind(now, VM, COA1, None, None, Origin::Admin).unwrap();
+        b.bind(now, vm2, COA2, None, None, Origin::Admin).unwrap();
+        assert_eq!(b.announcing(VM), None);
+        assert_eq!(b.next_deadline(), None);
+        b.unbind(now.mono, vm2).unwrap();
+        b.bind(now, vm2, COA2, None, None, Origin::Admin).unwrap();
+        assert_eq!(b.announcing(vm2), None);
+
+        let later = now.mono + Duration::from_secs(3);
+        assert_eq!(b.set_active(later, true), 2);
+        assert_eq!(b.announcing(VM), Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(b.announcing(vm2), Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(b.next_deadline(), Some(later));
+
+        assert_eq!(b.set_active(later, false), 0);
+        assert_eq!(b.announcing(VM), None);
+        assert_eq!(b.next_deadline(), None);
     }
 
     /// A switchover holds, then ends by a move, a deregistration or a

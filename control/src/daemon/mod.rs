@@ -5,6 +5,7 @@ mod announce;
 mod bindings;
 mod denials;
 mod durable;
+mod failover;
 mod registration;
 mod replica;
 mod stats;
@@ -48,6 +49,8 @@ struct Daemon {
     /// With a replicated store (etcd): whether it is reachable, what came
     /// from other gateways.
     replica: Option<replica::ReplicaState>,
+    /// One of an active/standby pair: which one keepalived made this.
+    failover: Option<failover::Failover>,
 }
 
 /// Opens the configured store.
@@ -98,9 +101,11 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
         config.max_bindings,
     )
     .map_err(|e| Error::Dataplane(e.to_string()))?;
+    // A pair answers ARP with its shared virtual MAC (keepalived's use_vmac).
+    let home_mac = config.failover.and_then(|f| f.lan_mac).unwrap_or(lan.mac);
     let mut pipeline = PipelineConfig::new(
         config.address,
-        lan.mac,
+        home_mac,
         wan.as_ref().map_or(lan.mac, |w| w.mac),
     );
     pipeline.outer_ttl = config.ttl;
@@ -139,7 +144,7 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
             forwarder: Forwarder::new(table, steering, neigh, config.max_bindings as usize),
             claims,
             lan_index: lan.index,
-            lan_mac: lan.mac,
+            lan_mac: home_mac,
         },
         plan,
         successor.as_mut(),
@@ -255,6 +260,7 @@ fn assemble(
             registration::Registration::start(
                 r,
                 config.address,
+                config.failover.is_some(),
                 lan_index,
                 || neigh::ipv4_prefixes(lan_index).map_err(|e| e.to_string()),
                 snapshot.replay.clone(),
@@ -274,6 +280,30 @@ fn assemble(
     // --takeover the rings already hold frames for the bound VMs.
     let mut bindings = Bindings::new(forwarder, config.address, lan_mac);
     bindings.set_claims(claims);
+    // A pair member starts as its role file says (standby without one:
+    // after a reboot or a crash keepalived decides again), before the
+    // restored bindings could be announced or the program answer ARP.
+    let failover = config.failover.map(|_| {
+        let state = crate::common::failover::read_role(&config.socket);
+        let f = failover::Failover::new(state, Instant::now());
+        tracing::info!(
+            role_file = %crate::common::failover::role_file(&config.socket).display(),
+            state = state.map_or("none", |s| s.as_str()),
+            active = f.active(),
+            "failover: one of an active/standby pair"
+        );
+        f
+    });
+    if let Some(f) = &failover {
+        bindings.set_active(Instant::now(), f.active());
+        if let Err(e) = bindings
+            .forwarder_mut()
+            .steering_mut()
+            .set_home_agent_standby(!f.active())
+        {
+            return Err((Error::Dataplane(e.to_string()), None));
+        }
+    }
     restore(&mut bindings, &snapshot.bindings);
     let handed = successor.as_mut().map(|s| std::mem::take(&mut s.queues));
     let forwarder = bindings.forwarder_mut();
@@ -302,6 +332,7 @@ fn assemble(
         metrics,
         replica: matches!(config.store, StoreConfig::Etcd(_))
             .then(|| replica::ReplicaState::new(Instant::now())),
+        failover,
     })
 }
 
@@ -465,6 +496,8 @@ impl Daemon {
                 serde_json::to_value(stats::collect(self, now)).map_err(|e| e.to_string())
             }
             Request::Takeover {} => Err("takeover is asked by `homeward run --takeover`".into()),
+            Request::Role { state } => self.set_role(&state),
+            Request::Health {} => self.health(),
             Request::Capture { .. } => {
                 Err("capture is asked by `homeward capture` and answered by the serve loop".into())
             }
@@ -578,6 +611,66 @@ impl Daemon {
         self.metrics.start_or_log();
         tracing::info!("--takeover: data path taken back");
         Ok(())
+    }
+
+    /// `homeward role`: keepalived made this gateway the active one of the
+    /// pair (it answers ARP for the bound VMs and announces them all at
+    /// once) or the standby (it stops answering; it still forwards).
+    fn set_role(&mut self, word: &str) -> Result<serde_json::Value, String> {
+        use crate::common::failover::VrrpState;
+        let state = VrrpState::parse(word).ok_or_else(|| {
+            format!("unknown state {word:?}: expected master, backup, fault or stop")
+        })?;
+        let Some(failover) = self.failover.as_mut() else {
+            return Err("this gateway is not one of a pair: set [failover] enabled = true in its config (and run keepalived)".into());
+        };
+        let now = Instant::now();
+        let change = failover.report(state, now);
+        let active = failover.active();
+        let mut announced = 0;
+        if change.flipped {
+            // The program first: an active gateway answers the ARP its own
+            // announcements may prompt; a standby stops before it goes quiet.
+            self.bindings
+                .forwarder_mut()
+                .steering_mut()
+                .set_home_agent_standby(!active)
+                .map_err(|e| format!("cannot switch the XDP program's role: {e}"))?;
+            announced = self.bindings.set_active(now, active);
+            self.bindings.run_announcements(now);
+            tracing::info!(
+                state = state.as_str(),
+                previous = change.previous.as_str(),
+                announced,
+                "failover: this gateway is now {}",
+                if active { "active" } else { "on standby" }
+            );
+        } else {
+            tracing::info!(state = state.as_str(), active, "failover: state reported");
+        }
+        Ok(serde_json::json!({
+            "state": state.as_str(),
+            "previous": change.previous.as_str(),
+            "active": active,
+            "announced": announced,
+        }))
+    }
+
+    /// `homeward health` (keepalived's track script): every worker turns
+    /// its loop; an idle one turns every 10 ms.
+    fn health(&self) -> Result<serde_json::Value, String> {
+        let forwarder = self.bindings.forwarder();
+        let stuck = forwarder.stuck_queues(Duration::from_millis(200));
+        if !stuck.is_empty() {
+            return Err(format!(
+                "the workers of queue(s) {stuck:?} have not turned their loop for 200 ms: stuck or gone; restart homeward"
+            ));
+        }
+        Ok(serde_json::json!({
+            "healthy": true,
+            "queues": forwarder.worker_turns().len(),
+            "active": self.failover.as_ref().is_none_or(|f| f.active()),
+        }))
     }
 
     /// `homeward bind`: applied, then made durable, then acknowledged; if

@@ -110,9 +110,13 @@ impl Registration {
     /// Loads keys and replay state, binds `address:434` (or serves
     /// `adopted`, the socket a predecessor handed over) and starts the
     /// reader. `lan_prefixes` is the home subnet unless the config names one.
+    /// `nonlocal`: `address` may not be this host's yet (a standby gateway:
+    /// keepalived moves the virtual address to it when it becomes active).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: &RegistrationConfig,
         address: std::net::Ipv4Addr,
+        nonlocal: bool,
         lan_index: u32,
         lan_prefixes: impl FnOnce() -> Result<Vec<(std::net::Ipv4Addr, u8)>, String>,
         replay_state: crate::store::ReplayState,
@@ -136,8 +140,13 @@ impl Registration {
         }
         let socket = match adopted {
             Some(fd) => UdpSocket::from(fd),
-            None => UdpSocket::bind(SocketAddrV4::new(address, wire::PORT)).map_err(|e| {
-                Error::Invalid(format!("cannot bind UDP {address}:{}: {e}", wire::PORT))
+            None => bind(SocketAddrV4::new(address, wire::PORT), nonlocal).map_err(|e| {
+                let hint = if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                    " (not an address of this host: configure it, or with keepalived set [failover] enabled = true)"
+                } else {
+                    ""
+                };
+                Error::Invalid(format!("cannot bind UDP {address}:{}: {e}{hint}", wire::PORT))
             })?,
         };
         socket
@@ -685,6 +694,18 @@ impl<S: SteeringMaps, N: NextHops> BindingSink for Sink<'_, S, N> {
 /// A larger receive buffer, so a burst of honest registrations fits while
 /// the control loop commits. SO_RCVBUFFORCE (we hold CAP_NET_ADMIN) goes
 /// past `net.core.rmem_max`; plain SO_RCVBUF, capped there, otherwise.
+/// The registration socket on `addr`; with `nonlocal`, also while `addr`
+/// is not (yet) an address of this host (IP_FREEBIND).
+fn bind(addr: SocketAddrV4, nonlocal: bool) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    if nonlocal {
+        socket.set_freebind_v4(true)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 fn set_rcvbuf(socket: &UdpSocket, bytes: usize) {
     use std::os::fd::AsRawFd;
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);

@@ -27,6 +27,9 @@ pub(super) struct HomeAgentStats {
     pub registration: RegistrationStats,
     /// The binding store; with etcd, whether it is reachable.
     pub store: super::replica::StoreStats,
+    /// One of an active/standby pair: which one this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover: Option<super::failover::FailoverStats>,
 }
 
 /// The pipeline's counters (the home agent's names are the pipeline's),
@@ -69,6 +72,7 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
             .as_ref()
             .map_or_else(disabled_stats, |r| r.stats()),
         store: super::replica::stats(&*d.store, d.replica.as_ref(), now),
+        failover: d.failover.as_ref().map(|f| f.stats(now)),
         data_path,
     }
 }
@@ -143,6 +147,18 @@ pub(super) fn exposition(d: &Daemon, now: Instant) -> Exposition {
             "Binding and replay changes made at other gateways and applied here.",
         )
         .sample(vec![], s.store.remote_changes.unwrap_or(0));
+    }
+    if let Some(f) = &s.failover {
+        x.gauge(
+            "failover_active",
+            "1 while this gateway is the active one of its pair (keepalived's MASTER: it answers ARP for the bound VMs), 0 on standby.",
+        )
+        .sample(vec![], u64::from(f.active));
+        x.counter(
+            "failover_transitions",
+            "Times this gateway became active or stopped being active.",
+        )
+        .sample(vec![], f.transitions);
     }
     if let Some(r) = &s.registration.counts {
         let replies = x.counter(

@@ -606,6 +606,51 @@ fn foreign_agent_fixtures() {
     });
 }
 
+/// A home agent on standby (VRRP backup) forwards what reaches it but
+/// leaves ARP for its bound VMs to the kernel, which does not answer.
+#[rustfmt::skip] // one fixture per line reads as a table
+fn standby_cases() -> Vec<Case> {
+    use action::{PASS, REDIRECT};
+    use Ingress::{Lan, Wan};
+    use Outcome::*;
+    vec![
+        case("ARP request for bound VM, LAN, standby", arp(1, PEER, VM, &[]), Lan, 0, PASS, Passed, false),
+        case("tagged ARP request for bound VM, standby", arp(1, PEER, VM, &[7]), Lan, 0, PASS, Passed, false),
+        case("IPv4 to bound VM, standby", udp(PEER, VM, &[]), Lan, 0, REDIRECT, SteeredIpv4, false),
+        case("IPIP from care-of, standby", ipip(CARE_OF, HA, VM, PEER), Wan, 0, PASS, SteeredIpip, true),
+    ]
+}
+
+#[test]
+fn a_standby_home_agent_answers_no_arp_and_still_forwards() {
+    require_root!();
+    in_fresh_netns(|| {
+        let (lan, wan) = veth_pair("hwl0", "hww0", 1);
+        let mut s = Steering::load(lan, Some(wan), 16).expect("load");
+        s.bind(VM, CARE_OF).unwrap();
+        s.add_care_of(CARE_OF).unwrap();
+        let xsk = TestXsk::bind(lan, 0).expect("AF_XDP socket on hwl0 queue 0");
+        s.register_socket(PORT_LAN, 0, xsk.fd).unwrap();
+        s.set_home_agent_standby(true).unwrap();
+        assert!(s.standby());
+        let cases = standby_cases();
+        let failures = run_cases(&mut s, &cases, lan, wan);
+        assert!(
+            failures.is_empty(),
+            "fixture failures:\n{}",
+            failures.join("\n")
+        );
+        // Active again: the request is answered (steered) at once.
+        s.set_home_agent_standby(false).unwrap();
+        assert!(!s.standby());
+        assert_eq!(
+            s.test_run(&arp(1, PEER, VM, &[]), lan, 0).unwrap(),
+            action::REDIRECT
+        );
+        drop(xsk);
+    });
+}
+
 #[test]
 fn one_armed_mode_uses_port_zero() {
     require_root!();

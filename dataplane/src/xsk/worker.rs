@@ -52,6 +52,9 @@ pub struct WorkerShared {
     /// lock `tap`.
     capture: AtomicU64,
     tap: Mutex<Option<Arc<Tap>>>,
+    /// Loop turns so far: a worker that stops counting is stuck or gone
+    /// (an idle one still turns every 10 ms). For health checks.
+    turns: AtomicU64,
 }
 
 /// Counters per binding slot.
@@ -70,7 +73,13 @@ impl WorkerShared {
             epoch: Instant::now(),
             capture: AtomicU64::new(0),
             tap: Mutex::new(None),
+            turns: AtomicU64::new(0),
         })
+    }
+
+    /// The worker's loop turns so far.
+    pub fn turns(&self) -> u64 {
+        self.turns.load(Relaxed)
     }
 
     /// Capture into `tap`; false if a capture runs already.
@@ -1034,6 +1043,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
 
     /// Publish counters and the frame accounting; returns the accounting.
     fn publish(&mut self) -> FrameAccounting {
+        self.shared.turns.store(u64::from(self.iterations), Relaxed);
         self.shared.counters.publish(self.pipeline.counters());
         let rings = occupancy(&mut self.sockets);
         let a = account(

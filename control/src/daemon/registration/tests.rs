@@ -46,6 +46,7 @@ fn service() -> (Registration, UdpSocket, tempfile::TempDir) {
     let r = Registration::start(
         &config,
         HA,
+        false,
         0,
         || Ok(Vec::new()),
         Vec::new(),
@@ -348,4 +349,22 @@ fn a_switchover_from_home_is_ended_by_a_deregistration_when_the_migration_fails(
     assert_eq!(lab.burst(&[(vm(2), 0, id + (1 << 32))]), vec![0]);
     assert!(!lab.b.holding(vm(2)));
     assert_eq!(lab.care_of(vm(2)), None, "nothing left bound");
+}
+
+/// A standby gateway listens on the virtual address before keepalived gives
+/// it the address; without that, binding to a foreign address fails.
+#[test]
+fn a_standby_binds_the_virtual_address_it_does_not_have_yet() {
+    let not_ours = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(192, 0, 2, 77), 0);
+    let refused = super::bind(not_ours, false).unwrap_err();
+    assert_eq!(
+        refused.raw_os_error(),
+        Some(libc::EADDRNOTAVAIL),
+        "{refused}"
+    );
+    let socket = super::bind(not_ours, true).unwrap();
+    assert_eq!(
+        socket.local_addr().unwrap().ip(),
+        std::net::IpAddr::V4(*not_ours.ip())
+    );
 }
