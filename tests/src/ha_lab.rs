@@ -39,6 +39,7 @@ use serde_json::Value;
 use crate::agent::key_file;
 use crate::foreign_agent::ForeignSite;
 use crate::homeward_bin;
+use crate::inns::BpffsMount;
 use crate::link::{veth_pair, Iface, Mac, VethEnd, LINK_UP_TIMEOUT};
 use crate::netns::{Netns, NsChild};
 
@@ -151,6 +152,9 @@ pub struct Gateway {
     /// Its port on the router's `br-wan`.
     pub wan_port: String,
     options: HaLabOptions,
+    /// The lab's bpffs (homeward's `--bpffs`), where its XDP program is
+    /// pinned so that a restart after `kill -9` recognises it.
+    bpffs: PathBuf,
     homeward: Option<NsChild>,
     keepalived: Option<NsChild>,
     /// Its namespace (declared last: dropped after the processes).
@@ -248,6 +252,13 @@ impl Gateway {
             "vrrp_sync_group HOMEWARD {{\n    group {{\n        LAN\n        WAN\n    }}\n{track}{notify}}}\n"
         )
         .unwrap();
+        // The group's notify has no STOP: each instance says it when
+        // keepalived stops cleanly.
+        let stop = if self.options.failover {
+            format!("    notify_stop \"{bin} role --socket {socket} stop\"\n")
+        } else {
+            String::new()
+        };
         for (name, iface, vrid, vip) in [
             ("LAN", &self.lan.name, LAN_VRID, LAN_VIP),
             ("WAN", &self.wan.name, WAN_VRID, WAN_VIP),
@@ -256,7 +267,7 @@ impl Gateway {
                 c,
                 "vrrp_instance {name} {{\n    state BACKUP\n    nopreempt\n    interface {iface}\n    \
                  use_vmac\n    virtual_router_id {vrid}\n    priority {}\n    version 3\n    \
-                 advert_int {advert}\n    virtual_ipaddress {{\n        {vip}/32\n    }}\n}}\n",
+                 advert_int {advert}\n    virtual_ipaddress {{\n        {vip}/32\n    }}\n{stop}}}\n",
                 self.priority
             )
             .unwrap();
@@ -282,6 +293,8 @@ impl Gateway {
             self.lan.name.clone(),
             "--wan".into(),
             self.wan.name.clone(),
+            "--bpffs".into(),
+            p(self.bpffs.clone()),
         ]
     }
 
@@ -373,6 +386,27 @@ impl Gateway {
         pids
     }
 
+    /// Asks keepalived to stop cleanly (SIGTERM) and returns at once: it
+    /// gives the VIPs up with a priority-0 advertisement, runs the
+    /// instances' `notify_stop` and removes its vmac interfaces.
+    pub fn term_keepalived(&mut self) {
+        if let Some(k) = self.keepalived.as_mut() {
+            k.signal("TERM");
+        }
+    }
+
+    /// SIGTERM to keepalived (again) and waits until it has exited;
+    /// returns what it logged.
+    #[track_caller]
+    pub fn stop_keepalived(&mut self) -> String {
+        let mut k = self
+            .keepalived
+            .take()
+            .unwrap_or_else(|| panic!("no keepalived runs on {}", self.name));
+        k.stop_with("TERM", Duration::from_secs(10));
+        k.stderr()
+    }
+
     /// What keepalived has logged (the current process).
     pub fn keepalived_log(&self) -> String {
         self.keepalived
@@ -434,10 +468,11 @@ impl Gateway {
         serde_json::from_slice(&out.stdout).ok()
     }
 
-    /// `failover.role` of `homeward stats` (None: no answer or no field).
+    /// `failover.state` of `homeward stats`: keepalived's last word
+    /// (`master`, `backup`, `fault`, `stop`; None: no answer or no pair).
     pub fn role(&self) -> Option<String> {
         self.stats()
-            .and_then(|s| s["failover"]["role"].as_str().map(str::to_string))
+            .and_then(|s| s["failover"]["state"].as_str().map(str::to_string))
     }
 
     /// `homeward list --json`.
@@ -489,6 +524,11 @@ pub struct HaLab {
     pub options: HaLabOptions,
     /// gw1 and gw2.
     pub gws: Vec<Gateway>,
+    /// A bpffs in the root mount namespace for both gateways' pins
+    /// (`ip netns exec` gives each process a /sys of its own, and a bpffs
+    /// mounted there dies with the process). After `gws`: unmounted after
+    /// the daemons are gone.
+    pub bpffs: BpffsMount,
     /// A host on the home LAN: downloads from the VM.
     pub client: Netns,
     /// Holds the home LAN's bridge `br0`.
@@ -551,6 +591,7 @@ impl HaLab {
             &VethEnd::new(&router, "r-f", Mac::derive(tag, 0x04)).addr(ROUTER_FOREIGN_ADDR, 24),
         );
 
+        let bpffs = BpffsMount::mount();
         let mut gws = Vec::new();
         for (i, ns) in gw_ns.into_iter().enumerate() {
             let n = i as u8;
@@ -587,9 +628,6 @@ impl HaLab {
                 // gateway's own MAC, which does not move on failover.
                 ns.sysctl(&format!("net.ipv4.conf.{dev}.arp_announce"), "2");
             }
-            // A backup's homeward binds the WAN VIP's registration port
-            // while another gateway holds the VIP.
-            ns.sysctl("net.ipv4.ip_nonlocal_bind", "1");
             // Frames homeward XDP-redirects into a veth are dropped unless
             // the peer has GRO on (or runs XDP).
             lan.set_gro(&port, true);
@@ -603,6 +641,7 @@ impl HaLab {
                 lan_port: port.clone(),
                 wan_port: port,
                 options: options.clone(),
+                bpffs: bpffs.path().to_path_buf(),
                 homeward: None,
                 keepalived: None,
                 ns,
@@ -623,6 +662,7 @@ impl HaLab {
             tag: tag.to_string(),
             options,
             gws,
+            bpffs,
             client,
             lan,
             router,

@@ -401,6 +401,19 @@ fn a_tcp_stream_survives_the_failure_of_the_master_gateway() {
     // The client's view of the gateway never left the virtual MAC.
     assert_eq!(neigh(&lab.client, LAN_VIP).unwrap_or(Mac::ZERO), LAN_VMAC);
 
+    // keepalived stopped cleanly on the master (systemctl stop): priority 0
+    // hands over at once, and notify_stop tells its homeward.
+    assert_eq!(lab.gws[1].role().as_deref(), Some("master"));
+    lab.gws[1].term_keepalived();
+    let took = lab.wait_master(0, Duration::from_secs(10));
+    let log = lab.gws[1].stop_keepalived();
+    lab.wait_role(1, "stop", Duration::from_secs(10));
+    assert_eq!(lab.gws[1].vips(), (false, false), "{log}");
+    eprintln!(
+        "keepalived stopped (SIGTERM) on gw2: gw1 master {:.0} ms later, gw2's homeward says stop",
+        ms(took)
+    );
+
     eprintln!(
         "\nfailover summary (advert_int {} ms, priorities {:?}, client {CLIENT_ADDR} → VM {VM_ADDR}, stream {STREAM_SECONDS} s):",
         options.advert_int_ms, options.priorities
