@@ -220,10 +220,14 @@ impl Gateway {
         let socket = self.socket().display().to_string();
         let advert = f64::from(self.options.advert_int_ms) / 1e3;
         let mut c = String::new();
+        // vrrp_rt_priority: advertisements every 100 ms leave a backup 300
+        // ms of patience; real-time scheduling keeps a busy test machine
+        // from making it impatient (keepalived resets it for its scripts).
         writeln!(
             c,
             "# keepalived for homeward gateway {} (tests/src/ha_lab.rs)\n\
-             global_defs {{\n    router_id {}\n    enable_script_security\n    script_user root\n}}\n",
+             global_defs {{\n    router_id {}\n    enable_script_security\n    script_user root\n    \
+             vrrp_rt_priority 1\n}}\n",
             self.name, self.name
         )
         .unwrap();
