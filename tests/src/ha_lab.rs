@@ -92,6 +92,34 @@ pub fn require_keepalived() {
     );
 }
 
+/// Panics unless keepalived would run `bin` as a notify or track script
+/// with `enable_script_security`: every component of its path owned by
+/// root, none writable by group or others (but directories with the sticky
+/// bit, like /tmp). Otherwise keepalived disables the scripts and the lab
+/// fails in a way that is hard to read.
+#[track_caller]
+pub fn require_secure_script_path(bin: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    for p in bin.ancestors() {
+        if p.as_os_str().is_empty() {
+            continue;
+        }
+        let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
+        let writable = (m.gid() != 0 && m.mode() & 0o020 != 0) || m.mode() & 0o002 != 0;
+        assert!(
+            m.uid() == 0 && (sticky_dir || !writable),
+            "keepalived runs {} (homeward role/health) only if every directory on its path is \
+             owned by root and not writable by others (enable_script_security), and {} is not \
+             (uid {}, mode {:o}): build in a root-owned checkout or set $HOMEWARD_BIN",
+            bin.display(),
+            p.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        );
+    }
+}
+
 /// Knobs of [`HaLab::new`].
 #[derive(Clone, Debug)]
 pub struct HaLabOptions {
@@ -220,14 +248,13 @@ impl Gateway {
         let socket = self.socket().display().to_string();
         let advert = f64::from(self.options.advert_int_ms) / 1e3;
         let mut c = String::new();
-        // vrrp_rt_priority: advertisements every 100 ms leave a backup 300
-        // ms of patience; real-time scheduling keeps a busy test machine
-        // from making it impatient (keepalived resets it for its scripts).
+        // No vrrp_rt_priority: with it (and the default vrrp_rlimit_rttime
+        // of 10 ms) the kernel killed keepalived 2.2.7's VRRP process with
+        // SIGKILL while it started ("has rlimit_rttime been exceeded?").
         writeln!(
             c,
             "# keepalived for homeward gateway {} (tests/src/ha_lab.rs)\n\
-             global_defs {{\n    router_id {}\n    enable_script_security\n    script_user root\n    \
-             vrrp_rt_priority 1\n}}\n",
+             global_defs {{\n    router_id {}\n    enable_script_security\n    script_user root\n}}\n",
             self.name, self.name
         )
         .unwrap();
@@ -555,6 +582,10 @@ impl HaLab {
     /// it is part of every namespace name.
     #[track_caller]
     pub fn new(tag: &str, options: HaLabOptions) -> HaLab {
+        require_keepalived();
+        if options.failover {
+            require_secure_script_path(&homeward_bin());
+        }
         // Guards first: if anything below panics, what exists is dropped.
         let client = Netns::new(&format!("{tag}-cl"));
         let lan = Netns::new(&format!("{tag}-lan"));
