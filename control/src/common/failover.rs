@@ -81,6 +81,15 @@ pub fn read_role(socket: &Path) -> Option<VrrpState> {
 /// starts meanwhile reads the old state or the new, never half of one).
 pub fn write_role(socket: &Path, state: VrrpState) -> std::io::Result<()> {
     let path = role_file(socket);
+    // keepalived may report before homeward first made its runtime
+    // directory: make it as the daemon would (root only).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
     let tmp = path.with_extension("role.tmp");
     std::fs::write(&tmp, format!("{}\n", state.as_str()))?;
     std::fs::rename(&tmp, &path)
@@ -118,11 +127,11 @@ mod tests {
     #[test]
     fn the_role_file_round_trips_and_a_missing_one_reads_as_none() {
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("control.sock");
+        let socket = dir.path().join("run/control.sock");
         assert_eq!(read_role(&socket), None);
         write_role(&socket, VrrpState::Master).unwrap();
         assert_eq!(read_role(&socket), Some(VrrpState::Master));
-        assert_eq!(role_file(&socket), dir.path().join("control.role"));
+        assert_eq!(role_file(&socket), dir.path().join("run/control.role"));
         write_role(&socket, VrrpState::Fault).unwrap();
         assert_eq!(read_role(&socket), Some(VrrpState::Fault));
         std::fs::write(role_file(&socket), "garbage").unwrap();

@@ -625,17 +625,20 @@ impl Daemon {
             return Err("this gateway is not one of a pair: set [failover] enabled = true in its config (and run keepalived)".into());
         };
         let now = Instant::now();
-        let change = failover.report(state, now);
-        let active = failover.active();
-        let mut announced = 0;
-        if change.flipped {
-            // The program first: an active gateway answers the ARP its own
-            // announcements may prompt; a standby stops before it goes quiet.
+        let active = state.active();
+        if failover.active() != active {
+            // The program first (and nothing changed if it cannot): an
+            // active gateway answers the ARP its own announcements may
+            // prompt; a standby stops before it goes quiet.
             self.bindings
                 .forwarder_mut()
                 .steering_mut()
                 .set_home_agent_standby(!active)
                 .map_err(|e| format!("cannot switch the XDP program's role: {e}"))?;
+        }
+        let change = failover.report(state, now);
+        let mut announced = 0;
+        if change.flipped {
             announced = self.bindings.set_active(now, active);
             self.bindings.run_announcements(now);
             tracing::info!(

@@ -762,6 +762,13 @@ async fn watch_once(
         {
             return WatchEnd::Stopped;
         }
+        // The daemon counts itself connected from here: should the watch
+        // fail before it is created, that is a new loss to report (not
+        // the old one still going on, which would leave it believing it
+        // is connected).
+        *resync = false;
+        *lost = false;
+        *failures = 0;
     }
     let options = WatchOptions::new()
         .with_prefix()
