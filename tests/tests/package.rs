@@ -45,6 +45,9 @@ const PROGRAM_FILES: &[&str] = &[
     "/usr/share/man/man1/homeward-run.1.gz",
     "/usr/share/man/man1/homeward-agent.1.gz",
     "/usr/share/doc/homeward/README.md",
+    "/usr/share/man/man1/homeward-role.1.gz",
+    "/usr/share/doc/homeward/examples/keepalived.conf",
+    "/usr/share/doc/homeward/examples/keepalived.service.d-homeward.conf",
 ];
 
 /// Conffiles: kept by `dpkg -r`, deleted by `dpkg -P`.
