@@ -16,6 +16,8 @@ PACKAGES=(
     # the etcd store: etcd-client builds its gRPC code with protoc (and the
     # well-known .proto files); the etcd store test runs a real cluster
     protobuf-compiler libprotobuf-dev etcd-server etcd-client
+    # the etcd store over TLS: the test makes its CA and certificates
+    openssl
     # two gateways with VRRP (tests/tests/failover.rs): keepalived in each
     # gateway's namespace moves the home agent's addresses
     keepalived

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use homeward::proto::Request;
 use homeward_tests::agent::HomeAgent;
 use homeward_tests::decode::{script, PYTHON};
-use homeward_tests::etcd::{require_etcd, Cluster};
+use homeward_tests::etcd::{require_etcd, Cluster, ETCD, ETCDCTL};
 use homeward_tests::{
     decode_ipip, require_root, veth_pair, Capture, Mac, Netns, Topology, UdpSend, VethEnd,
 };
@@ -446,4 +446,182 @@ fn only_one_gateway_accepts_an_identification() {
     let replay = rx.recv().unwrap();
     assert_eq!(replay, vec![((7, Ipv4Addr::new(192, 0, 2, 9)), 101)]);
     cluster.kill_member(0);
+}
+
+/// Writes a CA, a server certificate for `server_ip` and a client
+/// certificate (ECDSA P-256, openssl) into `dir`; returns nothing, the
+/// files are `<name>.pem` and `<name>.key` for ca, server, client, and a
+/// second CA `other-ca` that signed nothing here.
+fn make_certs(dir: &Path, server_ip: Ipv4Addr) {
+    let sh = |cmd: String| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .current_dir(dir)
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    for ca in ["ca", "other-ca"] {
+        sh(format!(
+            "openssl req -x509 {key} -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN=homeward-test-{ca}"
+        ));
+    }
+    for (name, ext) in [
+        (
+            "server",
+            format!("subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth,clientAuth"),
+        ),
+        ("client", "extendedKeyUsage=clientAuth".to_string()),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        sh(format!(
+            "openssl req {key} -keyout {name}.key -out {name}.csr -subj /CN={name} && \
+             openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+             -days 2 -out {name}.pem -extfile {name}.ext"
+        ));
+    }
+}
+
+/// `[etcd]` over TLS with a client certificate: etcd (one member) requires
+/// one signed by its CA. The gateway connects, commits and watches; one
+/// that trusts another CA refuses to start, saying why.
+#[test]
+fn the_store_talks_to_etcd_over_tls_with_a_client_certificate() {
+    require_root();
+    require_etcd();
+    let etcd_ns = Netns::new("etcd-tls");
+    etcd_ns.disable_ipv6();
+    etcd_ns.add_bridge("br0");
+    etcd_ns.add_addr("br0", ETCD_ADDR, 24);
+    let a = Topology::home_agent_lab("etls");
+    join_etcd(&a, &etcd_ns, "pa", Ipv4Addr::new(10, 77, 0, 2), 1);
+    etcd_ns.wait_link_up("br0", Duration::from_secs(5));
+    let certs = etcd_ns.dir().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs, ETCD_ADDR);
+    let file = |name: &str| certs.join(name).display().to_string();
+    let client = format!("https://{ETCD_ADDR}:2379");
+    let peer = format!("http://{ETCD_ADDR}:2380");
+    let data = etcd_ns.dir().join("m0").display().to_string();
+    let _etcd = etcd_ns.spawn(&[
+        ETCD,
+        "--name",
+        "m0",
+        "--data-dir",
+        &data,
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        &format!("m0={peer}"),
+        "--cert-file",
+        &file("server.pem"),
+        "--key-file",
+        &file("server.key"),
+        "--trusted-ca-file",
+        &file("ca.pem"),
+        "--client-cert-auth",
+        "--log-level",
+        "warn",
+    ]);
+    // etcdctl with the same certificates: up, and later what is stored.
+    let etcdctl = |args: &[&str]| {
+        let ca = file("ca.pem");
+        let cert = file("client.pem");
+        let key = file("client.key");
+        let mut full = vec![
+            ETCDCTL,
+            "--endpoints",
+            &client,
+            "--cacert",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--dial-timeout",
+            "1s",
+        ];
+        full.extend(args);
+        let mut cmd = etcd_ns.command(&full);
+        cmd.env("ETCDCTL_API", "3");
+        cmd.output().expect("etcdctl")
+    };
+    let t0 = Instant::now();
+    while !etcdctl(&["endpoint", "health"]).status.success() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "etcd over TLS did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let write_config = |name: &str, ca: &str| {
+        let (config, keys) = gateway_files(a.dir(), &[client.clone()]);
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replace(
+            "[etcd]\n",
+            &format!(
+                "[etcd]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                file(ca),
+                file("client.pem"),
+                file("client.key")
+            ),
+        );
+        let path = a.dir().join(name);
+        std::fs::write(&path, text).unwrap();
+        (path, keys)
+    };
+
+    // Trusting another CA: the server's certificate is refused; no start.
+    let (wrong, keys) = write_config("wrong-ca.toml", "other-ca.pem");
+    let mut refused = a.spawn_homeward(&[
+        "--config",
+        &wrong.display().to_string(),
+        "--registration-keys",
+        &keys.display().to_string(),
+    ]);
+    let status = refused.wait_timeout(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a gateway trusting the wrong CA started: {}",
+        refused.stderr()
+    );
+    assert!(refused.stderr().contains("etcd"), "{}", refused.stderr());
+    println!(
+        "trusting another CA: {}",
+        refused.stderr().lines().last().unwrap_or_default()
+    );
+
+    // The right CA: connected, and a bind is committed through TLS.
+    let (right, keys) = write_config("tls.toml", "ca.pem");
+    let ha = start(&a, &right, &keys);
+    let s = store_stats(&ha);
+    assert_eq!(
+        (s["backend"].as_str(), s["connected"].as_bool()),
+        (Some("etcd"), Some(true)),
+        "{s}"
+    );
+    ha.bind("192.0.2.50", &a.care_of.to_string(), &[]);
+    let got = etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        &format!("{PREFIX}/bindings/"),
+    ]);
+    let keys_listed = String::from_utf8_lossy(&got.stdout);
+    assert!(keys_listed.contains("192.0.2.50"), "{keys_listed}");
+    let t = ha.stop();
+    assert!(t.success, "homeward did not exit cleanly:\n{}", t.stderr);
 }
