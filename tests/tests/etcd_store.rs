@@ -568,7 +568,7 @@ fn the_store_talks_to_etcd_over_tls_with_a_client_certificate() {
     }
 
     let write_config = |name: &str, ca: &str| {
-        let (config, keys) = gateway_files(a.dir(), &[client.clone()]);
+        let (config, keys) = gateway_files(a.dir(), std::slice::from_ref(&client));
         let text = std::fs::read_to_string(&config).unwrap();
         let text = text.replace(
             "[etcd]\n",
