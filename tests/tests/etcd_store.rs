@@ -19,6 +19,7 @@ use homeward::proto::Request;
 use homeward_tests::agent::HomeAgent;
 use homeward_tests::decode::{script, PYTHON};
 use homeward_tests::etcd::{require_etcd, Cluster, ETCD, ETCDCTL};
+use homeward_tests::inns::BpffsMount;
 use homeward_tests::{
     decode_ipip, require_root, veth_pair, Capture, Mac, Netns, Topology, UdpSend, VethEnd,
 };
@@ -490,7 +491,8 @@ fn make_certs(dir: &Path, server_ip: Ipv4Addr) {
 
 /// `[etcd]` over TLS with a client certificate: etcd (one member) requires
 /// one signed by its CA. The gateway connects, commits and watches; one
-/// that trusts another CA refuses to start, saying why.
+/// that trusts another CA refuses to start, saying why; an upgrade
+/// (--takeover) keeps the bindings and the store.
 #[test]
 fn the_store_talks_to_etcd_over_tls_with_a_client_certificate() {
     require_root();
@@ -606,7 +608,18 @@ fn the_store_talks_to_etcd_over_tls_with_a_client_certificate() {
 
     // The right CA: connected, and a bind is committed through TLS.
     let (right, keys) = write_config("tls.toml", "ca.pem");
-    let ha = start(&a, &right, &keys);
+    // Pins that outlive the daemon, as /sys/fs/bpf does outside a lab.
+    let bpffs = BpffsMount::mount();
+    let (right, keys) = (right.display().to_string(), keys.display().to_string());
+    let args = [
+        "--config",
+        &right,
+        "--registration-keys",
+        &keys,
+        bpffs.flag()[0],
+        bpffs.flag()[1],
+    ];
+    let ha = HomeAgent::start(&a, &args);
     let s = store_stats(&ha);
     assert_eq!(
         (s["backend"].as_str(), s["connected"].as_bool()),
@@ -622,6 +635,39 @@ fn the_store_talks_to_etcd_over_tls_with_a_client_certificate() {
     ]);
     let keys_listed = String::from_utf8_lossy(&got.stdout);
     assert!(keys_listed.contains("192.0.2.50"), "{keys_listed}");
-    let t = ha.stop();
+
+    // An upgrade (`systemctl reload`: --takeover): the successor opens its
+    // own etcd connection and watch; nothing is lost, changes go on.
+    let mut upgrade = args.to_vec();
+    upgrade.push("--takeover");
+    let successor = HomeAgent::start(&a, &upgrade);
+    let t = ha.wait_exit(Duration::from_secs(10));
+    assert!(
+        t.success,
+        "the predecessor did not exit cleanly:\n{}",
+        t.stderr
+    );
+    assert!(
+        t.stderr.contains("the successor runs the data path"),
+        "{}",
+        t.stderr
+    );
+    let s = store_stats(&successor);
+    assert_eq!(s["connected"], true, "{s}");
+    assert_eq!(care_of_at(&a, "192.0.2.50"), Some(a.care_of.to_string()));
+    successor.bind("192.0.2.51", &a.care_of.to_string(), &[]);
+    let got = etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        &format!("{PREFIX}/bindings/"),
+    ]);
+    let keys_listed = String::from_utf8_lossy(&got.stdout);
+    assert!(keys_listed.contains("192.0.2.51"), "{keys_listed}");
+    assert!(
+        forwards(&a, Ipv4Addr::new(192, 0, 2, 51)),
+        "the successor does not forward"
+    );
+    let t = successor.stop();
     assert!(t.success, "homeward did not exit cleanly:\n{}", t.stderr);
 }
