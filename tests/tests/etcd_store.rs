@@ -560,6 +560,12 @@ fn the_store_talks_to_etcd_over_tls_with_a_client_certificate() {
         cmd.env("ETCDCTL_API", "3");
         cmd.output().expect("etcdctl")
     };
+    // The binding keys etcd holds, as etcdctl lists them.
+    let stored_bindings = || {
+        let prefix = format!("{PREFIX}/bindings/");
+        let got = etcdctl(&["get", "--prefix", "--keys-only", &prefix]);
+        String::from_utf8_lossy(&got.stdout).into_owned()
+    };
     let t0 = Instant::now();
     while !etcdctl(&["endpoint", "health"]).status.success() {
         assert!(
@@ -627,13 +633,7 @@ fn the_store_talks_to_etcd_over_tls_with_a_client_certificate() {
         "{s}"
     );
     ha.bind("192.0.2.50", &a.care_of.to_string(), &[]);
-    let got = etcdctl(&[
-        "get",
-        "--prefix",
-        "--keys-only",
-        &format!("{PREFIX}/bindings/"),
-    ]);
-    let keys_listed = String::from_utf8_lossy(&got.stdout);
+    let keys_listed = stored_bindings();
     assert!(keys_listed.contains("192.0.2.50"), "{keys_listed}");
 
     // An upgrade (`systemctl reload`: --takeover): the successor opens its
@@ -656,13 +656,7 @@ fn the_store_talks_to_etcd_over_tls_with_a_client_certificate() {
     assert_eq!(s["connected"], true, "{s}");
     assert_eq!(care_of_at(&a, "192.0.2.50"), Some(a.care_of.to_string()));
     successor.bind("192.0.2.51", &a.care_of.to_string(), &[]);
-    let got = etcdctl(&[
-        "get",
-        "--prefix",
-        "--keys-only",
-        &format!("{PREFIX}/bindings/"),
-    ]);
-    let keys_listed = String::from_utf8_lossy(&got.stdout);
+    let keys_listed = stored_bindings();
     assert!(keys_listed.contains("192.0.2.51"), "{keys_listed}");
     assert!(
         forwards(&a, Ipv4Addr::new(192, 0, 2, 51)),

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use homeward_tests::agent::HomeAgent;
 use homeward_tests::{
-    decode_arp, decode_ipip, payload_pattern, require_root, Capture, LabOptions, Mac, Topology,
-    UdpSend,
+    decode_arp, decode_ipip, payload_pattern, require_root, ArpPacket, Capture, LabOptions, Mac,
+    Topology, UdpSend,
 };
 
 const VM_MAC: &str = "02:00:5e:00:00:50";
@@ -46,6 +46,21 @@ fn stop_clean_with(ha: HomeAgent, signal: &str) {
     );
 }
 
+/// The gratuitous ARPs for `addr` among `arps`: a series of five (the
+/// announce-self schedule), each saying `addr` is at `mac`, from `mac`.
+#[track_caller]
+fn five_announcements(arps: &[ArpPacket], addr: Ipv4Addr, mac: Mac) -> Vec<&ArpPacket> {
+    let announcements: Vec<_> = arps
+        .iter()
+        .filter(|a| a.is_gratuitous() && a.psrc == addr)
+        .collect();
+    assert_eq!(announcements.len(), 5, "{arps:#?}");
+    for a in &announcements {
+        assert_eq!((a.hwsrc, a.eth_src), (mac, Some(mac)), "{a:?}");
+    }
+    announcements
+}
+
 #[test]
 fn bind_takes_over_the_address_with_proxy_and_gratuitous_arp() {
     require_root();
@@ -61,14 +76,8 @@ fn bind_takes_over_the_address_with_proxy_and_gratuitous_arp() {
     assert_eq!(neighbor.lladdr, Some(lab.ha_lan.mac), "{neighbor:?}");
     let arps = decode_arp(&cap.stop());
 
-    let announcements: Vec<_> = arps
-        .iter()
-        .filter(|a| a.is_gratuitous() && a.psrc == lab.vm_home)
-        .collect();
-    assert_eq!(announcements.len(), 5, "{arps:#?}");
+    let announcements = five_announcements(&arps, lab.vm_home, lab.ha_lan.mac);
     for a in &announcements {
-        assert_eq!(a.hwsrc, lab.ha_lan.mac);
-        assert_eq!(a.eth_src, Some(lab.ha_lan.mac));
         assert_eq!(a.eth_dst, Some(Mac::BROADCAST));
     }
     // QEMU's announce-self schedule: 50, 150, 250, 350 ms apart, i.e. at
@@ -391,15 +400,7 @@ fn unbind_stops_interception_and_gives_the_address_back() {
     lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 16));
     std::thread::sleep(Duration::from_millis(200));
     let arps = decode_arp(&arp_cap.stop());
-    let give_back: Vec<_> = arps
-        .iter()
-        .filter(|a| a.is_gratuitous() && a.psrc == lab.vm_home)
-        .collect();
-    assert_eq!(give_back.len(), 5, "{arps:#?}");
-    assert!(give_back
-        .iter()
-        .all(|a| a.hwsrc == VM_MAC.parse::<Mac>().unwrap()
-            && a.eth_src == Some(VM_MAC.parse().unwrap())));
+    five_announcements(&arps, lab.vm_home, VM_MAC.parse().unwrap());
     assert!(decode_ipip(&wan_cap.stop()).packets.is_empty());
 
     let stats = ha.stats();
@@ -800,14 +801,7 @@ fn a_standby_answers_no_arp_until_keepalived_makes_it_active() {
     lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 32));
     std::thread::sleep(Duration::from_millis(300));
     let arps = decode_arp(&cap.stop());
-    let announcements: Vec<_> = arps
-        .iter()
-        .filter(|a| a.is_gratuitous() && a.psrc == lab.vm_home)
-        .collect();
-    assert_eq!(announcements.len(), 5, "{arps:#?}");
-    assert!(announcements
-        .iter()
-        .all(|a| a.hwsrc == VMAC && a.eth_src == Some(VMAC)));
+    five_announcements(&arps, lab.vm_home, VMAC);
     let neighbor = lab.client.neighbor(lab.vm_home).expect("neighbour entry");
     assert_eq!(neighbor.lladdr, Some(VMAC), "{neighbor:?}");
     let f = &ha.stats()["failover"];
