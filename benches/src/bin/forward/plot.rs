@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{register_font, FontStyle};
 
 /// DejaVu Sans as installed by fonts-dejavu-core.
@@ -63,7 +64,8 @@ pub fn draw(path: &Path, title: &str, points: &[Point]) -> Result<(), Error> {
     let (top, body) = root.split_vertically(60);
     top.titled(title, ("sans-serif", 22))?;
     let panels = body.split_evenly((queues.len(), 1));
-    let ymax = points.iter().map(|p| p.mpps).fold(0.0, f64::max) * 1.15 + 1e-3;
+    // The top third free for the legend.
+    let ymax = points.iter().map(|p| p.mpps).fold(0.0, f64::max) * 1.5 + 1e-3;
     let n = sizes.len() as f64;
     // Each size is a group of width 1 centred on its index; bars fill 80 %.
     let bar_w = 0.8 / variants.len() as f64;
@@ -106,12 +108,16 @@ pub fn draw(path: &Path, title: &str, points: &[Point]) -> Result<(), Error> {
                 }))?
                 .label(*v)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-            // The value above each bar.
+            // The value above each bar, centred.
+            let above = ("sans-serif", 12)
+                .into_font()
+                .into_text_style(panel)
+                .pos(Pos::new(HPos::Center, VPos::Bottom));
             chart.draw_series(bars.iter().map(|&(x0, y)| {
                 Text::new(
                     format!("{y:.2}"),
-                    (x0, y + ymax * 0.01),
-                    ("sans-serif", 12).into_font(),
+                    (x0 + bar_w * 0.475, y + ymax * 0.01),
+                    above.clone(),
                 )
             }))?;
         }
