@@ -151,14 +151,17 @@ fn c_forwarder_drops_and_names_the_reason() {
     let mut options = udp(60, VM, 64);
     options[ETH_LEN] = 0x46;
     // Tunnel MTU 1500: a 1514-byte frame (1500 bytes of IP) + 20 is too big.
-    let out = xsk_fwd(1500, &[
-        udp(60, Ipv4Addr::new(10, 200, 0, 99), 64),
-        udp(60, VM, 1),
-        udp(1514, VM, 64),
-        arp,
-        options,
-        vec![0u8; 20],
-    ]);
+    let out = xsk_fwd(
+        1500,
+        &[
+            udp(60, Ipv4Addr::new(10, 200, 0, 99), 64),
+            udp(60, VM, 1),
+            udp(1514, VM, 64),
+            arp,
+            options,
+            vec![0u8; 20],
+        ],
+    );
     assert_eq!(
         out,
         [

@@ -816,12 +816,17 @@ impl Env<'_> {
 
 /// A running device under test.
 enum Dut<'a> {
-    Xdp { lab: &'a Lab },
+    Xdp {
+        lab: &'a Lab,
+    },
     Homeward(Box<HomewardProc>),
     /// (d) or (f): a forwarding process in the HA namespace.
     Proc(Box<BaselineProc<'a>>),
     /// (e): the HA namespace's kernel forwards.
-    Kernel { lab: &'a Lab, gro_was_on: bool },
+    Kernel {
+        lab: &'a Lab,
+        gro_was_on: bool,
+    },
 }
 
 impl<'a> Dut<'a> {
@@ -961,7 +966,10 @@ impl<'a> BaselineProc<'a> {
     /// `xsk_fwd` on lan0 -> wan0 with the lab's binding, MACs and MTU.
     fn xsk_fwd(lab: &'a Lab, scratch: &Path, args: &Args) -> Result<BaselineProc<'a>> {
         if XSK_FWD.is_empty() {
-            return Err("(d) was not built (libxdp-dev missing when building; see the build warnings)".into());
+            return Err(
+                "(d) was not built (libxdp-dev missing when building; see the build warnings)"
+                    .into(),
+            );
         }
         let bin = scratch.join("xsk_fwd");
         if !bin.exists() {
@@ -978,7 +986,12 @@ impl<'a> BaselineProc<'a> {
         let mut cmd = lab.ha.command(&bin.to_string_lossy());
         cmd.args(["--lan", "lan0", "--wan", "wan0", "--ha"])
             .arg(netns::HA_ADDR.to_string())
-            .args(["--src-mac", &mac(lab.wan.mac), "--dst-mac", &mac(lab.sink_if.mac)])
+            .args([
+                "--src-mac",
+                &mac(lab.wan.mac),
+                "--dst-mac",
+                &mac(lab.sink_if.mac),
+            ])
             .arg("--bind")
             .arg(format!("{}={}", netns::VM, netns::CARE_OF))
             .args(["--queues", &lab.queues.to_string()])
@@ -1547,7 +1560,8 @@ struct Row {
 impl Report {
     /// Homeward (a) over every baseline in the run, per queue count and size.
     fn render_ratios(&self, s: &mut String) {
-        const BASELINES: [Variant; 5] = [Variant::B, Variant::C, Variant::D, Variant::E, Variant::F];
+        const BASELINES: [Variant; 5] =
+            [Variant::B, Variant::C, Variant::D, Variant::E, Variant::F];
         let present: Vec<Variant> = BASELINES
             .into_iter()
             .filter(|&v| self.forward.iter().any(|r| r.variant == v))

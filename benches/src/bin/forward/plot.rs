@@ -58,8 +58,8 @@ pub fn draw(path: &Path, title: &str, points: &[Point]) -> Result<(), Error> {
         return Err("nothing to plot".into());
     }
     let panel_h = 420;
-    let root = BitMapBackend::new(path, (1000, 60 + panel_h * queues.len() as u32))
-        .into_drawing_area();
+    let root =
+        BitMapBackend::new(path, (1000, 60 + panel_h * queues.len() as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, body) = root.split_vertically(60);
     top.titled(title, ("sans-serif", 22))?;
@@ -107,7 +107,9 @@ pub fn draw(path: &Path, title: &str, points: &[Point]) -> Result<(), Error> {
                     Rectangle::new([(x0, 0.0), (x0 + bar_w * 0.95, y)], color.filled())
                 }))?
                 .label(*v)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                });
             // The value above each bar, centred.
             let above = ("sans-serif", 12)
                 .into_font()
