@@ -14,8 +14,8 @@
 //!   (a) `homeward run` + `homeward bind VM CARE_OF`;
 //!   (b) baseline ceiling: XDP redirect lan0 -> wan0, no encapsulation;
 //!   (c) baseline katran-style: XDP IP-in-IP encapsulation + redirect;
-//!   (d) a minimal C AF_XDP forwarder (benches/c/xsk_fwd.c), same
-//!       encapsulation as homeward;
+//!   (d) a minimal C AF_XDP forwarder (benches/c/xsk_fwd.c) with
+//!   homeward's encapsulation;
 //!   (e) Linux IP forwarding, no encapsulation;
 //!   (f) DPDK testpmd, af_xdp PMD on lan0 and wan0, io forwarding.
 //!
