@@ -952,6 +952,11 @@ fn baseline_cpu(args: &Args, i: usize) -> Option<usize> {
     (!args.homeward_cpus.is_empty()).then(|| args.homeward_cpus[i % args.homeward_cpus.len()])
 }
 
+/// testpmd's EAL file prefix: ours alone.
+fn testpmd_prefix() -> String {
+    format!("hwb-{}", std::process::id())
+}
+
 /// (d) or (f) running in the HA namespace, stopped on drop.
 struct BaselineProc<'a> {
     lab: &'a Lab,
@@ -1029,9 +1034,10 @@ impl<'a> BaselineProc<'a> {
         // stdbuf: its stdout is a file, where "Press enter to exit" (ready)
         // would wait in stdio's buffer.
         cmd.arg("-oL").arg(&args.testpmd);
-        // --no-shconf: no runtime files (/var/run/dpdk) to clean up.
+        // --no-shconf: no runtime files; EAL still makes an (empty)
+        // runtime directory /var/run/dpdk/<prefix>, removed at stop.
         cmd.args(["--lcores", &lcores, "--no-pci", "--no-huge", "-m", "1024"])
-            .arg("--no-shconf");
+            .args(["--no-shconf", "--file-prefix", &testpmd_prefix()]);
         for i in 0..q {
             for (n, iface) in [(2 * i, "lan0"), (2 * i + 1, "wan0")] {
                 cmd.arg("--vdev").arg(format!(
@@ -1100,6 +1106,9 @@ impl<'a> BaselineProc<'a> {
     /// of what it forwarded and dropped.
     fn stop(mut self) -> Result<Option<String>> {
         let note = self.terminate();
+        if self.name == "testpmd" {
+            let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(testpmd_prefix()));
+        }
         let _g = self.lab.ha.enter()?;
         bpf::detach_native(self.lab.lan.index)?;
         bpf::detach_native(self.lab.wan.index)?;
