@@ -26,6 +26,11 @@ PACKAGES=(
     # systemd-analyze verifies the units (no running systemd needed) and
     # checks the man pages they name with man
     dpkg-dev binutils systemd man-db
+    # forwarding-harness baselines (benches/README.md): (d) the C AF_XDP
+    # forwarder links libxdp; (f) DPDK's testpmd (in dpdk-dev) with the
+    # af_xdp PMD and the ring mempool (recommends, not pulled in by
+    # --no-install-recommends); --plot draws text with DejaVu Sans
+    libxdp-dev dpdk dpdk-dev librte-net-af-xdp23 librte-mempool-ring23 fonts-dejavu-core
 )
 
 die() {

@@ -13,7 +13,11 @@
 //! - Devices under test, on the same veths, in the same run:
 //!   (a) `homeward run` + `homeward bind VM CARE_OF`;
 //!   (b) baseline ceiling: XDP redirect lan0 -> wan0, no encapsulation;
-//!   (c) baseline katran-style: XDP IP-in-IP encapsulation + redirect.
+//!   (c) baseline katran-style: XDP IP-in-IP encapsulation + redirect;
+//!   (d) a minimal C AF_XDP forwarder (benches/c/xsk_fwd.c) with
+//!   homeward's encapsulation;
+//!   (e) Linux IP forwarding, no encapsulation;
+//!   (f) DPDK testpmd, af_xdp PMD on lan0 and wan0, io forwarding.
 //!
 //! Where the work runs (what the numbers mean; benches/README.md has more):
 //! without `--threaded-napi`, a veth's receive processing (XDP included)
@@ -44,6 +48,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+
+#[path = "forward/plot.rs"]
+mod plot;
 
 use homeward_benches::bpf::{self, Baseline, BaselineKind, GenConfig, Generator, Sink};
 use homeward_benches::frames::{self, Ipv4Spec, FCS_LEN};
@@ -76,6 +83,13 @@ enum Variant {
     /// Another homeward binary (`--other-homeward`), e.g. an earlier build,
     /// as (a): the baseline of a change, measured in the same run.
     O,
+    /// A minimal C AF_XDP forwarder (benches/c/xsk_fwd.c), homeward's
+    /// encapsulation.
+    D,
+    /// Linux IP forwarding (route + permanent neighbour), no encapsulation.
+    E,
+    /// DPDK testpmd, af_xdp PMD, io forwarding, no encapsulation.
+    F,
 }
 
 impl Variant {
@@ -86,6 +100,9 @@ impl Variant {
             Variant::C => "(c) xdp ipip",
             Variant::M => "(m) homeward, metrics scraped 1/s",
             Variant::O => "(o) other homeward binary",
+            Variant::D => "(d) C AF_XDP forwarder",
+            Variant::E => "(e) Linux IP forwarding",
+            Variant::F => "(f) DPDK testpmd af_xdp",
         }
     }
 
@@ -168,6 +185,13 @@ struct Args {
     /// Also write the results (markdown) here.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Draw the forwarding results as a PNG here (Mpps per variant per
+    /// frame size, a panel per queue count).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// The DPDK testpmd binary of variant (f).
+    #[arg(long, default_value = "dpdk-testpmd")]
+    testpmd: PathBuf,
 }
 
 fn main() {
@@ -386,6 +410,15 @@ fn run(args: &Args) -> Result<()> {
                         .push(format!("{queues} queue(s): homeward did not start: {e}"));
                     continue;
                 }
+                // (d), (f): tools that may be missing; the rest still runs.
+                Err(e) if matches!(variant, Variant::D | Variant::F) => {
+                    eprintln!("   {} did not start: {e}", variant.label());
+                    out.notes.push(format!(
+                        "{queues} queue(s): {} did not start: {e}",
+                        variant.label()
+                    ));
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             for &size in &args.sizes {
@@ -469,6 +502,10 @@ fn run(args: &Args) -> Result<()> {
     if let Some(path) = &args.output {
         std::fs::write(path, &text)?;
         eprintln!("results written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        out.plot(path, &started)?;
+        eprintln!("plot written to {}", path.display());
     }
     if stopped() {
         return Err("interrupted".into());
@@ -779,8 +816,17 @@ impl Env<'_> {
 
 /// A running device under test.
 enum Dut<'a> {
-    Xdp { lab: &'a Lab },
+    Xdp {
+        lab: &'a Lab,
+    },
     Homeward(Box<HomewardProc>),
+    /// (d) or (f): a forwarding process in the HA namespace.
+    Proc(Box<BaselineProc<'a>>),
+    /// (e): the HA namespace's kernel forwards.
+    Kernel {
+        lab: &'a Lab,
+        gro_was_on: bool,
+    },
 }
 
 impl<'a> Dut<'a> {
@@ -823,6 +869,16 @@ impl<'a> Dut<'a> {
                     lab, other, scratch, args, false,
                 )?)))
             }
+            Variant::D => Ok(Dut::Proc(Box::new(BaselineProc::xsk_fwd(
+                lab, scratch, args,
+            )?))),
+            Variant::F => Ok(Dut::Proc(Box::new(BaselineProc::testpmd(
+                lab, scratch, args,
+            )?))),
+            Variant::E => {
+                let gro_was_on = kernel_forwarding(lab, true, false)?;
+                Ok(Dut::Kernel { lab, gro_was_on })
+            }
         }
     }
 
@@ -830,7 +886,7 @@ impl<'a> Dut<'a> {
     /// the baselines.
     fn counters(&self) -> BTreeMap<String, u64> {
         match self {
-            Dut::Xdp { .. } => BTreeMap::new(),
+            Dut::Xdp { .. } | Dut::Proc(_) | Dut::Kernel { .. } => BTreeMap::new(),
             Dut::Homeward(h) => h.counters(),
         }
     }
@@ -844,6 +900,270 @@ impl<'a> Dut<'a> {
                 Ok(None)
             }
             Dut::Homeward(mut h) => Ok(h.stop()),
+            Dut::Proc(p) => p.stop(),
+            Dut::Kernel { lab, gro_was_on } => {
+                kernel_forwarding(lab, false, gro_was_on)?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// (e): Linux forwards in the HA namespace: ip_forward, a host route for
+/// the VM via the care-of address (the sink, whose MAC is a permanent
+/// neighbour) on wan0. XDP frames from the generator reach a veth only
+/// through its NAPI, which veth runs without an XDP program only with GRO
+/// on: GRO is turned on for the trial (UDP is not aggregated unless
+/// rx-udp-gro-forwarding is on, which it is not). Returns whether GRO was
+/// on before; `on = false` undoes it all.
+fn kernel_forwarding(lab: &Lab, on: bool, gro_was_on: bool) -> Result<bool> {
+    let vm = format!("{}/32", netns::VM);
+    let care_of = netns::CARE_OF.to_string();
+    if on {
+        let features = lab.ha.exec("ethtool", &["-k", "lan0"])?;
+        let was_on = features
+            .lines()
+            .any(|l| l.trim() == "generic-receive-offload: on");
+        lab.ha.exec("ethtool", &["-K", "lan0", "gro", "on"])?;
+        lab.ha.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        lab.ha
+            .ip(&["route", "replace", &vm, "via", &care_of, "dev", "wan0"])?;
+        Ok(was_on)
+    } else {
+        lab.ha.ip(&["route", "del", &vm])?;
+        lab.ha.exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
+        if !gro_was_on {
+            lab.ha.exec("ethtool", &["-K", "lan0", "gro", "off"])?;
+        }
+        Ok(gro_was_on)
+    }
+}
+
+/// The C forwarder of (d), built by build.rs and embedded here, so that
+/// the harness stays one self-contained binary (empty if build.rs could
+/// not build it).
+const XSK_FWD: &[u8] = include_bytes!(env!("HWB_XSK_FWD"));
+
+/// CPU of forwarding thread `i` of (d) and (f): `--homeward-cpus` as for
+/// homeward's workers; unset: none for (d) (the scheduler places it, as
+/// homeward's), and the CPU after the generator's for (f) (DPDK pins its
+/// lcores always).
+fn baseline_cpu(args: &Args, i: usize) -> Option<usize> {
+    (!args.homeward_cpus.is_empty()).then(|| args.homeward_cpus[i % args.homeward_cpus.len()])
+}
+
+/// testpmd's EAL file prefix: ours alone.
+fn testpmd_prefix() -> String {
+    format!("hwb-{}", std::process::id())
+}
+
+/// (d) or (f) running in the HA namespace, stopped on drop.
+struct BaselineProc<'a> {
+    lab: &'a Lab,
+    name: &'static str,
+    child: Option<Child>,
+    /// testpmd waits for a line on stdin, then stops its ports and exits.
+    stdin: Option<std::process::ChildStdin>,
+    log: PathBuf,
+}
+
+impl<'a> BaselineProc<'a> {
+    /// `xsk_fwd` on lan0 -> wan0 with the lab's binding, MACs and MTU.
+    fn xsk_fwd(lab: &'a Lab, scratch: &Path, args: &Args) -> Result<BaselineProc<'a>> {
+        if XSK_FWD.is_empty() {
+            return Err(
+                "(d) was not built (libxdp-dev missing when building; see the build warnings)"
+                    .into(),
+            );
+        }
+        let bin = scratch.join("xsk_fwd");
+        if !bin.exists() {
+            std::fs::write(&bin, XSK_FWD)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let mac = |m: [u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let mut cmd = lab.ha.command(&bin.to_string_lossy());
+        cmd.args(["--lan", "lan0", "--wan", "wan0", "--ha"])
+            .arg(netns::HA_ADDR.to_string())
+            .args([
+                "--src-mac",
+                &mac(lab.wan.mac),
+                "--dst-mac",
+                &mac(lab.sink_if.mac),
+            ])
+            .arg("--bind")
+            .arg(format!("{}={}", netns::VM, netns::CARE_OF))
+            .args(["--queues", &lab.queues.to_string()])
+            .args(["--mtu", &args.wan_mtu.to_string()]);
+        let cpus: Vec<String> = (0..lab.queues as usize)
+            .filter_map(|i| baseline_cpu(args, i).map(|c| c.to_string()))
+            .collect();
+        if !cpus.is_empty() {
+            cmd.args(["--cpus", &cpus.join(",")]);
+        }
+        Self::spawn(lab, "xsk_fwd", cmd, scratch, "xsk_fwd: forwarding", false)
+    }
+
+    /// `dpdk-testpmd` with an af_xdp port on lan0 and one on wan0, io
+    /// forwarding (port 0 -> port 1), one forwarding lcore per queue.
+    fn testpmd(lab: &'a Lab, scratch: &Path, args: &Args) -> Result<BaselineProc<'a>> {
+        let ncpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let q = lab.queues as usize;
+        // lcore 0 (main) only waits for stdin: any CPU. Forwarding lcores
+        // 1..=q pinned like homeward's workers.
+        let mut lcores = format!("0@(0-{})", ncpus - 1);
+        for i in 0..q {
+            let cpu = baseline_cpu(args, i).unwrap_or((i + 1) % ncpus);
+            let _ = write!(lcores, ",{}@{cpu}", i + 1);
+        }
+        // One single-queue port per interface and queue: the PMD takes a
+        // veth (no combined channels) for a one-queue device, and refuses
+        // queue_count > 1; start_queue works. Ports 2i (lan0 queue i) and
+        // 2i+1 (wan0 queue i) are paired, one forwarding lcore each pair.
+        // busy_budget=0: no busy polling (neither homeward nor (d) does).
+        // No shared_umem: Debian's DPDK 22.11 is built without it ("Shared
+        // UMEM feature not available"), so the PMD copies each frame from
+        // the UMEM into an mbuf and back.
+        let mut cmd = lab.ha.command("stdbuf");
+        // stdbuf: its stdout is a file, where "Press enter to exit" (ready)
+        // would wait in stdio's buffer.
+        cmd.arg("-oL").arg(&args.testpmd);
+        // --no-shconf: no runtime files; EAL still makes an (empty)
+        // runtime directory /var/run/dpdk/<prefix>, removed at stop.
+        cmd.args(["--lcores", &lcores, "--no-pci", "--no-huge", "-m", "1024"])
+            .args(["--no-shconf", "--file-prefix", &testpmd_prefix()]);
+        for i in 0..q {
+            for (n, iface) in [(2 * i, "lan0"), (2 * i + 1, "wan0")] {
+                cmd.arg("--vdev").arg(format!(
+                    "net_af_xdp{n},iface={iface},start_queue={i},queue_count=1,busy_budget=0,force_copy=1"
+                ));
+            }
+        }
+        cmd.args(["--", "--forward-mode=io", "--burst=64"])
+            .arg(format!("--nb-cores={q}"));
+        Self::spawn(lab, "testpmd", cmd, scratch, "Press enter to exit", true)
+    }
+
+    fn spawn(
+        lab: &'a Lab,
+        name: &'static str,
+        mut cmd: std::process::Command,
+        scratch: &Path,
+        ready: &str,
+        piped_stdin: bool,
+    ) -> Result<BaselineProc<'a>> {
+        let log = scratch.join(format!("{name}-q{}.log", lab.queues));
+        let logf = std::fs::File::create(&log)?;
+        cmd.stdin(if piped_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(logf.try_clone()?)
+        .stderr(logf);
+        sys::kill_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("{name}: cannot start {cmd:?}: {e}"))?;
+        let stdin = child.stdin.take();
+        let mut p = BaselineProc {
+            lab,
+            name,
+            child: Some(child),
+            stdin,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::fs::read_to_string(&p.log).is_ok_and(|t| t.contains(ready)) {
+                return Ok(p);
+            }
+            let exited = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                return Err(format!("{name} exited ({status}): {}", p.log_tail(8)).into());
+            }
+            if Instant::now() > deadline || stopped() {
+                return Err(format!("{name} not ready after 30 s: {}", p.log_tail(8)).into());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(n)..].join(" / ")
+    }
+
+    /// Stops it (testpmd: end of stdin; xsk_fwd: SIGINT; then SIGKILL after
+    /// 10 s), removes any XDP program it left, and returns its own account
+    /// of what it forwarded and dropped.
+    fn stop(mut self) -> Result<Option<String>> {
+        let note = self.terminate();
+        if self.name == "testpmd" {
+            let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(testpmd_prefix()));
+        }
+        let _g = self.lab.ha.enter()?;
+        bpf::detach_native(self.lab.lan.index)?;
+        bpf::detach_native(self.lab.wan.index)?;
+        Ok(note)
+    }
+
+    fn terminate(&mut self) -> Option<String> {
+        let mut child = self.child.take()?;
+        if self.stdin.take().is_none() {
+            let _ = sys::kill(child.id(), libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // xsk_fwd's counters line; testpmd's totals over all ports.
+        let mut summary: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("xsk_fwd: ").filter(|l| l.starts_with("rx")))
+            .map(str::to_string)
+            .collect();
+        if let Some(acc) = text.find("Accumulated forward statistics for all ports") {
+            summary.extend(
+                text[acc..]
+                    .lines()
+                    .filter(|l| l.contains("RX-packets") || l.contains("TX-packets"))
+                    .take(2)
+                    .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")),
+            );
+        }
+        let mut note = format!("{}: {}", self.name, summary.join("; "));
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => {
+                let _ = write!(note, " (exited with {s}: {})", self.log_tail(3));
+            }
+            None => note.push_str(" (did not stop within 10 s: killed)"),
+        }
+        Some(note)
+    }
+}
+
+impl Drop for BaselineProc<'_> {
+    fn drop(&mut self) {
+        if let Some(note) = self.terminate() {
+            eprintln!("{note}");
         }
     }
 }
@@ -1247,6 +1567,72 @@ struct Row {
 }
 
 impl Report {
+    /// Homeward (a) over every baseline in the run, per queue count and size.
+    fn render_ratios(&self, s: &mut String) {
+        const BASELINES: [Variant; 5] =
+            [Variant::B, Variant::C, Variant::D, Variant::E, Variant::F];
+        let present: Vec<Variant> = BASELINES
+            .into_iter()
+            .filter(|&v| self.forward.iter().any(|r| r.variant == v))
+            .collect();
+        if present.is_empty() || !self.forward.iter().any(|r| r.variant == Variant::A) {
+            return;
+        }
+        let name = |v: Variant| format!("{v:?}").to_lowercase();
+        let _ = writeln!(s);
+        let _ = writeln!(s, "homeward (a) / baseline, forwarded packets per second:");
+        let _ = writeln!(s);
+        let cols: Vec<String> = present.iter().map(|&v| format!("a/{}", name(v))).collect();
+        let _ = writeln!(s, "| queues | size B | {} |", cols.join(" | "));
+        let _ = writeln!(s, "|---:|---:|{}", "---:|".repeat(cols.len()));
+        let mut seen: Vec<(u32, usize)> = Vec::new();
+        for r in &self.forward {
+            if seen.contains(&(r.queues, r.size)) {
+                continue;
+            }
+            seen.push((r.queues, r.size));
+            let Some(a) = self.find(r.queues, r.size, Variant::A) else {
+                continue;
+            };
+            let cells: Vec<String> = present
+                .iter()
+                .map(|&v| {
+                    self.find(r.queues, r.size, v)
+                        .filter(|b| b.forwarded_pps() > 0.0)
+                        .map_or("-".to_string(), |b| {
+                            format!("{:.2}", a.forwarded_pps() / b.forwarded_pps())
+                        })
+                })
+                .collect();
+            let _ = writeln!(s, "| {} | {} | {} |", r.queues, r.size, cells.join(" | "));
+        }
+    }
+
+    /// `--plot`: forwarded Mpps of every variant (first trial of each).
+    fn plot(&self, path: &Path, started: &str) -> Result<()> {
+        let mut points: Vec<plot::Point> = Vec::new();
+        for r in &self.forward {
+            let label = r.variant.label();
+            if points
+                .iter()
+                .any(|p| p.variant == label && p.queues == r.queues && p.size == r.size)
+            {
+                continue;
+            }
+            points.push(plot::Point {
+                variant: label.to_string(),
+                queues: r.queues,
+                size: r.size,
+                mpps: r.trial.forwarded_pps() / 1e6,
+            });
+        }
+        plot::draw(
+            path,
+            &format!("forwarded Mpps at the sink (homeward forwarding harness, {started})"),
+            &points,
+        )
+    }
+
     fn find(&self, q: u32, size: usize, v: Variant) -> Option<&Trial> {
         self.forward
             .iter()
@@ -1305,6 +1691,7 @@ impl Report {
                 t.attempts
             );
         }
+        self.render_ratios(&mut s);
         if !self.drift.is_empty() {
             let _ = writeln!(s);
             for (q, size, t) in &self.drift {
