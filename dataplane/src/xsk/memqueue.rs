@@ -59,6 +59,8 @@ pub struct MemQueue {
     pub link_up: bool,
     /// Times the worker slept waiting for frames.
     pub waits: Cell<u64>,
+    /// Frames a kick sends (copy mode's 32 unless raised).
+    pub tx_budget: usize,
 }
 
 impl MemQueue {
@@ -83,6 +85,7 @@ impl MemQueue {
             wan: (!one_armed).then(MemSocket::default),
             link_up: true,
             waits: Cell::new(0),
+            tx_budget: TX_BATCH,
         }
     }
 
@@ -308,9 +311,13 @@ impl QueueIo for MemQueue {
     fn tx_wakeup(&mut self, side: Side) -> io::Result<()> {
         self.socket_mut(side).kicks += 1;
         if self.link_up {
-            self.send(side, TX_BATCH);
+            self.send(side, self.tx_budget);
         }
         Ok(())
+    }
+
+    fn tx_kick_budget(&self, _side: Side) -> u32 {
+        self.tx_budget as u32
     }
 
     fn tx_needs_wakeup(&self, _side: Side) -> bool {

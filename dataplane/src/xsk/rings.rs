@@ -66,6 +66,11 @@ pub trait QueueIo {
     fn tx_wakeup(&mut self, side: Side) -> io::Result<()>;
     /// Whether the kernel waits for a kick before it sends.
     fn tx_needs_wakeup(&self, side: Side) -> bool;
+    /// Frames one kick sends at most (copy mode: 32, the kernel's
+    /// TX_BATCH_SIZE, unless `XDP_MAX_TX_SKB_BUDGET` raised it).
+    fn tx_kick_budget(&self, _side: Side) -> u32 {
+        32
+    }
     /// Free fill entries on `side`, exact once fewer than `wanted` look free.
     fn fill_free(&mut self, side: Side, wanted: u32) -> u32;
     /// Puts all of `descs` on `side`'s fill ring, or none (then 0).

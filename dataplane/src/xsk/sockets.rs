@@ -50,6 +50,8 @@ pub struct SocketRings {
     pub(crate) comp: CompQueue,
     pub(crate) fd: RawFd,
     pub(crate) ifname: String,
+    /// Frames one TX kick sends at most (see [`raise_tx_budget`]).
+    pub(crate) tx_budget: u32,
 }
 
 impl SocketRings {
@@ -61,6 +63,42 @@ impl SocketRings {
     /// The interface the socket is bound to.
     pub fn ifname(&self) -> &str {
         &self.ifname
+    }
+
+    /// Frames one TX kick (sendto) sends at most.
+    pub fn tx_budget(&self) -> u32 {
+        self.tx_budget
+    }
+}
+
+/// The kernel's copy-mode limit per sendto() (TX_BATCH_SIZE).
+pub const DEFAULT_TX_BUDGET: u32 = 32;
+
+/// Lets one copy-mode kick send up to a whole TX ring (`ring` frames)
+/// instead of 32 (`XDP_MAX_TX_SKB_BUDGET`, Linux 6.17+), so the worker
+/// kicks once per batch; returns the budget in use. A kernel that refuses
+/// keeps 32, and the worker kicks several times per batch as before.
+fn raise_tx_budget(fd: RawFd, ifname: &str, queue: u32, ring: u32) -> u32 {
+    match super::sys::set_tx_skb_budget(fd, ring) {
+        Ok(()) => {
+            tracing::info!(
+                ifname,
+                queue,
+                budget = ring,
+                "AF_XDP TX budget per kick raised"
+            );
+            ring
+        }
+        Err(e) => {
+            tracing::info!(
+                ifname,
+                queue,
+                error = %e,
+                "AF_XDP TX budget per kick stays {DEFAULT_TX_BUDGET} \
+                 (XDP_MAX_TX_SKB_BUDGET needs Linux 6.17+): several kicks per batch"
+            );
+            DEFAULT_TX_BUDGET
+        }
     }
 }
 
@@ -256,6 +294,9 @@ fn adopt_socket(
             reason: format!("adopting a handed-over socket: {e}"),
             cause: std::error::Error::source(&e).map(|s| s.to_string()),
         })?;
+    // The option is the socket's: a predecessor's setting survives, but
+    // setting it again is harmless and tells this process the budget.
+    let tx_budget = raise_tx_budget(raw, ifname, queue, size);
     Ok(SocketRings {
         tx,
         rx,
@@ -263,6 +304,7 @@ fn adopt_socket(
         comp,
         fd: raw,
         ifname: ifname.to_string(),
+        tx_budget,
     })
 }
 
@@ -316,6 +358,7 @@ fn open_socket(
         cause: None,
     })?;
     let fd = rx.fd().as_raw_fd();
+    let tx_budget = raise_tx_budget(fd, ifname, queue, ring.get());
     Ok(SocketRings {
         tx,
         rx,
@@ -323,6 +366,7 @@ fn open_socket(
         comp,
         fd,
         ifname: ifname.to_string(),
+        tx_budget,
     })
 }
 
@@ -404,6 +448,11 @@ impl QueueIo for QueueSockets {
     #[inline]
     fn tx_needs_wakeup(&self, side: Side) -> bool {
         self.side_ref(side).tx.needs_wakeup()
+    }
+
+    #[inline]
+    fn tx_kick_budget(&self, side: Side) -> u32 {
+        self.side_ref(side).tx_budget
     }
 
     #[inline]

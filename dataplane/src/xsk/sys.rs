@@ -1,5 +1,5 @@
 //! The raw syscalls of the data path: poll(2) on a worker's sockets, CPU
-//! pinning, and a link's promiscuity.
+//! pinning, a link's promiscuity, and socket options xsk-rs does not set.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -81,6 +81,44 @@ pub fn promiscuous(ifindex: u32) -> std::io::Result<OwnedFd> {
     };
     if rc == 0 {
         Ok(socket)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `SOL_XDP` and `XDP_MAX_TX_SKB_BUDGET` (include/uapi/linux/if_xdp.h,
+/// Linux 6.17+): frames one copy-mode sendto() may transmit, instead of
+/// the kernel's fixed 32.
+const SOL_XDP: libc::c_int = 283;
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+
+/// Raise the socket's copy-mode TX budget per kick to `budget` frames
+/// (the kernel allows 32 up to the TX ring's size). Kernels before 6.17
+/// answer ENOPROTOOPT.
+pub(crate) fn set_tx_skb_budget(fd: RawFd, budget: u32) -> std::io::Result<()> {
+    setsockopt_u32(fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, budget)
+}
+
+/// setsockopt(2) with a 4-byte integer value.
+pub(crate) fn setsockopt_u32(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: u32,
+) -> std::io::Result<()> {
+    // SAFETY: `value` is a valid u32 that lives across the call, and its
+    // size is what is passed; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
     } else {
         Err(std::io::Error::last_os_error())
     }

@@ -55,10 +55,19 @@ pub struct WorkerShared {
     /// Loop turns so far: a worker that stops counting is stuck or gone
     /// (an idle one still turns every 10 ms). For health checks.
     turns: AtomicU64,
+    /// Frames one TX kick sends at most (see [`QueueFrames`]).
+    tx_kick_budget: AtomicU64,
 }
 
 /// Counters per binding slot.
 const SLOT_STRIDE: usize = 3;
+
+/// Busy turns between two publications of the counters and the frame
+/// accounting. A busy turn moves at most one batch per socket (64 frames,
+/// some tens of microseconds), so the published state is at most a few
+/// milliseconds old, and `homeward health`'s turn counter moves well
+/// within its 200 ms.
+const PUBLISH_EVERY: u32 = 64;
 
 impl WorkerShared {
     /// Shared state for a worker serving a table of `slots` binding slots.
@@ -74,6 +83,7 @@ impl WorkerShared {
             capture: AtomicU64::new(0),
             tap: Mutex::new(None),
             turns: AtomicU64::new(0),
+            tx_kick_budget: AtomicU64::new(0),
         })
     }
 
@@ -132,6 +142,7 @@ impl WorkerShared {
                 queue,
                 snapshot.pipeline.encapsulated,
                 w.accounting.load(),
+                w.tx_kick_budget.load(Relaxed) as u32,
             ));
         }
         (total, frames)
@@ -202,6 +213,10 @@ pub struct Worker<L: Lookup, R: QueueIo = QueueSockets> {
     reserve: usize,
     /// Loop turns, to read the kernel's socket counters now and then.
     iterations: u32,
+    /// Busy turns publish counters and accounting every this many turns
+    /// (idle turns always): the accounting reads all the rings' shared
+    /// indices, cache lines the kernel writes from another CPU.
+    publish_every: u32,
     started: Instant,
     /// Completions seen at the last TX kick, and kicks since then that
     /// completed nothing.
@@ -324,6 +339,14 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         };
         // The per-slot first-packet times are on this clock.
         let started = shared.epoch;
+        let budget = if sockets.has_wan() {
+            sockets
+                .tx_kick_budget(Side::Lan)
+                .min(sockets.tx_kick_budget(Side::Wan))
+        } else {
+            sockets.tx_kick_budget(Side::Lan)
+        };
+        shared.tx_kick_budget.store(u64::from(budget), Relaxed);
         let switchover = NeighborQueue::with_limits(
             xsk.frame_count as usize,
             config.switchover_total as usize,
@@ -340,6 +363,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             flow,
             reserve,
             iterations: 0,
+            publish_every: PUBLISH_EVERY,
             started,
             kicked_at: 0,
             fruitless_kicks: 0,
@@ -396,7 +420,9 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         self.transmit(Side::Lan, &mut s.lan_tx);
         self.transmit(Side::Wan, &mut s.wan_tx);
         self.refill();
-        self.publish();
+        if work == 0 || self.iterations.is_multiple_of(self.publish_every) {
+            self.publish();
+        }
         if work == 0 {
             self.idle();
         }
@@ -890,10 +916,11 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         }
         let size = self.sockets.config().ring_size;
         let rings = &mut self.sockets;
+        let budget = rings.tx_kick_budget(side).max(1) as usize;
         let mut room = rings.tx_free(side, pending.len() as u32) as usize;
-        // Copy mode sends at most 32 frames per kick (the kernel's
-        // TX_BATCH_SIZE): a ring still full of earlier frames gets a few
-        // more kicks before anything is dropped.
+        // Copy mode sends at most `budget` frames per kick (32, the
+        // kernel's TX_BATCH_SIZE, unless raised): a ring still full of
+        // earlier frames gets a few more kicks before anything is dropped.
         let mut kicks = 0;
         while room < pending.len() && kicks < 8 {
             let _ = rings.tx_wakeup(side);
@@ -905,11 +932,12 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         // they return on the completion ring.
         let sent = rings.tx_produce(side, &pending[..count]);
         if rings.tx_needs_wakeup(side) {
-            // One kick per 32 frames put on the ring. EAGAIN/ENOBUFS: the
-            // kernel is busy; the frames stay queued and are kicked again.
-            // Asking for the whole ring makes the count exact.
-            let queued = size.saturating_sub(rings.tx_free(side, size));
-            for _ in 0..queued.div_ceil(32).min(8) {
+            // One kick per `budget` frames on the ring: one with a raised
+            // budget. EAGAIN/ENOBUFS: the kernel is busy; the frames stay
+            // queued and are kicked again. Asking for the whole ring makes
+            // the count exact.
+            let queued = size.saturating_sub(rings.tx_free(side, size)) as usize;
+            for _ in 0..kicks_for(queued, budget) {
                 if rings.tx_wakeup(side).is_err() {
                     break;
                 }
@@ -1099,6 +1127,12 @@ impl Produced {
             TxKind::Other
         }
     }
+}
+
+/// Kicks that send `queued` frames at `budget` frames a kick; at most 8
+/// per turn (the rest go at the next turn's kicks).
+fn kicks_for(queued: usize, budget: usize) -> usize {
+    queued.div_ceil(budget.max(1)).min(8)
 }
 
 /// The entries in all of `sockets`' rings.
