@@ -185,6 +185,9 @@ pub struct QueueFrames {
     /// sockets): 32 in copy mode unless `XDP_MAX_TX_SKB_BUDGET` (Linux
     /// 6.17+) raised it; 0 before the worker started.
     pub tx_kick_budget: u32,
+    /// Every socket of the queue bound in zero-copy mode (else copy mode,
+    /// where the kernel copies each frame in and out of the UMEM).
+    pub zero_copy: bool,
 }
 
 impl QueueFrames {
@@ -193,6 +196,7 @@ impl QueueFrames {
         encapsulated: u64,
         frames: FrameAccounting,
         tx_kick_budget: u32,
+        zero_copy: bool,
     ) -> QueueFrames {
         QueueFrames {
             queue,
@@ -200,6 +204,7 @@ impl QueueFrames {
             frames,
             unaccounted: frames.unaccounted(),
             tx_kick_budget,
+            zero_copy,
         }
     }
 }

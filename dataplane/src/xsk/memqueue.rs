@@ -61,6 +61,9 @@ pub struct MemQueue {
     pub waits: Cell<u64>,
     /// Frames a kick sends (copy mode's 32 unless raised).
     pub tx_budget: usize,
+    /// Busy polling on, and the busy polls so far.
+    pub busy: bool,
+    pub polls: u64,
 }
 
 impl MemQueue {
@@ -86,6 +89,8 @@ impl MemQueue {
             link_up: true,
             waits: Cell::new(0),
             tx_budget: TX_BATCH,
+            busy: false,
+            polls: 0,
         }
     }
 
@@ -318,6 +323,16 @@ impl QueueIo for MemQueue {
 
     fn tx_kick_budget(&self, _side: Side) -> u32 {
         self.tx_budget as u32
+    }
+
+    fn busy_polling(&self) -> bool {
+        self.busy
+    }
+
+    fn busy_poll(&mut self) {
+        if self.busy {
+            self.polls += 1;
+        }
     }
 
     fn tx_needs_wakeup(&self, _side: Side) -> bool {

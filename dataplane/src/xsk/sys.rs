@@ -91,6 +91,31 @@ pub fn promiscuous(ifindex: u32) -> std::io::Result<OwnedFd> {
 /// the kernel's fixed 32.
 const SOL_XDP: libc::c_int = 283;
 const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+/// `XDP_OPTIONS` and its `XDP_OPTIONS_ZEROCOPY` flag (linux/if_xdp.h).
+const XDP_OPTIONS: libc::c_int = 8;
+const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+
+/// Whether the AF_XDP socket `fd` is bound in zero-copy mode (else copy).
+pub(crate) fn xdp_zero_copy(fd: RawFd) -> std::io::Result<bool> {
+    let mut flags: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `flags` (struct xdp_options: one u32) and `len` are valid for
+    // writes across the call, and `len` is `flags`' size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            XDP_OPTIONS,
+            (&mut flags as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(flags & XDP_OPTIONS_ZEROCOPY != 0)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
 
 /// Raise the socket's copy-mode TX budget per kick to `budget` frames
 /// (the kernel allows 32 up to the TX ring's size). Kernels before 6.17
@@ -122,4 +147,32 @@ pub(crate) fn setsockopt_u32(
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// Busy polling on socket `fd`: prefer it over interrupts
+/// (`SO_PREFER_BUSY_POLL`), spin up to `usecs` per call (`SO_BUSY_POLL`),
+/// `budget` packets per NAPI poll (`SO_BUSY_POLL_BUDGET`). Root (or
+/// CAP_NET_ADMIN) may set them above the system's defaults.
+pub(crate) fn set_busy_poll(fd: RawFd, usecs: u32, budget: u32) -> std::io::Result<()> {
+    setsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_PREFER_BUSY_POLL, 1)?;
+    setsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_BUSY_POLL, usecs)?;
+    setsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_BUSY_POLL_BUDGET, budget)
+}
+
+/// An empty non-blocking recvfrom(2): on an AF_XDP socket with busy
+/// polling it runs the device's NAPI poll in this thread, which moves
+/// received frames onto the RX ring. Errors (EAGAIN) mean nothing to do.
+pub(crate) fn busy_poll_once(fd: RawFd) {
+    // SAFETY: a zero-length receive into no buffer, with no address out:
+    // the kernel writes nothing to userspace memory.
+    unsafe {
+        libc::recvfrom(
+            fd,
+            std::ptr::null_mut(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
 }

@@ -57,6 +57,8 @@ pub struct WorkerShared {
     turns: AtomicU64,
     /// Frames one TX kick sends at most (see [`QueueFrames`]).
     tx_kick_budget: AtomicU64,
+    /// The queue's sockets are bound zero-copy.
+    zero_copy: AtomicBool,
 }
 
 /// Counters per binding slot.
@@ -68,6 +70,11 @@ const SLOT_STRIDE: usize = 3;
 /// milliseconds old, and `homeward health`'s turn counter moves well
 /// within its 200 ms.
 const PUBLISH_EVERY: u32 = 64;
+
+/// How long a busy-polling worker keeps polling without sleeping after
+/// the last frame it received: across the gaps of bursty traffic (tens of
+/// milliseconds), not forever on an idle link.
+pub const BUSY_POLL_LINGER_NS: u64 = 50_000_000;
 
 impl WorkerShared {
     /// Shared state for a worker serving a table of `slots` binding slots.
@@ -84,6 +91,7 @@ impl WorkerShared {
             tap: Mutex::new(None),
             turns: AtomicU64::new(0),
             tx_kick_budget: AtomicU64::new(0),
+            zero_copy: AtomicBool::new(false),
         })
     }
 
@@ -143,6 +151,7 @@ impl WorkerShared {
                 snapshot.pipeline.encapsulated,
                 w.accounting.load(),
                 w.tx_kick_budget.load(Relaxed) as u32,
+                w.zero_copy.load(Relaxed),
             ));
         }
         (total, frames)
@@ -217,6 +226,9 @@ pub struct Worker<L: Lookup, R: QueueIo = QueueSockets> {
     /// (idle turns always): the accounting reads all the rings' shared
     /// indices, cache lines the kernel writes from another CPU.
     publish_every: u32,
+    /// When (ns on `started`'s clock) the last frame was received: a busy-
+    /// polling worker keeps polling for [`BUSY_POLL_LINGER_NS`] after it.
+    last_rx_ns: u64,
     started: Instant,
     /// Completions seen at the last TX kick, and kicks since then that
     /// completed nothing.
@@ -347,6 +359,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             sockets.tx_kick_budget(Side::Lan)
         };
         shared.tx_kick_budget.store(u64::from(budget), Relaxed);
+        shared.zero_copy.store(sockets.zero_copy(), Relaxed);
         let switchover = NeighborQueue::with_limits(
             xsk.frame_count as usize,
             config.switchover_total as usize,
@@ -364,6 +377,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             reserve,
             iterations: 0,
             publish_every: PUBLISH_EVERY,
+            last_rx_ns: 0,
             started,
             kicked_at: 0,
             fruitless_kicks: 0,
@@ -420,10 +434,22 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         self.transmit(Side::Lan, &mut s.lan_tx);
         self.transmit(Side::Wan, &mut s.wan_tx);
         self.refill();
-        if work == 0 || self.iterations.is_multiple_of(self.publish_every) {
+        // Idle turns publish too, unless busy polling: those come by the
+        // million.
+        let polling = work == 0 && self.lingering();
+        if (work == 0 && !polling) || self.iterations.is_multiple_of(self.publish_every) {
             self.publish();
         }
-        if work == 0 {
+        if polling {
+            self.sockets.busy_poll();
+            // Frames left on a TX ring by a busy kernel: a kick (which
+            // busy-polls too), as `idle` would.
+            if self.flow.tx_side() > 0 {
+                for &side in self.sides() {
+                    let _ = self.sockets.tx_wakeup(side);
+                }
+            }
+        } else if work == 0 {
             self.idle();
         }
     }
@@ -495,6 +521,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         }
         self.flow.received += n as u64;
         let now_ns = self.started.elapsed().as_nanos() as u64;
+        self.last_rx_ns = now_ns;
         let ingress = match side {
             Side::Lan => Port::Lan,
             Side::Wan => Port::Wan,
@@ -1057,6 +1084,14 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             1
         };
         self.sockets.wait_readable(Duration::from_millis(wait));
+    }
+
+    /// Whether a busy-polling worker polls on rather than sleeps: it
+    /// received a frame within [`BUSY_POLL_LINGER_NS`].
+    fn lingering(&self) -> bool {
+        self.sockets.busy_polling()
+            && (self.started.elapsed().as_nanos() as u64).saturating_sub(self.last_rx_ns)
+                < BUSY_POLL_LINGER_NS
     }
 
     /// Stop: wait (bounded) for every transmission to complete.

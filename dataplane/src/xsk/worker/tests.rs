@@ -973,3 +973,28 @@ fn kicks_cover_the_queue_at_the_budget_and_stop_at_eight() {
     assert_eq!(kicks_for(2048, 32), 8);
     assert_eq!(kicks_for(5, 0), 5, "a zero budget counts as one");
 }
+
+#[test]
+fn a_busy_polling_worker_polls_instead_of_sleeping_while_traffic_is_recent() {
+    let mut q = MemQueue::new(XSK, false);
+    q.busy = true;
+    let mut h = Harness::over(q, config());
+    // Nothing received yet (the last frame "at" 0 ns, just now): polls.
+    h.forward(Side::Lan, &Ip::udp(LAN_HOST, VM, b"hello").frame());
+    let waits = h.q().waits.get();
+    for _ in 0..3 {
+        h.step();
+    }
+    assert_eq!(h.q().waits.get(), waits, "no sleep while lingering");
+    assert!(h.q().polls >= 2, "idle turns busy-poll");
+    assert_eq!(h.q().take_wire(Side::Wan).len(), 1);
+    // Long after the last frame: sleeps in poll() again.
+    h.worker.started = Instant::now()
+        .checked_sub(Duration::from_secs(1))
+        .expect("a second of uptime");
+    let polls = h.q().polls;
+    h.step();
+    assert!(h.q().waits.get() > waits, "sleeps once traffic stopped");
+    assert_eq!(h.q().polls, polls);
+    h.assert_conserved();
+}
