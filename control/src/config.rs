@@ -68,6 +68,11 @@ pub struct RunArgs {
     /// (off unless set; e.g. 127.0.0.1:9434).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Preferred busy polling: the workers drive the devices' receive
+    /// processing themselves while traffic flows, instead of sleeping
+    /// (costs a busy core per queue; see docs/operations.md). Default false.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub busy_poll: Option<bool>,
 }
 
 /// The config file: the same settings as the `run` flags. Unknown keys are
@@ -95,6 +100,8 @@ pub struct FileConfig {
     /// CPUs to pin the queue workers to, queue `i` on `worker_cpus[i % len]`
     /// (default: not pinned).
     pub worker_cpus: Option<Vec<usize>>,
+    /// Preferred busy polling in the workers (default false).
+    pub busy_poll: Option<bool>,
     /// Directory of the durable store (bindings, replay state).
     pub state_dir: Option<PathBuf>,
     /// The bpf filesystem the XDP program is pinned in.
@@ -367,6 +374,8 @@ pub struct RunConfig {
     pub switchover_buffer_per_vm: u32,
     pub switchover_buffer_total: u32,
     pub worker_cpus: Vec<usize>,
+    /// Preferred busy polling in the workers.
+    pub busy_poll: bool,
     /// The durable store's directory.
     pub state_dir: PathBuf,
     /// The bpf filesystem the XDP program is pinned in.
@@ -492,6 +501,7 @@ impl RunConfig {
             switchover_buffer_per_vm: file.switchover_buffer_per_vm.unwrap_or(1024),
             switchover_buffer_total: file.switchover_buffer_total.unwrap_or(4096),
             worker_cpus: file.worker_cpus.unwrap_or_default(),
+            busy_poll: args.busy_poll.or(file.busy_poll).unwrap_or(false),
             state_dir: args
                 .state_dir
                 .clone()
@@ -590,6 +600,27 @@ mod tests {
         }
         let cli = <Cli as clap::Parser>::parse_from(["homeward", "--mss-clamp", "false"]);
         assert_eq!(cli.args.mss_clamp, Some(false));
+    }
+
+    #[test]
+    fn busy_poll_off_by_default_from_the_file_and_the_flag() {
+        let base = "lan = \"eth1\"\naddress = \"198.51.100.1\"\n";
+        let c = RunConfig::merge(&args(), FileConfig::parse(base).unwrap()).unwrap();
+        assert!(!c.busy_poll, "off by default");
+        let text = format!("{base}busy_poll = true\n");
+        let c = RunConfig::merge(&args(), FileConfig::parse(&text).unwrap()).unwrap();
+        assert!(c.busy_poll);
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        let cli = <Cli as clap::Parser>::parse_from(["homeward", "--busy-poll"]);
+        assert_eq!(cli.args.busy_poll, Some(true));
+        let cli = <Cli as clap::Parser>::parse_from(["homeward", "--busy-poll", "false"]);
+        assert_eq!(cli.args.busy_poll, Some(false));
+        let c = RunConfig::merge(&cli.args, FileConfig::parse(&text).unwrap()).unwrap();
+        assert!(!c.busy_poll, "the flag wins");
     }
 
     #[test]

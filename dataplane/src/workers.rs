@@ -14,8 +14,8 @@ use crate::loader::{LoaderError, Steering, PORT_LAN, PORT_WAN};
 use crate::lookup::Tables;
 use crate::pipeline::PipelineConfig;
 use crate::xsk::{
-    pin_current_thread, Command, FrameAccounting, Parked, QueueSockets, QueueState, Worker,
-    WorkerShared, XskConfig, XskError,
+    pin_current_thread, Command, DeviceTuning, FrameAccounting, Parked, QueueSockets, QueueState,
+    Worker, WorkerShared, XskConfig, XskError,
 };
 
 /// What the workers serve.
@@ -33,6 +33,9 @@ pub struct WorkersConfig<'a> {
     pub cpus: &'a [usize],
     /// Thread name prefix (`homeward-q`: threads `homeward-q0`, ...).
     pub name: &'a str,
+    /// Preferred busy polling (see [`QueueSockets::enable_busy_poll`] and
+    /// [`DeviceTuning`]).
+    pub busy_poll: bool,
 }
 
 /// Why the workers could not start. Workers started before the failure
@@ -52,6 +55,9 @@ pub enum WorkersError {
 pub struct Workers {
     shared: Vec<Arc<WorkerShared>>,
     threads: Vec<JoinHandle<Parked>>,
+    /// The devices' interrupt settings for busy polling, restored when
+    /// the workers are dropped.
+    tuning: Vec<DeviceTuning>,
 }
 
 impl Workers {
@@ -91,8 +97,26 @@ impl Workers {
         let mut workers = Workers {
             shared: Vec::new(),
             threads: Vec::new(),
+            tuning: Vec::new(),
         };
-        for s in all {
+        if config.busy_poll {
+            let wan = config.wan.filter(|w| *w != config.lan);
+            workers.tuning = [Some(config.lan), wan]
+                .into_iter()
+                .flatten()
+                .map(DeviceTuning::apply)
+                .collect();
+        }
+        for mut s in all {
+            if config.busy_poll {
+                match s.enable_busy_poll() {
+                    Ok(()) => tracing::info!(queue = s.queue(), "busy polling"),
+                    Err(e) => tracing::warn!(
+                        queue = s.queue(),
+                        "busy polling refused, the worker sleeps in poll() instead: {e}"
+                    ),
+                }
+            }
             let queue = s.queue();
             if let Err(e) = workers.start_queue(&config, s, steering, tables(), commands(queue)) {
                 workers.stop();
@@ -179,6 +203,7 @@ impl Workers {
         Workers {
             shared,
             threads: Vec::new(),
+            tuning: Vec::new(),
         }
     }
 

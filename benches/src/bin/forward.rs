@@ -192,6 +192,16 @@ struct Args {
     /// The DPDK testpmd binary of variant (f).
     #[arg(long, default_value = "dpdk-testpmd")]
     testpmd: PathBuf,
+    /// Bursty traffic: frames per BPF_PROG_RUN call (per generator thread).
+    /// Each call is a burst, followed by the kernel's ~24 ms live-frames
+    /// teardown and `--call-gap-ms` of silence; rates are then over wall
+    /// time (see benches/README.md). 0: steady traffic (~1 s calls, the
+    /// fixed per-call cost subtracted).
+    #[arg(long, default_value_t = 0)]
+    call_frames: u32,
+    /// Bursty traffic: extra idle milliseconds after each call.
+    #[arg(long, default_value_t = 0)]
+    call_gap_ms: u64,
 }
 
 fn main() {
@@ -695,6 +705,8 @@ impl Env<'_> {
         let barrier = Barrier::new(threads);
         let duration = self.args.duration;
         let overhead = self.call_overhead.as_secs_f64();
+        let call_frames = self.args.call_frames;
+        let call_gap = Duration::from_millis(self.args.call_gap_ms);
         let ncpus = thread::available_parallelism().map_or(1, |n| n.get());
         let gen_cpus = &self.args.gen_cpus;
         let cpu_of = |i: usize| {
@@ -720,7 +732,8 @@ impl Env<'_> {
                         // Every BPF_PROG_RUN call costs a fixed ~25 ms here
                         // (page pool setup/teardown): few long calls. The
                         // first one measures the iteration rate.
-                        let mut repeat: u32 = 200_000;
+                        let bursty = call_frames > 0;
+                        let mut repeat: u32 = if bursty { call_frames } else { 200_000 };
                         loop {
                             let t0 = Instant::now();
                             match gen.run(frame, ifindex, i as u32, repeat, batch) {
@@ -742,6 +755,15 @@ impl Env<'_> {
                                     "  [gen {i}] repeat {repeat}: {dt:.3} s, {:.3} M iterations/s",
                                     rate / 1e6
                                 );
+                            }
+                            if bursty {
+                                // Fixed-size bursts; the gap (if any) before
+                                // the deadline check, so it is in the wall time.
+                                thread::sleep(call_gap);
+                                if start.elapsed().as_secs_f64() >= duration || stopped() {
+                                    break;
+                                }
+                                continue;
                             }
                             let left = duration - start.elapsed().as_secs_f64();
                             if left < 0.1 || stopped() {
@@ -766,8 +788,15 @@ impl Env<'_> {
         let mut stall_ratio: f64 = 1.0;
         for r in results {
             let r = r?;
-            // Time the generator was generating: minus the fixed cost of each call.
-            secs = secs.max(r.wall - r.calls as f64 * overhead);
+            // Steady: the time the generator was generating, minus the fixed
+            // cost of each call. Bursty: the teardown and the gaps are the
+            // traffic's shape, so rates are over wall time (as an external
+            // generator would measure them).
+            secs = if call_frames > 0 {
+                secs.max(r.wall)
+            } else {
+                secs.max(r.wall - r.calls as f64 * overhead)
+            };
             let max = r.rates.iter().copied().fold(0.0, f64::max);
             let min = r.rates.iter().copied().fold(f64::INFINITY, f64::min);
             if min.is_finite() && min > 0.0 {
@@ -1661,6 +1690,14 @@ impl Report {
             s,
             "Forwarding (offered = generated, forwarded = counted at the sink):"
         );
+        if args.call_frames > 0 {
+            let _ = writeln!(
+                s,
+                "\nBursty traffic: {} frames per call and generator thread, {} ms gap; \
+                 rates over wall time (call teardown and gaps included).",
+                args.call_frames, args.call_gap_ms
+            );
+        }
         let _ = writeln!(s);
         let _ = writeln!(
             s,

@@ -196,6 +196,7 @@ impl DataPath {
             pipeline,
             cpus: Vec::new(),
             name: "homeward-fa-q",
+            busy_poll: false,
             tables: Box::new(move || {
                 Tables::foreign_agent(reader.clone(), neigh_reader.clone(), vm_index, up_index)
             }),

@@ -121,6 +121,7 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
         pipeline,
         cpus: config.worker_cpus.clone(),
         name: "homeward-q",
+        busy_poll: config.busy_poll,
         tables: {
             let lan_index = lan.index;
             Box::new(move || {

@@ -29,6 +29,8 @@ pub struct Plan {
     pub cpus: Vec<usize>,
     /// Thread name prefix.
     pub name: &'static str,
+    /// Preferred busy polling in the workers.
+    pub busy_poll: bool,
     /// The lookup tables of one worker.
     pub tables: Box<dyn Fn() -> Tables + Send>,
 }
@@ -57,6 +59,7 @@ impl Plan {
             pipeline: self.pipeline.clone(),
             cpus: &self.cpus,
             name: self.name,
+            busy_poll: self.busy_poll,
         }
     }
 

@@ -181,15 +181,30 @@ pub struct QueueFrames {
     pub frames: FrameAccounting,
     /// Frames in no place at all: nonzero is a leak.
     pub unaccounted: i64,
+    /// Frames one TX kick sends at most (the smallest of the queue's
+    /// sockets): 32 in copy mode unless `XDP_MAX_TX_SKB_BUDGET` (Linux
+    /// 6.17+) raised it; 0 before the worker started.
+    pub tx_kick_budget: u32,
+    /// Every socket of the queue bound in zero-copy mode (else copy mode,
+    /// where the kernel copies each frame in and out of the UMEM).
+    pub zero_copy: bool,
 }
 
 impl QueueFrames {
-    pub fn new(queue: usize, encapsulated: u64, frames: FrameAccounting) -> QueueFrames {
+    pub fn new(
+        queue: usize,
+        encapsulated: u64,
+        frames: FrameAccounting,
+        tx_kick_budget: u32,
+        zero_copy: bool,
+    ) -> QueueFrames {
         QueueFrames {
             queue,
             encapsulated,
             frames,
             unaccounted: frames.unaccounted(),
+            tx_kick_budget,
+            zero_copy,
         }
     }
 }

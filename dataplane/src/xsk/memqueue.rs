@@ -59,6 +59,11 @@ pub struct MemQueue {
     pub link_up: bool,
     /// Times the worker slept waiting for frames.
     pub waits: Cell<u64>,
+    /// Frames a kick sends (copy mode's 32 unless raised).
+    pub tx_budget: usize,
+    /// Busy polling on, and the busy polls so far.
+    pub busy: bool,
+    pub polls: u64,
 }
 
 impl MemQueue {
@@ -83,6 +88,9 @@ impl MemQueue {
             wan: (!one_armed).then(MemSocket::default),
             link_up: true,
             waits: Cell::new(0),
+            tx_budget: TX_BATCH,
+            busy: false,
+            polls: 0,
         }
     }
 
@@ -308,9 +316,23 @@ impl QueueIo for MemQueue {
     fn tx_wakeup(&mut self, side: Side) -> io::Result<()> {
         self.socket_mut(side).kicks += 1;
         if self.link_up {
-            self.send(side, TX_BATCH);
+            self.send(side, self.tx_budget);
         }
         Ok(())
+    }
+
+    fn tx_kick_budget(&self, _side: Side) -> u32 {
+        self.tx_budget as u32
+    }
+
+    fn busy_polling(&self) -> bool {
+        self.busy
+    }
+
+    fn busy_poll(&mut self) {
+        if self.busy {
+            self.polls += 1;
+        }
     }
 
     fn tx_needs_wakeup(&self, _side: Side) -> bool {

@@ -3,6 +3,7 @@
 //! `unsafe`, each block with a `// SAFETY:` comment.
 
 mod accounting;
+mod busy_poll;
 #[cfg(test)]
 mod memqueue;
 mod neighbor_queue;
@@ -12,6 +13,7 @@ mod sys;
 mod worker;
 
 pub use accounting::{FrameAccounting, QueueFrames, RingOccupancy, SharedAccounting};
+pub use busy_poll::DeviceTuning;
 pub use rings::{QueueIo, Side, SocketStats};
 pub use sockets::{QueueSockets, QueueState, SocketRings, XskConfig};
 pub use sys::{pin_current_thread, promiscuous};

@@ -66,6 +66,15 @@ pub trait QueueIo {
     fn tx_wakeup(&mut self, side: Side) -> io::Result<()>;
     /// Whether the kernel waits for a kick before it sends.
     fn tx_needs_wakeup(&self, side: Side) -> bool;
+    /// Frames one kick sends at most (copy mode: 32, the kernel's
+    /// TX_BATCH_SIZE, unless `XDP_MAX_TX_SKB_BUDGET` raised it).
+    fn tx_kick_budget(&self, _side: Side) -> u32 {
+        32
+    }
+    /// Whether every socket of the queue is bound in zero-copy mode.
+    fn zero_copy(&self) -> bool {
+        false
+    }
     /// Free fill entries on `side`, exact once fewer than `wanted` look free.
     fn fill_free(&mut self, side: Side, wanted: u32) -> u32;
     /// Puts all of `descs` on `side`'s fill ring, or none (then 0).
@@ -78,6 +87,15 @@ pub trait QueueIo {
     fn statistics(&self, side: Side) -> Option<SocketStats>;
     /// Sleeps until a socket has something to receive, or `timeout` passes.
     fn wait_readable(&self, timeout: Duration);
+    /// Whether the sockets busy-poll ([`QueueIo::busy_poll`] does work).
+    fn busy_polling(&self) -> bool {
+        false
+    }
+    /// Busy polling: runs the device's receive processing once in this
+    /// thread, without sleeping. Does nothing unless [`busy_polling`].
+    ///
+    /// [`busy_polling`]: QueueIo::busy_polling
+    fn busy_poll(&mut self) {}
 
     /// Bytes of packet data `desc` describes.
     fn data_len(desc: &Self::Desc) -> usize;

@@ -50,6 +50,10 @@ pub struct SocketRings {
     pub(crate) comp: CompQueue,
     pub(crate) fd: RawFd,
     pub(crate) ifname: String,
+    /// Frames one TX kick sends at most (see [`raise_tx_budget`]).
+    pub(crate) tx_budget: u32,
+    /// Bound in zero-copy mode (the driver offered it), else copy mode.
+    pub(crate) zero_copy: bool,
 }
 
 impl SocketRings {
@@ -62,6 +66,64 @@ impl SocketRings {
     pub fn ifname(&self) -> &str {
         &self.ifname
     }
+
+    /// Frames one TX kick (sendto) sends at most.
+    pub fn tx_budget(&self) -> u32 {
+        self.tx_budget
+    }
+
+    /// Whether the socket is bound in zero-copy mode.
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+}
+
+/// The socket's bind mode, logged. The bind asks for neither
+/// `XDP_ZEROCOPY` nor `XDP_COPY`: the kernel binds zero-copy where the
+/// driver supports it and falls back to copy mode otherwise.
+fn bind_mode(fd: RawFd, ifname: &str, queue: u32) -> bool {
+    match super::sys::xdp_zero_copy(fd) {
+        Ok(zc) => {
+            let mode = if zc { "zero-copy" } else { "copy" };
+            tracing::info!(ifname, queue, mode, "AF_XDP socket bound");
+            zc
+        }
+        Err(e) => {
+            tracing::warn!(ifname, queue, "AF_XDP bind mode unknown (XDP_OPTIONS): {e}");
+            false
+        }
+    }
+}
+
+/// The kernel's copy-mode limit per sendto() (TX_BATCH_SIZE).
+pub const DEFAULT_TX_BUDGET: u32 = 32;
+
+/// Lets one copy-mode kick send up to a whole TX ring (`ring` frames)
+/// instead of 32 (`XDP_MAX_TX_SKB_BUDGET`, Linux 6.17+), so the worker
+/// kicks once per batch; returns the budget in use. A kernel that refuses
+/// keeps 32, and the worker kicks several times per batch as before.
+fn raise_tx_budget(fd: RawFd, ifname: &str, queue: u32, ring: u32) -> u32 {
+    match super::sys::set_tx_skb_budget(fd, ring) {
+        Ok(()) => {
+            tracing::info!(
+                ifname,
+                queue,
+                budget = ring,
+                "AF_XDP TX budget per kick raised"
+            );
+            ring
+        }
+        Err(e) => {
+            tracing::info!(
+                ifname,
+                queue,
+                error = %e,
+                "AF_XDP TX budget per kick stays {DEFAULT_TX_BUDGET} \
+                 (XDP_MAX_TX_SKB_BUDGET needs Linux 6.17+): several kicks per batch"
+            );
+            DEFAULT_TX_BUDGET
+        }
+    }
 }
 
 /// The UMEM of one queue and the sockets bound to it.
@@ -73,6 +135,8 @@ pub struct QueueSockets {
     pub(crate) wan: Option<SocketRings>,
     pub(crate) queue: u32,
     pub(crate) config: XskConfig,
+    /// Whether the worker busy-polls ([`QueueSockets::enable_busy_poll`]).
+    pub(crate) busy_poll: bool,
 }
 
 impl QueueSockets {
@@ -101,6 +165,7 @@ impl QueueSockets {
             wan: wan_rings,
             queue,
             config,
+            busy_poll: false,
         })
     }
 
@@ -117,6 +182,23 @@ impl QueueSockets {
     /// The queue index these sockets are bound to.
     pub fn queue(&self) -> u32 {
         self.queue
+    }
+
+    /// Preferred busy polling on the queue's sockets (`SO_PREFER_BUSY_POLL`,
+    /// `SO_BUSY_POLL`, `SO_BUSY_POLL_BUDGET` of a batch): the worker then
+    /// drives the devices' receive processing itself while traffic flows
+    /// instead of sleeping in poll(). The devices' interrupt deferral is
+    /// [`super::DeviceTuning`]'s.
+    pub fn enable_busy_poll(&mut self) -> std::io::Result<()> {
+        let budget = self.config.batch as u32;
+        for fd in [Some(self.lan.fd), self.wan.as_ref().map(|w| w.fd)]
+            .into_iter()
+            .flatten()
+        {
+            super::sys::set_busy_poll(fd, super::busy_poll::BUSY_POLL_USECS, budget)?;
+        }
+        self.busy_poll = true;
+        Ok(())
     }
 
     /// What a successor needs besides the fds ([`QueueSockets::handover_fds`])
@@ -200,6 +282,7 @@ impl QueueSockets {
             wan,
             queue: state.queue,
             config: state.config,
+            busy_poll: false,
         })
     }
 }
@@ -256,6 +339,10 @@ fn adopt_socket(
             reason: format!("adopting a handed-over socket: {e}"),
             cause: std::error::Error::source(&e).map(|s| s.to_string()),
         })?;
+    // The option is the socket's: a predecessor's setting survives, but
+    // setting it again is harmless and tells this process the budget.
+    let tx_budget = raise_tx_budget(raw, ifname, queue, size);
+    let zero_copy = bind_mode(raw, ifname, queue);
     Ok(SocketRings {
         tx,
         rx,
@@ -263,6 +350,8 @@ fn adopt_socket(
         comp,
         fd: raw,
         ifname: ifname.to_string(),
+        tx_budget,
+        zero_copy,
     })
 }
 
@@ -316,6 +405,8 @@ fn open_socket(
         cause: None,
     })?;
     let fd = rx.fd().as_raw_fd();
+    let tx_budget = raise_tx_budget(fd, ifname, queue, ring.get());
+    let zero_copy = bind_mode(fd, ifname, queue);
     Ok(SocketRings {
         tx,
         rx,
@@ -323,6 +414,8 @@ fn open_socket(
         comp,
         fd,
         ifname: ifname.to_string(),
+        tx_budget,
+        zero_copy,
     })
 }
 
@@ -407,6 +500,15 @@ impl QueueIo for QueueSockets {
     }
 
     #[inline]
+    fn tx_kick_budget(&self, side: Side) -> u32 {
+        self.side_ref(side).tx_budget
+    }
+
+    fn zero_copy(&self) -> bool {
+        self.lan.zero_copy && self.wan.as_ref().is_none_or(|w| w.zero_copy)
+    }
+
+    #[inline]
     fn fill_free(&mut self, side: Side, wanted: u32) -> u32 {
         self.side(side).fill.nb_free(wanted)
     }
@@ -449,6 +551,21 @@ impl QueueIo for QueueSockets {
 
     fn wait_readable(&self, timeout: Duration) {
         super::sys::poll_readable(self.lan.fd, self.wan.as_ref().map(|w| w.fd), timeout);
+    }
+
+    #[inline]
+    fn busy_polling(&self) -> bool {
+        self.busy_poll
+    }
+
+    fn busy_poll(&mut self) {
+        if !self.busy_poll {
+            return;
+        }
+        super::sys::busy_poll_once(self.lan.fd);
+        if let Some(w) = &self.wan {
+            super::sys::busy_poll_once(w.fd);
+        }
     }
 
     #[inline]

@@ -1,5 +1,5 @@
 //! The raw syscalls of the data path: poll(2) on a worker's sockets, CPU
-//! pinning, and a link's promiscuity.
+//! pinning, a link's promiscuity, and socket options xsk-rs does not set.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -84,4 +84,95 @@ pub fn promiscuous(ifindex: u32) -> std::io::Result<OwnedFd> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// `SOL_XDP` and `XDP_MAX_TX_SKB_BUDGET` (include/uapi/linux/if_xdp.h,
+/// Linux 6.17+): frames one copy-mode sendto() may transmit, instead of
+/// the kernel's fixed 32.
+const SOL_XDP: libc::c_int = 283;
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+/// `XDP_OPTIONS` and its `XDP_OPTIONS_ZEROCOPY` flag (linux/if_xdp.h).
+const XDP_OPTIONS: libc::c_int = 8;
+const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+
+/// Whether the AF_XDP socket `fd` is bound in zero-copy mode (else copy).
+pub(crate) fn xdp_zero_copy(fd: RawFd) -> std::io::Result<bool> {
+    let mut flags: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `flags` (struct xdp_options: one u32) and `len` are valid for
+    // writes across the call, and `len` is `flags`' size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            XDP_OPTIONS,
+            (&mut flags as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(flags & XDP_OPTIONS_ZEROCOPY != 0)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Raise the socket's copy-mode TX budget per kick to `budget` frames
+/// (the kernel allows 32 up to the TX ring's size). Kernels before 6.17
+/// answer ENOPROTOOPT.
+pub(crate) fn set_tx_skb_budget(fd: RawFd, budget: u32) -> std::io::Result<()> {
+    setsockopt_u32(fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, budget)
+}
+
+/// setsockopt(2) with a 4-byte integer value.
+pub(crate) fn setsockopt_u32(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: u32,
+) -> std::io::Result<()> {
+    // SAFETY: `value` is a valid u32 that lives across the call, and its
+    // size is what is passed; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Busy polling on socket `fd`: prefer it over interrupts
+/// (`SO_PREFER_BUSY_POLL`), spin up to `usecs` per call (`SO_BUSY_POLL`),
+/// `budget` packets per NAPI poll (`SO_BUSY_POLL_BUDGET`). Root (or
+/// CAP_NET_ADMIN) may set them above the system's defaults.
+pub(crate) fn set_busy_poll(fd: RawFd, usecs: u32, budget: u32) -> std::io::Result<()> {
+    setsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_PREFER_BUSY_POLL, 1)?;
+    setsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_BUSY_POLL, usecs)?;
+    setsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_BUSY_POLL_BUDGET, budget)
+}
+
+/// An empty non-blocking recvfrom(2): on an AF_XDP socket with busy
+/// polling it runs the device's NAPI poll in this thread, which moves
+/// received frames onto the RX ring. Errors (EAGAIN) mean nothing to do.
+pub(crate) fn busy_poll_once(fd: RawFd) {
+    // SAFETY: a zero-length receive into no buffer, with no address out:
+    // the kernel writes nothing to userspace memory.
+    unsafe {
+        libc::recvfrom(
+            fd,
+            std::ptr::null_mut(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
 }

@@ -55,10 +55,26 @@ pub struct WorkerShared {
     /// Loop turns so far: a worker that stops counting is stuck or gone
     /// (an idle one still turns every 10 ms). For health checks.
     turns: AtomicU64,
+    /// Frames one TX kick sends at most (see [`QueueFrames`]).
+    tx_kick_budget: AtomicU64,
+    /// The queue's sockets are bound zero-copy.
+    zero_copy: AtomicBool,
 }
 
 /// Counters per binding slot.
 const SLOT_STRIDE: usize = 3;
+
+/// Busy turns between two publications of the counters and the frame
+/// accounting. A busy turn moves at most one batch per socket (64 frames,
+/// some tens of microseconds), so the published state is at most a few
+/// milliseconds old, and `homeward health`'s turn counter moves well
+/// within its 200 ms.
+const PUBLISH_EVERY: u32 = 64;
+
+/// How long a busy-polling worker keeps polling without sleeping after
+/// the last frame it received: across the gaps of bursty traffic (tens of
+/// milliseconds), not forever on an idle link.
+pub const BUSY_POLL_LINGER_NS: u64 = 50_000_000;
 
 impl WorkerShared {
     /// Shared state for a worker serving a table of `slots` binding slots.
@@ -74,6 +90,8 @@ impl WorkerShared {
             capture: AtomicU64::new(0),
             tap: Mutex::new(None),
             turns: AtomicU64::new(0),
+            tx_kick_budget: AtomicU64::new(0),
+            zero_copy: AtomicBool::new(false),
         })
     }
 
@@ -132,6 +150,8 @@ impl WorkerShared {
                 queue,
                 snapshot.pipeline.encapsulated,
                 w.accounting.load(),
+                w.tx_kick_budget.load(Relaxed) as u32,
+                w.zero_copy.load(Relaxed),
             ));
         }
         (total, frames)
@@ -202,6 +222,13 @@ pub struct Worker<L: Lookup, R: QueueIo = QueueSockets> {
     reserve: usize,
     /// Loop turns, to read the kernel's socket counters now and then.
     iterations: u32,
+    /// Busy turns publish counters and accounting every this many turns
+    /// (idle turns always): the accounting reads all the rings' shared
+    /// indices, cache lines the kernel writes from another CPU.
+    publish_every: u32,
+    /// When (ns on `started`'s clock) the last frame was received: a busy-
+    /// polling worker keeps polling for [`BUSY_POLL_LINGER_NS`] after it.
+    last_rx_ns: u64,
     started: Instant,
     /// Completions seen at the last TX kick, and kicks since then that
     /// completed nothing.
@@ -324,6 +351,15 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         };
         // The per-slot first-packet times are on this clock.
         let started = shared.epoch;
+        let budget = if sockets.has_wan() {
+            sockets
+                .tx_kick_budget(Side::Lan)
+                .min(sockets.tx_kick_budget(Side::Wan))
+        } else {
+            sockets.tx_kick_budget(Side::Lan)
+        };
+        shared.tx_kick_budget.store(u64::from(budget), Relaxed);
+        shared.zero_copy.store(sockets.zero_copy(), Relaxed);
         let switchover = NeighborQueue::with_limits(
             xsk.frame_count as usize,
             config.switchover_total as usize,
@@ -340,6 +376,8 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             flow,
             reserve,
             iterations: 0,
+            publish_every: PUBLISH_EVERY,
+            last_rx_ns: 0,
             started,
             kicked_at: 0,
             fruitless_kicks: 0,
@@ -396,8 +434,22 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         self.transmit(Side::Lan, &mut s.lan_tx);
         self.transmit(Side::Wan, &mut s.wan_tx);
         self.refill();
-        self.publish();
-        if work == 0 {
+        // Idle turns publish too, unless busy polling: those come by the
+        // million.
+        let polling = work == 0 && self.lingering();
+        if (work == 0 && !polling) || self.iterations.is_multiple_of(self.publish_every) {
+            self.publish();
+        }
+        if polling {
+            self.sockets.busy_poll();
+            // Frames left on a TX ring by a busy kernel: a kick (which
+            // busy-polls too), as `idle` would.
+            if self.flow.tx_side() > 0 {
+                for &side in self.sides() {
+                    let _ = self.sockets.tx_wakeup(side);
+                }
+            }
+        } else if work == 0 {
             self.idle();
         }
     }
@@ -469,6 +521,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         }
         self.flow.received += n as u64;
         let now_ns = self.started.elapsed().as_nanos() as u64;
+        self.last_rx_ns = now_ns;
         let ingress = match side {
             Side::Lan => Port::Lan,
             Side::Wan => Port::Wan,
@@ -890,10 +943,11 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         }
         let size = self.sockets.config().ring_size;
         let rings = &mut self.sockets;
+        let budget = rings.tx_kick_budget(side).max(1) as usize;
         let mut room = rings.tx_free(side, pending.len() as u32) as usize;
-        // Copy mode sends at most 32 frames per kick (the kernel's
-        // TX_BATCH_SIZE): a ring still full of earlier frames gets a few
-        // more kicks before anything is dropped.
+        // Copy mode sends at most `budget` frames per kick (32, the
+        // kernel's TX_BATCH_SIZE, unless raised): a ring still full of
+        // earlier frames gets a few more kicks before anything is dropped.
         let mut kicks = 0;
         while room < pending.len() && kicks < 8 {
             let _ = rings.tx_wakeup(side);
@@ -905,11 +959,12 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         // they return on the completion ring.
         let sent = rings.tx_produce(side, &pending[..count]);
         if rings.tx_needs_wakeup(side) {
-            // One kick per 32 frames put on the ring. EAGAIN/ENOBUFS: the
-            // kernel is busy; the frames stay queued and are kicked again.
-            // Asking for the whole ring makes the count exact.
-            let queued = size.saturating_sub(rings.tx_free(side, size));
-            for _ in 0..queued.div_ceil(32).min(8) {
+            // One kick per `budget` frames on the ring: one with a raised
+            // budget. EAGAIN/ENOBUFS: the kernel is busy; the frames stay
+            // queued and are kicked again. Asking for the whole ring makes
+            // the count exact.
+            let queued = size.saturating_sub(rings.tx_free(side, size)) as usize;
+            for _ in 0..kicks_for(queued, budget) {
                 if rings.tx_wakeup(side).is_err() {
                     break;
                 }
@@ -1031,6 +1086,14 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         self.sockets.wait_readable(Duration::from_millis(wait));
     }
 
+    /// Whether a busy-polling worker polls on rather than sleeps: it
+    /// received a frame within [`BUSY_POLL_LINGER_NS`].
+    fn lingering(&self) -> bool {
+        self.sockets.busy_polling()
+            && (self.started.elapsed().as_nanos() as u64).saturating_sub(self.last_rx_ns)
+                < BUSY_POLL_LINGER_NS
+    }
+
     /// Stop: wait (bounded) for every transmission to complete.
     fn drain(&mut self, comp_descs: &mut [R::Desc]) {
         let deadline = Instant::now() + Duration::from_millis(500);
@@ -1099,6 +1162,12 @@ impl Produced {
             TxKind::Other
         }
     }
+}
+
+/// Kicks that send `queued` frames at `budget` frames a kick; at most 8
+/// per turn (the rest go at the next turn's kicks).
+fn kicks_for(queued: usize, budget: usize) -> usize {
+    queued.div_ceil(budget.max(1)).min(8)
 }
 
 /// The entries in all of `sockets`' rings.

@@ -36,7 +36,10 @@ impl Harness {
     fn adopt(queue: MemQueue) -> Harness {
         let (commands, receiver) = crossbeam::channel::unbounded();
         let shared = WorkerShared::new(16);
-        let worker = Worker::new(queue, config(), lookup(), receiver, shared.clone());
+        let mut worker = Worker::new(queue, config(), lookup(), receiver, shared.clone());
+        // Every turn, so each step's counters can be checked; the
+        // throttle has a test of its own.
+        worker.publish_every = 1;
         Harness {
             scratch: Scratch::new(worker.sockets.config().batch, worker.switchover.capacity()),
             worker,
@@ -899,5 +902,99 @@ fn a_super_frame_without_enough_free_frames_counts_no_free_frame() {
     );
     let c = h.counters();
     assert_eq!((c.no_free_frame, c.pipeline.segmented), (1, 1));
+    h.assert_conserved();
+}
+
+#[test]
+fn busy_turns_publish_every_so_often_and_idle_turns_always() {
+    let mut h = two_armed();
+    h.worker.publish_every = 4;
+    h.worker.iterations = 0;
+    let input = Ip::udp(LAN_HOST, VM, b"hello").frame();
+    // Turn 1, busy: not published yet.
+    h.forward(Side::Lan, &input);
+    assert_eq!(h.counters().pipeline.encapsulated, 0);
+    assert_eq!(h.shared.turns(), 0);
+    // Turns 2 and 3 busy, turn 4 busy: published.
+    for _ in 0..3 {
+        h.forward(Side::Lan, &input);
+    }
+    assert_eq!(h.counters().pipeline.encapsulated, 4);
+    assert_eq!(h.shared.turns(), 4);
+    // Turn 5 busy (not published), turn 6 idle (published).
+    h.forward(Side::Lan, &input);
+    assert_eq!(h.counters().pipeline.encapsulated, 4);
+    h.step();
+    h.step();
+    assert_eq!(h.counters().pipeline.encapsulated, 5);
+    assert!(h.shared.turns() >= 6);
+    h.assert_conserved();
+}
+
+#[test]
+fn one_kick_per_batch_with_a_raised_tx_budget() {
+    let xsk = XskConfig {
+        frame_count: 1024,
+        frame_size: 2048,
+        ring_size: 256,
+        batch: 64,
+    };
+    for (budget, kicks) in [(32, 2), (256, 1)] {
+        let mut q = MemQueue::new(xsk, false);
+        q.tx_budget = budget;
+        let mut h = Harness::over(q, config());
+        assert_eq!(
+            h.shared.tx_kick_budget.load(Relaxed),
+            budget as u64,
+            "the budget in use is shared"
+        );
+        for i in 0..64u8 {
+            h.q()
+                .receive(Side::Lan, &Ip::udp(LAN_HOST, VM, &[i; 16]).frame());
+        }
+        let before = h.q().socket(Side::Wan).kicks;
+        h.step();
+        assert_eq!(
+            h.q().socket(Side::Wan).kicks - before,
+            kicks,
+            "budget {budget}"
+        );
+        assert_eq!(h.q().take_wire(Side::Wan).len(), 64, "all sent");
+        h.assert_conserved();
+    }
+}
+
+#[test]
+fn kicks_cover_the_queue_at_the_budget_and_stop_at_eight() {
+    assert_eq!(kicks_for(0, 32), 0);
+    assert_eq!(kicks_for(1, 32), 1);
+    assert_eq!(kicks_for(64, 32), 2);
+    assert_eq!(kicks_for(64, 2048), 1);
+    assert_eq!(kicks_for(2048, 32), 8);
+    assert_eq!(kicks_for(5, 0), 5, "a zero budget counts as one");
+}
+
+#[test]
+fn a_busy_polling_worker_polls_instead_of_sleeping_while_traffic_is_recent() {
+    let mut q = MemQueue::new(XSK, false);
+    q.busy = true;
+    let mut h = Harness::over(q, config());
+    // Nothing received yet (the last frame "at" 0 ns, just now): polls.
+    h.forward(Side::Lan, &Ip::udp(LAN_HOST, VM, b"hello").frame());
+    let waits = h.q().waits.get();
+    for _ in 0..3 {
+        h.step();
+    }
+    assert_eq!(h.q().waits.get(), waits, "no sleep while lingering");
+    assert!(h.q().polls >= 2, "idle turns busy-poll");
+    assert_eq!(h.q().take_wire(Side::Wan).len(), 1);
+    // Long after the last frame: sleeps in poll() again.
+    h.worker.started = Instant::now()
+        .checked_sub(Duration::from_secs(1))
+        .expect("a second of uptime");
+    let polls = h.q().polls;
+    h.step();
+    assert!(h.q().waits.get() > waits, "sleeps once traffic stopped");
+    assert_eq!(h.q().polls, polls);
     h.assert_conserved();
 }
