@@ -168,9 +168,9 @@ struct Args {
     /// Also write the results (markdown) here.
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Spread the traffic over this many bound VMs: VM and the addresses
-    /// after it (10.200.0.10 on; lan0 becomes 10.200.0.1/11 so all are on
-    /// the home link), bound in homeward with `bind --file` and in (c)'s
+    /// Spread the traffic over this many bound VMs: 10.208.0.1 and the
+    /// addresses after it (lan0 becomes 10.200.0.1/11 so all are on the
+    /// home link; VM stays bound too), bound in homeward with `bind --file` and in (c)'s
     /// map; the generator picks each frame's VM pseudo-randomly.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     vms: u32,
@@ -268,7 +268,10 @@ fn run(args: &Args) -> Result<()> {
     let sink = Sink::load()?;
     let redirect = Baseline::load(BaselineKind::Redirect)?;
     let ipip = Baseline::load(BaselineKind::Ipip)?;
-    ipip.bind_block(netns::VM, args.vms, netns::CARE_OF)?;
+    ipip.bind(netns::VM, netns::CARE_OF)?;
+    if args.vms > 1 {
+        ipip.bind_block(VM_BLOCK, args.vms, netns::CARE_OF)?;
+    }
 
     if args.external {
         return external(args, &sink, &redirect, &ipip, &scratch.0);
@@ -635,7 +638,11 @@ impl Env<'_> {
             lab.gen_if.mac,
             &Ipv4Spec {
                 src: netns::GEN_ADDR,
-                dst: netns::VM,
+                dst: if self.args.vms > 1 {
+                    VM_BLOCK
+                } else {
+                    netns::VM
+                },
                 protocol: 17,
                 ttl: 64,
                 df: true,
@@ -958,9 +965,9 @@ impl HomewardProc {
             } else {
                 &[][..]
             })
-            .args(if args.vms > 65536 {
+            .args(if args.vms >= 65536 {
                 let config = scratch.join(format!("homeward-q{}.toml", lab.queues));
-                std::fs::write(&config, format!("max_bindings = {}\n", args.vms))?;
+                std::fs::write(&config, format!("max_bindings = {}\n", args.vms + 1))?;
                 vec![
                     "--config".to_string(),
                     config.to_string_lossy().into_owned(),
@@ -1043,8 +1050,8 @@ impl HomewardProc {
     fn bind_block(&self, scratch: &Path, vms: u32) -> Result<()> {
         let pid = self.child.as_ref().map_or(0, |c| c.id());
         let mut text = String::with_capacity(vms as usize * 28);
-        for i in 1..vms {
-            let vm = std::net::Ipv4Addr::from(u32::from(netns::VM) + i);
+        for i in 0..vms {
+            let vm = std::net::Ipv4Addr::from(u32::from(VM_BLOCK) + i);
             let _ = writeln!(text, "{vm} {}", netns::CARE_OF);
         }
         let file = scratch.join("bind-block.txt");
@@ -1057,8 +1064,9 @@ impl HomewardProc {
         // go out before the measurement.
         thread::sleep(Duration::from_secs(2));
         let rss1 = rss_kib(pid);
-        let maps = bpf_map_bytes(pid, vms.max(65536));
-        let slots = dataplane::table::slots_for(vms.max(65536) as usize);
+        let max = if vms >= 65536 { vms + 1 } else { 65536 };
+        let maps = bpf_map_bytes(pid, max);
+        let slots = dataplane::table::slots_for(max as usize);
         let n = f64::from(vms);
         eprintln!(
             "   --vms {vms}: {} in {:.2} s; homeward RSS {} -> {} MiB ({:.0} B per binding); \
@@ -1467,6 +1475,10 @@ fn now_utc() -> String {
     let y = yoe + era * 400 + i64::from(mo <= 2);
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
 }
+
+/// First of the `--vms` block (10.208.0.1 up to 10.223.66.64 for 1M):
+/// inside lan0's /11, clear of the lab's other addresses.
+const VM_BLOCK: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 208, 0, 1);
 
 /// VmRSS of `pid`, KiB (0 if unknown).
 fn rss_kib(pid: u32) -> u64 {

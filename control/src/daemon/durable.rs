@@ -111,6 +111,18 @@ pub fn bind_many<S: SteeringMaps, N: NextHops>(
     now: Now,
     lines: &[BindLine],
 ) -> Result<BindManyOutcome, String> {
+    bindings.set_bulk(true);
+    let result = bind_batches(bindings, store, now, lines);
+    bindings.set_bulk(false);
+    result
+}
+
+fn bind_batches<S: SteeringMaps, N: NextHops>(
+    bindings: &mut Bindings<S, N>,
+    store: &mut dyn Store,
+    now: Now,
+    lines: &[BindLine],
+) -> Result<BindManyOutcome, String> {
     let mut done = BindManyOutcome::default();
     for batch in lines.chunks(BIND_BATCH) {
         let mut applied = Vec::with_capacity(batch.len());

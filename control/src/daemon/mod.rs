@@ -532,7 +532,7 @@ impl Daemon {
         // holds the control loop for at most this long per read.
         let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
         let mut text = Vec::with_capacity(bytes as usize);
-        if let Err(e) = (&*conn).take(bytes).read_to_end(&mut text) {
+        if let Err(e) = conn.take(bytes).read_to_end(&mut text) {
             return Reply::err(format!("cannot read the bind file: {e}"));
         }
         if text.len() as u64 != bytes {
