@@ -284,8 +284,9 @@ impl<const W: usize> std::fmt::Debug for SeqMapWriter<W> {
 impl<const W: usize> SeqMapWriter<W> {
     fn slot(&self, idx: usize) -> &Slot<W> {
         // `idx` is always below `geo.slots == slots.len()` (`home`, `next`,
-        // `prev`); the modulo keeps even a bug from indexing out of range.
-        &self.shared.slots[idx % self.geo.slots]
+        // `prev`); the clamp (a compare, not a division: this is on every
+        // probe step) keeps even a bug from indexing out of range.
+        &self.shared.slots[idx.min(self.geo.slots - 1)]
     }
 
     fn probe(&self, key: u32) -> Probe {
