@@ -948,6 +948,12 @@ impl HomewardProc {
         let socket = scratch.join(format!("homeward-q{}.sock", lab.queues));
         let log = scratch.join(format!("homeward-q{}.log", lab.queues));
         let _ = std::fs::remove_file(&socket);
+        if args.vms > 1 {
+            // Each start binds the block afresh: restoring a million
+            // stored bindings would outlast the start-up wait.
+            let _ =
+                std::fs::remove_dir_all(scratch.join(format!("homeward-q{}.state", lab.queues)));
+        }
         let logf = std::fs::File::create(&log)?;
         let mut cmd = lab.ha.command(&bin.to_string_lossy());
         cmd.args(["run", "--lan", "lan0", "--wan", "wan0", "--address"])
