@@ -25,7 +25,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
 	__type(value, __u32);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 1 << 20); /* forward --vms up to 1M */
 } bound_vms SEC(".maps");
 
 /* Per-CPU Identification counter. */

@@ -15,6 +15,12 @@
  * flows (veth picks the receive queue by the sending CPU, not by flow; real
  * NICs hash the ports). UDP checksum 0 (none).
  *
+ * Destinations: with `vm_count` > 1 the IPv4 destination is the template's
+ * plus an offset in [0, vm_count), a multiplicative hash of the sequence
+ * number scaled to the count (every VM of the block gets traffic, in an
+ * order that defeats the caches like real traffic to many VMs); the IPv4
+ * checksum is updated incrementally (RFC 1624).
+ *
  * Pacing: if `rate_pps` is set, a per-CPU token bucket; the clock is read
  * only when the credit is spent, and then only every `clock_mask + 1`
  * iterations (reading the clock every iteration is costly on this VM).
@@ -39,8 +45,10 @@ struct gen_config {
 	__u32 flow_mask; /* source port = sport_base + (seq & flow_mask) */
 	__u32 sport_base;
 	__u32 stamp; /* 1: write bpf_ktime_get_ns into every sent payload */
+	__u32 vm_count; /* destinations: template's .. + vm_count - 1; 0 or 1: one */
+	__u32 _pad;
 };
-_Static_assert(sizeof(struct gen_config) == 80, "mirrored in benches/src/bpf.rs");
+_Static_assert(sizeof(struct gen_config) == 88, "mirrored in benches/src/bpf.rs");
 
 struct gen_state {
 	__u64 sent; /* XDP_TX verdicts */
@@ -140,6 +148,22 @@ int gen(struct xdp_md *ctx)
 	seq = (__u32)st->sent;
 	udp = data + sizeof(struct ethhdr) + sizeof(struct iphdr);
 	udp->source = bpf_htons((__u16)(cfg->sport_base + (seq & cfg->flow_mask)));
+	if (cfg->vm_count > 1) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+		/* Fibonacci hash of the sequence, scaled to the count. */
+		__u32 off = (__u32)(((__u64)(seq * 2654435769U) * cfg->vm_count) >> 32);
+		__u32 old = bpf_ntohl(ip->daddr);
+		__u32 new = old + off;
+		__u32 sum;
+
+		ip->daddr = bpf_htonl(new);
+		/* RFC 1624: HC' = ~(~HC + ~m + m'), 16-bit words. */
+		sum = (~bpf_ntohs(ip->check) & 0xffff) + (~old >> 16 & 0xffff) +
+		      (~old & 0xffff) + (new >> 16) + (new & 0xffff);
+		sum = (sum & 0xffff) + (sum >> 16);
+		sum = (sum & 0xffff) + (sum >> 16);
+		ip->check = bpf_htons(~sum & 0xffff);
+	}
 	pl = data + HDR_LEN;
 	pl->magic = bpf_htonl(GEN_MAGIC);
 	pl->seq = seq;

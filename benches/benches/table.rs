@@ -1,7 +1,9 @@
 //! Binding table (`dataplane::table`): lookup hit, lookup miss, update
 //! (insert + remove of a fresh binding, and replacing a binding's care-of
 //! address) at 1k bindings (2048 slots) and 1M bindings (2^21 slots: 96 MiB),
-//! both at about half load; and a lookup hit while a writer thread churns
+//! both at about half load, and 1M bindings in the daemon's sizing
+//! (`binding_table_for`: 1.25M slots, 60 MB, 80 % load: `table_1M_for`);
+//! and a lookup hit while a writer thread churns
 //! the same table (readers never block: the cost is the cache-line traffic
 //! and the occasional retry).
 //!
@@ -20,15 +22,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dataplane::table::{binding_table, Binding, TableReader, TableWriter};
+use dataplane::table::{binding_table, binding_table_for, Binding, TableReader, TableWriter};
 
 const BASE: u32 = 0x0a00_0000; // 10.0.0.0
 const MISS_BASE: u32 = 0x6400_0000; // 100.0.0.0: never bound
 const CARE_OF: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 
-/// Bound keys are BASE + 1 ..= BASE + n.
-fn table(n: u32, capacity: usize) -> (TableWriter, TableReader) {
-    let (mut w, r) = binding_table(capacity);
+/// Bound keys are BASE + 1 ..= BASE + n; `capacity` slots (rounded up to a
+/// power of two), or `None`: the daemon's sizing for `n` bindings.
+fn table(n: u32, capacity: Option<usize>) -> (TableWriter, TableReader) {
+    let (mut w, r) = match capacity {
+        Some(c) => binding_table(c),
+        None => binding_table_for(n as usize),
+    };
     for i in 1..=n {
         w.insert(Binding {
             vm: Ipv4Addr::from(BASE + i),
@@ -52,7 +58,11 @@ fn walk(n: u32) -> impl FnMut() -> u32 {
 }
 
 fn bench_table(c: &mut Criterion) {
-    for (label, n, cap) in [("1k", 1_000u32, 2048usize), ("1M", 1_000_000, 1 << 21)] {
+    for (label, n, cap) in [
+        ("1k", 1_000u32, Some(2048usize)),
+        ("1M", 1_000_000, Some(1 << 21)),
+        ("1M_for", 1_000_000, None),
+    ] {
         let (mut w, r) = table(n, cap);
         let mut g = c.benchmark_group(format!("table_{label}"));
         g.throughput(Throughput::Elements(1));
@@ -138,7 +148,7 @@ fn bench_table(c: &mut Criterion) {
 /// iteration is that round trip, an upper bound on the time from update to
 /// visibility (the target is 1 ms).
 fn bench_visibility(c: &mut Criterion) {
-    let (mut w, r) = table(1_000, 2048);
+    let (mut w, r) = table(1_000, Some(2048));
     let vm = Ipv4Addr::from(BASE + 1);
     let seen = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

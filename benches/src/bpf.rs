@@ -110,12 +110,15 @@ pub struct GenConfig {
     pub sport_base: u16,
     /// Write the send time into every payload (for latency).
     pub stamp: bool,
+    /// Destinations: the template's and the next `vm_count - 1` addresses,
+    /// spread pseudo-randomly over the frames (0 or 1: the template's).
+    pub vm_count: u32,
 }
 
 impl GenConfig {
-    /// The 80 bytes of `struct gen_config`.
-    pub fn to_bytes(&self) -> [u8; 80] {
-        let mut b = [0u8; 80];
+    /// The 88 bytes of `struct gen_config`.
+    pub fn to_bytes(&self) -> [u8; 88] {
+        let mut b = [0u8; 88];
         b[..self.headers.len()].copy_from_slice(&self.headers);
         b[48..56].copy_from_slice(&self.rate_pps.to_ne_bytes());
         b[56..64].copy_from_slice(&self.burst.to_ne_bytes());
@@ -123,6 +126,7 @@ impl GenConfig {
         b[68..72].copy_from_slice(&self.flow_mask.to_ne_bytes());
         b[72..76].copy_from_slice(&u32::from(self.sport_base).to_ne_bytes());
         b[76..80].copy_from_slice(&u32::from(self.stamp).to_ne_bytes());
+        b[80..84].copy_from_slice(&self.vm_count.to_ne_bytes());
         b
     }
 }
@@ -348,6 +352,21 @@ impl Baseline {
             .map_err(ctx("writing the DEVMAP"))
     }
 
+    /// Binds `vms` addresses from `first` on, all to `care_of` (IP-in-IP
+    /// baseline only; no-op otherwise): the map holds up to 2^20.
+    pub fn bind_block(&self, first: Ipv4Addr, vms: u32, care_of: Ipv4Addr) -> Result<()> {
+        if self.kind != BaselineKind::Ipip {
+            return Ok(());
+        }
+        let m = map(&self.obj, "bound_vms")?;
+        for i in 0..vms {
+            let vm = Ipv4Addr::from(u32::from(first).wrapping_add(i));
+            m.update(&vm.octets(), &care_of.octets())
+                .map_err(ctx("writing bound_vms"))?;
+        }
+        Ok(())
+    }
+
     /// Binds `vm` to `care_of` (IP-in-IP baseline only; no-op otherwise).
     pub fn bind(&self, vm: Ipv4Addr, care_of: Ipv4Addr) -> Result<()> {
         if self.kind != BaselineKind::Ipip {
@@ -386,6 +405,7 @@ mod tests {
             flow_mask: 4,
             sport_base: 5,
             stamp: true,
+            vm_count: 6,
         };
         let b = c.to_bytes();
         assert_eq!(&b[..42], &[0xab; 42]);
@@ -396,6 +416,8 @@ mod tests {
         assert_eq!(b[68], 4);
         assert_eq!(b[72], 5);
         assert_eq!(b[76], 1);
+        assert_eq!(b[80], 6);
+        assert_eq!(&b[84..], &[0; 4]);
     }
 
     #[test]

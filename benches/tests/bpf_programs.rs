@@ -72,6 +72,7 @@ fn gen_config(template: &[u8], rate_pps: u64, stamp: bool) -> GenConfig {
         flow_mask: 255,
         sport_base: 10000,
         stamp,
+        vm_count: 1,
     }
 }
 
@@ -126,6 +127,28 @@ fn generator_writes_its_frames_and_paces() {
     let (action, _) = bpf::run_once(gen.prog_fd(), &[0u8; 50]).unwrap();
     assert_eq!(action, 0);
     assert_eq!(gen.stats().unwrap().short_frames, 1);
+
+    generator_spreads_destinations(&gen, &tpl, &garbage);
+}
+
+/// `vm_count`: destinations spread over the block from the template's,
+/// every frame with a valid IPv4 checksum.
+fn generator_spreads_destinations(gen: &Generator, tpl: &[u8], garbage: &[u8]) {
+    let mut cfg = gen_config(tpl, 0, false);
+    cfg.vm_count = 1000;
+    gen.configure(&cfg).unwrap();
+    gen.reset().unwrap();
+    let base = u32::from_be_bytes(tpl[30..34].try_into().unwrap());
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4000 {
+        let (action, out) = bpf::run_once(gen.prog_fd(), garbage).unwrap();
+        assert_eq!(action, XDP_TX);
+        let dst = u32::from_be_bytes(out[30..34].try_into().unwrap());
+        assert!((base..base + 1000).contains(&dst), "dst {dst:#x}");
+        assert_eq!(checksum(&out[ETH_LEN..ETH_LEN + IPV4_LEN]), 0);
+        seen.insert(dst);
+    }
+    assert!(seen.len() > 900, "{} of 1000 VMs got traffic", seen.len());
 }
 
 /// homeward's pipeline encapsulating `frame` toward CARE_OF via SINK_MAC.

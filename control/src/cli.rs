@@ -37,9 +37,16 @@ pub enum Command {
     /// Bind a VM's home address to a care-of address (the foreign hypervisor).
     Bind {
         /// The VM's home address.
-        vm: Ipv4Addr,
+        #[arg(required_unless_present = "file")]
+        vm: Option<Ipv4Addr>,
         /// Where the VM is now: the foreign hypervisor's address.
-        care_of: Ipv4Addr,
+        #[arg(required_unless_present = "file")]
+        care_of: Option<Ipv4Addr>,
+        /// Bind every line of FILE (`VM CARE_OF [LIFETIME]`, `#` comments)
+        /// at once: applied and committed in batches, answered once; a
+        /// refused line stops it there, its batch undone. `-` reads stdin.
+        #[arg(long, conflicts_with_all = ["vm", "care_of", "lifetime", "vm_mac"])]
+        file: Option<PathBuf>,
         /// Seconds until the binding expires (default: never).
         #[arg(long)]
         lifetime: Option<u32>,

@@ -22,17 +22,27 @@ pub fn connect(socket: &Path) -> Result<UnixStream, Error> {
 
 /// Sends one request and returns the daemon's result.
 pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value, Error> {
+    request_with_body(socket, req, &[], Duration::from_secs(10))
+}
+
+/// Sends one request line followed by `body` (a `bind_many` file), and
+/// waits up to `wait` for the answer.
+pub fn request_with_body(
+    socket: &Path,
+    req: &Request,
+    body: &[u8],
+    wait: Duration,
+) -> Result<serde_json::Value, Error> {
     let stream = connect(socket)?;
     let io = |e| Error::Socket {
         path: socket.into(),
         source: e,
     };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(io)?;
+    stream.set_read_timeout(Some(wait)).map_err(io)?;
     let mut line = serde_json::to_string(req).map_err(|e| Error::Protocol(e.to_string()))?;
     line.push('\n');
     (&stream).write_all(line.as_bytes()).map_err(io)?;
+    (&stream).write_all(body).map_err(io)?;
     let mut answer = String::new();
     BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
     let reply: Reply =

@@ -89,7 +89,7 @@ pub struct FileConfig {
     pub mss_clamp: Option<bool>,
     pub ttl: Option<u8>,
     pub socket: Option<PathBuf>,
-    /// Capacity of the binding table (rounded up to a power of two).
+    /// Bindings the data path holds (table: 4 slots per 3; BPF maps: this).
     pub max_bindings: Option<u32>,
     /// ICMP errors per second the data path may send (per queue).
     pub icmp_rate: Option<u32>,

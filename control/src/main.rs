@@ -74,11 +74,43 @@ fn run(command: Command) -> Result<ExitCode, Error> {
         }
         Command::Agent(args) => Ok(report_teardown(&agent::run(&args)?)),
         Command::Bind {
-            vm,
-            care_of,
+            file: Some(file),
+            socket,
+            ..
+        } => {
+            let body = if file.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                    .map_err(|e| Error::Invalid(format!("cannot read stdin: {e}")))?;
+                b
+            } else {
+                std::fs::read(&file)
+                    .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", file.display())))?
+            };
+            let r = client::request_with_body(
+                &socket,
+                &Request::BindMany {
+                    bytes: body.len() as u64,
+                },
+                &body,
+                std::time::Duration::from_secs(600),
+            )?;
+            let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+            println!(
+                "bound {} new, rebound {} ({:.2} s)",
+                n("created"),
+                n("updated"),
+                r.get("seconds").and_then(Value::as_f64).unwrap_or(0.0)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bind {
+            vm: Some(vm),
+            care_of: Some(care_of),
             lifetime,
             vm_mac,
             socket,
+            ..
         } => {
             if let Some(m) = &vm_mac {
                 if proto::parse_mac(m).is_none() {
@@ -101,6 +133,9 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bind { .. } => Err(Error::Invalid(
+            "bind needs VM CARE_OF, or --file FILE".into(),
+        )),
         Command::Unbind { vm, socket } => {
             client::request(&socket, &Request::Unbind { vm })?;
             println!("unbound {vm}");

@@ -21,6 +21,12 @@ pub enum Request {
     Unbind {
         vm: Ipv4Addr,
     },
+    /// `homeward bind --file`: the request line is followed by `bytes`
+    /// bytes of a bind file (see `daemon::durable::parse_bind_file`),
+    /// answered once, when every binding is applied and committed.
+    BindMany {
+        bytes: u64,
+    },
     List {},
     Stats {},
     /// `homeward capture`: answered with a reply line, then a pcapng

@@ -21,8 +21,8 @@
 //! # Design
 //!
 //! The core is [`SeqMap`](seqmap): a fixed-capacity open-addressing hash
-//! table (capacity a power of two chosen at creation; [`binding_table`]
-//! rounds up) with linear probing, mapping a nonzero `u32` key to `[u64; W]`.
+//! table (a slot count fixed at creation: [`binding_table`] rounds up to a
+//! power of two, [`binding_table_for`] sizes for 75 % load) with linear probing, mapping a nonzero `u32` key to `[u64; W]`.
 //! The binding table is a `SeqMap<2>`; [`crate::neigh`] reuses it for its
 //! next-hop maps.
 //!
@@ -70,7 +70,8 @@
 //!   only when the writer made progress during its read (two `seq` stores
 //!   per update, a few nanoseconds apart): lookups are lock-free and in
 //!   practice wait-free. The price is writing each value twice and twice the
-//!   value memory (48 bytes per slot for `W = 2`: 96 MiB at 2M slots).
+//!   value memory (48 bytes per slot for `W = 2`: 64 MB for 1M bindings in
+//!   [`binding_table_for`]'s 4/3 M slots).
 //! * *Visibility.* An update is visible as soon as its step-3 store is
 //!   (immediately on x86); a reader that synchronises with the writer after
 //!   `insert` returned (loom checks this) cannot see the old value.
@@ -111,14 +112,34 @@ mod sync;
 mod loom_model;
 
 pub use seqmap::{
-    home_slot, seq_map, SeqMapError, SeqMapReader, SeqMapWriter, EMPTY, MAX_CAPACITY, MAX_PROBE,
-    TOMBSTONE,
+    home_slot, seq_map, seq_map_exact, slot_bytes, SeqMapError, SeqMapReader, SeqMapWriter, EMPTY,
+    MAX_CAPACITY, MAX_PROBE, TOMBSTONE,
 };
 
 use std::net::Ipv4Addr;
 
 /// Default number of slots for [`binding_table`] callers without an opinion.
 pub const DEFAULT_CAPACITY: usize = 65536;
+
+/// Bytes per slot of the binding table.
+pub const SLOT_BYTES: usize = slot_bytes::<2>();
+
+/// Slots [`binding_table_for`] gives `max_bindings` bindings: 4 slots per 3
+/// bindings (at most 75 % full), at least 64.
+///
+/// Why 75 %: with Fibonacci hashing the hosts of a subnet spread almost
+/// evenly (a probe of one or two slots even when full). For random
+/// addresses linear probing at 75 % load averages 2.5 slots per hit and
+/// 8.5 per miss, and the worst displacement of 1M random keys stays near
+/// 250, under [`MAX_PROBE`] (`seqmap::tests::random_keys_at_full_load`); at
+/// 80 % it passes 300. 48-byte slots make this 64 bytes per binding; the
+/// power-of-two sizing it replaces (twice the bindings, rounded up) cost
+/// 96 at 1M.
+pub fn slots_for(max_bindings: usize) -> usize {
+    max_bindings
+        .saturating_add(max_bindings / 3)
+        .clamp(64, MAX_CAPACITY)
+}
 
 /// Where a VM is now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -175,9 +196,17 @@ fn decode(vm: Ipv4Addr, words: [u64; 2]) -> Binding {
 
 /// Creates a binding table of `capacity` slots (rounded up to a power of
 /// two, at most [`MAX_CAPACITY`]) and returns its only writer and a reader.
-/// Memory: 48 bytes per slot, allocated up front.
+/// Memory: [`SLOT_BYTES`] (48) per slot, allocated up front.
 pub fn binding_table(capacity: usize) -> (TableWriter, TableReader) {
     let (w, r) = seq_map::<2>(capacity);
+    (TableWriter { map: w }, TableReader { map: r })
+}
+
+/// Creates a binding table for up to `max_bindings` bindings: exactly
+/// [`slots_for`]`(max_bindings)` slots ([`SLOT_BYTES`] each, allocated up
+/// front).
+pub fn binding_table_for(max_bindings: usize) -> (TableWriter, TableReader) {
+    let (w, r) = seq_map_exact::<2>(slots_for(max_bindings));
     (TableWriter { map: w }, TableReader { map: r })
 }
 
@@ -229,6 +258,11 @@ impl TableWriter {
     /// Number of slots.
     pub fn capacity(&self) -> usize {
         self.map.capacity()
+    }
+
+    /// Bytes of the slot array (allocated up front, whatever the load).
+    pub fn memory_bytes(&self) -> usize {
+        self.map.capacity() * SLOT_BYTES
     }
 
     /// All bindings with their slots, in slot order.
@@ -409,11 +443,14 @@ mod tests {
         assert_eq!(seen.len(), n);
     }
 
-    /// 1M bindings in 2M slots (the benchmark's size) fit, and every one is
-    /// found.
+    /// 1M bindings fit in the table sized for them (4/3 M slots, 64 bytes
+    /// per binding), and every one is found.
     #[test]
     fn million_bindings() {
-        let (mut w, r) = binding_table(2 << 20);
+        let (mut w, r) = binding_table_for(1_000_000);
+        assert_eq!(w.capacity(), 1_333_333);
+        assert_eq!(SLOT_BYTES, 48);
+        assert!(w.memory_bytes() <= 64 * 1_000_000);
         let base = u32::from(ip("10.0.0.0"));
         for i in 1..=1_000_000u32 {
             let x = Binding {

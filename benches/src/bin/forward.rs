@@ -202,6 +202,12 @@ struct Args {
     /// Bursty traffic: extra idle milliseconds after each call.
     #[arg(long, default_value_t = 0)]
     call_gap_ms: u64,
+    /// Spread the traffic over this many bound VMs: 10.208.0.1 and the
+    /// addresses after it (lan0 becomes 10.200.0.1/11 so all are on the
+    /// home link; VM stays bound too), bound in homeward with `bind --file` and in (c)'s
+    /// map; the generator picks each frame's VM pseudo-randomly.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    vms: u32,
 }
 
 fn main() {
@@ -297,6 +303,9 @@ fn run(args: &Args) -> Result<()> {
     let redirect = Baseline::load(BaselineKind::Redirect)?;
     let ipip = Baseline::load(BaselineKind::Ipip)?;
     ipip.bind(netns::VM, netns::CARE_OF)?;
+    if args.vms > 1 {
+        ipip.bind_block(VM_BLOCK, args.vms, netns::CARE_OF)?;
+    }
 
     if args.external {
         return external(args, &sink, &redirect, &ipip, &scratch.0);
@@ -358,6 +367,14 @@ fn run(args: &Args) -> Result<()> {
         }
         eprintln!("== {queues} queue(s): building the lab");
         let lab = Lab::new(queues, args.wan_mtu)?;
+        if args.vms > 1 {
+            // The VM block reaches 10.215.x: a /11 holds it without its
+            // network or broadcast address (homeward refuses to bind those).
+            lab.ha
+                .ip(&["addr", "del", "10.200.0.1/24", "dev", "lan0"])?;
+            lab.ha
+                .ip(&["addr", "add", "10.200.0.1/11", "dev", "lan0"])?;
+        }
         if args.threaded_napi {
             // The home agent's receive work on the last CPU, the sink's with
             // the generator on the first (1 queue: the generator is on CPU 0).
@@ -535,6 +552,7 @@ fn calibrate(lab: &Lab, gen: &Generator) -> Result<Duration> {
         flow_mask: 0,
         sport_base: 0,
         stamp: false,
+        vm_count: 1,
     })?;
     let _g = lab.gen.enter()?;
     let mut best = Duration::MAX;
@@ -667,7 +685,11 @@ impl Env<'_> {
             lab.gen_if.mac,
             &Ipv4Spec {
                 src: netns::GEN_ADDR,
-                dst: netns::VM,
+                dst: if self.args.vms > 1 {
+                    VM_BLOCK
+                } else {
+                    netns::VM
+                },
                 protocol: 17,
                 ttl: 64,
                 df: true,
@@ -687,6 +709,7 @@ impl Env<'_> {
             flow_mask: self.args.flows - 1,
             sport_base: 10000,
             stamp: latency,
+            vm_count: self.args.vms,
         };
         self.gen.configure(&cfg)?;
         self.gen.reset()?;
@@ -1274,6 +1297,12 @@ impl HomewardProc {
         let socket = scratch.join(format!("homeward-q{}.sock", lab.queues));
         let log = scratch.join(format!("homeward-q{}.log", lab.queues));
         let _ = std::fs::remove_file(&socket);
+        if args.vms > 1 {
+            // Each start binds the block afresh: restoring a million
+            // stored bindings would outlast the start-up wait.
+            let _ =
+                std::fs::remove_dir_all(scratch.join(format!("homeward-q{}.state", lab.queues)));
+        }
         let logf = std::fs::File::create(&log)?;
         let mut cmd = lab.ha.command(&bin.to_string_lossy());
         cmd.args(["run", "--lan", "lan0", "--wan", "wan0", "--address"])
@@ -1290,6 +1319,16 @@ impl HomewardProc {
                 &["--metrics", METRICS][..]
             } else {
                 &[][..]
+            })
+            .args(if args.vms >= 65536 {
+                let config = scratch.join(format!("homeward-q{}.toml", lab.queues));
+                std::fs::write(&config, format!("max_bindings = {}\n", args.vms + 1))?;
+                vec![
+                    "--config".to_string(),
+                    config.to_string_lossy().into_owned(),
+                ]
+            } else {
+                vec![]
             })
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -1346,6 +1385,9 @@ impl HomewardProc {
             }
             thread::sleep(Duration::from_millis(50));
         }
+        if args.vms > 1 {
+            h.bind_block(scratch, args.vms)?;
+        }
         Ok(h)
     }
 
@@ -1353,6 +1395,48 @@ impl HomewardProc {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Binds the VMs after VM (`--vms`) with one `bind --file`, and prints
+    /// what it took and the memory per binding: the process's RSS growth
+    /// (table slots are allocated at start, so this is the control plane's
+    /// records plus the table pages first touched), the table's slots, and
+    /// the kernel's count of the BPF maps' memory (fdinfo `memlock`).
+    fn bind_block(&self, scratch: &Path, vms: u32) -> Result<()> {
+        let pid = self.child.as_ref().map_or(0, |c| c.id());
+        let mut text = String::with_capacity(vms as usize * 28);
+        for i in 0..vms {
+            let vm = std::net::Ipv4Addr::from(u32::from(VM_BLOCK) + i);
+            let _ = writeln!(text, "{vm} {}", netns::CARE_OF);
+        }
+        let file = scratch.join("bind-block.txt");
+        std::fs::write(&file, text)?;
+        let rss0 = rss_kib(pid);
+        let t0 = Instant::now();
+        let out = self.cli(&["bind", "--file", &file.to_string_lossy()])?;
+        let took = t0.elapsed();
+        // The gratuitous ARPs of the new bindings (five each, over 800 ms)
+        // go out before the measurement.
+        thread::sleep(Duration::from_secs(2));
+        let rss1 = rss_kib(pid);
+        let max = if vms >= 65536 { vms + 1 } else { 65536 };
+        let maps = bpf_map_bytes(pid, max);
+        let slots = dataplane::table::slots_for(max as usize);
+        let n = f64::from(vms);
+        eprintln!(
+            "   --vms {vms}: {} in {:.2} s; homeward RSS {} -> {} MiB ({:.0} B per binding); \
+             table {slots} slots x {} B = {:.1} B per binding (+ per-slot counters 24 B x queues); \
+             BPF maps (kernel, memlock) {:.0} B per binding",
+            out.trim(),
+            took.as_secs_f64(),
+            rss0 / 1024,
+            rss1 / 1024,
+            (rss1.saturating_sub(rss0) * 1024) as f64 / n,
+            dataplane::table::SLOT_BYTES,
+            (slots * dataplane::table::SLOT_BYTES) as f64 / n,
+            maps as f64 / n,
+        );
+        Ok(())
     }
 
     /// `homeward <args> --socket S` (the client, from the root namespace:
@@ -1820,4 +1904,37 @@ fn now_utc() -> String {
     let mo = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(mo <= 2);
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
+}
+
+/// First of the `--vms` block (10.208.0.1 up to 10.223.66.64 for 1M):
+/// inside lan0's /11, clear of the lab's other addresses.
+const VM_BLOCK: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 208, 0, 1);
+
+/// VmRSS of `pid`, KiB (0 if unknown).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Kernel memory (fdinfo `memlock`) of `pid`'s BPF maps of `entries`
+/// entries: the steering program's bound_vms and care_ofs.
+fn bpf_map_bytes(pid: u32, entries: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    let want = format!("max_entries:\t{entries}");
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|info| info.lines().any(|l| l == want))
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
 }

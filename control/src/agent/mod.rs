@@ -584,7 +584,7 @@ impl<D: Serving> Agent<D> {
             Request::Capture { .. } => {
                 Reply::err("capture is asked by `homeward capture` and answered by the serve loop")
             }
-            Request::Bind { .. } | Request::Unbind { .. } => Reply::err(
+            Request::Bind { .. } | Request::BindMany { .. } | Request::Unbind { .. } => Reply::err(
                 "this is homeward agent: it serves the VMs of its config as QEMU reports them; bind and unbind are for the home agent (homeward run)",
             ),
             Request::Role { .. } => Reply::err(

@@ -2,6 +2,7 @@
 //! 250 and 350 ms apart (5 announcements in 800 ms). Pure: time is an
 //! argument, sending is the caller's.
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -26,12 +27,16 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct Announcer {
     pending: Vec<Pending>,
+    /// The addresses in `pending`: scheduling a new address (a bulk bind
+    /// schedules a million) need not scan `pending`.
+    addrs: HashSet<Ipv4Addr>,
 }
 
 impl Announcer {
     /// Announce `addr` at `mac` from `now` on; replaces any series for `addr`.
     pub fn schedule(&mut self, now: Instant, addr: Ipv4Addr, mac: [u8; 6]) {
         self.cancel(addr);
+        self.addrs.insert(addr);
         self.pending.push(Pending {
             addr,
             mac,
@@ -42,7 +47,9 @@ impl Announcer {
 
     /// Stop announcing `addr`.
     pub fn cancel(&mut self, addr: Ipv4Addr) {
-        self.pending.retain(|p| p.addr != addr);
+        if self.addrs.remove(&addr) {
+            self.pending.retain(|p| p.addr != addr);
+        }
     }
 
     /// Calls `send` for every announcement due at `now`. The next one is
@@ -56,7 +63,14 @@ impl Announcer {
                 p.sent += 1;
             }
         }
-        self.pending.retain(|p| p.sent <= GAPS.len());
+        let addrs = &mut self.addrs;
+        self.pending.retain(|p| {
+            let keep = p.sent <= GAPS.len();
+            if !keep {
+                addrs.remove(&p.addr);
+            }
+            keep
+        });
     }
 
     /// The MAC `addr` is (to be) announced at, for tests.

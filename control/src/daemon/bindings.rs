@@ -116,6 +116,10 @@ pub struct Bindings<S = Steering, N = NeighHandle> {
     /// Whether this gateway speaks for the VMs on the home link (sends
     /// gratuitous ARP): the only one, or the active one of a pair.
     active: bool,
+    /// A bind file is being applied (`durable::bind_many`): provisioning,
+    /// not migrations, so no first-packet timing and no log line per VM
+    /// (a million of each would hold the control loop for seconds).
+    bulk: bool,
 }
 
 /// An address that can be neither a VM's home address nor a care-of address.
@@ -136,6 +140,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             watches: HashMap::new(),
             next_poll: Instant::now(),
             active: true,
+            bulk: false,
         }
     }
 
@@ -168,6 +173,11 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         if self.active {
             self.announcer.schedule(now, vm, mac);
         }
+    }
+
+    /// Marks a bind file being applied (see the `bulk` field).
+    pub fn set_bulk(&mut self, bulk: bool) {
+        self.bulk = bulk;
     }
 
     /// The addresses nobody may bind (see [`Claims`]).
@@ -315,7 +325,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
                 first_packet,
             },
         );
-        if before != Some(care_of) {
+        if before != Some(care_of) && !self.bulk {
             // Made or moved: time its first packet (a refresh is not a
             // migration).
             self.forwarder.arm_first_packet(vm);
@@ -324,7 +334,11 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         if outcome == BindOutcome::Created {
             // Take the address over on the home link.
             self.announce(now, vm, self.lan_mac);
-            tracing::info!(%vm, %care_of, "bound");
+            if self.bulk {
+                tracing::debug!(%vm, %care_of, "bound");
+            } else {
+                tracing::info!(%vm, %care_of, "bound");
+            }
         }
         Ok(outcome)
     }

@@ -19,7 +19,7 @@ use dataplane::loader::Steering;
 use dataplane::lookup::Tables;
 use dataplane::neigh;
 use dataplane::pipeline::PipelineConfig;
-use dataplane::table::binding_table;
+use dataplane::table::binding_table_for;
 use dataplane::xsk::{FrameAccounting, Parked, QueueState};
 
 use crate::common::capture;
@@ -86,9 +86,9 @@ pub fn run(config: RunConfig) -> Result<Vec<FrameAccounting>, Error> {
     // First what takes no lock and touches nothing live: with --takeover
     // the running daemon is stopped only once this is done.
     let claims = claims(config.address, lan.index, wan.as_ref().map(|w| w.index))?;
-    // Twice the bindings in slots: open addressing stays fast and never
-    // reports full before the XDP map does.
-    let (table, reader) = binding_table(config.max_bindings as usize * 2);
+    // A third more slots than bindings: open addressing stays fast and
+    // never reports full before the XDP map does (see `slots_for`).
+    let (table, reader) = binding_table_for(config.max_bindings as usize);
     let mut ifindexes = vec![lan.index];
     if wan_index != lan.index {
         ifindexes.push(wan_index);
@@ -412,6 +412,10 @@ impl Daemon {
                             Ok(Request::Capture { vm, count }) => {
                                 capture::serve(conn, self.bindings.forwarder(), vm, count)
                             }
+                            Ok(Request::BindMany { bytes }) => {
+                                let reply = self.bind_many(&conn, bytes);
+                                server::send_reply(&conn, &reply)
+                            }
                             Ok(req) => server::send_reply(&conn, &self.handle(req)),
                             Err(reply) => server::send_reply(&conn, &reply),
                         }
@@ -502,11 +506,67 @@ impl Daemon {
             Request::Capture { .. } => {
                 Err("capture is asked by `homeward capture` and answered by the serve loop".into())
             }
+            Request::BindMany { .. } => Err(
+                "bind_many is answered by the serve loop (it reads a file after the line)".into(),
+            ),
         };
         // Announcements for a new binding start now, not at the next tick.
         self.bindings.run_announcements(now);
         match result {
             Ok(v) => Reply::ok(v),
+            Err(e) => Reply::err(e),
+        }
+    }
+
+    /// `homeward bind --file`: reads the `bytes` of the file that follow
+    /// the request line, binds every line (see [`durable::bind_many`]) and
+    /// answers once.
+    fn bind_many(&mut self, conn: &std::os::unix::net::UnixStream, bytes: u64) -> Reply {
+        use std::io::Read;
+        if bytes > durable::MAX_BIND_FILE {
+            return Reply::err(format!(
+                "bind file of {bytes} bytes: at most {} are read",
+                durable::MAX_BIND_FILE
+            ));
+        }
+        // The whole file comes at once from the CLI: a stalled client
+        // holds the control loop for at most this long per read.
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut text = Vec::with_capacity(bytes as usize);
+        if let Err(e) = conn.take(bytes).read_to_end(&mut text) {
+            return Reply::err(format!("cannot read the bind file: {e}"));
+        }
+        if text.len() as u64 != bytes {
+            return Reply::err(format!(
+                "bind file cut short: {} of {bytes} bytes",
+                text.len()
+            ));
+        }
+        let Ok(text) = String::from_utf8(text) else {
+            return Reply::err("the bind file is not UTF-8 text");
+        };
+        let lines = match durable::parse_bind_file(&text) {
+            Ok(l) => l,
+            Err(e) => return Reply::err(e),
+        };
+        let clock = Now::read();
+        let started = Instant::now();
+        let result = durable::bind_many(&mut self.bindings, &mut *self.store, clock, &lines);
+        self.bindings.run_announcements(Instant::now());
+        match result {
+            Ok(done) => {
+                tracing::info!(
+                    created = done.created,
+                    updated = done.updated,
+                    ms = started.elapsed().as_millis() as u64,
+                    "bind file applied and committed"
+                );
+                Reply::ok(serde_json::json!({
+                    "created": done.created,
+                    "updated": done.updated,
+                    "seconds": started.elapsed().as_secs_f64(),
+                }))
+            }
             Err(e) => Reply::err(e),
         }
     }

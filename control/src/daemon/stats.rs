@@ -30,6 +30,31 @@ pub(super) struct HomeAgentStats {
     /// One of an active/standby pair: which one this is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failover: Option<super::failover::FailoverStats>,
+    /// What the binding table takes (allocated up front for max_bindings).
+    pub table: TableMemory,
+}
+
+/// The data path's binding table: its slots and their bytes, whatever the
+/// load (the per-binding counters, 24 bytes per slot per queue, and the
+/// control plane's own records come on top).
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct TableMemory {
+    pub max_bindings: u32,
+    pub slots: usize,
+    pub bytes: usize,
+    /// `bytes / max_bindings`.
+    pub bytes_per_binding: f64,
+}
+
+fn table_memory(max_bindings: u32) -> TableMemory {
+    let slots = dataplane::table::slots_for(max_bindings as usize);
+    let bytes = slots * dataplane::table::SLOT_BYTES;
+    TableMemory {
+        max_bindings,
+        slots,
+        bytes,
+        bytes_per_binding: bytes as f64 / f64::from(max_bindings.max(1)),
+    }
 }
 
 /// The pipeline's counters (the home agent's names are the pipeline's),
@@ -73,6 +98,7 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
             .map_or_else(disabled_stats, |r| r.stats()),
         store: super::replica::stats(&*d.store, d.replica.as_ref(), now),
         failover: d.failover.as_ref().map(|f| f.stats(now)),
+        table: table_memory(d.config.max_bindings),
         data_path,
     }
 }

@@ -638,6 +638,12 @@ impl Store for EtcdStore {
         true
     }
 
+    /// etcd refuses a transaction of more operations than its
+    /// `--max-txn-ops` (128 unless the cluster raised it).
+    fn max_changes(&self) -> usize {
+        128
+    }
+
     fn describe(&self) -> String {
         format!(
             "etcd {} prefix {}",

@@ -116,6 +116,11 @@ pub trait Store {
         false
     }
     /// What the store is, for logs.
+    /// The most changes one [`Store::commit`] may carry (a bulk bind
+    /// splits its batches to fit).
+    fn max_changes(&self) -> usize {
+        usize::MAX
+    }
     fn describe(&self) -> String;
 }
 
@@ -220,11 +225,16 @@ pub struct MemoryStore {
     pub commits: usize,
     /// Fail the next commit (to test that nothing is acknowledged then).
     pub fail_next: bool,
+    /// Refuse commits of more changes than this (as etcd does), if set.
+    pub max_changes: Option<usize>,
 }
 
 impl Store for MemoryStore {
     fn describe(&self) -> String {
         "memory".into()
+    }
+    fn max_changes(&self) -> usize {
+        self.max_changes.unwrap_or(usize::MAX)
     }
     fn load(&mut self, now_unix_ms: u64) -> Result<Snapshot, StoreError> {
         let before = self.bindings.len();
@@ -242,6 +252,12 @@ impl Store for MemoryStore {
             return Err(StoreError::Commit {
                 path: PathBuf::from("memory"),
                 message: "injected failure".into(),
+            });
+        }
+        if changes.len() > self.max_changes() {
+            return Err(StoreError::Commit {
+                path: PathBuf::from("memory"),
+                message: format!("{} changes in one commit", changes.len()),
             });
         }
         for c in changes {

@@ -22,7 +22,10 @@ pub const TOMBSTONE: u32 = u32::MAX;
 /// Upper bound on the length of a probe sequence (lookups, inserts). A key is
 /// always stored within this many slots of its home slot, so a lookup reads at
 /// most this many slots, whatever the table's history.
-pub const MAX_PROBE: usize = 256;
+///
+/// 512: one million random addresses in a table 75 % full (the binding
+/// table's sizing) need up to about 250; subnets need a few.
+pub const MAX_PROBE: usize = 512;
 /// Largest capacity (slot indices must fit a `u32`).
 pub const MAX_CAPACITY: usize = 1 << 31;
 
@@ -147,38 +150,68 @@ struct Shared<const W: usize> {
 /// chase the `Arc` for it.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
-    mask: usize,
-    /// `32 - log2(capacity)`, see [`Geometry::home`].
-    shift: u32,
+    /// Number of slots: any count from 1 to [`MAX_CAPACITY`] (a power of two
+    /// for [`seq_map`], exact for [`seq_map_exact`]).
+    slots: usize,
     probe: usize,
 }
 
 impl Geometry {
+    /// `capacity` rounded up to a power of two.
     fn new(capacity: usize) -> Self {
         let capacity = capacity
             .clamp(1, MAX_CAPACITY)
             .checked_next_power_of_two()
             .unwrap_or(MAX_CAPACITY);
+        Geometry::exact(capacity)
+    }
+
+    /// Exactly `slots` slots (clamped to 1 ..= [`MAX_CAPACITY`]).
+    fn exact(slots: usize) -> Self {
+        let slots = slots.clamp(1, MAX_CAPACITY);
         Geometry {
-            mask: capacity - 1,
-            shift: 32 - capacity.trailing_zeros(),
-            probe: capacity.min(MAX_PROBE),
+            slots,
+            probe: slots.min(MAX_PROBE),
         }
     }
 
     fn capacity(&self) -> usize {
-        self.mask + 1
+        self.slots
     }
 
-    /// Home slot of `key`: Fibonacci (multiply-shift) hashing, the top
-    /// `log2(capacity)` bits of `key * 2^64/phi`. The top bits of the product
-    /// depend on every key bit, and consecutive keys (the hosts of a subnet)
-    /// land far apart (three-distance theorem), so a /24 does not cluster.
+    /// Home slot of `key`: Fibonacci (multiply-shift) hashing, the top 32
+    /// bits of `key * 2^64/phi`, scaled to the slot count by a multiply and
+    /// shift (Lemire's "fastrange": no division, and any slot count, so the
+    /// load factor need not jump by powers of two). The top bits of the
+    /// product depend on every key bit, and consecutive keys (the hosts of a
+    /// subnet) land far apart (three-distance theorem), so a /24 does not
+    /// cluster. For a power-of-two count this is exactly the top
+    /// `log2(slots)` bits of the product.
     #[inline]
     fn home(&self, key: u32) -> usize {
-        let h = u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        // `shift` is in 1..=32, so both shifts are in range.
-        ((h >> 32) >> self.shift) as usize
+        let h = u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        // h < 2^32 and slots <= 2^31: the product fits, the result < slots.
+        ((h * self.slots as u64) >> 32) as usize
+    }
+
+    /// The slot after `idx`, wrapping around.
+    #[inline]
+    fn next(&self, idx: usize) -> usize {
+        let n = idx + 1;
+        if n >= self.slots {
+            0
+        } else {
+            n
+        }
+    }
+
+    /// The slot before `idx`, wrapping around.
+    fn prev(&self, idx: usize) -> usize {
+        if idx == 0 {
+            self.slots - 1
+        } else {
+            idx - 1
+        }
     }
 }
 
@@ -191,7 +224,22 @@ pub fn home_slot(key: u32, capacity: usize) -> usize {
 /// Creates a map of `capacity` slots, rounded up to a power of two (at least
 /// 1, at most [`MAX_CAPACITY`]), and returns its only writer and a reader.
 pub fn seq_map<const W: usize>(capacity: usize) -> (SeqMapWriter<W>, SeqMapReader<W>) {
-    let geo = Geometry::new(capacity);
+    with_geometry(Geometry::new(capacity))
+}
+
+/// Creates a map of exactly `slots` slots (at least 1, at most
+/// [`MAX_CAPACITY`]): for sizing a big map to a load factor rather than to
+/// the next power of two.
+pub fn seq_map_exact<const W: usize>(slots: usize) -> (SeqMapWriter<W>, SeqMapReader<W>) {
+    with_geometry(Geometry::exact(slots))
+}
+
+/// Bytes one slot takes (48 for `W = 2`).
+pub const fn slot_bytes<const W: usize>() -> usize {
+    std::mem::size_of::<Slot<W>>()
+}
+
+fn with_geometry<const W: usize>(geo: Geometry) -> (SeqMapWriter<W>, SeqMapReader<W>) {
     let slots: Box<[Slot<W>]> = (0..geo.capacity()).map(|_| Slot::new()).collect();
     let shared = Arc::new(Shared { slots });
     let reader = SeqMapReader {
@@ -235,8 +283,10 @@ impl<const W: usize> std::fmt::Debug for SeqMapWriter<W> {
 
 impl<const W: usize> SeqMapWriter<W> {
     fn slot(&self, idx: usize) -> &Slot<W> {
-        // `idx` is always masked by `geo.mask`, and `slots.len() == mask + 1`.
-        &self.shared.slots[idx & self.geo.mask]
+        // `idx` is always below `geo.slots == slots.len()` (`home`, `next`,
+        // `prev`); the clamp (a compare, not a division: this is on every
+        // probe step) keeps even a bug from indexing out of range.
+        &self.shared.slots[idx.min(self.geo.slots - 1)]
     }
 
     fn probe(&self, key: u32) -> Probe {
@@ -255,7 +305,7 @@ impl<const W: usize> SeqMapWriter<W> {
                 }
                 _ => {}
             }
-            idx = (idx + 1) & self.geo.mask;
+            idx = self.geo.next(idx);
         }
         Probe::Absent(free)
     }
@@ -313,8 +363,7 @@ impl<const W: usize> SeqMapWriter<W> {
         self.len -= 1;
         self.tombstones += 1;
 
-        let mask = self.geo.mask;
-        if self.slot((idx + 1) & mask).writer_key() == EMPTY {
+        if self.slot(self.geo.next(idx)).writer_key() == EMPTY {
             let mut j = idx;
             for _ in 0..self.capacity() {
                 let s = self.slot(j);
@@ -323,7 +372,7 @@ impl<const W: usize> SeqMapWriter<W> {
                 }
                 s.write(EMPTY, &zero);
                 self.tombstones -= 1;
-                j = j.wrapping_sub(1) & mask;
+                j = self.geo.prev(j);
             }
         }
         Some((old, idx as u32))
@@ -423,7 +472,7 @@ impl<const W: usize> SeqMapReader<W> {
             if k == EMPTY {
                 return None;
             }
-            idx = (idx + 1) & self.geo.mask;
+            idx = self.geo.next(idx);
         }
         None
     }
@@ -600,6 +649,96 @@ mod tests {
             })
         ));
         assert_eq!(r.get(last), None);
+    }
+
+    #[test]
+    fn exact_geometry_any_slot_count() {
+        assert_eq!(Geometry::exact(0).capacity(), 1);
+        assert_eq!(Geometry::exact(1_250_003).capacity(), 1_250_003);
+        assert_eq!(Geometry::exact(usize::MAX).capacity(), MAX_CAPACITY);
+        // Power-of-two counts hash as before (top bits of the product).
+        for k in [1u32, 7, 0x0a00_0001, 0xdead_beef, u32::MAX - 1] {
+            let h = u64::from(k).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            assert_eq!(Geometry::new(1 << 20).home(k), ((h >> 32) >> 12) as usize);
+        }
+        for cap in [1usize, 3, 5, 1000, 1_250_003, MAX_CAPACITY] {
+            let g = Geometry::exact(cap);
+            for k in [1u32, 2, 0xdead_beef, u32::MAX - 1] {
+                assert!(g.home(k) < cap);
+            }
+            assert_eq!(g.next(cap - 1), 0);
+            assert_eq!(g.prev(0), cap - 1);
+        }
+    }
+
+    /// A map of an odd slot count fills completely, wraps its probes around
+    /// the end, and cleans tombstones up across the wrap.
+    #[test]
+    fn odd_slot_count_fills_wraps_and_cleans_up() {
+        let cap = 7;
+        let (mut w, r) = seq_map_exact::<1>(cap);
+        assert_eq!(w.capacity(), 7);
+        for k in 1..=7u32 {
+            w.insert(k, [u64::from(k)]).unwrap();
+        }
+        assert!(matches!(w.insert(8, [8]), Err(SeqMapError::Full { .. })));
+        for k in 1..=7u32 {
+            assert_eq!(r.get(k).map(|x| x.0), Some([u64::from(k)]));
+        }
+        assert_eq!(r.get(8), None);
+        for k in 1..=7u32 {
+            w.remove(k).unwrap();
+        }
+        assert!(w.is_empty() && r.iter().count() == 0);
+        // A map that was full has no empty slot to end a run of tombstones
+        // at: they stay (and are reused), so start afresh.
+        let (mut w, r) = seq_map_exact::<1>(cap);
+
+        // Keys whose home is the last slot spill over to slot 0.
+        let last: Vec<u32> = (1u32..)
+            .filter(|&k| Geometry::exact(cap).home(k) == cap - 1)
+            .take(3)
+            .collect();
+        let slots: Vec<u32> = last.iter().map(|&k| w.insert(k, [1]).unwrap().0).collect();
+        assert_eq!(slots, vec![6, 0, 1]);
+        assert_eq!(r.get(last[2]), Some(([1], 1)));
+        w.remove(last[0]).unwrap();
+        assert_eq!(r.get(last[2]), Some(([1], 1)), "found past the tombstone");
+        w.remove(last[2]).unwrap();
+        w.remove(last[1]).unwrap();
+        assert_eq!(w.tombstones(), 0);
+    }
+
+    /// One million random keys in the binding table's 75 % sizing: every
+    /// key fits, found, with displacements far below the probe bound.
+    #[test]
+    fn random_keys_at_full_load() {
+        let n = 1_000_000usize;
+        let slots = crate::table::slots_for(n);
+        let (mut w, r) = seq_map_exact::<1>(slots);
+        let g = Geometry::exact(slots);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut keys = Vec::with_capacity(n);
+        let (mut worst, mut total) = (0usize, 0usize);
+        while keys.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = (x >> 16) as u32;
+            if k == EMPTY || k == TOMBSTONE || r.get(k).is_some() {
+                continue;
+            }
+            let (slot, _) = w.insert(k, [u64::from(k)]).unwrap();
+            let d = (slot as usize + slots - g.home(k)) % slots;
+            worst = worst.max(d);
+            total += d;
+            keys.push(k);
+        }
+        assert!(worst < MAX_PROBE * 3 / 4, "worst displacement {worst}");
+        assert!(total / n < 3, "mean displacement {}", total / n);
+        for &k in keys.iter().step_by(101) {
+            assert_eq!(r.get(k).map(|x| x.0), Some([u64::from(k)]));
+        }
     }
 
     #[test]
