@@ -843,3 +843,66 @@ fn a_standby_answers_no_arp_until_keepalived_makes_it_active() {
     );
     stop_clean(ha);
 }
+
+/// `homeward bind --file`: many VMs in one command, each served as `bind`
+/// would; a refused line is named and nothing of its batch stays bound.
+#[test]
+fn a_bind_file_binds_many_vms_at_once_and_names_a_refused_line() {
+    require_root();
+    let lab = Topology::home_agent_lab("bulk");
+    let ha = HomeAgent::start(&lab, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vms.txt");
+    let co = care_of(&lab);
+    std::fs::write(
+        &file,
+        format!(
+            "# VM CARE_OF [LIFETIME]\n192.0.2.50 {co}\n192.0.2.51 {co} 600\n\n192.0.2.52 {co}\n"
+        ),
+    )
+    .unwrap();
+    let out = ha.cli(&["bind", "--file", &file.to_string_lossy()]);
+    assert!(out.starts_with("bound 3 new, rebound 0"), "{out}");
+    let listed: Vec<String> = ha
+        .list()
+        .iter()
+        .filter_map(|b| b["vm"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    for vm in ["192.0.2.50", "192.0.2.51", "192.0.2.52"] {
+        assert!(listed.iter().any(|l| l == vm), "{vm} not in {listed:?}");
+    }
+    // Served like any binding: proxy ARP and the tunnel.
+    lab.client
+        .send_udp(&UdpSend::new(Ipv4Addr::new(192, 0, 2, 51), 9, 16));
+    let stats = ha.wait_stats(Duration::from_secs(3), |s| {
+        s["counters"]["encapsulated"].as_u64() == Some(1)
+    });
+    assert_eq!(
+        stats["counters"]["encapsulated"].as_u64(),
+        Some(1),
+        "{stats}"
+    );
+
+    // The home agent's own address cannot be a VM's: line 3 is refused,
+    // and line 2's VM, in the same batch, is not left bound.
+    std::fs::write(
+        &file,
+        format!("192.0.2.52 {co}\n192.0.2.53 {co}\n192.0.2.1 {co}\n"),
+    )
+    .unwrap();
+    let socket = lab.control_socket();
+    let failed = lab.homeward_cli(&[
+        "bind",
+        "--file",
+        &file.to_string_lossy(),
+        "--socket",
+        &socket.to_string_lossy(),
+    ]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(ha.binding("192.0.2.53").is_none());
+    assert_eq!(ha.list().len(), 3);
+    stop_clean(ha);
+}
