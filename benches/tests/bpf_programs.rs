@@ -4,28 +4,16 @@
 //! produces the same bytes as homeward's pipeline (so the comparison is
 //! like for like). Needs root (CAP_BPF); skipped otherwise.
 
-use std::net::Ipv4Addr;
-
-use dataplane::lookup::Tables;
-use dataplane::neigh::static_neighbors;
-use dataplane::pipeline::{Pipeline, PipelineConfig, Port, Verdict};
-use dataplane::table::{binding_table, Binding};
 use homeward_benches::bpf::{self, Baseline, BaselineKind, GenConfig, Generator, Sink};
 use homeward_benches::frames::{self, checksum, Ipv4Spec, ETH_LEN, IPV4_LEN, UDP_HDRS};
 use homeward_benches::sys;
 
+mod common;
+use common::*;
+
 const XDP_DROP: u32 = 1;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
-
-const HA: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
-const VM: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 10);
-const GEN: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
-const CARE_OF: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 2);
-const LAN_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
-const WAN_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
-const GEN_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const SINK_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
 
 /// Fails rather than skips without root: a skipped test would pass untested.
 fn require_root() {
@@ -149,29 +137,6 @@ fn generator_spreads_destinations(gen: &Generator, tpl: &[u8], garbage: &[u8]) {
         seen.insert(dst);
     }
     assert!(seen.len() > 900, "{} of 1000 VMs got traffic", seen.len());
-}
-
-/// homeward's pipeline encapsulating `frame` toward CARE_OF via SINK_MAC.
-fn homeward_encap(frame: &[u8]) -> Vec<u8> {
-    let (mut w, r) = binding_table(16);
-    w.insert(Binding {
-        vm: VM,
-        care_of: CARE_OF,
-        vm_mac: None,
-    })
-    .unwrap();
-    let (mut maps, view) = static_neighbors();
-    maps.set_egress(CARE_OF, 3, SINK_MAC);
-    let lookup = Tables::new(r, view, 2, 3);
-    let mut cfg = PipelineConfig::new(HA, LAN_MAC, WAN_MAC);
-    cfg.tunnel_mtu = 1600;
-    let mut p = Pipeline::new(cfg, 7);
-    let mut buf = vec![0u8; 2048];
-    buf[256..256 + frame.len()].copy_from_slice(frame);
-    match p.process(&mut buf, 256, frame.len(), Port::Lan, 0, &lookup) {
-        Verdict::Tx { start, len, .. } => buf[start..start + len].to_vec(),
-        v => panic!("{v:?}"),
-    }
 }
 
 #[test]
