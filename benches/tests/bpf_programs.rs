@@ -2,7 +2,7 @@
 //! frames, nothing transmitted): the generator writes the frames it should,
 //! paces, the sink parses what it should, and the katran-style baseline
 //! produces the same bytes as homeward's pipeline (so the comparison is
-//! like for like). Needs root (CAP_BPF); skipped otherwise.
+//! like for like). Needs root (CAP_BPF); fails without it.
 
 use homeward_benches::bpf::{self, Baseline, BaselineKind, GenConfig, Generator, Sink};
 use homeward_benches::frames::{self, checksum, Ipv4Spec, ETH_LEN, IPV4_LEN, UDP_HDRS};
