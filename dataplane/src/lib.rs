@@ -9,8 +9,10 @@
 //! - [`loader`]: loads and attaches the XDP steering program, keeps its maps in sync.
 //! - [`xsk`]: AF_XDP sockets, UMEM, frame accounting and the forwarding worker.
 //! - [`stats`]: counters the workers publish.
+//! - [`cpu_hints`]: prefetching and huge pages for the per-binding arrays.
 
 pub mod capture;
+pub mod cpu_hints;
 pub mod forwarder;
 pub mod loader;
 pub mod lookup;

@@ -65,6 +65,11 @@ impl Lookup for Tables {
     }
 
     #[inline]
+    fn prefetch(&self, vm: Ipv4Addr) -> Option<u32> {
+        Some(self.bindings.prefetch(vm))
+    }
+
+    #[inline]
     fn next_hop(&self, care_of: Ipv4Addr) -> NextHop {
         match self.neigh.egress(care_of) {
             Some(e) if e.ifindex == self.wan_ifindex => NextHop::Resolved {

@@ -297,6 +297,13 @@ impl TableReader {
             .map(|(w, slot)| (decode(vm, w), slot))
     }
 
+    /// Prefetches what a [`lookup`](Self::lookup) of `vm` will read; returns
+    /// its likely slot (the home slot), for prefetching per-slot counters.
+    #[inline]
+    pub fn prefetch(&self, vm: Ipv4Addr) -> u32 {
+        self.map.prefetch(u32::from(vm))
+    }
+
     /// Number of slots (an upper bound for slot indices, for sizing
     /// per-slot counters).
     pub fn capacity(&self) -> usize {
@@ -355,6 +362,8 @@ mod tests {
         assert_eq!(w.len(), 1);
         assert_eq!(r.lookup(x.vm), Some((x, slot)));
         assert_eq!(w.get(x.vm), Some((x, slot)));
+        // Alone in the table, it sits in its home slot: the one prefetched.
+        assert_eq!(r.prefetch(x.vm), slot);
         assert_eq!(r.lookup(ip("192.0.2.11")), None);
 
         // Replace: same slot, new care-of, MAC dropped.

@@ -21,6 +21,7 @@
 use std::net::Ipv4Addr;
 
 mod arp;
+mod binding_key;
 mod checksum;
 mod counters;
 mod decap;
@@ -169,6 +170,12 @@ pub trait Lookup {
     /// for frames already waiting, looked at again and again.
     fn lan_neighbor_known(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
         self.lan_neighbor(addr)
+    }
+    /// A [`Lookup::binding`] of `vm` is coming: start fetching what it
+    /// reads, and say which binding slot it most likely returns. A hint; the
+    /// default does nothing.
+    fn prefetch(&self, _vm: Ipv4Addr) -> Option<u32> {
+        None
     }
 }
 

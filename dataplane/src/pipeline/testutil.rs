@@ -52,10 +52,13 @@ pub struct TestLookup {
     pub neighbors: Vec<(Ipv4Addr, [u8; 6])>,
     /// Addresses the pipeline asked to have resolved ahead of need.
     pub warmed: std::cell::RefCell<Vec<Ipv4Addr>>,
+    /// Addresses the pipeline looked a binding up by, in order.
+    pub asked: std::cell::RefCell<Vec<Ipv4Addr>>,
 }
 
 impl Lookup for TestLookup {
     fn binding(&self, vm: Ipv4Addr) -> Option<BindingRef> {
+        self.asked.borrow_mut().push(vm);
         self.bindings
             .iter()
             .find(|(a, _)| *a == vm)

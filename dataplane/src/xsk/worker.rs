@@ -83,9 +83,10 @@ impl WorkerShared {
             stop: AtomicBool::new(false),
             accounting: SharedAccounting::default(),
             counters: SharedCounters::default(),
-            per_slot: (0..slots * SLOT_STRIDE)
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            per_slot: crate::cpu_hints::vec_on_huge_pages(slots * SLOT_STRIDE, || {
+                AtomicU64::new(0)
+            })
+            .into_boxed_slice(),
             epoch: Instant::now(),
             capture: AtomicU64::new(0),
             tap: Mutex::new(None),
@@ -192,6 +193,15 @@ impl WorkerShared {
     /// Where the worker's clock (`now_ns`) starts.
     pub fn epoch(&self) -> Instant {
         self.epoch
+    }
+
+    /// Prefetches slot `slot`'s counters, which [`count_slot`](Self::count_slot)
+    /// is about to update.
+    #[inline]
+    pub(crate) fn prefetch_slot(&self, slot: u32) {
+        if let Some(c) = self.per_slot.get(slot as usize * SLOT_STRIDE) {
+            crate::cpu_hints::prefetch(c);
+        }
     }
 
     #[inline]
@@ -629,6 +639,27 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         self.super_frame.bytes = bytes;
     }
 
+    /// Asks for the table slots and per-slot counters the frames will need
+    /// before processing any of them: with many bindings each is a cache
+    /// miss, and a batch's misses then overlap instead of queueing.
+    fn prefetch(&self, frames: &[R::Desc], ingress: Port) {
+        for desc in frames {
+            // SAFETY: as in `process`: `desc` came off the RX ring, the frame
+            // is this worker's and no other reference to it exists; the
+            // slice is only read, and gone before `process` takes its own.
+            let (buf, start) = unsafe { self.sockets.frame_mut(desc) };
+            // The line in front of the frame, where a tunnel header goes.
+            let headroom = start.saturating_sub(crate::pipeline::MIN_HEADROOM);
+            crate::cpu_hints::prefetch(buf.as_ptr().wrapping_add(headroom));
+            let key = self
+                .pipeline
+                .binding_key(buf, start, R::data_len(desc), ingress);
+            if let Some(slot) = key.and_then(|vm| self.lookup.prefetch(vm)) {
+                self.shared.prefetch_slot(slot);
+            }
+        }
+    }
+
     /// Frames through the pipeline and onto the TX lists (or the free list,
     /// or a hold queue), each as its verdict says.
     fn process(
@@ -644,6 +675,9 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         // The socket each port's frames leave by, as the capture names it.
         let side_port = |port: Port| if one_armed { Port::Lan } else { port };
         let tap = self.tap.as_deref();
+        if pass != Pass::Home {
+            self.prefetch(frames, ingress);
+        }
         for desc in frames.iter_mut() {
             let len = R::data_len(desc);
             // SAFETY: `desc` came off the RX ring, so the frame is owned by
