@@ -16,8 +16,11 @@
  *
  * Usage: xsk_fwd --lan IF --wan IF --ha ADDR --src-mac MAC --dst-mac MAC
  *                --bind VM=CARE_OF [--bind ...] [--queues N] [--mtu N]
- *                [--cpus C0,C1,...] [--encap-hex]
+ *                [--cpus C0,C1,...] [--encap-hex] [--no-encap]
  * Runs until SIGINT/SIGTERM, then prints its counters on stdout.
+ * --no-encap: every frame out the WAN socket as received, no lookup or
+ * rewrite (the harness's (n)): what copy-mode AF_XDP forwarding costs with
+ * no work in userspace, the ceiling of any AF_XDP forwarder on the link.
  * --encap-hex: no sockets; encapsulates each hex-encoded frame read from
  * stdin and prints the result in hex (or "drop REASON"): the byte test
  * against homeward (benches/tests/bpf_programs.rs).
@@ -115,6 +118,7 @@ struct config {
 	int cpus[MAX_QUEUES];
 	unsigned ncpus;
 	struct bindings bindings;
+	int no_encap; /* --no-encap: out as received (the harness's (n)) */
 };
 
 static uint16_t get16(const uint8_t *p)
@@ -351,7 +355,14 @@ static void *worker(void *arg)
 		for (uint32_t i = 0; i < rcvd; i++) {
 			const struct xdp_desc *d = xsk_ring_cons__rx_desc(&q->rx, idx_rx + i);
 			uint8_t *pkt = xsk_umem__get_data(q->area, d->addr);
-			int n = encap(c, pkt, d->len, &ident);
+			int n;
+
+			if (c->no_encap) {
+				/* What AF_XDP forwarding costs with no work in userspace. */
+				out[ntx++] = *d;
+				continue;
+			}
+			n = encap(c, pkt, d->len, &ident);
 
 			if (n < 0) {
 				q->drops[-1 - n]++;
@@ -471,7 +482,7 @@ static int encap_hex(const struct config *c)
 static void usage(void)
 {
 	fprintf(stderr, "usage: xsk_fwd --lan IF --wan IF --ha ADDR --src-mac MAC --dst-mac MAC "
-			"--bind VM=CARE_OF [--queues N] [--mtu N] [--cpus C,...] [--encap-hex]\n");
+			"--bind VM=CARE_OF [--queues N] [--mtu N] [--cpus C,...] [--encap-hex] [--no-encap]\n");
 	exit(2);
 }
 
@@ -485,7 +496,7 @@ int main(int argc, char **argv)
 		{ "dst-mac", required_argument, NULL, 'd' }, { "bind", required_argument, NULL, 'b' },
 		{ "queues", required_argument, NULL, 'q' }, { "mtu", required_argument, NULL, 'm' },
 		{ "cpus", required_argument, NULL, 'c' }, { "encap-hex", no_argument, NULL, 'x' },
-		{ 0 },
+		{ "no-encap", no_argument, NULL, 'n' }, { 0 },
 	};
 	int opt, hex = 0, have_ha = 0, have_macs = 0;
 	unsigned i;
@@ -540,6 +551,9 @@ int main(int argc, char **argv)
 			break;
 		case 'x':
 			hex = 1;
+			break;
+		case 'n':
+			c.no_encap = 1;
 			break;
 		default:
 			usage();

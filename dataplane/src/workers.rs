@@ -5,7 +5,7 @@
 //! together, each returning its queue's frame accounting.
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam::channel::Receiver;
@@ -56,8 +56,9 @@ pub struct Workers {
     shared: Vec<Arc<WorkerShared>>,
     threads: Vec<JoinHandle<Parked>>,
     /// The devices' interrupt settings for busy polling, restored when
-    /// the workers are dropped.
-    tuning: Vec<DeviceTuning>,
+    /// the workers are dropped, or by a worker that finds busy polling
+    /// cannot reach its device.
+    tuning: Arc<Mutex<Vec<DeviceTuning>>>,
 }
 
 impl Workers {
@@ -97,15 +98,17 @@ impl Workers {
         let mut workers = Workers {
             shared: Vec::new(),
             threads: Vec::new(),
-            tuning: Vec::new(),
+            tuning: Arc::default(),
         };
         if config.busy_poll {
             let wan = config.wan.filter(|w| *w != config.lan);
-            workers.tuning = [Some(config.lan), wan]
-                .into_iter()
-                .flatten()
-                .map(DeviceTuning::apply)
-                .collect();
+            workers.tuning = Arc::new(Mutex::new(
+                [Some(config.lan), wan]
+                    .into_iter()
+                    .flatten()
+                    .map(DeviceTuning::apply)
+                    .collect(),
+            ));
         }
         for mut s in all {
             if config.busy_poll {
@@ -171,7 +174,8 @@ impl Workers {
             tables,
             commands,
             shared.clone(),
-        );
+        )
+        .with_device_tuning(self.tuning.clone());
         let cpu =
             (!config.cpus.is_empty()).then(|| config.cpus[queue as usize % config.cpus.len()]);
         // The worker pins itself before it touches a ring; start waits for
@@ -203,7 +207,7 @@ impl Workers {
         Workers {
             shared,
             threads: Vec::new(),
-            tuning: Vec::new(),
+            tuning: Arc::default(),
         }
     }
 

@@ -18,6 +18,7 @@
 //!   homeward's encapsulation;
 //!   (e) Linux IP forwarding, no encapsulation;
 //!   (f) DPDK testpmd, af_xdp PMD on lan0 and wan0, io forwarding.
+//!   (n) (d) with no lookup or rewrite: the ceiling of copy-mode AF_XDP.
 //!
 //! Where the work runs (what the numbers mean; benches/README.md has more):
 //! without `--threaded-napi`, a veth's receive processing (XDP included)
@@ -90,6 +91,9 @@ enum Variant {
     E,
     /// DPDK testpmd, af_xdp PMD, io forwarding, no encapsulation.
     F,
+    /// (d) with `--no-encap`: frames out as received, no userspace work;
+    /// the ceiling of copy-mode AF_XDP forwarding on these veths.
+    N,
 }
 
 impl Variant {
@@ -103,6 +107,7 @@ impl Variant {
             Variant::D => "(d) C AF_XDP forwarder",
             Variant::E => "(e) Linux IP forwarding",
             Variant::F => "(f) DPDK testpmd af_xdp",
+            Variant::N => "(n) C AF_XDP, no work (ceiling)",
         }
     }
 
@@ -208,6 +213,10 @@ struct Args {
     /// map; the generator picks each frame's VM pseudo-randomly.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     vms: u32,
+    /// Run homeward (variants a, m, o) with `--busy-poll` (preferred busy
+    /// polling; pin it with `--homeward-cpus` so it has a core of its own).
+    #[arg(long)]
+    busy_poll: bool,
 }
 
 fn main() {
@@ -438,7 +447,7 @@ fn run(args: &Args) -> Result<()> {
                     continue;
                 }
                 // (d), (f): tools that may be missing; the rest still runs.
-                Err(e) if matches!(variant, Variant::D | Variant::F) => {
+                Err(e) if matches!(variant, Variant::D | Variant::F | Variant::N) => {
                     eprintln!("   {} did not start: {e}", variant.label());
                     out.notes.push(format!(
                         "{queues} queue(s): {} did not start: {e}",
@@ -922,7 +931,10 @@ impl<'a> Dut<'a> {
                 )?)))
             }
             Variant::D => Ok(Dut::Proc(Box::new(BaselineProc::xsk_fwd(
-                lab, scratch, args,
+                lab, scratch, args, false,
+            )?))),
+            Variant::N => Ok(Dut::Proc(Box::new(BaselineProc::xsk_fwd(
+                lab, scratch, args, true,
             )?))),
             Variant::F => Ok(Dut::Proc(Box::new(BaselineProc::testpmd(
                 lab, scratch, args,
@@ -1020,8 +1032,14 @@ struct BaselineProc<'a> {
 }
 
 impl<'a> BaselineProc<'a> {
-    /// `xsk_fwd` on lan0 -> wan0 with the lab's binding, MACs and MTU.
-    fn xsk_fwd(lab: &'a Lab, scratch: &Path, args: &Args) -> Result<BaselineProc<'a>> {
+    /// `xsk_fwd` on lan0 -> wan0 with the lab's binding, MACs and MTU
+    /// (`no_encap`: frames out as received).
+    fn xsk_fwd(
+        lab: &'a Lab,
+        scratch: &Path,
+        args: &Args,
+        no_encap: bool,
+    ) -> Result<BaselineProc<'a>> {
         if XSK_FWD.is_empty() {
             return Err(
                 "(d) was not built (libxdp-dev missing when building; see the build warnings)"
@@ -1053,6 +1071,9 @@ impl<'a> BaselineProc<'a> {
             .arg(format!("{}={}", netns::VM, netns::CARE_OF))
             .args(["--queues", &lab.queues.to_string()])
             .args(["--mtu", &args.wan_mtu.to_string()]);
+        if no_encap {
+            cmd.arg("--no-encap");
+        }
         let cpus: Vec<String> = (0..lab.queues as usize)
             .filter_map(|i| baseline_cpu(args, i).map(|c| c.to_string()))
             .collect();
@@ -1329,6 +1350,11 @@ impl HomewardProc {
                 ]
             } else {
                 vec![]
+            })
+            .args(if args.busy_poll {
+                &["--busy-poll"][..]
+            } else {
+                &[][..]
             })
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -1682,8 +1708,14 @@ struct Row {
 impl Report {
     /// Homeward (a) over every baseline in the run, per queue count and size.
     fn render_ratios(&self, s: &mut String) {
-        const BASELINES: [Variant; 5] =
-            [Variant::B, Variant::C, Variant::D, Variant::E, Variant::F];
+        const BASELINES: [Variant; 6] = [
+            Variant::B,
+            Variant::C,
+            Variant::D,
+            Variant::E,
+            Variant::F,
+            Variant::N,
+        ];
         let present: Vec<Variant> = BASELINES
             .into_iter()
             .filter(|&v| self.forward.iter().any(|r| r.variant == v))
@@ -1774,6 +1806,9 @@ impl Report {
             s,
             "Forwarding (offered = generated, forwarded = counted at the sink):"
         );
+        if args.busy_poll {
+            let _ = writeln!(s, "\nhomeward ran with --busy-poll.");
+        }
         if args.call_frames > 0 {
             let _ = writeln!(
                 s,

@@ -63,6 +63,18 @@ impl DeviceTuning {
     }
 }
 
+#[cfg(test)]
+impl DeviceTuning {
+    /// Settings already changed elsewhere (a file standing for a sysfs
+    /// one), put back as `saved` says on drop.
+    pub(crate) fn saved(ifname: &str, saved: Vec<(PathBuf, String)>) -> DeviceTuning {
+        DeviceTuning {
+            ifname: ifname.to_string(),
+            saved,
+        }
+    }
+}
+
 impl Drop for DeviceTuning {
     fn drop(&mut self) {
         for (path, old) in &self.saved {

@@ -64,6 +64,8 @@ pub struct MemQueue {
     /// Busy polling on, and the busy polls so far.
     pub busy: bool,
     pub polls: u64,
+    /// The device has no NAPI id for busy polling to run (veth's case).
+    pub no_napi: bool,
 }
 
 impl MemQueue {
@@ -91,6 +93,7 @@ impl MemQueue {
             tx_budget: TX_BATCH,
             busy: false,
             polls: 0,
+            no_napi: false,
         }
     }
 
@@ -333,6 +336,14 @@ impl QueueIo for MemQueue {
         if self.busy {
             self.polls += 1;
         }
+    }
+
+    fn busy_poll_unreachable(&self) -> bool {
+        self.busy && self.no_napi
+    }
+
+    fn stop_busy_poll(&mut self) {
+        self.busy = false;
     }
 
     fn tx_needs_wakeup(&self, _side: Side) -> bool {

@@ -96,6 +96,14 @@ pub trait QueueIo {
     ///
     /// [`busy_polling`]: QueueIo::busy_polling
     fn busy_poll(&mut self) {}
+    /// Busy polling is on, frames were received, and the LAN socket still
+    /// names no NAPI instance to poll: the device's receive processing is
+    /// out of busy polling's reach.
+    fn busy_poll_unreachable(&self) -> bool {
+        false
+    }
+    /// Stops busy polling: the worker sleeps in poll() again.
+    fn stop_busy_poll(&mut self) {}
 
     /// Bytes of packet data `desc` describes.
     fn data_len(desc: &Self::Desc) -> usize;

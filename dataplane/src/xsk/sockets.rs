@@ -558,6 +558,14 @@ impl QueueIo for QueueSockets {
         self.busy_poll
     }
 
+    fn busy_poll_unreachable(&self) -> bool {
+        self.busy_poll && matches!(super::sys::napi_id(self.lan.fd), Ok(0))
+    }
+
+    fn stop_busy_poll(&mut self) {
+        self.busy_poll = false;
+    }
+
     fn busy_poll(&mut self) {
         if !self.busy_poll {
             return;

@@ -117,6 +117,31 @@ pub(crate) fn xdp_zero_copy(fd: RawFd) -> std::io::Result<bool> {
     }
 }
 
+/// The NAPI instance the socket's frames were last received by
+/// (`SO_INCOMING_NAPI_ID`): what its busy polling runs. 0 when none: not
+/// received yet, or a device whose XDP receive queue has no NAPI id (veth,
+/// generic XDP), which busy polling cannot reach.
+pub(crate) fn napi_id(fd: RawFd) -> std::io::Result<u32> {
+    let mut id: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `id` and `len` are valid for writes across the call, and
+    // `len` is `id`'s size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_INCOMING_NAPI_ID,
+            (&mut id as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(id)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Raise the socket's copy-mode TX budget per kick to `budget` frames
 /// (the kernel allows 32 up to the TX ring's size). Kernels before 6.17
 /// answer ENOPROTOOPT.

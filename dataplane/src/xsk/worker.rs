@@ -15,6 +15,7 @@ use crossbeam::channel::{Receiver, TryRecvError};
 use super::accounting::{
     account, FrameAccounting, FrameFlow, QueueFrames, RingOccupancy, SharedAccounting,
 };
+use super::busy_poll::DeviceTuning;
 use super::neighbor_queue::{Held, NeighborQueue, Release};
 use super::rings::{QueueIo, Side};
 use super::sockets::QueueSockets;
@@ -247,6 +248,12 @@ pub struct Worker<L: Lookup, R: QueueIo = QueueSockets> {
     /// The capture generation last seen, and its tap (`None`: off).
     capture_generation: u64,
     tap: Option<Arc<Tap>>,
+    /// The devices' busy-poll interrupt settings, shared with the other
+    /// queues' workers: given back when busy polling turns out not to reach
+    /// the device (see [`Worker::check_busy_poll`]).
+    device_tuning: Option<Arc<Mutex<Vec<DeviceTuning>>>>,
+    /// Whether busy polling was checked against the first frames received.
+    busy_poll_checked: bool,
     /// Frames waiting for a home-link neighbour, looked at every turn
     /// while there are any.
     held: NeighborQueue<R::Desc>,
@@ -401,7 +408,16 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                 overflow: false,
                 segments: Vec::with_capacity(MAX_SEGMENTS),
             },
+            device_tuning: None,
+            busy_poll_checked: false,
         }
+    }
+
+    /// The devices' busy-poll settings, for the worker to give back if
+    /// busy polling cannot reach the device.
+    pub fn with_device_tuning(mut self, tuning: Arc<Mutex<Vec<DeviceTuning>>>) -> Self {
+        self.device_tuning = Some(tuning);
+        self
     }
 
     /// Runs until [`WorkerShared::stop`]; then drains in-flight
@@ -530,6 +546,9 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             return 0;
         }
         self.flow.received += n as u64;
+        if !self.busy_poll_checked && self.sockets.busy_polling() {
+            self.check_busy_poll();
+        }
         let now_ns = self.started.elapsed().as_nanos() as u64;
         self.last_rx_ns = now_ns;
         let ingress = match side {
@@ -563,6 +582,31 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
             self.process(whole, ingress, Pass::Received, now_ns, lan_tx, wan_tx);
         }
         n
+    }
+
+    /// Once frames arrived, the LAN socket names the NAPI instance busy
+    /// polling runs, unless the device has none for it (veth, generic XDP).
+    /// Then polling only burns the core while the deferred interrupts wait
+    /// for `gro_flush_timeout` (200 us a frame, measured on veth): stop it
+    /// and give the devices their interrupt settings back.
+    fn check_busy_poll(&mut self) {
+        self.busy_poll_checked = true;
+        if !self.sockets.busy_poll_unreachable() {
+            return;
+        }
+        self.sockets.stop_busy_poll();
+        let restored = match self.device_tuning.as_ref().map(|t| t.lock()) {
+            Some(Ok(mut tuning)) => std::mem::take(&mut *tuning).len(),
+            _ => 0,
+        };
+        tracing::warn!(
+            queue = self.sockets.queue(),
+            devices_restored = restored,
+            "busy polling cannot reach the LAN device's receive processing (its AF_XDP \
+             socket has no NAPI id, as on veth or with generic XDP): stopped; the worker \
+             sleeps in poll() again and the devices' interrupt settings are back. Set \
+             busy_poll = false for this interface"
+        );
     }
 
     /// Copies one piece of a multi-buffer packet onto the super-frame and

@@ -998,3 +998,49 @@ fn a_busy_polling_worker_polls_instead_of_sleeping_while_traffic_is_recent() {
     assert_eq!(h.q().polls, polls);
     h.assert_conserved();
 }
+
+#[test]
+fn busy_polling_that_cannot_reach_the_device_stops_and_gives_the_settings_back() {
+    let mut q = MemQueue::new(XSK, false);
+    q.busy = true;
+    q.no_napi = true;
+    let mut h = Harness::over(q, config());
+    // A file stands for the device's gro_flush_timeout, deferred from 0.
+    let setting = std::env::temp_dir().join(format!("hw-gro-{}", std::process::id()));
+    std::fs::write(&setting, "200000").unwrap();
+    let tuning = Arc::new(Mutex::new(vec![DeviceTuning::saved(
+        "lan0",
+        vec![(setting.clone(), "0".to_string())],
+    )]));
+    h.worker.device_tuning = Some(tuning.clone());
+    // Before the first frame there is nothing to tell by: it polls.
+    h.step();
+    assert!(h.q().busy && h.q().polls > 0);
+    h.forward(Side::Lan, &Ip::udp(LAN_HOST, VM, b"hello").frame());
+    assert!(!h.q().busy, "busy polling stopped");
+    assert!(tuning.lock().unwrap().is_empty());
+    let restored = std::fs::read_to_string(&setting).unwrap();
+    let _ = std::fs::remove_file(&setting);
+    assert_eq!(restored, "0", "the setting given back");
+    let (waits, polls) = (h.q().waits.get(), h.q().polls);
+    for _ in 0..3 {
+        h.step();
+    }
+    assert!(h.q().waits.get() > waits, "sleeps in poll() again");
+    assert_eq!(h.q().polls, polls);
+    assert_eq!(h.q().take_wire(Side::Wan).len(), 1, "and forwards");
+    h.assert_conserved();
+}
+
+#[test]
+fn busy_polling_that_reaches_the_device_goes_on() {
+    let mut q = MemQueue::new(XSK, false);
+    q.busy = true;
+    let mut h = Harness::over(q, config());
+    let tuning = Arc::new(Mutex::new(vec![DeviceTuning::saved("lan0", Vec::new())]));
+    h.worker.device_tuning = Some(tuning.clone());
+    h.forward(Side::Lan, &Ip::udp(LAN_HOST, VM, b"hello").frame());
+    assert!(h.q().busy);
+    assert_eq!(tuning.lock().unwrap().len(), 1);
+    h.assert_conserved();
+}
