@@ -338,7 +338,7 @@ impl QueueIo for MemQueue {
         }
     }
 
-    fn busy_poll_unreachable(&self) -> bool {
+    fn busy_poll_unreachable(&self, _side: Side) -> bool {
         self.busy && self.no_napi
     }
 

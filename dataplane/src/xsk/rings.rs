@@ -96,10 +96,10 @@ pub trait QueueIo {
     ///
     /// [`busy_polling`]: QueueIo::busy_polling
     fn busy_poll(&mut self) {}
-    /// Busy polling is on, frames were received, and the LAN socket still
-    /// names no NAPI instance to poll: the device's receive processing is
-    /// out of busy polling's reach.
-    fn busy_poll_unreachable(&self) -> bool {
+    /// Busy polling is on, `side`'s socket received frames and still names
+    /// no NAPI instance to poll: its device's receive processing is out of
+    /// busy polling's reach.
+    fn busy_poll_unreachable(&self, _side: Side) -> bool {
         false
     }
     /// Stops busy polling: the worker sleeps in poll() again.

@@ -558,8 +558,12 @@ impl QueueIo for QueueSockets {
         self.busy_poll
     }
 
-    fn busy_poll_unreachable(&self) -> bool {
-        self.busy_poll && matches!(super::sys::napi_id(self.lan.fd), Ok(0))
+    fn busy_poll_unreachable(&self, side: Side) -> bool {
+        let fd = match (side, &self.wan) {
+            (Side::Wan, Some(w)) => w.fd,
+            _ => self.lan.fd,
+        };
+        self.busy_poll && matches!(super::sys::napi_id(fd), Ok(0))
     }
 
     fn stop_busy_poll(&mut self) {

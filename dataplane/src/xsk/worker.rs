@@ -547,7 +547,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         }
         self.flow.received += n as u64;
         if !self.busy_poll_checked && self.sockets.busy_polling() {
-            self.check_busy_poll();
+            self.check_busy_poll(side);
         }
         let now_ns = self.started.elapsed().as_nanos() as u64;
         self.last_rx_ns = now_ns;
@@ -584,14 +584,14 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         n
     }
 
-    /// Once frames arrived, the LAN socket names the NAPI instance busy
-    /// polling runs, unless the device has none for it (veth, generic XDP).
-    /// Then polling only burns the core while the deferred interrupts wait
-    /// for `gro_flush_timeout` (200 us a frame, measured on veth): stop it
-    /// and give the devices their interrupt settings back.
-    fn check_busy_poll(&mut self) {
+    /// Once frames arrived on `side`, its socket names the NAPI instance
+    /// busy polling runs, unless the device has none for it (veth, generic
+    /// XDP). Then polling only burns the core while the deferred interrupts
+    /// wait for `gro_flush_timeout` (200 us a frame, measured on veth): stop
+    /// it and give the devices their interrupt settings back.
+    fn check_busy_poll(&mut self, side: Side) {
         self.busy_poll_checked = true;
-        if !self.sockets.busy_poll_unreachable() {
+        if !self.sockets.busy_poll_unreachable(side) {
             return;
         }
         self.sockets.stop_busy_poll();
@@ -602,7 +602,8 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         tracing::warn!(
             queue = self.sockets.queue(),
             devices_restored = restored,
-            "busy polling cannot reach the LAN device's receive processing (its AF_XDP \
+            side = ?side,
+            "busy polling cannot reach the device's receive processing (its AF_XDP \
              socket has no NAPI id, as on veth or with generic XDP): stopped; the worker \
              sleeps in poll() again and the devices' interrupt settings are back. Set \
              busy_poll = false for this interface"
