@@ -97,24 +97,8 @@ const XDP_OPTIONS_ZEROCOPY: u32 = 1;
 
 /// Whether the AF_XDP socket `fd` is bound in zero-copy mode (else copy).
 pub(crate) fn xdp_zero_copy(fd: RawFd) -> std::io::Result<bool> {
-    let mut flags: u32 = 0;
-    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
-    // SAFETY: `flags` (struct xdp_options: one u32) and `len` are valid for
-    // writes across the call, and `len` is `flags`' size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            SOL_XDP,
-            XDP_OPTIONS,
-            (&mut flags as *mut u32).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(flags & XDP_OPTIONS_ZEROCOPY != 0)
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // struct xdp_options is one u32 of flags.
+    Ok(getsockopt_u32(fd, SOL_XDP, XDP_OPTIONS)? & XDP_OPTIONS_ZEROCOPY != 0)
 }
 
 /// The NAPI instance the socket's frames were last received by
@@ -122,21 +106,19 @@ pub(crate) fn xdp_zero_copy(fd: RawFd) -> std::io::Result<bool> {
 /// received yet, or a device whose XDP receive queue has no NAPI id (veth,
 /// generic XDP), which busy polling cannot reach.
 pub(crate) fn napi_id(fd: RawFd) -> std::io::Result<u32> {
-    let mut id: u32 = 0;
+    getsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_INCOMING_NAPI_ID)
+}
+
+/// A socket option whose value is one u32.
+fn getsockopt_u32(fd: RawFd, level: libc::c_int, name: libc::c_int) -> std::io::Result<u32> {
+    let mut value: u32 = 0;
     let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
-    // SAFETY: `id` and `len` are valid for writes across the call, and
-    // `len` is `id`'s size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_INCOMING_NAPI_ID,
-            (&mut id as *mut u32).cast(),
-            &mut len,
-        )
-    };
+    // SAFETY: `value` and `len` are valid for writes across the call, and
+    // `len` is `value`'s size.
+    let rc =
+        unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut u32).cast(), &mut len) };
     if rc == 0 {
-        Ok(id)
+        Ok(value)
     } else {
         Err(std::io::Error::last_os_error())
     }
