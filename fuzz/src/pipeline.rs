@@ -197,6 +197,8 @@ fn one(p: &mut Pipeline, s: &Settings, frame: &[u8], round: u64, lookup: &impl L
     let c0 = p.counters().clone();
     // 1 ms apart: the ICMP bucket refills a little between the two rounds.
     let now_ns = 1_000_000_000 + round * 1_000_000;
+    // The worker's prefetch pass reads every frame first: no panic either.
+    let _ = p.binding_key(&buf, start, len, s.ingress);
     let mut v = p.process(&mut buf, start, len, s.ingress, now_ns, lookup);
     if debug() {
         eprintln!("round {round}: {v:?}");
