@@ -213,7 +213,7 @@ impl WorkerShared {
             p.store(p.load(Relaxed) + 1, Relaxed);
             b.store(b.load(Relaxed) + bytes as u64, Relaxed);
             // Written once per arming; read every packet, from the line (or,
-            // for one slot in three at a 24-byte stride, the pair of lines)
+            // for two slots in eight at a 24-byte stride, the pair of lines)
             // the packet and byte counts are in.
             if first.load(Relaxed) == 0 {
                 first.store(now_ns.max(1), Relaxed);
