@@ -668,6 +668,12 @@ fn busy_polling_on_veth_stops_by_itself_and_gives_the_interrupt_settings_back() 
     assert_eq!(lab.ha.sh_ok(&format!("cat {gro}")), before);
     let t = ha.stop_with("INT");
     assert!(t.success, "{}", t.stderr);
+    let unaccounted = t.unaccounted();
+    assert!(
+        !unaccounted.is_empty() && unaccounted.iter().all(|u| *u == 0),
+        "leaked frames: {unaccounted:?}\n{}",
+        t.stderr
+    );
     assert!(
         t.stderr.contains("busy polling cannot reach the device"),
         "{}",
