@@ -46,6 +46,21 @@ fn stop_clean_with(ha: HomeAgent, signal: &str) {
     );
 }
 
+/// Waits (up to 3 s) until homeward has encapsulated `n` packets, asserts
+/// that it did, and returns the stats it last read.
+#[track_caller]
+fn await_encapsulated(ha: &HomeAgent, n: u64) -> serde_json::Value {
+    let stats = ha.wait_stats(Duration::from_secs(3), |s| {
+        s["counters"]["encapsulated"].as_u64() == Some(n)
+    });
+    assert_eq!(
+        stats["counters"]["encapsulated"].as_u64(),
+        Some(n),
+        "{stats}"
+    );
+    stats
+}
+
 /// The gratuitous ARPs for `addr` among `arps`: a series of five (the
 /// announce-self schedule), each saying `addr` is at `mac`, from `mac`.
 #[track_caller]
@@ -379,11 +394,7 @@ fn unbind_stops_interception_and_gives_the_address_back() {
     let ha = HomeAgent::start(&lab, &[]);
     ha.bind(&vm(&lab), &care_of(&lab), &["--vm-mac", VM_MAC]);
     lab.client.send_udp(&UdpSend::new(lab.vm_home, 9, 16));
-    let encapsulated = ha.wait_stats(Duration::from_secs(3), |s| {
-        s["counters"]["encapsulated"].as_u64() == Some(1)
-    })["counters"]["encapsulated"]
-        .as_u64();
-    assert_eq!(encapsulated, Some(1));
+    await_encapsulated(&ha, 1);
     std::thread::sleep(Duration::from_millis(900)); // let the bind announcements finish
 
     let arp_cap = Capture::start(&lab.client, &lab.client_lan.name, "arp");
@@ -654,14 +665,7 @@ fn busy_polling_on_veth_stops_by_itself_and_gives_the_interrupt_settings_back() 
     ha.bind(&vm(&lab), &care_of(&lab), &[]);
     lab.client
         .send_udp(&UdpSend::new(lab.vm_home, 9, 32).sport(7000));
-    let stats = ha.wait_stats(Duration::from_secs(3), |s| {
-        s["counters"]["encapsulated"].as_u64() == Some(1)
-    });
-    assert_eq!(
-        stats["counters"]["encapsulated"].as_u64(),
-        Some(1),
-        "{stats}"
-    );
+    await_encapsulated(&ha, 1);
     // veth's XDP receive queue has no NAPI id for busy polling to run:
     // the worker found that with the first frame and undid the tuning,
     // which would otherwise hold every frame for gro_flush_timeout.
@@ -702,14 +706,7 @@ fn two_queues_forward_with_one_worker_each() {
                 .repeat(2, Duration::ZERO),
         );
     }
-    let stats = ha.wait_stats(Duration::from_secs(3), |s| {
-        s["counters"]["encapsulated"].as_u64() == Some(64)
-    });
-    assert_eq!(
-        stats["counters"]["encapsulated"].as_u64(),
-        Some(64),
-        "{stats}"
-    );
+    let stats = await_encapsulated(&ha, 64);
     let per_queue: Vec<u64> = stats["frames"]
         .as_array()
         .unwrap()
@@ -917,14 +914,7 @@ fn a_bind_file_binds_many_vms_at_once_and_names_a_refused_line() {
     // Served like any binding: proxy ARP and the tunnel.
     lab.client
         .send_udp(&UdpSend::new(Ipv4Addr::new(192, 0, 2, 51), 9, 16));
-    let stats = ha.wait_stats(Duration::from_secs(3), |s| {
-        s["counters"]["encapsulated"].as_u64() == Some(1)
-    });
-    assert_eq!(
-        stats["counters"]["encapsulated"].as_u64(),
-        Some(1),
-        "{stats}"
-    );
+    await_encapsulated(&ha, 1);
 
     // The home agent's own address cannot be a VM's: line 3 is refused,
     // and line 2's VM, in the same batch, is not left bound.

@@ -3,21 +3,14 @@
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
 
-use std::net::Ipv4Addr;
-
 use dataplane::lookup::Tables;
 use dataplane::neigh::static_neighbors;
 use dataplane::pipeline::{Pipeline, PipelineConfig, Port, Verdict};
 use dataplane::table::{binding_table, Binding};
 
-pub const HA: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
-pub const VM: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 10);
-pub const GEN: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
-pub const CARE_OF: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 2);
-pub const LAN_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
-pub const WAN_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
-pub const GEN_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-pub const SINK_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
+pub use homeward_benches::netns::{
+    CARE_OF, GEN_ADDR as GEN, GEN_MAC, HA_ADDR as HA, LAN_MAC, SINK_MAC, VM, WAN_MAC,
+};
 
 /// homeward's pipeline encapsulating `frame` toward CARE_OF via SINK_MAC.
 pub fn homeward_encap(frame: &[u8]) -> Vec<u8> {
