@@ -5,11 +5,13 @@
 //! connections for a retransmission timeout; or a VM's switchover ending.
 //!
 //! Bounded per address and overall, allocated once; the frames stay in
-//! the UMEM (the accounting's `held` place) and leave in arrival order.
+//! the UMEM (the accounting's `held` place) and leave in arrival order,
+//! also ahead of frames that come for their address after what they wait
+//! for has come ([`InOrder`]).
 
 use std::net::Ipv4Addr;
 
-use crate::pipeline::Port;
+use crate::pipeline::{BindingRef, Lookup, NextHop, Port};
 
 /// Frames held per address for a neighbour (the kernel's default
 /// `unres_qlen_bytes` holds about 100 full-size packets; a resuming TCP
@@ -48,6 +50,9 @@ pub(crate) enum Release<R> {
 #[derive(Debug)]
 pub(crate) struct NeighborQueue<D> {
     held: Vec<Held<D>>,
+    /// The addresses with frames held, and how many each: few at a time,
+    /// so [`NeighborQueue::holds`] is cheap enough to ask per frame.
+    addrs: Vec<(Ipv4Addr, usize)>,
     capacity: usize,
     per_address: usize,
     max_wait_ns: u64,
@@ -66,6 +71,7 @@ impl<D: Copy> NeighborQueue<D> {
         let capacity = total.min(frames / 4);
         NeighborQueue {
             held: Vec::with_capacity(capacity),
+            addrs: Vec::with_capacity(capacity),
             capacity,
             per_address,
             max_wait_ns,
@@ -86,12 +92,21 @@ impl<D: Copy> NeighborQueue<D> {
         self.held.is_empty()
     }
 
+    /// Whether frames for `addr` are held.
+    #[inline]
+    pub fn holds(&self, addr: Ipv4Addr) -> bool {
+        !self.addrs.is_empty() && self.addrs.iter().any(|&(a, _)| a == addr)
+    }
+
     /// Hold `h`, or give it back if its address or the queue is full.
     pub fn push(&mut self, h: Held<D>) -> Result<(), Held<D>> {
-        if self.held.len() >= self.capacity
-            || self.held.iter().filter(|x| x.addr == h.addr).count() >= self.per_address
-        {
+        if self.held.len() >= self.capacity {
             return Err(h);
+        }
+        match self.addrs.iter_mut().find(|(a, _)| *a == h.addr) {
+            Some((_, n)) if *n >= self.per_address => return Err(h),
+            Some((_, n)) => *n += 1,
+            None => self.addrs.push((h.addr, 1)),
         }
         self.held.push(h);
         Ok(())
@@ -110,6 +125,7 @@ impl<D: Copy> NeighborQueue<D> {
         let max_wait = self.max_wait_ns;
         // Frames of one address come in runs: look each run's address up once.
         let mut last: Option<(Ipv4Addr, Option<R>)> = None;
+        let addrs = &mut self.addrs;
         self.held.retain(|h| {
             if released >= limit {
                 return true;
@@ -128,6 +144,12 @@ impl<D: Copy> NeighborQueue<D> {
                 None => return true,
             };
             released += 1;
+            if let Some(i) = addrs.iter().position(|&(a, _)| a == h.addr) {
+                addrs[i].1 -= 1;
+                if addrs[i].1 == 0 {
+                    addrs.swap_remove(i);
+                }
+            }
             out(*h, release);
             false
         });
@@ -141,7 +163,62 @@ impl<D: Copy> NeighborQueue<D> {
 
     /// Every held frame, for a worker that stops.
     pub fn drain(&mut self) -> impl Iterator<Item = Held<D>> + '_ {
+        self.addrs.clear();
         self.held.drain(..)
+    }
+}
+
+/// The worker's [`Lookup`] for frames it has just received: what the
+/// held frames wait for can come between the turn's look at them and
+/// this frame's lookup (the kernel resolves the neighbour, the control
+/// plane ends the switchover), and a frame sent then would overtake them.
+/// A frame whose address has frames held waits behind them instead.
+pub(crate) struct InOrder<'a, L, D> {
+    pub lookup: &'a L,
+    /// Frames waiting for a home-link neighbour, by its address.
+    pub neighbor: &'a NeighborQueue<D>,
+    /// Frames waiting for a VM's switchover, by the VM.
+    pub switchover: &'a NeighborQueue<D>,
+}
+
+impl<L: Lookup, D: Copy> Lookup for InOrder<'_, L, D> {
+    #[inline]
+    fn binding(&self, vm: Ipv4Addr) -> Option<BindingRef> {
+        let b = self.lookup.binding(vm)?;
+        Some(if self.switchover.holds(vm) {
+            BindingRef {
+                care_of: Ipv4Addr::UNSPECIFIED,
+                ..b
+            }
+        } else {
+            b
+        })
+    }
+    #[inline]
+    fn next_hop(&self, care_of: Ipv4Addr) -> NextHop {
+        self.lookup.next_hop(care_of)
+    }
+    #[inline]
+    fn lan_neighbor(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
+        if self.neighbor.holds(addr) {
+            return None;
+        }
+        self.lookup.lan_neighbor(addr)
+    }
+    #[inline]
+    fn warm_lan_neighbor(&self, addr: Ipv4Addr) {
+        self.lookup.warm_lan_neighbor(addr)
+    }
+    #[inline]
+    fn lan_neighbor_known(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
+        if self.neighbor.holds(addr) {
+            return None;
+        }
+        self.lookup.lan_neighbor_known(addr)
+    }
+    #[inline]
+    fn prefetch(&self, vm: Ipv4Addr) -> Option<u32> {
+        self.lookup.prefetch(vm)
     }
 }
 
@@ -205,6 +282,27 @@ mod tests {
         assert_eq!(q.len(), 1);
         assert_eq!(q.drain().map(|h| h.desc).collect::<Vec<_>>(), [4]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn holds_follows_the_addresses_in_and_out() {
+        let mut q = NeighborQueue::with_limits(4096, 8, 2, MAX_WAIT_NS);
+        assert!(!q.holds(A.into()));
+        q.push(held(1, A, 0)).unwrap();
+        q.push(held(2, B, 0)).unwrap();
+        q.push(held(3, A, 0)).unwrap();
+        assert!(q.push(held(4, A, 0)).is_err(), "two per address");
+        assert!(q.holds(A.into()) && q.holds(B.into()));
+        let a = Ipv4Addr::from(A);
+        q.poll(0, usize::MAX, |x| (x == a).then_some(()), |_, _| {});
+        assert!(!q.holds(A.into()) && q.holds(B.into()));
+        q.push(held(5, A, 0)).unwrap();
+        q.push(held(6, A, 0)).unwrap();
+        assert!(q.push(held(7, A, 0)).is_err(), "counted afresh");
+        assert_eq!(q.drain().count(), 3);
+        assert!(!q.holds(A.into()) && !q.holds(B.into()));
+        q.push(held(8, A, 0)).unwrap();
+        assert!(q.holds(A.into()));
     }
 
     #[test]

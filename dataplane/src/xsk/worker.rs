@@ -16,7 +16,7 @@ use super::accounting::{
     account, FrameAccounting, FrameFlow, QueueFrames, RingOccupancy, SharedAccounting,
 };
 use super::busy_poll::DeviceTuning;
-use super::neighbor_queue::{Held, NeighborQueue, Release};
+use super::neighbor_queue::{Held, InOrder, NeighborQueue, Release};
 use super::rings::{QueueIo, Side};
 use super::sockets::QueueSockets;
 use crate::capture::{self, Outcome, Record, Stage, Tap, TxKind};
@@ -740,12 +740,16 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                     before = Some((record, Produced::of(self.pipeline.counters())));
                 }
             }
+            let lookup = InOrder {
+                lookup: &self.lookup,
+                neighbor: &self.held,
+                switchover: &self.switchover,
+            };
             let verdict = match pass {
-                Pass::Received | Pass::Released => {
-                    self.pipeline
-                        .process(buf, start, len, ingress, now_ns, &self.lookup)
-                }
-                Pass::Home => self.pipeline.deliver_home(buf, start, len, &self.lookup),
+                Pass::Received | Pass::Released => self
+                    .pipeline
+                    .process(buf, start, len, ingress, now_ns, &lookup),
+                Pass::Home => self.pipeline.deliver_home(buf, start, len, &lookup),
             };
             let capture = |outcome: Outcome, after: Option<(&[u8], Port)>| {
                 if let (Some(tap), Some((mut record, _))) = (tap, before) {

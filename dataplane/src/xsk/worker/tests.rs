@@ -74,6 +74,21 @@ impl Harness {
         index
     }
 
+    /// Receives `frame` on `side` and runs only the receive and transmit
+    /// of a turn: as if what the held frames wait for came after the
+    /// turn's look at them.
+    fn receive_mid_turn(&mut self, side: Side, frame: &[u8]) {
+        self.q()
+            .receive(side, frame)
+            .expect("a frame to receive into");
+        let s = &mut self.scratch;
+        self.worker
+            .receive(side, &mut s.rx, &mut s.lan_tx, &mut s.wan_tx);
+        self.worker.transmit(Side::Lan, &mut s.lan_tx);
+        self.worker.transmit(Side::Wan, &mut s.wan_tx);
+        self.worker.publish();
+    }
+
     fn counters(&self) -> CounterSnapshot {
         self.shared.counters.snapshot()
     }
@@ -646,6 +661,43 @@ fn reverse_tunnelled_frames_wait_for_their_lan_neighbour_in_order() {
     h.assert_conserved();
 }
 
+/// The neighbour resolves between the turn's look at the held frames and
+/// the next frame's lookup: that frame waits behind them, it does not
+/// overtake them (a TSO burst's first segment once arrived last).
+#[test]
+fn a_neighbour_resolving_mid_turn_keeps_the_held_frames_first() {
+    let mut h = two_armed();
+    let (first, frame) = to_unresolved(b"first reply");
+    h.forward(Side::Wan, &frame);
+    assert_eq!(h.counters().neighbor_queued, 1);
+    h.worker
+        .lookup
+        .neighbors
+        .push((UNRESOLVED.into(), UNRESOLVED_MAC));
+    let (second, frame) = to_unresolved(b"second reply");
+    h.receive_mid_turn(Side::Wan, &frame);
+    assert!(h.q().take_wire(Side::Lan).is_empty(), "none overtook");
+    assert_eq!(h.counters().neighbor_queued, 2);
+    h.assert_conserved();
+
+    next_turn(&mut h);
+    let wire = h.q().take_wire(Side::Lan);
+    assert_eq!(wire.len(), 2);
+    check_decapsulated(&wire[0], &first.datagram(), UNRESOLVED_MAC);
+    check_decapsulated(&wire[1], &second.datagram(), UNRESOLVED_MAC);
+    assert_eq!(h.counters().neighbor_released, 2);
+
+    // Nothing held any more: the next frame goes straight out.
+    let (third, frame) = to_unresolved(b"third reply");
+    h.receive_mid_turn(Side::Wan, &frame);
+    let wire = h.q().take_wire(Side::Lan);
+    assert_eq!(wire.len(), 1);
+    check_decapsulated(&wire[0], &third.datagram(), UNRESOLVED_MAC);
+    assert_eq!(h.counters().neighbor_queued, 2);
+    h.step();
+    h.assert_conserved();
+}
+
 #[test]
 fn held_frames_expire_and_a_stopping_worker_drops_them() {
     let mut h = two_armed();
@@ -720,6 +772,33 @@ fn a_switchover_holds_frames_until_the_destination_registers() {
 
     // The destination registered: both go into its tunnel, in order.
     set_vm_binding(&mut h, Some(CARE_OF));
+    next_turn(&mut h);
+    let wire = h.q().take_wire(Side::Wan);
+    assert_eq!(wire.len(), 2);
+    check_encapsulated(&wire[0], inner_datagram(&first), 0);
+    check_encapsulated(&wire[1], inner_datagram(&second), 1);
+    let c = h.counters();
+    assert_eq!((c.switchover_released, c.pipeline.encapsulated), (2, 2));
+    h.step();
+    assert_eq!(h.accounting().held, 0);
+    h.assert_conserved();
+}
+
+/// The destination registers between the turn's look at the held frames
+/// and the next frame's lookup: that frame waits behind them.
+#[test]
+fn a_switchover_ending_mid_turn_keeps_the_held_frames_first() {
+    let mut h = two_armed();
+    set_vm_binding(&mut h, Some([0, 0, 0, 0]));
+    let first = Ip::udp(LAN_HOST, VM, b"first").frame();
+    h.forward(Side::Lan, &first);
+    set_vm_binding(&mut h, Some(CARE_OF));
+    let second = Ip::udp(LAN_HOST, VM, b"second").frame();
+    h.receive_mid_turn(Side::Lan, &second);
+    assert!(h.q().take_wire(Side::Wan).is_empty(), "none overtook");
+    assert_eq!(h.accounting().held, 2);
+    h.assert_conserved();
+
     next_turn(&mut h);
     let wire = h.q().take_wire(Side::Wan);
     assert_eq!(wire.len(), 2);
