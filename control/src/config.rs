@@ -16,6 +16,12 @@ pub const DEFAULT_SOCKET: &str = "/run/homeward/control.sock";
 /// Where the bindings and the replay state are kept unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/homeward";
 
+/// VMs a second whose gratuitous ARPs start when many are announced at
+/// once: five frames each, about 25,000 broadcast frames a second
+/// (17 Mbit/s), which a home link's hosts absorb; a million bindings are
+/// announced in 200 s.
+pub const DEFAULT_ANNOUNCE_RATE: u32 = 5_000;
+
 /// `homeward run` flags; each may also come from the `--config` file.
 #[derive(Debug, Default, clap::Args)]
 pub struct RunArgs {
@@ -93,6 +99,9 @@ pub struct FileConfig {
     pub max_bindings: Option<u32>,
     /// ICMP errors per second the data path may send (per queue).
     pub icmp_rate: Option<u32>,
+    /// VMs a second whose gratuitous ARPs start when many are announced at
+    /// once (a bind file, a takeover); a moved VM is announced at once.
+    pub announce_rate: Option<u32>,
     /// Frames held per queue for one VM in switchover (default 1024), and
     /// for all (default 4096, at most a quarter of the queue's frames).
     pub switchover_buffer_per_vm: Option<u32>,
@@ -371,6 +380,7 @@ pub struct RunConfig {
     pub socket: PathBuf,
     pub max_bindings: u32,
     pub icmp_rate: u32,
+    pub announce_rate: u32,
     pub switchover_buffer_per_vm: u32,
     pub switchover_buffer_total: u32,
     pub worker_cpus: Vec<usize>,
@@ -498,6 +508,7 @@ impl RunConfig {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             max_bindings: file.max_bindings.unwrap_or(65536),
             icmp_rate: file.icmp_rate.unwrap_or(100),
+            announce_rate: file.announce_rate.unwrap_or(DEFAULT_ANNOUNCE_RATE),
             switchover_buffer_per_vm: file.switchover_buffer_per_vm.unwrap_or(1024),
             switchover_buffer_total: file.switchover_buffer_total.unwrap_or(4096),
             worker_cpus: file.worker_cpus.unwrap_or_default(),

@@ -3,8 +3,9 @@
 //! captures decoded by scapy (a decoder that is not homeward's own).
 //! Needs root (CI is root) and `cargo build --release -p homeward`.
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use homeward_tests::agent::HomeAgent;
 use homeward_tests::{
@@ -936,5 +937,71 @@ fn a_bind_file_binds_many_vms_at_once_and_names_a_refused_line() {
     assert!(stderr.contains("line 3"), "{stderr}");
     assert!(ha.binding("192.0.2.53").is_none());
     assert_eq!(ha.list().len(), 3);
+    stop_clean(ha);
+}
+
+/// Many VMs announced at once (a bind file) start their gratuitous ARPs at
+/// `announce_rate` a second, not all at once; a VM that moves meanwhile is
+/// announced at once, ahead of them; in the end each had its five.
+#[test]
+fn a_bind_files_announcements_are_paced_and_a_moved_vm_goes_ahead() {
+    require_root();
+    const RATE: f64 = 20.0;
+    let lab = Topology::home_agent_lab("pace");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("run.toml");
+    std::fs::write(&config, format!("announce_rate = {RATE}\n")).unwrap();
+    let ha = HomeAgent::start(&lab, &["--config", &config.to_string_lossy()]);
+    let co = care_of(&lab);
+    let vms: Vec<Ipv4Addr> = (100..200).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();
+    let file = dir.path().join("vms.txt");
+    let lines: String = vms.iter().map(|v| format!("{v} {co}\n")).collect();
+    std::fs::write(&file, lines).unwrap();
+    let cap = Capture::start(&lab.client, &lab.client_lan.name, "arp");
+    let started = Instant::now();
+    let out = ha.cli(&["bind", "--file", &file.to_string_lossy()]);
+    assert!(out.starts_with("bound 100 new"), "{out}");
+    // A migration meanwhile.
+    ha.bind(&vm(&lab), &co, &[]);
+    let waiting = ha.stats()["announcements_waiting"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let arps = decode_arp(&cap.stop());
+    let elapsed = started.elapsed().as_secs_f64();
+
+    five_announcements(&arps, lab.vm_home, lab.ha_lan.mac);
+    let begun: HashSet<Ipv4Addr> = arps
+        .iter()
+        .filter(|a| a.is_gratuitous() && vms.contains(&a.psrc))
+        .map(|a| a.psrc)
+        .collect();
+    // One step (20 ms) at once, then RATE a second.
+    let most = 1.0 + RATE * elapsed;
+    assert!(
+        !begun.is_empty() && begun.len() as f64 <= most,
+        "{} of the file's VMs announced in {elapsed:.2} s at {RATE} a second",
+        begun.len()
+    );
+    assert!(waiting >= 50, "{waiting} waiting right after the file");
+
+    // All of them in the end, five each.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stats = loop {
+        let stats = ha.stats();
+        let sent = stats["counters"]["announcements"].as_u64().unwrap();
+        if (stats["announcements_waiting"] == 0 && sent == 5 * 101) || Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(stats["announcements_waiting"], 0, "{stats}");
+    assert_eq!(
+        stats["counters"]["announcements"].as_u64(),
+        Some(5 * 101),
+        "{stats}"
+    );
+    eprintln!(
+        "{} of 100 paced VMs announced in the first {elapsed:.2} s; {waiting} waited",
+        begun.len()
+    );
     stop_clean(ha);
 }

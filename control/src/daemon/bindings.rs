@@ -3,7 +3,7 @@
 //! announcements) on top of the data path's one owner, the
 //! [`Forwarder`], which keeps table, maps and next hops in step.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -103,6 +103,9 @@ impl From<ForwardError> for BindError {
 pub struct Bindings<S = Steering, N = NeighHandle> {
     forwarder: Forwarder<S, N>,
     entries: BTreeMap<Ipv4Addr, Entry>,
+    /// The entries' expiries, soonest first: the control loop looks at the
+    /// next one each turn, not at a million entries.
+    expiries: BTreeSet<(Instant, Ipv4Addr)>,
     announcer: Announcer,
     ha_addr: Ipv4Addr,
     lan_mac: [u8; 6],
@@ -132,6 +135,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         Bindings {
             forwarder,
             entries: BTreeMap::new(),
+            expiries: BTreeSet::new(),
             announcer: Announcer::default(),
             ha_addr,
             lan_mac,
@@ -144,19 +148,19 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         }
     }
 
-    /// The active gateway of a pair announces every bound VM at once (the
-    /// LAN's switches learn its port, hosts that cached another MAC learn
-    /// this one); the standby announces nothing. Returns how many VMs are
-    /// announced.
+    /// The active gateway of a pair announces every bound VM (the LAN's
+    /// switches learn its port, hosts that cached another MAC learn this
+    /// one), paced (see [`Announcer`]); the standby announces nothing.
+    /// Returns how many VMs are announced.
     pub fn set_active(&mut self, now: Instant, active: bool) -> usize {
         self.active = active;
         if !active {
-            self.announcer = Announcer::default();
+            self.announcer.clear();
             return 0;
         }
         let vms: Vec<Ipv4Addr> = self.entries.keys().copied().collect();
         for &vm in &vms {
-            self.announcer.schedule(now, vm, self.lan_mac);
+            self.announcer.schedule_paced(now, vm, self.lan_mac);
         }
         vms.len()
     }
@@ -168,11 +172,24 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     }
 
     /// Schedules gratuitous ARP for `vm` at `mac`, if this gateway speaks
-    /// for the VMs.
+    /// for the VMs: at once, or paced while a bind file is applied.
     fn announce(&mut self, now: Instant, vm: Ipv4Addr, mac: [u8; 6]) {
-        if self.active {
-            self.announcer.schedule(now, vm, mac);
+        match (self.active, self.bulk) {
+            (false, _) => {}
+            (true, false) => self.announcer.schedule(now, vm, mac),
+            (true, true) => self.announcer.schedule_paced(now, vm, mac),
         }
+    }
+
+    /// VMs a second whose announcements start when many are announced at
+    /// once (see [`Announcer`]).
+    pub fn set_announce_rate(&mut self, rate: u32) {
+        self.announcer = Announcer::with_rate(rate);
+    }
+
+    /// VMs whose announcements wait their turn.
+    pub fn announcements_waiting(&self) -> usize {
+        self.announcer.waiting()
     }
 
     /// Marks a bind file being applied (see the `bulk` field).
@@ -250,7 +267,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             return;
         }
         self.holds.remove(&vm);
-        self.entries.remove(&vm);
+        self.remove_entry(vm);
         self.watches.remove(&vm);
         self.announcer.cancel(vm);
     }
@@ -316,7 +333,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             tracing::info!(%vm, %care_of, "switchover done: held traffic released into the tunnel");
         }
         let first_packet = self.entries.get(&vm).and_then(|e| e.first_packet);
-        self.entries.insert(
+        self.put_entry(
             vm,
             Entry {
                 refreshed: now,
@@ -341,6 +358,24 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             }
         }
         Ok(outcome)
+    }
+
+    /// Records `vm`'s entry, and its expiry in the index.
+    fn put_entry(&mut self, vm: Ipv4Addr, entry: Entry) {
+        let expires = entry.expires;
+        if let Some(x) = self.entries.insert(vm, entry).and_then(|old| old.expires) {
+            self.expiries.remove(&(x.mono, vm));
+        }
+        if let Some(x) = expires {
+            self.expiries.insert((x.mono, vm));
+        }
+    }
+
+    /// Forgets `vm`'s entry and its expiry.
+    fn remove_entry(&mut self, vm: Ipv4Addr) {
+        if let Some(x) = self.entries.remove(&vm).and_then(|e| e.expires) {
+            self.expiries.remove(&(x.mono, vm));
+        }
     }
 
     /// Refuses an address that can be no VM's home address.
@@ -379,7 +414,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         if self.holds.remove(&vm).is_some() {
             tracing::info!(%vm, "switchover done: home again, held traffic delivered there");
         }
-        self.entries.remove(&vm);
+        self.remove_entry(vm);
         self.watches.remove(&vm);
         self.announcer.cancel(vm);
         if let Some(mac) = vm_mac.or(f.vm_mac) {
@@ -417,7 +452,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         let outcome = self.forwarder.hold(vm, vm_mac)?;
         let until = now.mono + lifetime;
         let first_packet = self.entries.get(&vm).and_then(|e| e.first_packet);
-        self.entries.insert(
+        self.put_entry(
             vm,
             Entry {
                 refreshed: now.mono,
@@ -483,10 +518,10 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     pub fn expire(&mut self, now: Instant) -> Vec<Ipv4Addr> {
         let mut gone = self.lapse_holds(now);
         let expired: Vec<Ipv4Addr> = self
-            .entries
+            .expiries
             .iter()
-            .filter(|(_, e)| e.expires.is_some_and(|t| t.mono <= now))
-            .map(|(vm, _)| *vm)
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, vm)| *vm)
             .collect();
         for &vm in &expired {
             tracing::info!(%vm, "binding expired");
@@ -545,9 +580,10 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     /// The next time something must happen (an announcement or an expiry).
     pub fn next_deadline(&self) -> Option<Instant> {
         let expiry = self
-            .entries
-            .values()
-            .filter_map(|e| e.expires.map(|x| x.mono))
+            .expiries
+            .first()
+            .map(|(t, _)| *t)
+            .into_iter()
             .chain(self.holds.values().map(|h| h.until))
             .min();
         match (expiry, self.announcer.next_due()) {
@@ -594,6 +630,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     pub fn clear(&mut self) {
         self.forwarder.clear();
         self.entries.clear();
+        self.expiries.clear();
         self.watches.clear();
         self.holds.clear();
     }
@@ -686,7 +723,7 @@ pub(super) mod tests {
     /// link; becoming active announces every bound VM at once; back on
     /// standby the pending announcements stop.
     #[test]
-    fn only_the_active_gateway_announces_and_it_announces_everything_at_once() {
+    fn only_the_active_gateway_announces_and_it_announces_everything() {
         let (mut b, _reader, now) = bindings();
         assert!(b.active(), "a single gateway is active");
         assert_eq!(b.set_active(now.mono, false), 0);
@@ -854,5 +891,42 @@ pub(super) mod tests {
         assert!(b.expire(now.mono + Duration::from_millis(4_999)).is_empty());
         assert_eq!(b.expire(now.mono + Duration::from_secs(5)), vec![VM]);
         assert_consistent(&b, &reader, &[]);
+    }
+
+    /// The expiry index follows every change: a refresh moves the expiry,
+    /// an unbind or a lifetime-less bind drops it, and what expires is
+    /// exactly what ran out, soonest first.
+    #[test]
+    fn expiries_follow_refreshes_unbinds_and_run_out_in_order() {
+        let (mut b, reader, now) = bindings();
+        let reg = Origin::Registration { spi: 256 };
+        let (vm2, vm3) = (Ipv4Addr::new(192, 0, 2, 51), Ipv4Addr::new(192, 0, 2, 52));
+        let s = Duration::from_secs;
+        b.bind(now, VM, COA1, Some(s(60)), None, reg).unwrap();
+        b.bind(now, vm2, COA1, Some(s(20)), None, reg).unwrap();
+        b.bind(now, vm3, COA2, Some(s(40)), None, reg).unwrap();
+        assert_eq!(
+            b.next_deadline().map(|d| d - now.mono),
+            Some(s(0)),
+            "announcements first"
+        );
+        b.run_announcements(now.mono + s(1));
+        let deadline =
+            |b: &Bindings<MemoryMaps, MemoryHops>| b.next_deadline().map(|d| d - now.mono);
+        assert_eq!(deadline(&b), Some(s(20)));
+        // Refreshed for longer: its old expiry is gone from the index.
+        b.bind(now, vm2, COA1, Some(s(90)), None, reg).unwrap();
+        assert_eq!(deadline(&b), Some(s(40)));
+        // Rebound for good, then unbound: neither leaves an expiry.
+        b.bind(now, vm3, COA2, None, None, Origin::Admin).unwrap();
+        assert_eq!(deadline(&b), Some(s(60)));
+        b.unbind(now.mono, VM).unwrap();
+        b.run_announcements(now.mono + s(2));
+        assert_eq!(deadline(&b), Some(s(90)));
+        assert!(b.expire(now.mono + s(89)).is_empty());
+        assert_eq!(b.expire(now.mono + s(90)), vec![vm2]);
+        assert_eq!(b.expiries.len(), 0);
+        assert_consistent(&b, &reader, &[(vm3, COA2)]);
+        assert_eq!(b.next_deadline(), None);
     }
 }

@@ -280,6 +280,7 @@ fn assemble(
     // The table, maps and next hops are ready before a worker runs: with
     // --takeover the rings already hold frames for the bound VMs.
     let mut bindings = Bindings::new(forwarder, config.address, lan_mac);
+    bindings.set_announce_rate(config.announce_rate);
     bindings.set_claims(claims);
     // A pair member starts as its role file says (standby without one:
     // after a reboot or a crash keepalived decides again), before the
@@ -359,15 +360,19 @@ fn claims(address: Ipv4Addr, lan: u32, wan: Option<u32>) -> Result<Claims, Error
 }
 
 /// Binds what the store held; what cannot be bound any more is logged.
+/// In bulk, as a bind file: one summary line, not one per VM, and the
+/// announcements paced.
 fn restore(bindings: &mut Bindings, stored: &[crate::store::StoredBinding]) {
     let now = Now::read();
     let mut restored = 0;
+    bindings.set_bulk(true);
     for b in stored {
         match bindings.restore(now, b) {
             Ok(_) => restored += 1,
             Err(e) => tracing::warn!(vm = %b.vm, "stored binding not restored: {e}"),
         }
     }
+    bindings.set_bulk(false);
     if restored > 0 {
         tracing::info!(restored, "bindings restored from the state store");
     }

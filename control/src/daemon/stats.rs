@@ -24,6 +24,9 @@ pub(super) struct HomeAgentStats {
     #[serde(flatten)]
     pub data_path: DataPathStats,
     pub bindings: Vec<BindingInfo>,
+    /// VMs whose gratuitous ARPs wait their turn (many announced at once
+    /// start at `announce_rate` a second).
+    pub announcements_waiting: usize,
     pub registration: RegistrationStats,
     /// The binding store; with etcd, whether it is reachable.
     pub store: super::replica::StoreStats,
@@ -92,6 +95,7 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
             switchover_released: t.switchover_released,
         },
         bindings: d.bindings.list(now),
+        announcements_waiting: d.bindings.announcements_waiting(),
         registration: d
             .registration
             .as_ref()
@@ -157,6 +161,11 @@ pub(super) fn exposition(d: &Daemon, now: Instant) -> Exposition {
         "Bindings without their own series (beyond metrics_binding_series).",
     )
     .sample(vec![], s.bindings.len().saturating_sub(cap));
+    x.gauge(
+        "announcements_waiting",
+        "VMs whose gratuitous ARPs wait their turn (many announced at once start at announce_rate a second).",
+    )
+    .sample(vec![], s.announcements_waiting as u64);
     if let Some(connected) = s.store.connected {
         x.gauge(
             "etcd_connected",
