@@ -310,5 +310,12 @@ fn print_stats(s: &Value) {
                 field(b, "bytes")
             );
         }
+        let total = s.get("bindings_total").and_then(Value::as_u64);
+        if let Some(total) = total.filter(|&t| t > bindings.len() as u64) {
+            println!(
+                "bindings: {total}, the first {} listed (`homeward list` lists them all)",
+                bindings.len()
+            );
+        }
     }
 }

@@ -304,7 +304,7 @@ impl<S: SteeringMaps, N: NextHops> Forwarder<S, N> {
                 slot,
             })
             .collect();
-        all.sort_by_key(|f| f.vm);
+        all.sort_unstable_by_key(|f| f.vm);
         all
     }
 

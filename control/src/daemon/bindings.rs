@@ -99,6 +99,15 @@ impl From<ForwardError> for BindError {
     }
 }
 
+/// How many bindings there are: all, those whose care-of address's next
+/// hop is not resolved, those holding their VM's traffic for a switchover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BindingStates {
+    pub total: usize,
+    pub awaiting_next_hop: usize,
+    pub holding: usize,
+}
+
 /// The home agent's bindings; the forwarder holds their data path.
 pub struct Bindings<S = Steering, N = NeighHandle> {
     forwarder: Forwarder<S, N>,
@@ -594,15 +603,20 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
 
     /// The bindings with their counters.
     pub fn list(&self, now: Instant) -> Vec<BindingInfo> {
+        self.list_first(now, usize::MAX)
+    }
+
+    /// The first `limit` bindings by address, with their counters: a
+    /// metrics scrape or `stats` at a million bindings lists a few, not all.
+    pub fn list_first(&self, now: Instant, limit: usize) -> Vec<BindingInfo> {
         let egress = self.forwarder.next_hops();
-        self.forwarder
-            .list()
-            .into_iter()
-            .filter_map(|f| {
-                let e = self.entries.get(&f.vm)?;
-                let (packets, bytes) = self.forwarder.counts(f.vm);
+        self.entries
+            .iter()
+            .filter_map(|(&vm, e)| {
+                let f = self.forwarder.get(vm)?;
+                let (packets, bytes) = self.forwarder.counts(vm);
                 Some(BindingInfo {
-                    vm: f.vm,
+                    vm,
                     care_of: f.care_of,
                     vm_mac: f.vm_mac.map(format_mac),
                     expires_in: e
@@ -623,7 +637,25 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
                     first_packet_ms: e.first_packet.map(|d| d.as_secs_f64() * 1e3),
                 })
             })
+            .take(limit)
             .collect()
+    }
+
+    /// How many bindings there are, by state, without listing them.
+    pub fn states(&self) -> BindingStates {
+        let egress = self.forwarder.next_hops();
+        let awaiting_next_hop = self
+            .forwarder
+            .care_of_refs()
+            .iter()
+            .filter(|(care_of, _)| !matches!(egress.get(care_of), Some(Some(_))))
+            .map(|&(_, n)| n as usize)
+            .sum();
+        BindingStates {
+            total: self.entries.len(),
+            awaiting_next_hop,
+            holding: self.holds.len(),
+        }
     }
 
     /// Remove every binding (at shutdown), without announcements.
@@ -928,5 +960,37 @@ pub(super) mod tests {
         assert_eq!(b.expiries.len(), 0);
         assert_consistent(&b, &reader, &[(vm3, COA2)]);
         assert_eq!(b.next_deadline(), None);
+    }
+
+    /// States counted without a listing, and a listing cut short, agree
+    /// with the full listing.
+    #[test]
+    fn states_and_a_short_listing_agree_with_the_full_one() {
+        let (mut b, _reader, now) = bindings();
+        let reg = Origin::Registration { spi: 256 };
+        let vms: Vec<Ipv4Addr> = (60..64).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();
+        b.bind(now, vms[0], COA1, None, None, reg).unwrap();
+        b.bind(now, vms[1], COA2, None, None, reg).unwrap();
+        b.bind(now, vms[2], COA2, None, None, reg).unwrap();
+        b.hold(now, vms[3], Duration::from_secs(5), None, reg)
+            .unwrap();
+        let neigh = b.forwarder().neigh();
+        neigh.resolved.borrow_mut().insert(COA1, [2, 0, 0, 0, 0, 9]);
+        let states = b.states();
+        assert_eq!(
+            states,
+            BindingStates {
+                total: 4,
+                awaiting_next_hop: 2,
+                holding: 1
+            }
+        );
+        let all = b.list(now.mono);
+        assert_eq!(all.len(), states.total);
+        let unspecified = all.iter().filter(|i| i.care_of.is_unspecified()).count();
+        assert_eq!(unspecified, states.holding);
+        let first = b.list_first(now.mono, 2);
+        assert_eq!(first, all[..2]);
+        assert_eq!(first.iter().map(|i| i.vm).collect::<Vec<_>>(), vms[..2]);
     }
 }

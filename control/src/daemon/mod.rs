@@ -503,7 +503,8 @@ impl Daemon {
                 serde_json::to_value(self.bindings.list(now)).map_err(|e| e.to_string())
             }
             Request::Stats {} => {
-                serde_json::to_value(stats::collect(self, now)).map_err(|e| e.to_string())
+                serde_json::to_value(stats::collect(self, now, stats::STATS_BINDINGS))
+                    .map_err(|e| e.to_string())
             }
             Request::Takeover {} => Err("takeover is asked by `homeward run --takeover`".into()),
             Request::Role { state } => self.set_role(&state),

@@ -23,7 +23,10 @@ pub(super) struct HomeAgentStats {
     pub counters: HomeAgentCounters,
     #[serde(flatten)]
     pub data_path: DataPathStats,
+    /// The first [`STATS_BINDINGS`] bindings by address (`homeward list`
+    /// lists them all), and how many there are.
     pub bindings: Vec<BindingInfo>,
+    pub bindings_total: usize,
     /// VMs whose gratuitous ARPs wait their turn (many announced at once
     /// start at `announce_rate` a second).
     pub announcements_waiting: usize,
@@ -78,7 +81,12 @@ pub(super) struct HomeAgentCounters {
     pub switchover_released: u64,
 }
 
-pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
+/// Bindings `homeward stats` lists: a million would make its answer
+/// hundreds of megabytes, and hold the control loop while it is built.
+pub(super) const STATS_BINDINGS: usize = 1000;
+
+/// The home agent's stats, with the first `bindings` bindings.
+pub(super) fn collect(d: &Daemon, now: Instant, bindings: usize) -> HomeAgentStats {
     let data_path = d.bindings.forwarder().stats();
     let t = &data_path.totals;
     HomeAgentStats {
@@ -94,7 +102,8 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
             switchover_held: t.switchover_held,
             switchover_released: t.switchover_released,
         },
-        bindings: d.bindings.list(now),
+        bindings: d.bindings.list_first(now, bindings),
+        bindings_total: d.bindings.states().total,
         announcements_waiting: d.bindings.announcements_waiting(),
         registration: d
             .registration
@@ -110,57 +119,45 @@ pub(super) fn collect(d: &Daemon, now: Instant) -> HomeAgentStats {
 /// The home agent's metrics: the data path's, then bindings and
 /// registration.
 pub(super) fn exposition(d: &Daemon, now: Instant) -> Exposition {
-    let s = collect(d, now);
+    let cap = d.metrics.binding_series();
+    let s = collect(d, now, cap);
     let mut x = Exposition::for_role("home_agent");
     metrics::data_path(&mut x, &s.data_path);
-    let unresolved: std::collections::HashSet<Ipv4Addr> = s
-        .data_path
-        .next_hops
-        .iter()
-        .filter(|h| h.mac.is_none())
-        .map(|h| h.care_of)
-        .collect();
-    let waiting = s
-        .bindings
-        .iter()
-        .filter(|b| unresolved.contains(&b.care_of))
-        .count();
-    // A switchover's binding has no care-of address yet.
-    let holding = s
-        .bindings
-        .iter()
-        .filter(|b| b.care_of.is_unspecified())
-        .count();
+    let states = d.bindings.states();
     x.gauge(
         "bindings",
         "Bindings by state: forwarding, waiting for the care-of address's next hop, or holding the VM's traffic for a switchover.",
     )
     .sample(
         vec![label("state", "forwarding")],
-        s.bindings.len() - waiting - holding,
+        states
+            .total
+            .saturating_sub(states.awaiting_next_hop + states.holding),
     )
-    .sample(vec![label("state", "awaiting_next_hop")], waiting)
-    .sample(vec![label("state", "holding")], holding);
-    let cap = d.metrics.binding_series();
+    .sample(
+        vec![label("state", "awaiting_next_hop")],
+        states.awaiting_next_hop,
+    )
+    .sample(vec![label("state", "holding")], states.holding);
     let packets = x.counter(
         "binding_packets",
         "Packets forwarded under each binding (the first metrics_binding_series bindings by address).",
     );
-    for b in s.bindings.iter().take(cap) {
+    for b in &s.bindings {
         packets.sample(vec![label("vm", b.vm.to_string())], b.packets);
     }
     let bytes = x.counter(
         "binding_bytes",
         "Bytes forwarded under each binding (same cap).",
     );
-    for b in s.bindings.iter().take(cap) {
+    for b in &s.bindings {
         bytes.sample(vec![label("vm", b.vm.to_string())], b.bytes);
     }
     x.gauge(
         "binding_series_omitted",
         "Bindings without their own series (beyond metrics_binding_series).",
     )
-    .sample(vec![], s.bindings.len().saturating_sub(cap));
+    .sample(vec![], states.total.saturating_sub(s.bindings.len()));
     x.gauge(
         "announcements_waiting",
         "VMs whose gratuitous ARPs wait their turn (many announced at once start at announce_rate a second).",

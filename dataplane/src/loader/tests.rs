@@ -885,6 +885,34 @@ fn bind_unbind_and_care_ofs_write_the_maps_as_told() {
     assert!(s.care_ofs().unwrap().is_empty());
 }
 
+/// Reading the maps back takes them in batches: more entries than one
+/// batch, a full map, and every entry exactly once.
+#[test]
+fn a_map_larger_than_a_batch_reads_back_whole() {
+    require_root!();
+    const N: u32 = 10_000;
+    let mut s = Steering::load(1, None, N).expect("load");
+    let base = u32::from(Ipv4Addr::new(10, 16, 0, 0));
+    let mut want = Vec::new();
+    for i in 0..N {
+        let vm = Ipv4Addr::from(base + i);
+        let care_of = if i % 2 == 0 { CARE_OF } else { CARE_OF2 };
+        s.bind(vm, care_of).unwrap();
+        want.push((vm, care_of));
+    }
+    assert_eq!(s.bound().unwrap(), want);
+    for &(vm, _) in want.iter().step_by(3) {
+        s.unbind(vm).unwrap();
+    }
+    let left: Vec<_> = want
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, b)| *b)
+        .collect();
+    assert_eq!(s.bound().unwrap(), left);
+}
+
 #[test]
 fn full_map_is_a_clear_error() {
     require_root!();
