@@ -1,0 +1,60 @@
+#!/bin/bash
+# The control plane with many bindings, as root: `homeward run` in a
+# namespace of its own (two veth pairs, nothing else), N VMs bound with one
+# `bind --file`, then what the daemon does with them:
+#   - the 10 s after the bind: CPU per thread, frames on the home link (the
+#     gratuitous ARPs), the announcement counters;
+#   - once the announcements are over (RATE high) or not: a metrics scrape,
+#     `homeward stats --json`, `homeward list --json`, timed.
+# usage: bulk-bindings.sh HOMEWARD_BIN N [ANNOUNCE_RATE]
+# (ANNOUNCE_RATE: written to the config file; leave it out for a binary
+# that does not know the key.) Traffic stays in the namespace.
+set -u
+BIN=$(realpath "$1"); N=$2; RATE=${3:-}
+NS=hw-bulk-$$; D=$(mktemp -d)
+cleanup() {
+    [ -n "${PID:-}" ] && kill -INT "$PID" 2>/dev/null && sleep 3 && kill -9 "$PID" 2>/dev/null
+    ip netns del "$NS" 2>/dev/null
+    rm -rf "$D"
+}
+trap cleanup EXIT
+ip netns add "$NS"
+ip -n "$NS" link add lan0 type veth peer name lanp
+ip -n "$NS" link add wan0 type veth peer name wanp
+ip -n "$NS" addr add 10.0.0.1/8 dev lan0
+ip -n "$NS" addr add 198.51.100.1/24 dev wan0
+for i in lo lan0 lanp wan0 wanp; do ip -n "$NS" link set "$i" up; done
+ip -n "$NS" neigh add 198.51.100.2 lladdr 02:00:00:00:00:22 dev wan0
+printf 'max_bindings = %d\n' $((N + 1)) > "$D/c.toml"
+[ -n "$RATE" ] && printf 'announce_rate = %d\n' "$RATE" >> "$D/c.toml"
+python3 -c "
+import ipaddress
+b = int(ipaddress.IPv4Address('10.16.0.0'))
+open('$D/b.txt', 'w').write(''.join(f'{ipaddress.IPv4Address(b + i)} 198.51.100.2\n' for i in range($N)))"
+ip netns exec "$NS" "$BIN" run --lan lan0 --wan wan0 --address 198.51.100.1 \
+    --socket "$D/s.sock" --state-dir "$D/st" --config "$D/c.toml" \
+    --metrics 127.0.0.1:9555 > "$D/log" 2>&1 &
+PID=$!
+for _ in $(seq 50); do [ -S "$D/s.sock" ] && break; sleep 0.2; done
+sleep 1
+threads() { for t in /proc/$PID/task/*; do echo "$(cat "$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done; }
+rx() { ip -n "$NS" -s link show lanp | awk '/RX:/{getline; print $2}'; }
+"$BIN" bind --file "$D/b.txt" --socket "$D/s.sock"
+threads > "$D/t0"; r0=$(rx)
+sleep 10
+threads > "$D/t1"; r1=$(rx)
+echo "the 10 s after the bind: $((r1 - r0)) frames on the home link; CPU ticks (1/100 s) per thread:"
+paste "$D/t0" "$D/t1" | awk '{ if ($4 - $2 > 0) print "  " $1, $4 - $2 }'
+"$BIN" stats --json --socket "$D/s.sock" | python3 -c "
+import json, sys
+s = json.load(sys.stdin)
+print('announcements', s['counters']['announcements'], 'waiting', s.get('announcements_waiting'),
+      'no_free_frame', s.get('drops', {}).get('no_free_frame'))"
+for _ in 1 2 3; do
+    /usr/bin/time -f "metrics scrape %e s" ip netns exec "$NS" curl -s -o /dev/null 127.0.0.1:9555/metrics
+done
+/usr/bin/time -f "stats --json %e s" "$BIN" stats --json --socket "$D/s.sock" > /dev/null
+/usr/bin/time -f "list --json %e s" "$BIN" list --json --socket "$D/s.sock" > /dev/null
+threads > "$D/t2"; sleep 10; threads > "$D/t3"
+echo "10 s later, CPU ticks per thread:"
+paste "$D/t2" "$D/t3" | awk '{ if ($4 - $2 > 0) print "  " $1, $4 - $2 }'
