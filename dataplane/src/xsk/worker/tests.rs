@@ -756,6 +756,21 @@ fn set_vm_binding(h: &mut Harness, care_of: Option<[u8; 4]>) {
     }
 }
 
+/// The two frames a switchover held went into the tunnel, in order, and
+/// nothing is held any more.
+#[track_caller]
+fn released_into_the_tunnel_in_order(h: &mut Harness, first: &[u8], second: &[u8]) {
+    let wire = h.q().take_wire(Side::Wan);
+    assert_eq!(wire.len(), 2);
+    check_encapsulated(&wire[0], inner_datagram(first), 0);
+    check_encapsulated(&wire[1], inner_datagram(second), 1);
+    let c = h.counters();
+    assert_eq!((c.switchover_released, c.pipeline.encapsulated), (2, 2));
+    h.step();
+    assert_eq!(h.accounting().held, 0);
+    h.assert_conserved();
+}
+
 #[test]
 fn a_switchover_holds_frames_until_the_destination_registers() {
     let mut h = two_armed();
@@ -773,15 +788,7 @@ fn a_switchover_holds_frames_until_the_destination_registers() {
     // The destination registered: both go into its tunnel, in order.
     set_vm_binding(&mut h, Some(CARE_OF));
     next_turn(&mut h);
-    let wire = h.q().take_wire(Side::Wan);
-    assert_eq!(wire.len(), 2);
-    check_encapsulated(&wire[0], inner_datagram(&first), 0);
-    check_encapsulated(&wire[1], inner_datagram(&second), 1);
-    let c = h.counters();
-    assert_eq!((c.switchover_released, c.pipeline.encapsulated), (2, 2));
-    h.step();
-    assert_eq!(h.accounting().held, 0);
-    h.assert_conserved();
+    released_into_the_tunnel_in_order(&mut h, &first, &second);
 }
 
 /// The destination registers between the turn's look at the held frames
@@ -800,15 +807,7 @@ fn a_switchover_ending_mid_turn_keeps_the_held_frames_first() {
     h.assert_conserved();
 
     next_turn(&mut h);
-    let wire = h.q().take_wire(Side::Wan);
-    assert_eq!(wire.len(), 2);
-    check_encapsulated(&wire[0], inner_datagram(&first), 0);
-    check_encapsulated(&wire[1], inner_datagram(&second), 1);
-    let c = h.counters();
-    assert_eq!((c.switchover_released, c.pipeline.encapsulated), (2, 2));
-    h.step();
-    assert_eq!(h.accounting().held, 0);
-    h.assert_conserved();
+    released_into_the_tunnel_in_order(&mut h, &first, &second);
 }
 
 /// The registration can land before the new care-of's neighbour entry: the
