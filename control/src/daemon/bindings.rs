@@ -128,9 +128,10 @@ pub struct Bindings<S = Steering, N = NeighHandle> {
     /// Whether this gateway speaks for the VMs on the home link (sends
     /// gratuitous ARP): the only one, or the active one of a pair.
     active: bool,
-    /// A bind file is being applied (`durable::bind_many`): provisioning,
-    /// not migrations, so no first-packet timing and no log line per VM
-    /// (a million of each would hold the control loop for seconds).
+    /// A bind file is being applied (`durable::bind_many`) or the store
+    /// restored at start: provisioning, not migrations, so no first-packet
+    /// timing, no log line per VM (a million of each would hold the control
+    /// loop for seconds) and the announcements paced.
     bulk: bool,
 }
 
@@ -181,7 +182,8 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     }
 
     /// Schedules gratuitous ARP for `vm` at `mac`, if this gateway speaks
-    /// for the VMs: at once, or paced while a bind file is applied.
+    /// for the VMs: at once, or paced while many are bound at once (a bind
+    /// file, the restore at start).
     fn announce(&mut self, now: Instant, vm: Ipv4Addr, mac: [u8; 6]) {
         match (self.active, self.bulk) {
             (false, _) => {}
