@@ -643,6 +643,11 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             .collect()
     }
 
+    /// How many bindings there are.
+    pub fn count(&self) -> usize {
+        self.entries.len()
+    }
+
     /// How many bindings there are, by state, without listing them.
     pub fn states(&self) -> BindingStates {
         let egress = self.forwarder.next_hops();

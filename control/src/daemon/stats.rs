@@ -103,7 +103,7 @@ pub(super) fn collect(d: &Daemon, now: Instant, bindings: usize) -> HomeAgentSta
             switchover_released: t.switchover_released,
         },
         bindings: d.bindings.list_first(now, bindings),
-        bindings_total: d.bindings.states().total,
+        bindings_total: d.bindings.count(),
         announcements_waiting: d.bindings.announcements_waiting(),
         registration: d
             .registration

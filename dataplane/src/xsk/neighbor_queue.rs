@@ -95,7 +95,7 @@ impl<D: Copy> NeighborQueue<D> {
     /// Whether frames for `addr` are held.
     #[inline]
     pub fn holds(&self, addr: Ipv4Addr) -> bool {
-        !self.addrs.is_empty() && self.addrs.iter().any(|&(a, _)| a == addr)
+        self.addrs.iter().any(|&(a, _)| a == addr)
     }
 
     /// Hold `h`, or give it back if its address or the queue is full.
