@@ -564,6 +564,27 @@ impl Qemu {
         v["status"].as_str().unwrap_or("?").to_string()
     }
 
+    /// Pauses the guest where it is (`stop`), waits `pause`, lets it go on
+    /// (`cont`): a resume without a migration, to time what the guest
+    /// itself takes after a RESUME. Returns QEMU's STOP -> RESUME and the
+    /// RESUME's timestamp (QEMU's clock, the host's wall clock).
+    #[track_caller]
+    pub fn pause_in_place(&mut self, pause: Duration) -> (Duration, SystemTime) {
+        let mark = self.qmp.events().len();
+        self.qmp.run("stop", Value::Null);
+        std::thread::sleep(pause);
+        self.qmp.run("cont", Value::Null);
+        let timeout = Duration::from_secs(10);
+        let mut event = |name: &str| {
+            self.qmp
+                .wait_event(name, mark, timeout, |_| true)
+                .unwrap_or_else(|e| panic!("{name} after stop/cont: {e}"))
+                .timestamp
+        };
+        let (stop, resume) = (event("STOP"), event("RESUME"));
+        (resume.duration_since(stop).unwrap_or_default(), resume)
+    }
+
     /// `query-migrate` as QEMU returns it.
     #[track_caller]
     pub fn query_migrate(&mut self) -> Value {

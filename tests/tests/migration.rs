@@ -273,6 +273,64 @@ fn outage(
     label: &str,
     reverse_tunnel: Option<(&homeward_tests::Netns, &str)>,
 ) -> (f64, f64, f64) {
+    outage_of(lab, label, reverse_tunnel, || {
+        let report = vm.migrate_to(to, tap, opts);
+        assert_eq!(report.status, "completed", "{label}: {}", report.summary());
+        assert!(
+            !report.continued_by_lab,
+            "{label}: the source's agent did not send migrate-continue: {}",
+            report.summary()
+        );
+        Resumed {
+            paused_ms: report.guest_paused_ms(),
+            resume_unix: report.dest_resume_unix(),
+            pre_switchover: report.pre_switchover,
+        }
+    })
+}
+
+/// `vm` paused where it is for `pause` and let go on (QMP `stop`, `cont`)
+/// during a download: no migration, no new QEMU. What the client then
+/// waits after the RESUME is the guest's own time to send again.
+#[track_caller]
+fn pause_outage(
+    lab: &MigrationLab,
+    vm: &mut homeward_tests::Vm,
+    pause: Duration,
+    label: &str,
+) -> (f64, f64, f64) {
+    outage_of(lab, label, None, || {
+        let (paused, resume) = vm.qemu().pause_in_place(pause);
+        Resumed {
+            paused_ms: paused.as_secs_f64() * 1e3,
+            resume_unix: resume
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(f64::NAN, |d| d.as_secs_f64()),
+            pre_switchover: None,
+        }
+    })
+}
+
+/// How the VM stopped and resumed in one [`outage_of`] measurement.
+struct Resumed {
+    /// QEMU's STOP -> RESUME, ms.
+    paused_ms: f64,
+    /// The RESUME, Unix seconds (QEMU's timestamp).
+    resume_unix: f64,
+    /// The source's pre-switchover wait, for a migration with it.
+    pre_switchover: Option<Duration>,
+}
+
+/// A download from `lab`'s client during `act` (which stops and resumes
+/// the VM): the stream must stay clean. Returns (client-observed max gap,
+/// QEMU stop -> resume, resume -> the client's data again), ms.
+#[track_caller]
+fn outage_of(
+    lab: &MigrationLab,
+    label: &str,
+    reverse_tunnel: Option<(&homeward_tests::Netns, &str)>,
+    act: impl FnOnce() -> Resumed,
+) -> (f64, f64, f64) {
     let mut stream = lab.start_stream(&StreamOptions {
         seconds: 5.0,
         ..StreamOptions::default()
@@ -282,17 +340,13 @@ fn outage(
     // tunnel on its way into the home agent (the router's side: the home
     // agent's XDP takes them before any capture there).
     let capture = reverse_tunnel.map(|(ns, link)| Capture::start(ns, link, "ip proto 4"));
-    let report = vm.migrate_to(to, tap, opts);
-    assert_eq!(report.status, "completed", "{label}: {}", report.summary());
-    assert!(
-        !report.continued_by_lab,
-        "{label}: the source's agent did not send migrate-continue: {}",
-        report.summary()
-    );
+    let Resumed {
+        paused_ms: paused,
+        resume_unix: resume,
+        pre_switchover,
+    } = act();
     let download = StreamReport::wait(&mut stream, Duration::from_secs(60));
     assert!(download.is_clean(), "{label}: {download:?}");
-    let paused = report.guest_paused_ms();
-    let resume = report.dest_resume_unix();
     let resume_to_data = (download.max_gap_end_unix - resume) * 1e3;
     if let Some(c) = capture {
         let first = homeward_tests::decode_ipip(&c.stop())
@@ -307,8 +361,8 @@ fn outage(
     }
     eprintln!(
         "{label}: client max gap {:.0} ms | QEMU stop -> resume {paused:.0} ms | \
-         resume -> data {resume_to_data:.0} ms | pre-switchover {:?} | {} bytes verified",
-        download.max_gap_ms, report.pre_switchover, download.bytes
+         resume -> data {resume_to_data:.0} ms | pre-switchover {pre_switchover:?} | {} bytes verified",
+        download.max_gap_ms, download.bytes
     );
     (download.max_gap_ms, paused, resume_to_data)
 }
@@ -395,6 +449,10 @@ fn interleaved(tag: &str, disk: Disk) {
     let mut lan = Vec::new();
     let mut moves: [Vec<f64>; 3] = Default::default();
     let (mut paused_lan, mut paused_hw) = (Vec::new(), Vec::new());
+    // Resume -> the client's data: the same LAN, homeward's moves, and the
+    // guest paused in place for as long (no migration: the guest's own time
+    // to send again after a RESUME).
+    let (mut after_lan, mut after_hw, mut after_pause) = (Vec::new(), Vec::new(), Vec::new());
     // Where each homeward move goes, the care-of address the HA must then
     // have (None: home), and whether the VM's first packets after it cross
     // the router toward the HA (a reverse tunnel to capture).
@@ -406,7 +464,7 @@ fn interleaved(tag: &str, disk: Disk) {
     for i in 0..PAIRS {
         // The plain lab's VM moves between A's two taps.
         let there = &taps[(i + 1) % 2];
-        let (gap, p, _) = outage(
+        let (gap, p, after) = outage(
             &plain,
             &mut vm_plain,
             &plain.hyp_a,
@@ -417,13 +475,27 @@ fn interleaved(tag: &str, disk: Disk) {
         );
         lan.push(gap);
         paused_lan.push(p);
+        after_lan.push(after);
+        if matches!(disk, Disk::None) {
+            // As long as this round's migration paused it (150 ms if QEMU
+            // did not say).
+            let ms = if p.is_finite() {
+                p.clamp(1.0, 1000.0)
+            } else {
+                150.0
+            };
+            let pause = Duration::from_secs_f64(ms / 1e3);
+            let label = format!("{i} paused in place as long, no migration");
+            after_pause.push(pause_outage(&plain, &mut vm_plain, pause, &label).2);
+        }
         for ((name, to, care_of, tunnelled), gaps) in hops.iter().zip(moves.iter_mut()) {
             let label = format!("{i} homeward {name}, {storage_name}");
             let capture = tunnelled.then_some((&lab.router, lab.router_wan.name.as_str()));
-            let (gap, p, _) = outage(&lab, &mut vm, to, &lab.tap, &switchover, &label, capture);
+            let (gap, p, after) = outage(&lab, &mut vm, to, &lab.tap, &switchover, &label, capture);
             hw.wait_binding(&lab, *care_of, Duration::from_secs(10));
             gaps.push(gap);
             paused_hw.push(p);
+            after_hw.push(after);
         }
     }
     let stats = hw.json(&lab.ha, "ha", &["stats"]);
@@ -448,6 +520,13 @@ fn interleaved(tag: &str, disk: Disk) {
         c["mss_clamped"],
         stats["drops"]["frag_needed"],
         stats["drops"]["decap_care_of_mismatch"],
+    );
+    eprintln!(
+        "{storage_name}: resume -> the client's data, medians: same LAN without homeward {:.0} ms \
+         | homeward, all moves {:.0} ms | paused in place, no migration {:.0} ms",
+        median(after_lan),
+        median(after_hw),
+        median(after_pause),
     );
     // Each source's agent had its switchover confirmed and released its
     // migration (what the client sent meanwhile, if anything, was held).
