@@ -190,7 +190,7 @@ impl Forwarder<Steering, NeighHandle> {
         };
         DataPathStats {
             xdp_mode: self.steering.mode().to_string(),
-            maps_in_sync: self.maps_in_sync().unwrap_or(false),
+            maps_in_sync: self.maps_in_sync_paced(Instant::now()),
             drops: totals.drops().collect(),
             steering,
             next_hops: self

@@ -198,3 +198,24 @@ fn maps_out_of_sync_are_reported() {
     f.steering.bound.insert(VM2, COA2);
     assert_eq!(f.maps_in_sync(), Ok(false));
 }
+
+#[test]
+fn the_maps_comparison_is_paced_and_a_failed_write_redoes_it() {
+    use std::time::Duration;
+    let (mut f, _reader) = forwarder();
+    f.bind(VM, COA1, None).unwrap();
+    let t0 = Instant::now();
+    assert!(f.maps_in_sync_paced(t0));
+    // Another program changes the map: the fresh answer stands ...
+    f.steering.bound.insert(VM2, COA2);
+    assert!(f.maps_in_sync_paced(t0));
+    // ... until 100 times as long as the comparison took has passed.
+    let t1 = t0 + Duration::from_secs(3600);
+    assert!(!f.maps_in_sync_paced(t1));
+    f.steering.bound.remove(&VM2);
+    assert!(!f.maps_in_sync_paced(t1), "still fresh");
+    // A failed map write makes the next call compare again.
+    f.steering.fail_next_bind = true;
+    assert!(f.bind(VM2, COA2, None).is_err());
+    assert!(f.maps_in_sync_paced(t1));
+}
