@@ -464,6 +464,10 @@ impl<S: SteeringMaps, N: NextHops> Forwarder<S, N> {
     /// `mac`.
     pub fn announce(&self, addr: Ipv4Addr, mac: [u8; 6]) {
         let _ = self.commands.0.send(Command::Announce { addr, mac });
+        // Queue 0's worker takes the commands; wake it if it sleeps.
+        if let Some(w) = self.workers.shared().first() {
+            w.wake();
+        }
     }
 
     /// Reference counts per care-of address, for checks.

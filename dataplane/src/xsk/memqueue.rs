@@ -12,6 +12,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 use super::{QueueIo, RingOccupancy, Side, SocketStats, XskConfig};
@@ -376,8 +377,9 @@ impl QueueIo for MemQueue {
         Some(self.socket(side).stats)
     }
 
-    fn wait_readable(&self, _timeout: Duration) {
+    fn wait_readable(&self, _timeout: Duration, _bell: Option<RawFd>) -> bool {
         self.waits.set(self.waits.get() + 1);
+        false
     }
 
     fn data_len(desc: &MemDesc) -> usize {

@@ -6,6 +6,7 @@
 //! [`QueueSockets`]: super::QueueSockets
 
 use std::io;
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 use super::{RingOccupancy, XskConfig};
@@ -85,8 +86,10 @@ pub trait QueueIo {
     fn occupancy(&mut self, side: Side) -> RingOccupancy;
     /// The kernel's counters of `side`'s socket, if it can tell.
     fn statistics(&self, side: Side) -> Option<SocketStats>;
-    /// Sleeps until a socket has something to receive, or `timeout` passes.
-    fn wait_readable(&self, timeout: Duration);
+    /// Sleeps until a socket has something to receive, `bell` (a
+    /// [`Doorbell`](super::sys::Doorbell)'s fd) is rung, or `timeout`
+    /// passes; returns whether `bell` was rung.
+    fn wait_readable(&self, timeout: Duration, bell: Option<RawFd>) -> bool;
     /// Whether the sockets busy-poll ([`QueueIo::busy_poll`] does work).
     fn busy_polling(&self) -> bool {
         false

@@ -549,8 +549,8 @@ impl QueueIo for QueueSockets {
         })
     }
 
-    fn wait_readable(&self, timeout: Duration) {
-        super::sys::poll_readable(self.lan.fd, self.wan.as_ref().map(|w| w.fd), timeout);
+    fn wait_readable(&self, timeout: Duration, bell: Option<RawFd>) -> bool {
+        super::sys::poll_readable(self.lan.fd, self.wan.as_ref().map(|w| w.fd), bell, timeout)
     }
 
     #[inline]

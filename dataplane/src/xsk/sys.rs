@@ -1,29 +1,74 @@
 //! The raw syscalls of the data path: poll(2) on a worker's sockets, CPU
 //! pinning, a link's promiscuity, and socket options xsk-rs does not set.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// Sleep until `a` or `b` has something to read, or `timeout` passes.
-/// Errors (EINTR) are the same as a timeout to the caller: it just loops.
-pub(crate) fn poll_readable(a: RawFd, b: Option<RawFd>, timeout: Duration) {
-    let mut fds = [
-        libc::pollfd {
-            fd: a,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: b.unwrap_or(-1),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    let n = if b.is_some() { 2 } else { 1 };
+/// Sleep until `a` or `b` has something to read, `bell` is rung, or
+/// `timeout` passes; returns whether `bell` was rung. Errors (EINTR) are
+/// the same as a timeout to the caller: it just loops.
+pub(crate) fn poll_readable(
+    a: RawFd,
+    b: Option<RawFd>,
+    bell: Option<RawFd>,
+    timeout: Duration,
+) -> bool {
+    let pollin = |fd: Option<RawFd>| libc::pollfd {
+        // poll(2) skips a negative fd.
+        fd: fd.unwrap_or(-1),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds = [pollin(Some(a)), pollin(b), pollin(bell)];
     let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-    // SAFETY: `fds` is a valid array of `n` pollfd structs that lives across
+    // SAFETY: `fds` is a valid array of 3 pollfd structs that lives across
     // the call; poll only writes their `revents` fields.
-    unsafe { libc::poll(fds.as_mut_ptr(), n, ms) };
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    bell.is_some() && fds[2].revents & libc::POLLIN != 0
+}
+
+/// A worker's doorbell (an eventfd): the control plane rings it when it
+/// hands the worker something to do (a gratuitous ARP, a stop), so that a
+/// worker asleep in [`poll_readable`] wakes at once rather than at its
+/// timeout (up to 10 ms idle).
+#[derive(Debug)]
+pub struct Doorbell {
+    fd: OwnedFd,
+}
+
+impl Doorbell {
+    pub fn new() -> std::io::Result<Doorbell> {
+        // SAFETY: plain eventfd(2); the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened by this function, which owns it alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Doorbell { fd })
+    }
+
+    /// Rings: the fd turns readable. Failing only when rung 2^64-2 times
+    /// unanswered (EAGAIN), when it is readable anyway.
+    pub fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of `one`, which lives across the call,
+        // to an eventfd this struct owns.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Answers: the fd is no longer readable (until rung again).
+    pub fn clear(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads at most 8 bytes into `count`, which lives across the
+        // call; non-blocking (EAGAIN when not rung).
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    }
+
+    /// The fd to poll.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
 }
 
 /// Pin the calling thread to `cpu` (sched_setaffinity), so a worker keeps
@@ -182,4 +227,56 @@ pub(crate) fn busy_poll_once(fd: RawFd) {
             std::ptr::null_mut(),
         )
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A rung doorbell wakes a poll that would otherwise sleep 5 s, and is
+    /// quiet again once cleared.
+    #[test]
+    fn a_rung_doorbell_wakes_poll_and_clear_quiets_it() {
+        let idle = Doorbell::new().unwrap(); // a socket stand-in, never readable
+        let bell = Doorbell::new().unwrap();
+        let ringer = std::thread::spawn({
+            let fd = bell.fd.try_clone().unwrap();
+            move || {
+                std::thread::sleep(Duration::from_millis(50));
+                Doorbell { fd }.ring();
+            }
+        });
+        let t0 = Instant::now();
+        assert!(poll_readable(
+            idle.fd(),
+            None,
+            Some(bell.fd()),
+            Duration::from_secs(5)
+        ));
+        assert!(t0.elapsed() < Duration::from_secs(5), "woke by the timeout");
+        ringer.join().unwrap();
+        bell.clear();
+        assert!(!poll_readable(
+            idle.fd(),
+            None,
+            Some(bell.fd()),
+            Duration::from_millis(1)
+        ));
+        bell.ring();
+        bell.ring();
+        assert!(poll_readable(
+            idle.fd(),
+            None,
+            Some(bell.fd()),
+            Duration::from_millis(1)
+        ));
+        bell.clear();
+        assert!(!poll_readable(
+            idle.fd(),
+            Some(idle.fd()),
+            Some(bell.fd()),
+            Duration::from_millis(1)
+        ));
+    }
 }

@@ -19,6 +19,7 @@ use super::busy_poll::DeviceTuning;
 use super::neighbor_queue::{Held, InOrder, NeighborQueue, Release};
 use super::rings::{QueueIo, Side};
 use super::sockets::QueueSockets;
+use super::sys::Doorbell;
 use crate::capture::{self, Outcome, Record, Stage, Tap, TxKind};
 use crate::pipeline::{
     write_gratuitous_arp, Counters, Lookup, NextHop, Pipeline, PipelineConfig, Port, Verdict,
@@ -60,6 +61,9 @@ pub struct WorkerShared {
     tx_kick_budget: AtomicU64,
     /// The queue's sockets are bound zero-copy.
     zero_copy: AtomicBool,
+    /// Wakes the worker from its idle poll() for a command or a stop
+    /// (`None`: no eventfd to be had; then it wakes at its timeout).
+    doorbell: Option<Doorbell>,
 }
 
 /// Counters per binding slot.
@@ -94,7 +98,19 @@ impl WorkerShared {
             turns: AtomicU64::new(0),
             tx_kick_budget: AtomicU64::new(0),
             zero_copy: AtomicBool::new(false),
+            doorbell: Doorbell::new()
+                .inspect_err(|e| {
+                    tracing::warn!("no eventfd for a worker ({e}): commands wait out its idle poll")
+                })
+                .ok(),
         })
+    }
+
+    /// Wakes the worker if it sleeps: it has a command waiting.
+    pub fn wake(&self) {
+        if let Some(bell) = &self.doorbell {
+            bell.ring();
+        }
     }
 
     /// The worker's loop turns so far.
@@ -162,6 +178,7 @@ impl WorkerShared {
     /// Ask the worker to finish: it drains its TX rings and returns.
     pub fn stop(&self) {
         self.stop.store(true, Relaxed);
+        self.wake();
     }
 
     /// Packets and bytes this worker forwarded for binding slot `slot`.
@@ -1156,7 +1173,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                 self.fruitless_kicks = 0;
             }
             if self.fruitless_kicks > 64 {
-                self.sockets.wait_readable(Duration::from_millis(1));
+                self.sleep(Duration::from_millis(1));
             }
             return;
         }
@@ -1168,7 +1185,20 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         } else {
             1
         };
-        self.sockets.wait_readable(Duration::from_millis(wait));
+        self.sleep(Duration::from_millis(wait));
+    }
+
+    /// Sleeps in poll() until a socket has frames, the doorbell rings (a
+    /// command, a stop: answered by the next turn) or `timeout` passes.
+    fn sleep(&self, timeout: Duration) {
+        let bell = self.shared.doorbell.as_ref();
+        if self.sockets.wait_readable(timeout, bell.map(Doorbell::fd)) {
+            if let Some(b) = bell {
+                // Before the next turn looks at the commands: a ring after
+                // this is for a command that turn will see, or the next.
+                b.clear();
+            }
+        }
     }
 
     /// Whether a busy-polling worker polls on rather than sleeps: it
