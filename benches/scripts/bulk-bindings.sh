@@ -5,7 +5,8 @@
 #   - the 10 s after the bind: CPU per thread, frames on the home link (the
 #     gratuitous ARPs), the announcement counters;
 #   - once the announcements are over (RATE high) or not: a metrics scrape,
-#     `homeward stats --json`, `homeward list --json`, timed.
+#     `homeward stats --json`, `homeward list --json`, timed; a list's
+#     reply at the daemon, and a health request answered during one.
 # usage: bulk-bindings.sh HOMEWARD_BIN N [ANNOUNCE_RATE]
 # (ANNOUNCE_RATE: written to the config file; leave it out for a binary
 # that does not know the key.) Traffic stays in the namespace.
@@ -55,6 +56,30 @@ for _ in 1 2 3; do
 done
 /usr/bin/time -f "stats --json %e s" "$BIN" stats --json --socket "$D/s.sock" > /dev/null
 /usr/bin/time -f "list --json %e s" "$BIN" list --json --socket "$D/s.sock" > /dev/null
+# The daemon's side of a list (its reply, not the CLI's parsing), and how
+# long the control loop is busy with one: a health request sent 50 ms
+# after a list nobody reads.
+python3 - "$D/s.sock" <<'EOF'
+import socket, sys, time
+def ask(op):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(b'{"op":"%s"}\n' % op.encode())
+    return s
+t = time.time(); s = ask("list"); first = None; n = 0
+while True:
+    b = s.recv(1 << 20)
+    if not b:
+        break
+    first = first or time.time()
+    n += len(b)
+    if b.endswith(b"\n"):
+        break
+print("list reply: first byte %.2f s, last %.2f s, %d MB" % (first - t, time.time() - t, n >> 20))
+unread = ask("list"); time.sleep(0.05)
+t = time.time(); ask("health").recv(1 << 16)
+print("health sent 50 ms after a list: answered in %.2f s" % (time.time() - t))
+EOF
 threads > "$D/t2"; sleep 10; threads > "$D/t3"
 echo "10 s later, CPU ticks per thread:"
 paste "$D/t2" "$D/t3" | awk '{ if ($4 - $2 > 0) print "  " $1, $4 - $2 }'

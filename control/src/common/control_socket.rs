@@ -183,10 +183,65 @@ pub fn read_request(conn: &UnixStream) -> Result<Request, Reply> {
     serde_json::from_str::<Request>(&line).map_err(|e| Reply::err(format!("bad request: {e}")))
 }
 
+/// Writes `{"ok": true, "result": <result>}` as one line, serialized
+/// straight from `result` (no `serde_json::Value` in between), on a thread
+/// of its own: a `list` of a million bindings is 180 MB of JSON, which
+/// would hold the control loop for seconds. A client that stops reading
+/// holds only that thread, for at most [`BACKGROUND_WRITE_TIMEOUT`].
+pub fn send_ok_in_background<T: serde::Serialize + Send + 'static>(conn: UnixStream, result: T) {
+    let spawned = std::thread::Builder::new()
+        .name("hw-reply".into())
+        .spawn(move || {
+            let _ = conn.set_write_timeout(Some(BACKGROUND_WRITE_TIMEOUT));
+            if let Err(e) = write_ok(std::io::BufWriter::new(&conn), &result) {
+                tracing::debug!("reply not written: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        // The client sees the connection close without an answer.
+        tracing::error!("no thread to write a reply: {e}");
+    }
+}
+
+/// How long a background reply waits for a client that does not read.
+const BACKGROUND_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The line of [`send_ok_in_background`].
+fn write_ok<T: serde::Serialize>(mut w: impl Write, result: &T) -> std::io::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Ok<'a, T> {
+        ok: bool,
+        result: &'a T,
+    }
+    serde_json::to_writer(&mut w, &Ok { ok: true, result })?;
+    w.write_all(b"\n")?;
+    w.flush()
+}
+
 /// Writes `reply` as one line.
 pub fn send_reply(conn: &UnixStream, reply: &Reply) {
     if let Ok(mut text) = serde_json::to_string(reply) {
         text.push('\n');
         let _ = (&*conn).write_all(text.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The background reply is byte for byte the line `send_reply` writes.
+    #[test]
+    fn a_reply_written_straight_is_the_same_line() {
+        let result = vec![("a", 1), ("b", 2)];
+        let mut line = Vec::new();
+        write_ok(&mut line, &result).unwrap();
+        let value = serde_json::to_value(&result).unwrap();
+        let mut expected = serde_json::to_string(&Reply::ok(value.clone())).unwrap();
+        expected.push('\n');
+        assert_eq!(String::from_utf8(line.clone()).unwrap(), expected);
+        let reply: Reply = serde_json::from_slice(&line).unwrap();
+        assert!(reply.ok);
+        assert_eq!(reply.result, Some(value));
     }
 }
