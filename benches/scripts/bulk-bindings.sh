@@ -6,7 +6,8 @@
 #     gratuitous ARPs), the announcement counters;
 #   - once the announcements are over (RATE high) or not: a metrics scrape,
 #     `homeward stats --json`, `homeward list --json`, timed; a list's
-#     reply at the daemon, and a health request answered during one.
+#     reply at the daemon, and a health request answered during one;
+#   - a stop, a restart restoring them all, a stop again, timed.
 # usage: bulk-bindings.sh HOMEWARD_BIN N [ANNOUNCE_RATE]
 # (ANNOUNCE_RATE: written to the config file; leave it out for a binary
 # that does not know the key.) Traffic stays in the namespace.
@@ -38,7 +39,8 @@ ip netns exec "$NS" "$BIN" run --lan lan0 --wan wan0 --address 198.51.100.1 \
 PID=$!
 for _ in $(seq 50); do [ -S "$D/s.sock" ] && break; sleep 0.2; done
 sleep 1
-threads() { for t in /proc/$PID/task/*; do echo "$(cat "$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done; }
+# (A thread that ends meanwhile, a list's writer, is left out.)
+threads() { for t in /proc/$PID/task/*; do c=$(cat "$t/comm" 2>/dev/null) && s=$(awk '{print $14+$15}' "$t/stat" 2>/dev/null) && echo "$c $s"; done; }
 rx() { ip -n "$NS" -s link show lanp | awk '/RX:/{getline; print $2}'; }
 "$BIN" bind --file "$D/b.txt" --socket "$D/s.sock"
 threads > "$D/t0"; r0=$(rx)
@@ -83,3 +85,23 @@ EOF
 threads > "$D/t2"; sleep 10; threads > "$D/t3"
 echo "10 s later, CPU ticks per thread:"
 paste "$D/t2" "$D/t3" | awk '{ if ($4 - $2 > 0) print "  " $1, $4 - $2 }'
+# A stop (SIGINT, as systemd's), a restart that restores them all from the
+# state store, and a stop again, timed.
+stop() {
+    local t; t=$(date +%s.%N)
+    kill -INT "$PID"
+    while kill -0 "$PID" 2>/dev/null; do sleep 0.05; done
+    echo "$1 took $(python3 -c "import time; print('%.2f' % (time.time() - $t))") s"
+    PID=
+}
+stop "stop"
+t=$(date +%s.%N)
+ip netns exec "$NS" "$BIN" run --lan lan0 --wan wan0 --address 198.51.100.1 \
+    --socket "$D/s.sock" --state-dir "$D/st" --config "$D/c.toml" > "$D/log2" 2>&1 &
+PID=$!
+until grep -q "bindings restored" "$D/log2"; do
+    kill -0 "$PID" 2>/dev/null || { echo "the restart failed:"; tail "$D/log2"; exit 1; }
+    sleep 0.05
+done
+echo "restart: $(grep -o 'restored=[0-9]*' "$D/log2") after $(python3 -c "import time; print('%.2f' % (time.time() - $t))") s"
+stop "second stop"
