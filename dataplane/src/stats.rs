@@ -24,6 +24,7 @@ pub struct SharedCounters {
     mss_clamped: AtomicU64,
     segmented: AtomicU64,
     segments_out: AtomicU64,
+    segmented_to_path: AtomicU64,
     /// Frames dropped because a TX ring was full.
     pub tx_ring_full: AtomicU64,
     /// Frames not sent because the free list was empty (fragments, ARP).
@@ -88,6 +89,7 @@ impl Default for SharedCounters {
             mss_clamped: AtomicU64::new(0),
             segmented: AtomicU64::new(0),
             segments_out: AtomicU64::new(0),
+            segmented_to_path: AtomicU64::new(0),
             tx_ring_full: AtomicU64::new(0),
             no_free_frame: AtomicU64::new(0),
             bad_verdict: AtomicU64::new(0),
@@ -150,6 +152,7 @@ impl SharedCounters {
         self.mss_clamped.store(c.mss_clamped, Relaxed);
         self.segmented.store(c.segmented, Relaxed);
         self.segments_out.store(c.segments_out, Relaxed);
+        self.segmented_to_path.store(c.segmented_to_path, Relaxed);
     }
 
     /// The counters as last published.
@@ -172,6 +175,7 @@ impl SharedCounters {
         pipeline.mss_clamped = self.mss_clamped.load(Relaxed);
         pipeline.segmented = self.segmented.load(Relaxed);
         pipeline.segments_out = self.segments_out.load(Relaxed);
+        pipeline.segmented_to_path = self.segmented_to_path.load(Relaxed);
         CounterSnapshot {
             pipeline,
             tx_ring_full: self.tx_ring_full.load(Relaxed),
@@ -237,6 +241,7 @@ impl CounterSnapshot {
         p.mss_clamped += q.mss_clamped;
         p.segmented += q.segmented;
         p.segments_out += q.segments_out;
+        p.segmented_to_path += q.segmented_to_path;
         self.tx_ring_full += o.tx_ring_full;
         self.no_free_frame += o.no_free_frame;
         self.bad_verdict += o.bad_verdict;

@@ -100,26 +100,30 @@ fn a_tso_super_frame_from_a_default_guest_nic_is_segmented_into_the_tunnel() {
     // 20,000 bytes in segments of 1448: the guest's view; the agent cuts
     // to what its 1500-byte tunnel carries: 1460 - 20 = 1440 per segment.
     const LEN: usize = 20_000;
-    let written = lab.foreign.exec_ok(&[
-        PYTHON,
-        &script("tap_tso.py").to_string_lossy(),
-        "vmlink",
-        &fa.vmlink_mac.to_string(),
-        &fa.vm_if.mac.to_string(),
-        &VM.to_string(),
-        &HOST.to_string(),
-        "5001",
-        "5002",
-        "1000",
-        &LEN.to_string(),
-        "1448",
-    ]);
-    let written: serde_json::Value = serde_json::from_str(&written).unwrap();
-    assert_eq!(
-        written["frame"].as_u64(),
-        Some(54 + LEN as u64),
-        "{written}"
-    );
+    // One super-frame of LEN bytes from the VM's tap, its data starting at `seq`.
+    let super_frame = |seq: u32| {
+        let written = lab.foreign.exec_ok(&[
+            PYTHON,
+            &script("tap_tso.py").to_string_lossy(),
+            "vmlink",
+            &fa.vmlink_mac.to_string(),
+            &fa.vm_if.mac.to_string(),
+            &VM.to_string(),
+            &HOST.to_string(),
+            "5001",
+            "5002",
+            &seq.to_string(),
+            &LEN.to_string(),
+            "1448",
+        ]);
+        let written: serde_json::Value = serde_json::from_str(&written).unwrap();
+        assert_eq!(
+            written["frame"].as_u64(),
+            Some(54 + LEN as u64),
+            "{written}"
+        );
+    };
+    super_frame(1000);
     std::thread::sleep(Duration::from_millis(500));
     let delivered = decode_ipv4(&at_host.stop());
 
@@ -167,6 +171,40 @@ fn a_tso_super_frame_from_a_default_guest_nic_is_segmented_into_the_tunnel() {
         "one {LEN}-byte super-frame: {} segments through the tunnel, all delivered",
         segments.len()
     );
+
+    // The host now announces MSS 1360, as a client behind a VPN does: its
+    // SYN comes out of the tunnel at the agent, which cuts the next
+    // super-frame to what the host asked for (1360 data bytes a segment, no
+    // TCP options here), not to the tunnel's 1440.
+    host.ns.exec_ok(&[
+        "ip",
+        "route",
+        "replace",
+        &format!("{VM}/32"),
+        "dev",
+        &host.iface.name,
+        "advmss",
+        "1360",
+    ]);
+    let _ = host.ns.exec_timeout(
+        &["nc", "-z", "-w", "1", &VM.to_string(), "5001"],
+        Duration::from_secs(5),
+    );
+    let at_host = Capture::start(&host.ns, &host.iface.name, "tcp");
+    super_frame(100_000);
+    std::thread::sleep(Duration::from_millis(500));
+    let delivered = decode_ipv4(&at_host.stop());
+    let stats = agent_stats(&fa);
+    let sizes: Vec<usize> = delivered
+        .iter()
+        .filter(|i| i.src == VM && i.dst == HOST)
+        .map(|s| s.l4.as_ref().expect("TCP").payload().len())
+        .collect();
+    assert_eq!(sizes.len(), LEN.div_ceil(1360), "{sizes:?} {stats}");
+    assert!(sizes.iter().all(|n| *n <= 1360), "{sizes:?}");
+    let counters = &stats["datapath"]["counters"];
+    assert_eq!(counters["segmented"].as_u64(), Some(2), "{stats}");
+    assert_eq!(counters["segmented_to_path"].as_u64(), Some(1), "{stats}");
 
     let status = agent.stop_with("INT", Duration::from_secs(10));
     assert!(status.success(), "{}", agent.stderr());

@@ -90,6 +90,9 @@ pub struct AgentCounters {
     /// TSO super-frames cut into segments, and the segments.
     pub segmented: u64,
     pub segments_out: u64,
+    /// Super-frames cut smaller than the tunnel carries, to what their
+    /// destination asked for or its path takes.
+    pub segmented_to_path: u64,
 }
 
 /// One served VM with what was forwarded for it.
@@ -333,6 +336,7 @@ impl DataPath {
                 checksums_finished: p.checksums_finished,
                 segmented: p.segmented,
                 segments_out: p.segments_out,
+                segmented_to_path: p.segmented_to_path,
             },
             served: self
                 .forwarder

@@ -248,6 +248,11 @@ pub fn data_path(x: &mut Exposition, s: &DataPathStats) {
     x.counter("segments", "Segments written from TCP super-frames.")
         .sample(vec![], t.pipeline.segments_out);
     x.counter(
+        "superframes_segmented_to_path",
+        "TCP super-frames cut smaller than the tunnel carries: to the MSS their destination announced or the MTU a Fragmentation Needed reported toward it.",
+    )
+    .sample(vec![], t.pipeline.segmented_to_path);
+    x.counter(
         "capture_dropped",
         "Records homeward capture could not take (its queue was full); the packets were forwarded as usual.",
     )

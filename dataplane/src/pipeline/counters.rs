@@ -229,6 +229,9 @@ pub struct Counters {
     pub segmented: u64,
     /// Segments written from super-frames.
     pub segments_out: u64,
+    /// Super-frames cut smaller than the tunnel carries: to what their destination asked
+    /// for or its path takes (`path_size`).
+    pub segmented_to_path: u64,
 }
 
 // Manual: `[u64; N]` implements `Default` only up to N = 32.
@@ -250,6 +253,7 @@ impl Default for Counters {
             mss_clamped: 0,
             segmented: 0,
             segments_out: 0,
+            segmented_to_path: 0,
         }
     }
 }

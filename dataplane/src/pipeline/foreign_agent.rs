@@ -229,3 +229,43 @@ fn a_syn_decapsulated_toward_the_vm_is_clamped() {
     let (out, _) = run(&input, Port::Wan);
     check_decapsulated(&out, &inner.datagram(), SERVED_MAC);
 }
+
+/// A default guest's TSO super-frames toward a client are cut to what that client asked
+/// for, once its SYN-ACK came out of the tunnel (a client behind a VPN: MSS 1360), and
+/// lower again after a Fragmentation Needed toward it; to another client, at the tunnel's
+/// size. The guest's own segment size does not reach AF_XDP.
+#[test]
+fn super_frames_are_cut_to_what_the_client_asked_for_and_its_path_takes() {
+    const OTHER: [u8; 4] = [192, 0, 2, 11];
+    /// Timestamps, as Linux sends them: 12 bytes of options.
+    const TS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+    let mut p = fa_pipeline();
+    let lookup = fa_lookup();
+    let data_per_segment = |p: &mut Pipeline, to: [u8; 4]| {
+        let frame = Ip::tcp(SERVED, to, 0x10, &TS, &[7; 20_000]).frame();
+        let plan = p.plan_segments(&frame).expect("a plan");
+        let mut dst = vec![0u8; 2048];
+        let len = p.write_segment(&frame, &plan, 0, &mut dst, 0).unwrap();
+        len - 14 - 20 - 32
+    };
+    // 1500 - 20 outer - 20 IPv4 - 32 TCP.
+    assert_eq!(data_per_segment(&mut p, CLIENT), 1428);
+    let syn_ack = Ip::tcp(CLIENT, SERVED, 0x12, &[2, 4, 0x05, 0x50, 1, 1, 4, 2], b"");
+    let input = Ip::ipip(HOME_AGENT, FA, syn_ack).frame();
+    let (mut buf, start) = place(&input);
+    expect_tx(p.process(&mut buf, start, input.len(), Port::Wan, 0, &lookup));
+    // MSS 1360 less 12 bytes of options (RFC 6691).
+    assert_eq!(data_per_segment(&mut p, CLIENT), 1348);
+    assert_eq!(data_per_segment(&mut p, OTHER), 1428);
+    // A router toward the client takes 1280.
+    let quoted = Ip::tcp(SERVED, CLIENT, 0x10, &TS, &[7; 1348]).datagram();
+    let mut rest = vec![0, 0, 0x05, 0x00];
+    rest.extend_from_slice(&quoted[..28]);
+    let icmp = Ip::icmp([203, 0, 113, 254], SERVED, 3, 4, &rest);
+    let input = Ip::ipip(HOME_AGENT, FA, icmp).frame();
+    let (mut buf, start) = place(&input);
+    expect_tx(p.process(&mut buf, start, input.len(), Port::Wan, 0, &lookup));
+    assert_eq!(data_per_segment(&mut p, CLIENT), 1280 - 20 - 32);
+    assert_eq!(p.counters().segmented, 4);
+    assert_eq!(p.counters().segmented_to_path, 2);
+}

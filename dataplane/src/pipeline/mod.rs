@@ -32,6 +32,7 @@ mod icmp;
 mod ipv4;
 mod mss;
 mod partial;
+mod path_size;
 mod ratelimit;
 mod segment;
 mod switchover;
@@ -262,6 +263,8 @@ pub struct Pipeline {
     next_ident: u16,
     icmp_bucket: TokenBucket,
     counters: Counters,
+    /// What the peers behind the tunnel take, for cutting super-frames.
+    paths: path_size::PathSizes,
 }
 
 impl Pipeline {
@@ -275,6 +278,7 @@ impl Pipeline {
             next_ident: ident_seed,
             icmp_bucket,
             counters: Counters::default(),
+            paths: path_size::PathSizes::new(),
         }
     }
 

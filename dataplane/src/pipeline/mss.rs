@@ -136,6 +136,34 @@ pub(super) fn clamp(buf: &mut [u8], ip_off: usize, ip: &Ipv4, max_mss: u16) -> O
     Outcome::Clamped
 }
 
+/// The MSS a TCP SYN (or SYN-ACK) announces: `l4` is its TCP header and data, `protocol`
+/// the IPv4 header's. The smallest if it carries several; `None` if it is no SYN, has no
+/// MSS option, or its options do not parse.
+pub(super) fn announced(l4: &[u8], protocol: u8) -> Option<u16> {
+    if protocol != PROTO_TCP {
+        return None;
+    }
+    let fixed = l4.first_chunk::<TCP_HDR_LEN>()?;
+    if fixed[13] & (FLAG_SYN | FLAG_RST) != FLAG_SYN {
+        return None;
+    }
+    let options = l4.get(TCP_HDR_LEN..usize::from(fixed[12] >> 4) * 4)?;
+    let mut smallest = None;
+    let mut at = 0;
+    loop {
+        match next_option(options, at) {
+            Step::Mss { value_at, next } => {
+                let mss = mss_at(options, value_at);
+                smallest = Some(smallest.map_or(mss, |s: u16| s.min(mss)));
+                at = next;
+            }
+            Step::Other { next } => at = next,
+            Step::End => return smallest,
+            Step::Malformed => return None,
+        }
+    }
+}
+
 /// One step of the option walk.
 enum Step {
     /// An MSS option whose value starts at `options[value_at]`; the next option at `next`.

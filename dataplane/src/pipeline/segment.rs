@@ -9,8 +9,10 @@
 //!
 //! Segments are cut to what fits the tunnel unfragmented (`tunnel_mtu` minus the outer
 //! header), and never beyond a 1500-byte inner datagram, which the far end delivers on an
-//! Ethernet link. Per RFC 9293 any segment size up to the peer's MSS is valid; the
-//! guest's own segment size (in the virtio header) does not reach AF_XDP.
+//! Ethernet link; smaller, to what the destination asked for or its path takes, once the
+//! pipeline has seen that come out of the tunnel (`path_size`: its SYN's MSS, a
+//! Fragmentation Needed toward it). Per RFC 9293 any segment size up to the peer's MSS is
+//! valid; the guest's own segment size (in the virtio header) does not reach AF_XDP.
 //!
 //! Per segment, as `tcp_gso_segment` and `inet_gso_segment` do: the IPv4 Identification
 //! counts up from the original's; the sequence number advances by the data before it; CWR
@@ -40,6 +42,8 @@ pub const MAX_SUPER_FRAME: usize = ether::ETH_LEN + 4 + u16::MAX as usize;
 /// buffer it was planned on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentPlan {
+    /// Cut smaller than the tunnel carries, to a learned path size.
+    to_path: bool,
     /// Link header length (14 or 18); the IPv4 header follows it.
     l2_len: usize,
     ip_header_len: usize,
@@ -68,7 +72,10 @@ impl Pipeline {
     pub fn plan_segments(&mut self, frame: &[u8]) -> Result<SegmentPlan, DropReason> {
         let plan = self.plan(frame);
         match plan {
-            Ok(_) => self.counters.segmented += 1,
+            Ok(p) => {
+                self.counters.segmented += 1;
+                self.counters.segmented_to_path += u64::from(p.to_path);
+            }
             Err(reason) => self.counters.count_drop(reason),
         }
         plan
@@ -101,9 +108,14 @@ impl Pipeline {
             .filter(|_| tcp_header_len >= TCP_HDR_LEN)
             .ok_or(DropReason::Unsegmentable)?;
         let headers = ip.header_len + tcp_header_len;
-        let room = usize::from(self.config.tunnel_mtu)
+        let tunnel = usize::from(self.config.tunnel_mtu)
             .saturating_sub(ipv4::HDR_LEN)
             .min(MAX_INNER);
+        // Smaller still if the peer asked for less or its path takes less.
+        let (room, to_path) = match self.paths.mtu(ip.dst) {
+            Some(path) if usize::from(path) < tunnel => (usize::from(path), true),
+            _ => (tunnel, false),
+        };
         let segment_data = room
             .checked_sub(headers)
             .filter(|&d| d >= MIN_SEGMENT_DATA)
@@ -113,6 +125,7 @@ impl Pipeline {
             return Err(DropReason::Unsegmentable);
         }
         Ok(SegmentPlan {
+            to_path,
             l2_len: l2.len(),
             ip_header_len: ip.header_len,
             tcp_header_len,
