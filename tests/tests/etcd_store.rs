@@ -216,6 +216,36 @@ fn two_gateways_share_bindings_through_a_three_member_etcd() {
         "B does not forward A's binding"
     );
 
+    // A bind file at A (`bind --file`, one batch): every VM in etcd, one
+    // key each, and in B's table.
+    let vms: Vec<String> = (100..200).map(|i| format!("192.0.2.{i}")).collect();
+    let file = a.dir().join("bind-file.txt");
+    let text: String = vms.iter().map(|vm| format!("{vm} {coa}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+    let t0 = Instant::now();
+    let said = ha_a.cli(&["bind", "--file", &file.display().to_string()]);
+    let acked = t0.elapsed();
+    let stored = cluster.keys(&format!("{PREFIX}/bindings/"));
+    let missing: Vec<&String> = vms
+        .iter()
+        .filter(|vm| !stored.contains(&format!("{PREFIX}/bindings/{vm}")))
+        .collect();
+    assert!(missing.is_empty(), "not in etcd: {missing:?}\n{said}");
+    wait_binding(&b, &vms[vms.len() - 1], Some(&coa), Duration::from_secs(10));
+    let at_b = list(&b);
+    let at_b: Vec<&Value> = vms
+        .iter()
+        .filter_map(|vm| at_b.iter().find(|x| x["vm"] == vm.as_str()))
+        .collect();
+    assert_eq!(at_b.len(), vms.len(), "B has {} of them", at_b.len());
+    println!(
+        "bind --file of {} VMs at A: acknowledged (in etcd) in {:.0} ms, all in B's table {:.0} ms after the bind started: {}",
+        vms.len(),
+        acked.as_secs_f64() * 1e3,
+        t0.elapsed().as_secs_f64() * 1e3,
+        said.trim()
+    );
+
     // An unbind disappears from both.
     ha_b.unbind("192.0.2.50");
     let gone = wait_binding(&a, "192.0.2.50", None, Duration::from_secs(5));
