@@ -20,13 +20,7 @@ cleanup() {
     rm -rf "$D"
 }
 trap cleanup EXIT
-ip netns add "$NS"
-ip -n "$NS" link add lan0 type veth peer name lanp
-ip -n "$NS" link add wan0 type veth peer name wanp
-ip -n "$NS" addr add 10.0.0.1/8 dev lan0
-ip -n "$NS" addr add 198.51.100.1/24 dev wan0
-for i in lo lan0 lanp wan0 wanp; do ip -n "$NS" link set "$i" up; done
-ip -n "$NS" neigh add 198.51.100.2 lladdr 02:00:00:00:00:22 dev wan0
+. "$(dirname "$0")/gateway-ns.sh"
 printf 'max_bindings = %d\n' $((N + 1)) > "$D/c.toml"
 [ -n "$RATE" ] && printf 'announce_rate = %d\n' "$RATE" >> "$D/c.toml"
 python3 -c "
