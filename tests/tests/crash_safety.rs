@@ -5,6 +5,9 @@
 //! hand). An oracle checks after every restart that each acknowledged
 //! change survived and nothing unacknowledged appeared beyond the one
 //! operation in flight at the kill.
+//! A second test starts homeward while its queue is still taken, as after
+//! a crash the kernel can keep it while it releases the dead process's
+//! socket.
 //! Needs root and `cargo build --release -p homeward`.
 
 use std::collections::BTreeMap;
@@ -13,6 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use dataplane::xsk::{QueueSockets, XskConfig};
 use homeward::proto::Request;
 use homeward::registration::{KeyFile, RegistrationClient, RegistrationError, RegistrationParams};
 use homeward_tests::inns::{spawn_in_netns, BpffsMount};
@@ -292,4 +296,78 @@ fn kill_9_loop_loses_no_acknowledged_change() {
     let stderr = child.stderr();
     assert!(status.success(), "{stderr}");
     assert!(!stderr.contains("frames leaked"), "{stderr}");
+}
+
+/// Holds queue 0 of the HA's LAN interface with an AF_XDP socket of this
+/// test until the returned sender is used or dropped.
+fn hold_lan_queue(lab: &Topology) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let lan = lab.ha_lan.name.clone();
+    let (release, held) = mpsc::channel::<()>();
+    let (bound_tx, bound) = mpsc::channel();
+    let holder = spawn_in_netns(&lab.ha, move || {
+        let sockets = QueueSockets::open(&lan, None, 0, XskConfig::default());
+        // The socket stays open (in `sockets`) until the release.
+        bound_tx
+            .send(sockets.as_ref().err().map(|e| e.to_string()))
+            .unwrap();
+        if sockets.is_ok() {
+            let _ = held.recv();
+        }
+    });
+    let bound = bound.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(bound, None, "the test could not take the queue itself");
+    (release, holder)
+}
+
+/// After a crash the kernel releases the dead process's AF_XDP socket from
+/// deferred work under the RTNL lock, so a restart can find the queue
+/// still taken: CI once saw the kill -9 loop's restart exit on EBUSY. A
+/// queue held for a second is waited for; one held for good ends the start
+/// after about 5 s with what to do. (The holder's socket is close-on-exec:
+/// libxdp opens it without, and the homeward started here inherited it and
+/// waited on itself.)
+#[test]
+fn a_queue_still_taken_at_start_is_waited_for() {
+    require_root();
+    let lab = Topology::home_agent_lab("qheld");
+
+    let (release, holder) = hold_lan_queue(&lab);
+    let mut child = lab.spawn_homeward(&[]);
+    assert!(
+        child.wait_for_output("waiting for it", Duration::from_secs(20)),
+        "homeward did not wait for the taken queue:\n{}",
+        child.stderr()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(child.is_running(), "gave up too soon:\n{}", child.stderr());
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    assert!(
+        child.wait_for_output("homeward is running", Duration::from_secs(20)),
+        "homeward did not start once the queue was free:\n{}",
+        child.stderr()
+    );
+    assert!(child.stop().success(), "{}", child.stderr());
+
+    let (release, holder) = hold_lan_queue(&lab);
+    let t = Instant::now();
+    let mut child = lab.spawn_homeward(&[]);
+    let status = child.wait_timeout(Duration::from_secs(30));
+    let stderr = child.stderr();
+    drop(release);
+    holder.join().unwrap();
+    assert!(
+        matches!(status, Some(s) if !s.success()),
+        "homeward did not give up on a queue held for good ({status:?}):\n{stderr}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(4),
+        "gave up after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        stderr.contains("held by another AF_XDP socket")
+            && stderr.contains("stop the other program"),
+        "the error does not say what to do:\n{stderr}"
+    );
 }

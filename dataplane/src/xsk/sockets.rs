@@ -355,6 +355,55 @@ fn adopt_socket(
     })
 }
 
+/// How many times, [`QUEUE_RELEASE_POLL`] apart, a bind that finds the queue
+/// taken tries again: about 5 s. The kernel releases a dead process's
+/// AF_XDP socket from deferred work that takes the RTNL lock, so after a
+/// crash (or `kill -9`) the queue can stay taken for a while after the
+/// process is gone, longer while other programs change links.
+const QUEUE_RELEASE_TRIES: u32 = 500;
+const QUEUE_RELEASE_POLL: Duration = Duration::from_millis(10);
+
+/// Whether a socket error is the kernel's EBUSY: the queue has a socket.
+fn is_busy(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(std::io::Error::raw_os_error)
+        == Some(libc::EBUSY)
+}
+
+/// `attempt` until it succeeds, fails otherwise than `busy`, or has been
+/// tried `tries` times, with `pause` between tries.
+fn retry_while_busy<T, E>(
+    tries: u32,
+    mut attempt: impl FnMut() -> Result<T, E>,
+    busy: impl Fn(&E) -> bool,
+    mut pause: impl FnMut(),
+) -> Result<T, E> {
+    let mut left = tries.max(1);
+    loop {
+        left -= 1;
+        match attempt() {
+            Err(e) if busy(&e) && left > 0 => pause(),
+            done => return done,
+        }
+    }
+}
+
+/// The error for a queue that stayed taken: what holds it and what to do.
+fn queue_held(ifname: &str, queue: u32) -> XskError {
+    XskError::Socket {
+        ifname: ifname.to_string(),
+        queue,
+        reason: format!(
+            "the queue is held by another AF_XDP socket for more than {} s: stop the \
+             other program bound to it (another homeward on {ifname}, or an AF_XDP \
+             tool), then start homeward again",
+            (QUEUE_RELEASE_POLL * QUEUE_RELEASE_TRIES).as_secs()
+        ),
+        cause: None,
+    }
+}
+
 fn open_socket(
     umem: &Umem,
     ifname: &str,
@@ -376,28 +425,55 @@ fn open_socket(
         // queue's worker, which tracks where every frame is.
         unsafe { Socket::new(config, umem, &iface, queue) }
     };
+    let socket_error = |e: &dyn std::error::Error| XskError::Socket {
+        ifname: ifname.to_string(),
+        queue,
+        reason: e.to_string(),
+        cause: e.source().map(|s| s.to_string()),
+    };
+    let mut waited = false;
+    let mut bind_when_free = |flags: BindFlags| {
+        retry_while_busy(
+            QUEUE_RELEASE_TRIES,
+            || bind(flags),
+            |e| is_busy(e),
+            || {
+                if !waited {
+                    waited = true;
+                    tracing::info!(
+                        ifname,
+                        queue,
+                        "the queue is still held by an AF_XDP socket, most likely a \
+                         previous homeward's that the kernel is releasing: waiting for it"
+                    );
+                }
+                std::thread::sleep(QUEUE_RELEASE_POLL);
+            },
+        )
+    };
     // Multi-buffer receive, so a frame larger than a UMEM frame (a guest's
     // TSO super-frame on a tap) reaches the worker in pieces, to be cut
     // into segments, instead of being dropped by the kernel. Kernels
     // before 6.6 refuse the flag: then such frames stay the kernel's drops.
-    let (tx, rx, fq_cq) = match bind(BindFlags::XDP_USE_NEED_WAKEUP | BindFlags::XDP_USE_SG) {
-        Ok(sockets) => sockets,
-        Err(e) => {
-            tracing::warn!(
-                ifname,
-                queue,
-                error = %e,
-                "AF_XDP multi-buffer (XDP_USE_SG) refused: frames larger than a UMEM \
-                 frame (TSO super-frames) will be dropped by the kernel"
-            );
-            bind(BindFlags::XDP_USE_NEED_WAKEUP).map_err(|e| XskError::Socket {
-                ifname: ifname.to_string(),
-                queue,
-                reason: e.to_string(),
-                cause: std::error::Error::source(&e).map(|s| s.to_string()),
-            })?
-        }
-    };
+    let (tx, rx, fq_cq) =
+        match bind_when_free(BindFlags::XDP_USE_NEED_WAKEUP | BindFlags::XDP_USE_SG) {
+            Ok(sockets) => sockets,
+            Err(e) if is_busy(&e) => return Err(queue_held(ifname, queue)),
+            Err(e) => {
+                tracing::warn!(
+                    ifname,
+                    queue,
+                    error = %e,
+                    "AF_XDP multi-buffer (XDP_USE_SG) refused: frames larger than a UMEM \
+                     frame (TSO super-frames) will be dropped by the kernel"
+                );
+                match bind_when_free(BindFlags::XDP_USE_NEED_WAKEUP) {
+                    Ok(sockets) => sockets,
+                    Err(e) if is_busy(&e) => return Err(queue_held(ifname, queue)),
+                    Err(e) => return Err(socket_error(&e)),
+                }
+            }
+        };
     let (fill, comp) = fq_cq.ok_or_else(|| XskError::Socket {
         ifname: ifname.to_string(),
         queue,
@@ -405,6 +481,9 @@ fn open_socket(
         cause: None,
     })?;
     let fd = rx.fd().as_raw_fd();
+    if let Err(e) = super::sys::set_cloexec(fd) {
+        tracing::warn!(ifname, queue, error = %e, "cannot mark the AF_XDP socket close-on-exec");
+    }
     let tx_budget = raise_tx_budget(fd, ifname, queue, ring.get());
     let zero_copy = bind_mode(fd, ifname, queue);
     Ok(SocketRings {
@@ -608,5 +687,81 @@ impl QueueIo for QueueSockets {
             desc.set_options(0);
         }
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    enum Bind {
+        Busy,
+        Refused,
+    }
+
+    #[test]
+    fn a_taken_queue_is_tried_again_until_it_is_free() {
+        let mut answers = vec![Ok(7), Err(Bind::Busy), Err(Bind::Busy), Err(Bind::Busy)];
+        let mut pauses = 0;
+        let got = retry_while_busy(
+            10,
+            || answers.pop().unwrap(),
+            |e| *e == Bind::Busy,
+            || pauses += 1,
+        );
+        assert_eq!((got, pauses), (Ok(7), 3));
+    }
+
+    #[test]
+    fn a_queue_that_stays_taken_gives_up_after_the_tries() {
+        let (mut tries, mut pauses) = (0, 0);
+        let got: Result<(), Bind> = retry_while_busy(
+            5,
+            || {
+                tries += 1;
+                Err(Bind::Busy)
+            },
+            |e| *e == Bind::Busy,
+            || pauses += 1,
+        );
+        assert_eq!((got, tries, pauses), (Err(Bind::Busy), 5, 4));
+    }
+
+    #[test]
+    fn another_refusal_is_not_tried_again() {
+        let mut tries = 0;
+        let got: Result<(), Bind> = retry_while_busy(
+            5,
+            || {
+                tries += 1;
+                Err(Bind::Refused)
+            },
+            |e| *e == Bind::Busy,
+            || panic!("no pause for a refusal"),
+        );
+        assert_eq!((got, tries), (Err(Bind::Refused), 1));
+    }
+
+    #[test]
+    fn ebusy_under_the_socket_error_is_busy() {
+        #[derive(Debug)]
+        struct Wrapped(std::io::Error);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bind failed")
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let busy = Wrapped(std::io::Error::from_raw_os_error(libc::EBUSY));
+        let other = Wrapped(std::io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(is_busy(&busy));
+        assert!(!is_busy(&other));
+        let text = queue_held("lan0", 0).to_string();
+        assert!(text.contains("stop the other program"), "{text}");
     }
 }

@@ -146,6 +146,19 @@ pub(crate) fn xdp_zero_copy(fd: RawFd) -> std::io::Result<bool> {
     Ok(getsockopt_u32(fd, SOL_XDP, XDP_OPTIONS)? & XDP_OPTIONS_ZEROCOPY != 0)
 }
 
+/// Marks `fd` close-on-exec. libxdp (1.6) opens its AF_XDP sockets without
+/// `SOCK_CLOEXEC`, and a socket inherited by a child process would hold the
+/// queue after homeward is gone (a restart would find it taken).
+pub(crate) fn set_cloexec(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own; F_GETFD/F_SETFD touch no memory.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The NAPI instance the socket's frames were last received by
 /// (`SO_INCOMING_NAPI_ID`): what its busy polling runs. 0 when none: not
 /// received yet, or a device whose XDP receive queue has no NAPI id (veth,
