@@ -153,7 +153,9 @@ pub struct Forwarder<S = Steering, N = NeighHandle> {
     steering: S,
     neigh: N,
     workers: Workers,
-    /// Slot counters when each binding was made: a reused slot starts at zero.
+    /// Slot counters when each binding was made, so that one in a reused
+    /// slot starts at zero. Only where they were not zero: a slot never
+    /// used needs none (a million provisioned bindings, no entry).
     baselines: HashMap<Ipv4Addr, (u64, u64)>,
     /// Bindings per care-of address: the only count.
     care_of_refs: HashMap<Ipv4Addr, u32>,
@@ -267,7 +269,9 @@ impl<S: SteeringMaps, N: NextHops> Forwarder<S, N> {
             }
             None => {
                 let baseline = self.slot_totals(slot);
-                self.baselines.insert(vm, baseline);
+                if baseline != (0, 0) {
+                    self.baselines.insert(vm, baseline);
+                }
                 Ok(BindOutcome::Created)
             }
         }

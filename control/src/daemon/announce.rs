@@ -25,6 +25,16 @@ pub const GAPS: [Duration; 4] = [
 /// more often for them).
 const STEP: Duration = Duration::from_millis(20);
 
+/// Capacity a collection keeps however empty it gets.
+const KEEP_CAPACITY: usize = 1024;
+
+/// The capacity to shrink a collection to once it holds a quarter or less
+/// of what it has room for (twice what it holds: no shrinking back and
+/// forth), or `None` to leave it.
+fn sparse(capacity: usize, len: usize) -> Option<usize> {
+    (capacity > 4 * len + KEEP_CAPACITY).then(|| (2 * len).max(KEEP_CAPACITY))
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     addr: Ipv4Addr,
@@ -151,6 +161,24 @@ impl Announcer {
             }
             keep
         });
+        // A million VMs announced at once (a bind file, a restore) grow
+        // these to a million entries; that memory stays resident unless
+        // given back as they empty.
+        if let Some(to) = sparse(self.paced.capacity(), self.paced.len()) {
+            self.paced.shrink_to(to);
+        }
+        if let Some(to) = sparse(self.pending.capacity(), self.pending.len()) {
+            self.pending.shrink_to(to);
+        }
+        if let Some(to) = sparse(self.addrs.capacity(), self.addrs.len()) {
+            self.addrs.shrink_to(to);
+        }
+    }
+
+    /// The collections' allocated entries (tests).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.paced.capacity() + self.pending.capacity() + self.addrs.capacity()
     }
 
     /// Moves the paced series whose turn has come into `pending`, due now.
@@ -316,6 +344,8 @@ mod tests {
         assert!((4_900..=5_100).contains(&last), "last started at {last} ms");
         assert_eq!(a.next_due(), None);
         assert_eq!(a.waiting(), 0);
+        // The room for 5,000 is given back.
+        assert!(a.capacity() <= 3 * 2 * KEEP_CAPACITY, "{}", a.capacity());
         // At most a wakeup per step and per later frame of its series
         // (five times in all per 20 ms step), not one per series.
         let steps = 5_000 / 20;

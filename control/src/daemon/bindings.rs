@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::time::{Duration, Instant};
 
 use dataplane::forwarder::{ForwardError, Forwarder, NextHops, SteeringMaps};
@@ -38,22 +39,65 @@ impl Now {
     }
 }
 
-/// When a binding ends, on both clocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Expiry {
-    mono: Instant,
-    unix_ms: u64,
+/// A monotonic time as signed nanoseconds from the manager's [`Epoch`]:
+/// 8 bytes where an `Instant` takes 16, in each of up to a million
+/// entries, and exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Mono(i64);
+
+/// The `Instant` the manager's [`Mono`] times count from.
+#[derive(Debug, Clone, Copy)]
+struct Epoch(Instant);
+
+impl Epoch {
+    fn mono(self, t: Instant) -> Mono {
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        match t.checked_duration_since(self.0) {
+            Some(after) => Mono(nanos(after)),
+            None => Mono(-nanos(self.0.duration_since(t))),
+        }
+    }
+
+    fn instant(self, m: Mono) -> Instant {
+        let d = Duration::from_nanos(m.0.unsigned_abs());
+        if m.0 >= 0 {
+            self.0 + d
+        } else {
+            self.0 - d
+        }
+    }
 }
 
-/// What the home agent adds to a forwarded binding.
+/// When a binding ends, on both clocks. The wall clock's is never 0 (1970).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Expiry {
+    mono: Mono,
+    unix_ms: NonZeroU64,
+}
+
+/// What the home agent adds to a forwarded binding: 40 bytes (the
+/// binding itself is the forwarder's).
 #[derive(Debug, Clone)]
 struct Entry {
-    refreshed: Instant,
+    refreshed: Mono,
     expires: Option<Expiry>,
     origin: Origin,
     /// From the change's arrival to the first packet forwarded under it,
-    /// for the last change that saw one.
-    first_packet: Option<Duration>,
+    /// for the last change that saw one, in microseconds (at most
+    /// [`FIRST_PACKET_WATCH`]).
+    first_packet_us: Option<NonZeroU32>,
+}
+
+impl Entry {
+    fn first_packet(&self) -> Option<Duration> {
+        self.first_packet_us
+            .map(|us| Duration::from_micros(u64::from(us.get()) - 1))
+    }
+
+    fn set_first_packet(&mut self, d: Duration) {
+        let us = u32::try_from(d.as_micros()).unwrap_or(u32::MAX - 1);
+        self.first_packet_us = NonZeroU32::new(us.saturating_add(1));
+    }
 }
 
 /// A switchover in progress: the VM's traffic is held by the workers until
@@ -114,7 +158,9 @@ pub struct Bindings<S = Steering, N = NeighHandle> {
     entries: BTreeMap<Ipv4Addr, Entry>,
     /// The entries' expiries, soonest first: the control loop looks at the
     /// next one each turn, not at a million entries.
-    expiries: BTreeSet<(Instant, Ipv4Addr)>,
+    expiries: BTreeSet<(Mono, Ipv4Addr)>,
+    /// What the entries' times count from.
+    epoch: Epoch,
     announcer: Announcer,
     ha_addr: Ipv4Addr,
     lan_mac: [u8; 6],
@@ -146,6 +192,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             forwarder,
             entries: BTreeMap::new(),
             expiries: BTreeSet::new(),
+            epoch: Epoch(Instant::now()),
             announcer: Announcer::default(),
             ha_addr,
             lan_mac,
@@ -238,7 +285,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             vm,
             care_of,
             vm_mac: f.vm_mac,
-            expires_unix_ms: e.expires.map(|x| x.unix_ms),
+            expires_unix_ms: e.expires.map(|x| x.unix_ms.get()),
             origin: e.origin,
         })
     }
@@ -246,13 +293,15 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     /// Binds what the store held, keeping its absolute expiry (a binding
     /// already expired at `now` is refused).
     pub fn restore(&mut self, now: Now, b: &StoredBinding) -> Result<BindOutcome, BindError> {
-        let expires = match b.expires_unix_ms {
+        let expires = match b.expires_unix_ms.and_then(NonZeroU64::new) {
             None => None,
-            Some(t) if t <= now.unix_ms => {
+            Some(t) if t.get() <= now.unix_ms => {
                 return Err(BindError::Refused(format!("binding of {} expired", b.vm)))
             }
             Some(t) => Some(Expiry {
-                mono: now.mono + Duration::from_millis(t - now.unix_ms),
+                mono: self
+                    .epoch
+                    .mono(now.mono + Duration::from_millis(t.get() - now.unix_ms)),
                 unix_ms: t,
             }),
         };
@@ -310,10 +359,13 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             ));
         }
         let expires = lifetime.map(|l| Expiry {
-            mono: now.mono + l,
-            unix_ms: now
-                .unix_ms
-                .saturating_add(u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
+            mono: self.epoch.mono(now.mono + l),
+            // At least 1 s after `now`: never 0.
+            unix_ms: NonZeroU64::new(
+                now.unix_ms
+                    .saturating_add(u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
+            )
+            .unwrap_or(NonZeroU64::MAX),
         });
         self.bind_until(now.mono, vm, care_of, expires, vm_mac, origin)
     }
@@ -343,14 +395,14 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         if self.holds.remove(&vm).is_some() {
             tracing::info!(%vm, %care_of, "switchover done: held traffic released into the tunnel");
         }
-        let first_packet = self.entries.get(&vm).and_then(|e| e.first_packet);
+        let first_packet_us = self.entries.get(&vm).and_then(|e| e.first_packet_us);
         self.put_entry(
             vm,
             Entry {
-                refreshed: now,
+                refreshed: self.epoch.mono(now),
                 expires,
                 origin,
-                first_packet,
+                first_packet_us,
             },
         );
         if before != Some(care_of) && !self.bulk {
@@ -462,14 +514,14 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         };
         let outcome = self.forwarder.hold(vm, vm_mac)?;
         let until = now.mono + lifetime;
-        let first_packet = self.entries.get(&vm).and_then(|e| e.first_packet);
+        let first_packet_us = self.entries.get(&vm).and_then(|e| e.first_packet_us);
         self.put_entry(
             vm,
             Entry {
-                refreshed: now.mono,
+                refreshed: self.epoch.mono(now.mono),
                 expires: None,
                 origin,
-                first_packet,
+                first_packet_us,
             },
         );
         if outcome == BindOutcome::Created {
@@ -498,13 +550,14 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             .map(|(vm, _)| *vm)
             .collect();
         let mut unbound = Vec::new();
+        let now_mono = self.epoch.mono(now);
         for vm in lapsed {
             let Some(h) = self.holds.remove(&vm) else {
                 continue;
             };
             let back = h
                 .previous
-                .filter(|(_, e)| e.expires.is_none_or(|x| x.mono > now));
+                .filter(|(_, e)| e.expires.is_none_or(|x| x.mono > now_mono));
             match back {
                 Some((care_of, e)) => {
                     tracing::warn!(%vm, %care_of, "switchover lapsed (no registration from the destination): back to the binding from before");
@@ -528,10 +581,11 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     /// that did; returns the VMs no longer bound.
     pub fn expire(&mut self, now: Instant) -> Vec<Ipv4Addr> {
         let mut gone = self.lapse_holds(now);
+        let now_mono = self.epoch.mono(now);
         let expired: Vec<Ipv4Addr> = self
             .expiries
             .iter()
-            .take_while(|(t, _)| *t <= now)
+            .take_while(|(t, _)| *t <= now_mono)
             .map(|(_, vm)| *vm)
             .collect();
         for &vm in &expired {
@@ -574,7 +628,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             });
         for (vm, d) in &seen {
             if let Some(e) = self.entries.get_mut(vm) {
-                e.first_packet = Some(*d);
+                e.set_first_packet(*d);
             }
             tracing::info!(%vm, ms = d.as_secs_f64() * 1e3, "first packet forwarded under the new binding");
         }
@@ -593,7 +647,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
         let expiry = self
             .expiries
             .first()
-            .map(|(t, _)| *t)
+            .map(|(t, _)| self.epoch.instant(*t))
             .into_iter()
             .chain(self.holds.values().map(|h| h.until))
             .min();
@@ -621,10 +675,15 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
                     vm,
                     care_of: f.care_of,
                     vm_mac: f.vm_mac.map(format_mac),
-                    expires_in: e
-                        .expires
-                        .map(|t| t.mono.saturating_duration_since(now).as_secs()),
-                    age: now.saturating_duration_since(e.refreshed).as_secs(),
+                    expires_in: e.expires.map(|t| {
+                        self.epoch
+                            .instant(t.mono)
+                            .saturating_duration_since(now)
+                            .as_secs()
+                    }),
+                    age: now
+                        .saturating_duration_since(self.epoch.instant(e.refreshed))
+                        .as_secs(),
                     packets,
                     bytes,
                     next_hop: egress.get(&f.care_of).copied().flatten().map(format_mac),
@@ -636,7 +695,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
                         Origin::Admin => None,
                         Origin::Registration { spi } => Some(spi),
                     },
-                    first_packet_ms: e.first_packet.map(|d| d.as_secs_f64() * 1e3),
+                    first_packet_ms: e.first_packet().map(|d| d.as_secs_f64() * 1e3),
                 })
             })
             .take(limit)
@@ -686,6 +745,38 @@ pub(super) mod tests {
     const VM: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
     const COA1: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
     const COA2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+
+    #[test]
+    fn entry_times_are_exact_on_both_sides_of_the_epoch_in_40_bytes() {
+        let base = Instant::now();
+        let epoch = Epoch(base + Duration::from_secs(10));
+        for t in [
+            base,
+            base + Duration::from_nanos(10_000_000_001),
+            base + Duration::from_secs(10),
+            base + Duration::from_secs(86_400 * 365),
+        ] {
+            assert_eq!(epoch.instant(epoch.mono(t)), t);
+        }
+        assert!(epoch.mono(base) < epoch.mono(base + Duration::from_nanos(1)));
+        assert_eq!(std::mem::size_of::<Entry>(), 40);
+
+        let mut e = Entry {
+            refreshed: epoch.mono(base),
+            expires: None,
+            origin: Origin::Admin,
+            first_packet_us: None,
+        };
+        assert_eq!(e.first_packet(), None);
+        for d in [
+            Duration::ZERO,
+            Duration::from_micros(1_234),
+            FIRST_PACKET_WATCH,
+        ] {
+            e.set_first_packet(d);
+            assert_eq!(e.first_packet(), Some(d));
+        }
+    }
 
     /// A binding manager on in-memory maps: HA 198.51.100.1, LAN
     /// 192.0.2.1/24, room for 4 bindings.

@@ -147,6 +147,8 @@ fn followed_addresses_stay_tracked_across_bindings() {
 fn counts_start_at_zero_on_a_reused_slot() {
     let (mut f, _reader) = forwarder();
     f.bind(VM, COA1, None).unwrap();
+    // A slot never used keeps no baseline.
+    assert!(f.baselines.is_empty());
     let slot = f.get(VM).unwrap().slot;
     let w = f.workers.shared()[0].clone();
     w.count_slot(slot, 100, 1_000);
@@ -160,6 +162,7 @@ fn counts_start_at_zero_on_a_reused_slot() {
     // Bound again (same home slot): counted from zero.
     f.bind(VM, COA1, None).unwrap();
     assert_eq!(f.get(VM).unwrap().slot, slot);
+    assert_eq!(f.baselines.len(), 1);
     assert_eq!(f.counts(VM), (0, 0));
     w.count_slot(slot, 10, 9_000);
     assert_eq!(f.counts(VM), (1, 10));
