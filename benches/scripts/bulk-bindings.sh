@@ -7,7 +7,10 @@
 #   - once the announcements are over (RATE high) or not: a metrics scrape,
 #     `homeward stats --json`, `homeward list --json`, timed; a list's
 #     reply at the daemon, and a health request answered during one;
-#   - a stop, a restart restoring them all, a stop again, timed.
+#   - a stop, a restart restoring them all, a stop again, timed;
+#   - the daemon's resident memory per binding: what room for N costs at
+#     start, and the growth (VmRSS / N) after the bind and after the
+#     restart's restore.
 # usage: bulk-bindings.sh HOMEWARD_BIN N [ANNOUNCE_RATE]
 # (ANNOUNCE_RATE: written to the config file; leave it out for a binary
 # that does not know the key.) Traffic stays in the namespace.
@@ -27,18 +30,36 @@ python3 -c "
 import ipaddress
 b = int(ipaddress.IPv4Address('10.16.0.0'))
 open('$D/b.txt', 'w').write(''.join(f'{ipaddress.IPv4Address(b + i)} 198.51.100.2\n' for i in range($N)))"
+rss() { awk '/^VmRSS/{print $2 * 1024}' "/proc/$PID/status"; }
+per_binding() { python3 -c "print('%.0f' % (($1 - $2) / $N))"; }
+# What room for N bindings costs before any is made (the binding table and
+# its counters are allocated whole at start): an empty daemon sized for N
+# against one sized for 1.
+empty_daemon() {
+    printf 'max_bindings = %d\n' "$1" > "$D/e.toml"
+    ip netns exec "$NS" "$BIN" run --lan lan0 --wan wan0 --address 198.51.100.1 \
+        --socket "$D/e.sock" --state-dir "$D/e-$1" --config "$D/e.toml" > "$D/elog" 2>&1 &
+    PID=$!
+    for _ in $(seq 50); do [ -S "$D/e.sock" ] && break; sleep 0.2; done
+    sleep 1; rss; kill -INT "$PID"; wait "$PID" 2>/dev/null; PID=
+}
+rss_small=$(empty_daemon 1)
+rss_sized=$(empty_daemon $((N + 1)))
 ip netns exec "$NS" "$BIN" run --lan lan0 --wan wan0 --address 198.51.100.1 \
     --socket "$D/s.sock" --state-dir "$D/st" --config "$D/c.toml" \
     --metrics 127.0.0.1:9555 > "$D/log" 2>&1 &
 PID=$!
 for _ in $(seq 50); do [ -S "$D/s.sock" ] && break; sleep 0.2; done
 sleep 1
+echo "resident memory per binding allocated at start for max_bindings = $((N + 1)): $(per_binding "$rss_sized" "$rss_small") B"
 # (A thread that ends meanwhile, a list's writer, is left out.)
 threads() { for t in /proc/$PID/task/*; do c=$(cat "$t/comm" 2>/dev/null) && s=$(awk '{print $14+$15}' "$t/stat" 2>/dev/null) && echo "$c $s"; done; }
 rx() { ip -n "$NS" -s link show lanp | awk '/RX:/{getline; print $2}'; }
+rss_empty=$(rss)
 "$BIN" bind --file "$D/b.txt" --socket "$D/s.sock"
 threads > "$D/t0"; r0=$(rx)
 sleep 10
+echo "resident memory per binding after the bind: $(per_binding "$(rss)" "$rss_empty") B (empty daemon $((rss_empty >> 20)) MiB)"
 threads > "$D/t1"; r1=$(rx)
 echo "the 10 s after the bind: $((r1 - r0)) frames on the home link; CPU ticks (1/100 s) per thread:"
 paste "$D/t0" "$D/t1" | awk '{ if ($4 - $2 > 0) print "  " $1, $4 - $2 }'
@@ -98,4 +119,12 @@ until grep -q "bindings restored" "$D/log2"; do
     sleep 0.05
 done
 echo "restart: $(grep -o 'restored=[0-9]*' "$D/log2") after $(python3 -c "import time; print('%.2f' % (time.time() - $t))") s"
+# Once the restore's announcements are over, as after the bind.
+for _ in $(seq 600); do
+    "$BIN" stats --json --socket "$D/s.sock" 2>/dev/null \
+        | python3 -c "import json, sys; sys.exit(json.load(sys.stdin).get('announcements_waiting') != 0)" && break
+    sleep 0.1
+done
+sleep 2
+echo "resident memory per binding after the restart's restore: $(per_binding "$(rss)" "$rss_empty") B"
 stop "second stop"
