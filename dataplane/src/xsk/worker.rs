@@ -882,8 +882,28 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
                         since_ns: now_ns,
                         ingress,
                     };
+                    let mut pushed = self.held.push(held);
+                    // Full, but the neighbour resolved since this turn
+                    // looked at the held frames (they are held only to
+                    // stay ahead of this one): send them now, then hold
+                    // this frame behind nothing, rather than drop it.
+                    if let Err(h) = pushed {
+                        if self.lookup.lan_neighbor_known(h.addr).is_some() {
+                            release_ready(
+                                &mut self.held,
+                                &self.lookup,
+                                &mut self.sockets,
+                                &mut self.pipeline,
+                                &self.shared,
+                                &mut self.free,
+                                now_ns,
+                                lan_tx,
+                            );
+                            pushed = self.held.push(h);
+                        }
+                    }
                     let counters = &self.shared.counters;
-                    match self.held.push(held) {
+                    match pushed {
                         Ok(()) => {
                             counters.neighbor_queued.fetch_add(1, Relaxed);
                             capture(Outcome::Held, None);
@@ -999,41 +1019,15 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
     fn release_held(&mut self, lan_tx: &mut Vec<R::Desc>) -> usize {
         let now_ns = self.started.elapsed().as_nanos() as u64;
         let before = self.held.len();
-        let (lookup, sockets, pipeline, shared, free) = (
+        release_ready(
+            &mut self.held,
             &self.lookup,
             &mut self.sockets,
             &mut self.pipeline,
             &self.shared,
             &mut self.free,
-        );
-        // All at once, before this turn's receive: an address's frames
-        // keep their order.
-        self.held.poll(
             now_ns,
-            usize::MAX,
-            |addr| lookup.lan_neighbor_known(addr),
-            |mut h, release| {
-                let Release::Ready(mac) = release else {
-                    pipeline.drop_held();
-                    free.push(h.desc);
-                    return;
-                };
-                // SAFETY: a held frame is owned by this worker (it left the
-                // RX ring and is on no other ring or list).
-                let (buf, _) = unsafe { sockets.frame_mut(&h.desc) };
-                if pipeline.deliver_held(buf, h.start, h.len, mac)
-                    && sockets.set_data(&mut h.desc, h.start, h.len)
-                {
-                    if let Some(slot) = h.slot {
-                        shared.count_slot(slot, h.len, now_ns);
-                    }
-                    shared.counters.neighbor_released.fetch_add(1, Relaxed);
-                    lan_tx.push(h.desc);
-                } else {
-                    shared.counters.bad_verdict.fetch_add(1, Relaxed);
-                    free.push(h.desc);
-                }
-            },
+            lan_tx,
         );
         before - self.held.len()
     }
@@ -1292,6 +1286,49 @@ fn occupancy<R: QueueIo>(sockets: &mut R) -> RingOccupancy {
         rings.add(sockets.occupancy(Side::Wan));
     }
     rings
+}
+
+/// The held frames whose neighbour resolved go to `lan_tx`, in arrival
+/// order; those that waited too long are dropped. The worker's fields
+/// one by one, so that a turn can call it while it holds others.
+#[allow(clippy::too_many_arguments)]
+fn release_ready<R: QueueIo, L: Lookup>(
+    held: &mut NeighborQueue<R::Desc>,
+    lookup: &L,
+    sockets: &mut R,
+    pipeline: &mut Pipeline,
+    shared: &WorkerShared,
+    free: &mut Vec<R::Desc>,
+    now_ns: u64,
+    lan_tx: &mut Vec<R::Desc>,
+) {
+    held.poll(
+        now_ns,
+        usize::MAX,
+        |addr| lookup.lan_neighbor_known(addr),
+        |mut h, release| {
+            let Release::Ready(mac) = release else {
+                pipeline.drop_held();
+                free.push(h.desc);
+                return;
+            };
+            // SAFETY: a held frame is owned by this worker (it left the
+            // RX ring and is on no other ring or list).
+            let (buf, _) = unsafe { sockets.frame_mut(&h.desc) };
+            if pipeline.deliver_held(buf, h.start, h.len, mac)
+                && sockets.set_data(&mut h.desc, h.start, h.len)
+            {
+                if let Some(slot) = h.slot {
+                    shared.count_slot(slot, h.len, now_ns);
+                }
+                shared.counters.neighbor_released.fetch_add(1, Relaxed);
+                lan_tx.push(h.desc);
+            } else {
+                shared.counters.bad_verdict.fetch_add(1, Relaxed);
+                free.push(h.desc);
+            }
+        },
+    );
 }
 
 #[cfg(test)]

@@ -723,6 +723,47 @@ fn held_frames_expire_and_a_stopping_worker_drops_them() {
     assert_eq!((c.neighbor_queued, c.neighbor_released), (2, 0));
 }
 
+/// The queue is full of one address's frames when its neighbour resolves
+/// mid-turn: the next frame for it does not drop (`neighbor_queue_full`)
+/// but sends the held ones out first and waits behind nothing.
+#[test]
+fn a_full_queue_whose_neighbour_resolved_mid_turn_drops_nothing() {
+    // 64 frames: at most 16 held.
+    let mut h = two_armed();
+    let mut sent = Vec::new();
+    for i in 0..16u8 {
+        let (inner, frame) = to_unresolved(&[i; 8]);
+        h.forward(Side::Wan, &frame);
+        sent.push(inner);
+    }
+    assert_eq!(h.accounting().held, 16);
+    h.worker
+        .lookup
+        .neighbors
+        .push((UNRESOLVED.into(), UNRESOLVED_MAC));
+    let (inner, frame) = to_unresolved(b"one more");
+    h.receive_mid_turn(Side::Wan, &frame);
+    sent.push(inner);
+    next_turn(&mut h);
+    let wire = h.q().take_wire(Side::Lan);
+    assert_eq!(wire.len(), 17, "none dropped");
+    for (out, inner) in wire.iter().zip(&sent) {
+        check_decapsulated(out, &inner.datagram(), UNRESOLVED_MAC);
+    }
+    let c = h.counters();
+    assert_eq!(
+        (
+            c.neighbor_queued,
+            c.neighbor_released,
+            c.neighbor_queue_full
+        ),
+        (17, 17, 0)
+    );
+    h.step();
+    assert_eq!(h.accounting().held, 0);
+    h.assert_conserved();
+}
+
 #[test]
 fn a_full_neighbour_queue_drops_and_counts() {
     // 64 frames: at most 16 held.
