@@ -183,38 +183,110 @@ pub fn read_request(conn: &UnixStream) -> Result<Request, Reply> {
     serde_json::from_str::<Request>(&line).map_err(|e| Reply::err(format!("bad request: {e}")))
 }
 
-/// Writes `{"ok": true, "result": <result>}` as one line, serialized
-/// straight from `result` (no `serde_json::Value` in between), on a thread
-/// of its own: a `list` of a million bindings is 180 MB of JSON, which
-/// would hold the control loop for seconds. A client that stops reading
-/// holds only that thread, for at most [`BACKGROUND_WRITE_TIMEOUT`].
-pub fn send_ok_in_background<T: serde::Serialize + Send + 'static>(conn: UnixStream, result: T) {
-    let spawned = std::thread::Builder::new()
-        .name("hw-reply".into())
-        .spawn(move || {
-            let _ = conn.set_write_timeout(Some(BACKGROUND_WRITE_TIMEOUT));
-            if let Err(e) = write_ok(std::io::BufWriter::new(&conn), &result) {
-                tracing::debug!("reply not written: {e}");
+/// A list reply, `{"ok":true,"result":[...]}` on one line, that the
+/// control loop hands over in parts and a thread of its own writes: a
+/// `list` of a million bindings is 180 MB of JSON, and collecting it at
+/// once held the control loop for most of a second. A client that stops
+/// reading holds only that thread, for at most [`BACKGROUND_WRITE_TIMEOUT`].
+pub struct ListReply<T> {
+    parts: Sender<Part<T>>,
+    /// Set by the writer when it ends, written or not.
+    ended: Arc<AtomicBool>,
+}
+
+/// Items of a list, and whether they are its last.
+struct Part<T> {
+    items: Vec<T>,
+    last: bool,
+}
+
+/// Parts handed over and not yet written, at most.
+const LIST_PARTS_QUEUED: usize = 2;
+
+impl<T: serde::Serialize + Send + 'static> ListReply<T> {
+    /// Starts the writer on `conn`; `None` (the client sees the connection
+    /// close) if no thread can be started.
+    /// Each part the writer takes is told on `room`, so the control loop
+    /// waits for that rather than polling a slow client.
+    pub fn start(conn: UnixStream, room: Sender<()>) -> Option<ListReply<T>> {
+        let (parts, rx) = channel::bounded(LIST_PARTS_QUEUED);
+        let ended = Arc::new(AtomicBool::new(false));
+        let writer_ended = ended.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hw-reply".into())
+            .spawn(move || {
+                let _ = conn.set_write_timeout(Some(BACKGROUND_WRITE_TIMEOUT));
+                if let Err(e) = write_list(std::io::BufWriter::new(&conn), rx, &room) {
+                    tracing::debug!("reply not written: {e}");
+                }
+                writer_ended.store(true, Ordering::Release);
+                let _ = room.try_send(());
+            });
+        match spawned {
+            Ok(_) => Some(ListReply { parts, ended }),
+            Err(e) => {
+                tracing::error!("no thread to write a reply: {e}");
+                None
             }
-        });
-    if let Err(e) = spawned {
-        // The client sees the connection close without an answer.
-        tracing::error!("no thread to write a reply: {e}");
+        }
+    }
+
+    /// Whether the writer has room for another part now (then [`send`]
+    /// does not wait).
+    ///
+    /// [`send`]: ListReply::send
+    pub fn ready(&self) -> bool {
+        !self.parts.is_full()
+    }
+
+    /// Whether the writer has ended (the list written, or the client gone):
+    /// nothing more will be taken.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Hands `items` over, `last` if the list ends with them; false if the
+    /// writer is gone (the client left, or stopped reading). A list dropped
+    /// before its last part is left unfinished: the client sees a broken
+    /// reply, not a short list.
+    pub fn send(&self, items: Vec<T>, last: bool) -> bool {
+        self.parts.send(Part { items, last }).is_ok()
     }
 }
 
 /// How long a background reply waits for a client that does not read.
 const BACKGROUND_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The line of [`send_ok_in_background`].
-fn write_ok<T: serde::Serialize>(mut w: impl Write, result: &T) -> std::io::Result<()> {
-    #[derive(serde::Serialize)]
-    struct Ok<'a, T> {
-        ok: bool,
-        result: &'a T,
+/// The line of a [`ListReply`]: its parts in order, until the last.
+/// Byte for byte what [`send_reply`] writes for the whole list.
+fn write_list<T: serde::Serialize>(
+    mut w: impl Write,
+    parts: Receiver<Part<T>>,
+    room: &Sender<()>,
+) -> std::io::Result<()> {
+    w.write_all(br#"{"ok":true,"result":["#)?;
+    let mut first = true;
+    loop {
+        let Ok(part) = parts.recv() else {
+            return Err(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "the list ended unfinished",
+            ));
+        };
+        // Full: a wake-up is already pending.
+        let _ = room.try_send(());
+        for item in &part.items {
+            if !first {
+                w.write_all(b",")?;
+            }
+            first = false;
+            serde_json::to_writer(&mut w, item)?;
+        }
+        if part.last {
+            break;
+        }
     }
-    serde_json::to_writer(&mut w, &Ok { ok: true, result })?;
-    w.write_all(b"\n")?;
+    w.write_all(b"]}\n")?;
     w.flush()
 }
 
@@ -230,18 +302,55 @@ pub fn send_reply(conn: &UnixStream, reply: &Reply) {
 mod tests {
     use super::*;
 
-    /// The background reply is byte for byte the line `send_reply` writes.
+    /// The list written in parts is byte for byte the line `send_reply`
+    /// writes for the whole list, also when empty.
     #[test]
-    fn a_reply_written_straight_is_the_same_line() {
-        let result = vec![("a", 1), ("b", 2)];
+    fn a_list_written_in_parts_is_the_same_line() {
+        for items in [vec![], vec![("a", 1)], vec![("a", 1), ("b", 2), ("c", 3)]] {
+            let (tx, rx) = channel::unbounded();
+            for part in items.chunks(2) {
+                tx.send(Part {
+                    items: part.to_vec(),
+                    last: false,
+                })
+                .unwrap();
+            }
+            tx.send(Part {
+                items: vec![],
+                last: true,
+            })
+            .unwrap();
+            let mut line = Vec::new();
+            let (room, woken) = channel::unbounded();
+            write_list(&mut line, rx, &room).unwrap();
+            assert_eq!(
+                woken.len(),
+                items.chunks(2).count() + 1,
+                "a wake-up per part"
+            );
+            let value = serde_json::to_value(&items).unwrap();
+            let mut expected = serde_json::to_string(&Reply::ok(value.clone())).unwrap();
+            expected.push('\n');
+            assert_eq!(String::from_utf8(line.clone()).unwrap(), expected);
+            let reply: Reply = serde_json::from_slice(&line).unwrap();
+            assert!(reply.ok);
+            assert_eq!(reply.result, Some(value));
+        }
+    }
+
+    /// A list whose parts stop coming (the daemon stopping) is not closed:
+    /// the client sees a broken reply, not a short list.
+    #[test]
+    fn a_list_left_unfinished_is_not_closed() {
+        let (tx, rx) = channel::unbounded();
+        tx.send(Part {
+            items: vec![1, 2],
+            last: false,
+        })
+        .unwrap();
+        drop(tx);
         let mut line = Vec::new();
-        write_ok(&mut line, &result).unwrap();
-        let value = serde_json::to_value(&result).unwrap();
-        let mut expected = serde_json::to_string(&Reply::ok(value.clone())).unwrap();
-        expected.push('\n');
-        assert_eq!(String::from_utf8(line.clone()).unwrap(), expected);
-        let reply: Reply = serde_json::from_slice(&line).unwrap();
-        assert!(reply.ok);
-        assert_eq!(reply.result, Some(value));
+        assert!(write_list(&mut line, rx, &channel::unbounded().0).is_err());
+        assert!(serde_json::from_slice::<Reply>(&line).is_err());
     }
 }

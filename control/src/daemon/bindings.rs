@@ -665,9 +665,22 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     /// The first `limit` bindings by address, with their counters: a
     /// metrics scrape or `stats` at a million bindings lists a few, not all.
     pub fn list_first(&self, now: Instant, limit: usize) -> Vec<BindingInfo> {
+        self.list_after(now, None, limit)
+    }
+
+    /// The first `limit` bindings by address after `after` (from the first
+    /// with `None`): a `list` of a million is taken a part at a time.
+    pub fn list_after(
+        &self,
+        now: Instant,
+        after: Option<Ipv4Addr>,
+        limit: usize,
+    ) -> Vec<BindingInfo> {
+        use std::ops::Bound::{Excluded, Unbounded};
         let egress = self.forwarder.next_hops();
+        let from = after.map_or(Unbounded, Excluded);
         self.entries
-            .iter()
+            .range((from, Unbounded))
             .filter_map(|(&vm, e)| {
                 let f = self.forwarder.get(vm)?;
                 let (packets, bytes) = self.forwarder.counts(vm);
@@ -1090,5 +1103,10 @@ pub(super) mod tests {
         let first = b.list_first(now.mono, 2);
         assert_eq!(first, all[..2]);
         assert_eq!(first.iter().map(|i| i.vm).collect::<Vec<_>>(), vms[..2]);
+        // In parts: each after the last of the one before, all once.
+        let rest = b.list_after(now.mono, Some(first[1].vm), 1);
+        assert_eq!(rest, all[2..3]);
+        assert_eq!(b.list_after(now.mono, Some(rest[0].vm), 5), all[3..]);
+        assert!(b.list_after(now.mono, Some(all[3].vm), 5).is_empty());
     }
 }

@@ -6,6 +6,7 @@ mod bindings;
 mod denials;
 mod durable;
 mod failover;
+mod listing;
 mod registration;
 mod replica;
 mod stats;
@@ -51,6 +52,8 @@ struct Daemon {
     replica: Option<replica::ReplicaState>,
     /// One of an active/standby pair: which one keepalived made this.
     failover: Option<failover::Failover>,
+    /// `list` replies under way.
+    listings: listing::Listings,
 }
 
 /// Opens the configured store.
@@ -335,6 +338,7 @@ fn assemble(
         replica: matches!(config.store, StoreConfig::Etcd(_))
             .then(|| replica::ReplicaState::new(Instant::now())),
         failover,
+        listings: listing::Listings::default(),
     })
 }
 
@@ -394,11 +398,16 @@ impl Daemon {
             // Anew each turn: a failed --takeover reopens the store.
             let replication = self.store.replication().unwrap_or_else(channel::never);
             let now = Instant::now();
-            let wait = self
-                .bindings
-                .next_deadline()
-                .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
-                .min(Duration::from_secs(1));
+            self.listings.advance(&self.bindings, now);
+            let room = self.listings.room().clone();
+            let wait = if self.listings.ready() {
+                Duration::ZERO
+            } else {
+                self.bindings
+                    .next_deadline()
+                    .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
+                    .min(Duration::from_secs(1))
+            };
             channel::select! {
                 recv(socket.connections()) -> conn => {
                     if let Ok(conn) = conn {
@@ -422,10 +431,9 @@ impl Daemon {
                                 server::send_reply(&conn, &reply)
                             }
                             Ok(Request::List {}) => {
-                                // Listed here, written by a thread (at a
-                                // million bindings, 180 MB of JSON).
-                                let list = self.bindings.list(Instant::now());
-                                server::send_ok_in_background(conn, list);
+                                // Listed a part a turn, written by a thread
+                                // (at a million bindings, 180 MB of JSON).
+                                self.listings.start(conn);
                             }
                             Ok(req) => server::send_reply(&conn, &self.handle(req)),
                             Err(reply) => server::send_reply(&conn, &reply),
@@ -455,6 +463,7 @@ impl Daemon {
                         replica::apply(msg, &mut self.bindings, &mut *self.store, sink, state, Now::read());
                     }
                 }
+                recv(room) -> _ => {}
                 recv(self.metrics.scrapes()) -> reply => {
                     if let Ok(reply) = reply {
                         let _ = reply.send(stats::exposition(self, Instant::now()));
