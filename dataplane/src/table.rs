@@ -70,7 +70,8 @@
 //!   only when the writer made progress during its read (two `seq` stores
 //!   per update, a few nanoseconds apart): lookups are lock-free and in
 //!   practice wait-free. The price is writing each value twice and twice the
-//!   value memory (48 bytes per slot for `W = 2`: 64 MB for 1M bindings in
+//!   value memory (36 bytes per slot for the binding table's three `u32`
+//!   words: 48 MB for 1M bindings in
 //!   [`binding_table_for`]'s 4/3 M slots).
 //! * *Visibility.* An update is visible as soon as its step-3 store is
 //!   (immediately on x86); a reader that synchronises with the writer after
@@ -112,8 +113,8 @@ mod sync;
 mod loom_model;
 
 pub use seqmap::{
-    home_slot, seq_map, seq_map_exact, slot_bytes, SeqMapError, SeqMapReader, SeqMapWriter, EMPTY,
-    MAX_CAPACITY, MAX_PROBE, TOMBSTONE,
+    home_slot, seq_map, seq_map_exact, seq_map_exact_of, seq_map_of, slot_bytes, SeqMapError,
+    SeqMapReader, SeqMapWriter, Word, EMPTY, MAX_CAPACITY, MAX_PROBE, TOMBSTONE,
 };
 
 use std::net::Ipv4Addr;
@@ -122,7 +123,11 @@ use std::net::Ipv4Addr;
 pub const DEFAULT_CAPACITY: usize = 65536;
 
 /// Bytes per slot of the binding table.
-pub const SLOT_BYTES: usize = slot_bytes::<2>();
+pub const SLOT_BYTES: usize = slot_bytes::<WORDS, u32>();
+
+/// A binding's words: the care-of address, and the VM's MAC with a flag
+/// for whether it is known (80 bits and one, in three `u32`s).
+const WORDS: usize = 3;
 
 /// Slots [`binding_table_for`] gives `max_bindings` bindings: 4 slots per 3
 /// bindings (at most 75 % full), at least 64.
@@ -132,9 +137,9 @@ pub const SLOT_BYTES: usize = slot_bytes::<2>();
 /// addresses linear probing at 75 % load averages 2.5 slots per hit and
 /// 8.5 per miss, and the worst displacement of 1M random keys stays near
 /// 250, under [`MAX_PROBE`] (`seqmap::tests::random_keys_at_full_load`); at
-/// 80 % it passes 300. 48-byte slots make this 64 bytes per binding; the
+/// 80 % it passes 300. 36-byte slots make this 48 bytes per binding; the
 /// power-of-two sizing it replaces (twice the bindings, rounded up) cost
-/// 96 at 1M.
+/// 72 at 1M.
 pub fn slots_for(max_bindings: usize) -> usize {
     max_bindings
         .saturating_add(max_bindings / 3)
@@ -164,41 +169,41 @@ pub enum TableError {
     Full,
 }
 
-/// Bit 48 of word 1: the MAC is present.
-const MAC_PRESENT: u64 = 1 << 48;
+/// Bit 16 of word 1: the MAC is present.
+const MAC_PRESENT: u32 = 1 << 16;
 
-fn encode(b: &Binding) -> [u64; 2] {
-    let mac = match b.vm_mac {
-        Some(m) => {
-            let mut w = [0u8; 8];
-            w[2..].copy_from_slice(&m);
-            MAC_PRESENT | u64::from_be_bytes(w)
-        }
-        None => 0,
+/// Word 0 the care-of address; the MAC's first two bytes in word 1's low
+/// half, its last four in word 2.
+fn encode(b: &Binding) -> [u32; WORDS] {
+    let (hi, lo) = match b.vm_mac {
+        Some(m) => (
+            MAC_PRESENT | u32::from(u16::from_be_bytes([m[0], m[1]])),
+            u32::from_be_bytes([m[2], m[3], m[4], m[5]]),
+        ),
+        None => (0, 0),
     };
-    [u64::from(u32::from(b.care_of)), mac]
+    [u32::from(b.care_of), hi, lo]
 }
 
 #[inline]
-fn decode(vm: Ipv4Addr, words: [u64; 2]) -> Binding {
-    let vm_mac = if words[1] & MAC_PRESENT != 0 {
-        let b = words[1].to_be_bytes();
-        Some([b[2], b[3], b[4], b[5], b[6], b[7]])
-    } else {
-        None
-    };
+fn decode(vm: Ipv4Addr, words: [u32; WORDS]) -> Binding {
+    let vm_mac = (words[1] & MAC_PRESENT != 0).then(|| {
+        let [_, _, a, b] = words[1].to_be_bytes();
+        let [c, d, e, f] = words[2].to_be_bytes();
+        [a, b, c, d, e, f]
+    });
     Binding {
         vm,
-        care_of: Ipv4Addr::from(words[0] as u32),
+        care_of: Ipv4Addr::from(words[0]),
         vm_mac,
     }
 }
 
 /// Creates a binding table of `capacity` slots (rounded up to a power of
 /// two, at most [`MAX_CAPACITY`]) and returns its only writer and a reader.
-/// Memory: [`SLOT_BYTES`] (48) per slot, allocated up front.
+/// Memory: [`SLOT_BYTES`] (36) per slot, allocated up front.
 pub fn binding_table(capacity: usize) -> (TableWriter, TableReader) {
-    let (w, r) = seq_map::<2>(capacity);
+    let (w, r) = seq_map_of::<WORDS, u32>(capacity);
     (TableWriter { map: w }, TableReader { map: r })
 }
 
@@ -206,7 +211,7 @@ pub fn binding_table(capacity: usize) -> (TableWriter, TableReader) {
 /// [`slots_for`]`(max_bindings)` slots ([`SLOT_BYTES`] each, allocated up
 /// front).
 pub fn binding_table_for(max_bindings: usize) -> (TableWriter, TableReader) {
-    let (w, r) = seq_map_exact::<2>(slots_for(max_bindings));
+    let (w, r) = seq_map_exact_of::<WORDS, u32>(slots_for(max_bindings));
     (TableWriter { map: w }, TableReader { map: r })
 }
 
@@ -214,7 +219,7 @@ pub fn binding_table_for(max_bindings: usize) -> (TableWriter, TableReader) {
 /// `Clone`.
 #[derive(Debug)]
 pub struct TableWriter {
-    map: SeqMapWriter<2>,
+    map: SeqMapWriter<WORDS, u32>,
 }
 
 impl TableWriter {
@@ -284,7 +289,7 @@ impl TableWriter {
 /// clones share the table (an `Arc`).
 #[derive(Clone, Debug)]
 pub struct TableReader {
-    map: SeqMapReader<2>,
+    map: SeqMapReader<WORDS, u32>,
 }
 
 impl TableReader {
@@ -452,20 +457,21 @@ mod tests {
         assert_eq!(seen.len(), n);
     }
 
-    /// 1M bindings fit in the table sized for them (4/3 M slots, 64 bytes
-    /// per binding), and every one is found.
+    /// 1M bindings fit in the table sized for them (4/3 M slots, 48 bytes
+    /// per binding), and every one is found, MACs included.
     #[test]
     fn million_bindings() {
         let (mut w, r) = binding_table_for(1_000_000);
         assert_eq!(w.capacity(), 1_333_333);
-        assert_eq!(SLOT_BYTES, 48);
-        assert!(w.memory_bytes() <= 64 * 1_000_000);
+        assert_eq!(SLOT_BYTES, 36);
+        assert!(w.memory_bytes() <= 48 * 1_000_000);
         let base = u32::from(ip("10.0.0.0"));
+        let mac = |i: u32| (!i.is_multiple_of(2)).then(|| mac_of(i, 0x5254));
         for i in 1..=1_000_000u32 {
             let x = Binding {
                 vm: Ipv4Addr::from(base + i),
                 care_of: Ipv4Addr::from(base.wrapping_sub(i)),
-                vm_mac: None,
+                vm_mac: mac(i),
             };
             w.insert(x).unwrap();
         }
@@ -473,7 +479,65 @@ mod tests {
         for i in (1..=1_000_000u32).step_by(997) {
             let (x, _) = r.lookup(Ipv4Addr::from(base + i)).unwrap();
             assert_eq!(x.care_of, Ipv4Addr::from(base.wrapping_sub(i)));
+            assert_eq!(x.vm_mac, mac(i));
         }
+    }
+
+    /// A MAC whose last four bytes are `n` and first two `hi`.
+    fn mac_of(n: u32, hi: u16) -> [u8; 6] {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d, e, f] = n.to_be_bytes();
+        [a, b, c, d, e, f]
+    }
+
+    /// The binding table's three `u32` words are never seen torn: a
+    /// writer moves VMs between care-of addresses, each move's MAC made
+    /// from its care-of address, while a reader checks every binding it
+    /// sees has the MAC of its own care-of address.
+    #[test]
+    fn a_binding_is_never_seen_torn() {
+        let (mut w, r) = binding_table(64);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut seen = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for vm in 1..=40u32 {
+                        if let Some((b, _)) = r.lookup(Ipv4Addr::from(vm)) {
+                            let c = u32::from(b.care_of);
+                            let want = (!c.is_multiple_of(3)).then(|| mac_of(c, c as u16 ^ 0xbeef));
+                            assert_eq!(b.vm_mac, want, "torn: {b:?}");
+                            seen += 1;
+                        }
+                    }
+                }
+                seen
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        let mut x = 0x9e37_79b9u32;
+        while std::time::Instant::now() < deadline {
+            for _ in 0..1000 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let vm = x % 40 + 1;
+                if x & 0x700 == 0 {
+                    w.remove(Ipv4Addr::from(vm));
+                    continue;
+                }
+                let c = x | 1;
+                w.insert(Binding {
+                    vm: Ipv4Addr::from(vm),
+                    care_of: Ipv4Addr::from(c),
+                    vm_mac: (!c.is_multiple_of(3)).then(|| mac_of(c, c as u16 ^ 0xbeef)),
+                })
+                .unwrap();
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 10_000);
     }
 
     /// Values that encode their key and a generation, checkable by readers.

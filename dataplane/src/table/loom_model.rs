@@ -8,7 +8,7 @@
 //! raise a flag (Release) after its operation returned; a reader that
 //! acquires the flag must see the new state.
 
-use super::seqmap::{home_slot, seq_map};
+use super::seqmap::{home_slot, seq_map, seq_map_of};
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;
 use loom::thread;
@@ -90,6 +90,34 @@ fn replace_is_atomic_and_visible() {
             }
         });
         w.insert(K, val(K, 2)).unwrap();
+        done.store(true, Ordering::Release);
+        reader.join().unwrap();
+    });
+}
+
+/// The binding table's words: three `u32`s, the same protocol.
+#[test]
+fn replace_is_atomic_and_visible_in_u32_words() {
+    fn val3(key: u32, gen: u32) -> [u32; 3] {
+        [key, gen, !(key ^ gen)]
+    }
+    model(|| {
+        const K: u32 = 7;
+        let (mut w, r) = seq_map_of::<3, u32>(2);
+        w.insert(K, val3(K, 1)).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let d = Arc::clone(&done);
+        let reader = thread::spawn(move || {
+            let seen_done = d.load(Ordering::Acquire);
+            let (v, _) = r.get(K).expect("present throughout");
+            assert_eq!(v, val3(K, v[1]), "torn value");
+            if seen_done {
+                assert_eq!(v[1], 2, "completed replace not seen");
+            } else {
+                assert!(v[1] == 1 || v[1] == 2);
+            }
+        });
+        w.insert(K, val3(K, 2)).unwrap();
         done.store(true, Ordering::Release);
         reader.join().unwrap();
     });

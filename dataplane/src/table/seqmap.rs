@@ -1,5 +1,5 @@
 //! `SeqMap`: a fixed-capacity, single-writer, wait-free-read hash map from a
-//! nonzero `u32` key to `[u64; W]`.
+//! nonzero `u32` key to `[T; W]` (`T` a `u64` or a `u32`).
 //!
 //! See the module documentation of [`crate::table`] for the design and the
 //! memory-ordering argument; this file is the implementation.
@@ -14,6 +14,49 @@
 //! then the other copy is brought up to date.
 
 use super::sync::{fence, spin_loop, Arc, AtomicU32, AtomicU64, Ordering};
+
+/// A value word: `u64` (the default) or `u32`, each stored in its atomic.
+/// Smaller words make smaller slots: the binding table's three `u32` words
+/// (care-of address, VM MAC) take 36-byte slots where two `u64` took 48.
+pub trait Word: Copy + Default + PartialEq + std::fmt::Debug + Send + Sync + 'static {
+    /// The atomic that holds one.
+    type Atomic: Send + Sync;
+    fn atomic(self) -> Self::Atomic;
+    /// A Relaxed load: the slot's sequence orders it (see the module docs).
+    fn load(a: &Self::Atomic) -> Self;
+    /// A Relaxed store, as [`Word::load`].
+    fn store(a: &Self::Atomic, v: Self);
+}
+
+impl Word for u64 {
+    type Atomic = AtomicU64;
+    fn atomic(self) -> AtomicU64 {
+        AtomicU64::new(self)
+    }
+    #[inline]
+    fn load(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
+    }
+    #[inline]
+    fn store(a: &AtomicU64, v: u64) {
+        a.store(v, Ordering::Relaxed)
+    }
+}
+
+impl Word for u32 {
+    type Atomic = AtomicU32;
+    fn atomic(self) -> AtomicU32 {
+        AtomicU32::new(self)
+    }
+    #[inline]
+    fn load(a: &AtomicU32) -> u32 {
+        a.load(Ordering::Relaxed)
+    }
+    #[inline]
+    fn store(a: &AtomicU32, v: u32) {
+        a.store(v, Ordering::Relaxed)
+    }
+}
 
 /// Key word of a slot that holds nothing and ends every probe sequence.
 pub const EMPTY: u32 = 0;
@@ -48,21 +91,22 @@ pub enum SeqMapError {
 }
 
 /// One slot. `seq` is even while readers should read copy 0, odd while they
-/// should read copy 1. Size for `W = 2`: 48 bytes.
-struct Slot<const W: usize> {
+/// should read copy 1. Size for `W = 2` `u64`s: 48 bytes; for `W = 3`
+/// `u32`s: 36.
+struct Slot<const W: usize, T: Word> {
     seq: AtomicU32,
     keys: [AtomicU32; 2],
-    words: [[AtomicU64; W]; 2],
+    words: [[T::Atomic; W]; 2],
 }
 
-impl<const W: usize> Slot<W> {
+impl<const W: usize, T: Word> Slot<W, T> {
     fn new() -> Self {
         Slot {
             seq: AtomicU32::new(0),
             keys: [AtomicU32::new(EMPTY), AtomicU32::new(EMPTY)],
             words: [
-                std::array::from_fn(|_| AtomicU64::new(0)),
-                std::array::from_fn(|_| AtomicU64::new(0)),
+                std::array::from_fn(|_| T::default().atomic()),
+                std::array::from_fn(|_| T::default().atomic()),
             ],
         }
     }
@@ -73,16 +117,16 @@ impl<const W: usize> Slot<W> {
     /// the slot's sequence during the read (made progress), and each retry
     /// reads the copy the writer is not touching.
     #[inline]
-    fn read(&self) -> (u32, [u64; W]) {
+    fn read(&self) -> (u32, [T; W]) {
         loop {
             // Acquire: pairs with the writer's Release stores of `seq`, so
             // the copy it designates is completely visible.
             let s1 = self.seq.load(Ordering::Acquire);
             let c = (s1 & 1) as usize;
             let key = self.keys[c].load(Ordering::Relaxed);
-            let mut words = [0u64; W];
+            let mut words = [T::default(); W];
             for (w, a) in words.iter_mut().zip(self.words[c].iter()) {
-                *w = a.load(Ordering::Relaxed);
+                *w = T::load(a);
             }
             // Acquire fence: if any load above read a value stored after one
             // of the writer's Release fences, then the `seq` store preceding
@@ -105,24 +149,24 @@ impl<const W: usize> Slot<W> {
     }
 
     /// `(key, words)` as the writer sees it.
-    fn writer_read(&self) -> (u32, [u64; W]) {
-        let mut words = [0u64; W];
+    fn writer_read(&self) -> (u32, [T; W]) {
+        let mut words = [T::default(); W];
         for (w, a) in words.iter_mut().zip(self.words[0].iter()) {
-            *w = a.load(Ordering::Relaxed);
+            *w = T::load(a);
         }
         (self.keys[0].load(Ordering::Relaxed), words)
     }
 
-    fn store_copy(&self, c: usize, key: u32, words: &[u64; W]) {
+    fn store_copy(&self, c: usize, key: u32, words: &[T; W]) {
         self.keys[c].store(key, Ordering::Relaxed);
         for (a, w) in self.words[c].iter().zip(words.iter()) {
-            a.store(*w, Ordering::Relaxed);
+            T::store(a, *w);
         }
     }
 
     /// Writer side: replace `(key, words)`. Callers hold the map's unique
     /// writer, so there is never more than one `write` in flight.
-    fn write(&self, key: u32, words: &[u64; W]) {
+    fn write(&self, key: u32, words: &[T; W]) {
         // The writer is the only thread that stores `seq`: Relaxed suffices.
         let s = self.seq.load(Ordering::Relaxed);
         debug_assert_eq!(s & 1, 0, "slot at rest has an even sequence");
@@ -142,8 +186,8 @@ impl<const W: usize> Slot<W> {
 }
 
 /// State shared by the writer and the readers.
-struct Shared<const W: usize> {
-    slots: Box<[Slot<W>]>,
+struct Shared<const W: usize, T: Word> {
+    slots: Box<[Slot<W, T>]>,
 }
 
 /// Geometry of a map, copied into every handle so that a lookup does not
@@ -234,13 +278,29 @@ pub fn seq_map_exact<const W: usize>(slots: usize) -> (SeqMapWriter<W>, SeqMapRe
     with_geometry(Geometry::exact(slots))
 }
 
-/// Bytes one slot takes (48 for `W = 2`).
-pub const fn slot_bytes<const W: usize>() -> usize {
-    std::mem::size_of::<Slot<W>>()
+/// [`seq_map`] with words of type `T`.
+pub fn seq_map_of<const W: usize, T: Word>(
+    capacity: usize,
+) -> (SeqMapWriter<W, T>, SeqMapReader<W, T>) {
+    with_geometry(Geometry::new(capacity))
 }
 
-fn with_geometry<const W: usize>(geo: Geometry) -> (SeqMapWriter<W>, SeqMapReader<W>) {
-    let slots: Box<[Slot<W>]> =
+/// [`seq_map_exact`] with words of type `T`.
+pub fn seq_map_exact_of<const W: usize, T: Word>(
+    slots: usize,
+) -> (SeqMapWriter<W, T>, SeqMapReader<W, T>) {
+    with_geometry(Geometry::exact(slots))
+}
+
+/// Bytes one slot takes (48 for two `u64` words, 36 for three `u32`s).
+pub const fn slot_bytes<const W: usize, T: Word>() -> usize {
+    std::mem::size_of::<Slot<W, T>>()
+}
+
+fn with_geometry<const W: usize, T: Word>(
+    geo: Geometry,
+) -> (SeqMapWriter<W, T>, SeqMapReader<W, T>) {
+    let slots: Box<[Slot<W, T>]> =
         crate::cpu_hints::vec_on_huge_pages(geo.capacity(), Slot::new).into_boxed_slice();
     let shared = Arc::new(Shared { slots });
     let reader = SeqMapReader {
@@ -265,14 +325,14 @@ enum Probe {
 
 /// The unique writer of a [`SeqMap`](seq_map). Not `Clone`: single writer
 /// is what makes the slot protocol correct.
-pub struct SeqMapWriter<const W: usize> {
-    shared: Arc<Shared<W>>,
+pub struct SeqMapWriter<const W: usize, T: Word = u64> {
+    shared: Arc<Shared<W, T>>,
     geo: Geometry,
     len: usize,
     tombstones: usize,
 }
 
-impl<const W: usize> std::fmt::Debug for SeqMapWriter<W> {
+impl<const W: usize, T: Word> std::fmt::Debug for SeqMapWriter<W, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SeqMapWriter")
             .field("capacity", &self.capacity())
@@ -282,8 +342,8 @@ impl<const W: usize> std::fmt::Debug for SeqMapWriter<W> {
     }
 }
 
-impl<const W: usize> SeqMapWriter<W> {
-    fn slot(&self, idx: usize) -> &Slot<W> {
+impl<const W: usize, T: Word> SeqMapWriter<W, T> {
+    fn slot(&self, idx: usize) -> &Slot<W, T> {
         // `idx` is always below `geo.slots == slots.len()` (`home`, `next`,
         // `prev`); the clamp (a compare, not a division: this is on every
         // probe step) keeps even a bug from indexing out of range.
@@ -317,8 +377,8 @@ impl<const W: usize> SeqMapWriter<W> {
     pub fn insert(
         &mut self,
         key: u32,
-        words: [u64; W],
-    ) -> Result<(u32, Option<[u64; W]>), SeqMapError> {
+        words: [T; W],
+    ) -> Result<(u32, Option<[T; W]>), SeqMapError> {
         if key == EMPTY || key == TOMBSTONE {
             return Err(SeqMapError::InvalidKey(key));
         }
@@ -350,7 +410,7 @@ impl<const W: usize> SeqMapWriter<W> {
     /// The slot becomes a tombstone; if the next slot is empty, the run of
     /// tombstones ending here is turned back into empty slots (no live key's
     /// probe path can cross an empty slot, so none crosses this run).
-    pub fn remove(&mut self, key: u32) -> Option<([u64; W], u32)> {
+    pub fn remove(&mut self, key: u32) -> Option<([T; W], u32)> {
         if key == EMPTY || key == TOMBSTONE {
             return None;
         }
@@ -359,7 +419,7 @@ impl<const W: usize> SeqMapWriter<W> {
         };
         let slot = self.slot(idx);
         let (_, old) = slot.writer_read();
-        let zero = [0u64; W];
+        let zero = [T::default(); W];
         slot.write(TOMBSTONE, &zero);
         self.len -= 1;
         self.tombstones += 1;
@@ -380,7 +440,7 @@ impl<const W: usize> SeqMapWriter<W> {
     }
 
     /// Looks `key` up (writer side: no retry loop needed).
-    pub fn get(&self, key: u32) -> Option<([u64; W], u32)> {
+    pub fn get(&self, key: u32) -> Option<([T; W], u32)> {
         if key == EMPTY || key == TOMBSTONE {
             return None;
         }
@@ -412,7 +472,7 @@ impl<const W: usize> SeqMapWriter<W> {
     }
 
     /// Live entries as `(key, words, slot)`, in slot order.
-    pub fn iter(&self) -> impl Iterator<Item = (u32, [u64; W], u32)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (u32, [T; W], u32)> + '_ {
         self.shared
             .slots
             .iter()
@@ -424,7 +484,7 @@ impl<const W: usize> SeqMapWriter<W> {
     }
 
     /// A new reader of this map.
-    pub fn reader(&self) -> SeqMapReader<W> {
+    pub fn reader(&self) -> SeqMapReader<W, T> {
         SeqMapReader {
             shared: Arc::clone(&self.shared),
             geo: self.geo,
@@ -434,12 +494,12 @@ impl<const W: usize> SeqMapWriter<W> {
 
 /// A reader of a [`SeqMap`](seq_map): cheap to clone, `Send + Sync`, and its
 /// lookups never block, allocate or call into the kernel.
-pub struct SeqMapReader<const W: usize> {
-    shared: Arc<Shared<W>>,
+pub struct SeqMapReader<const W: usize, T: Word = u64> {
+    shared: Arc<Shared<W, T>>,
     geo: Geometry,
 }
 
-impl<const W: usize> Clone for SeqMapReader<W> {
+impl<const W: usize, T: Word> Clone for SeqMapReader<W, T> {
     fn clone(&self) -> Self {
         SeqMapReader {
             shared: Arc::clone(&self.shared),
@@ -448,7 +508,7 @@ impl<const W: usize> Clone for SeqMapReader<W> {
     }
 }
 
-impl<const W: usize> std::fmt::Debug for SeqMapReader<W> {
+impl<const W: usize, T: Word> std::fmt::Debug for SeqMapReader<W, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SeqMapReader")
             .field("capacity", &self.capacity())
@@ -456,10 +516,10 @@ impl<const W: usize> std::fmt::Debug for SeqMapReader<W> {
     }
 }
 
-impl<const W: usize> SeqMapReader<W> {
+impl<const W: usize, T: Word> SeqMapReader<W, T> {
     /// Looks `key` up: `(words, slot)` as of some instant during the call.
     #[inline]
-    pub fn get(&self, key: u32) -> Option<([u64; W], u32)> {
+    pub fn get(&self, key: u32) -> Option<([T; W], u32)> {
         if key == EMPTY || key == TOMBSTONE {
             return None;
         }
@@ -485,7 +545,7 @@ impl<const W: usize> SeqMapReader<W> {
     pub fn prefetch(&self, key: u32) -> u32 {
         let idx = self.geo.home(key);
         if let Some(slot) = self.shared.slots.get(idx) {
-            let p: *const Slot<W> = slot;
+            let p: *const Slot<W, T> = slot;
             crate::cpu_hints::prefetch(p);
             // A hit probes 2.5 slots on average at the table's 75 % load.
             crate::cpu_hints::prefetch(p.cast::<u8>().wrapping_add(64));
@@ -500,7 +560,7 @@ impl<const W: usize> SeqMapReader<W> {
 
     /// Live entries as `(key, words, slot)`: each one a consistent snapshot
     /// of its slot, the whole not an atomic snapshot of the map.
-    pub fn iter(&self) -> impl Iterator<Item = (u32, [u64; W], u32)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (u32, [T; W], u32)> + '_ {
         self.shared
             .slots
             .iter()
