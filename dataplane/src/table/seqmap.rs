@@ -28,35 +28,27 @@ pub trait Word: Copy + Default + PartialEq + std::fmt::Debug + Send + Sync + 'st
     fn store(a: &Self::Atomic, v: Self);
 }
 
-impl Word for u64 {
-    type Atomic = AtomicU64;
-    fn atomic(self) -> AtomicU64 {
-        AtomicU64::new(self)
-    }
-    #[inline]
-    fn load(a: &AtomicU64) -> u64 {
-        a.load(Ordering::Relaxed)
-    }
-    #[inline]
-    fn store(a: &AtomicU64, v: u64) {
-        a.store(v, Ordering::Relaxed)
-    }
+/// The two words: the same four lines each, for their atomic.
+macro_rules! word {
+    ($t:ty, $atomic:ty) => {
+        impl Word for $t {
+            type Atomic = $atomic;
+            fn atomic(self) -> $atomic {
+                <$atomic>::new(self)
+            }
+            #[inline]
+            fn load(a: &$atomic) -> $t {
+                a.load(Ordering::Relaxed)
+            }
+            #[inline]
+            fn store(a: &$atomic, v: $t) {
+                a.store(v, Ordering::Relaxed)
+            }
+        }
+    };
 }
-
-impl Word for u32 {
-    type Atomic = AtomicU32;
-    fn atomic(self) -> AtomicU32 {
-        AtomicU32::new(self)
-    }
-    #[inline]
-    fn load(a: &AtomicU32) -> u32 {
-        a.load(Ordering::Relaxed)
-    }
-    #[inline]
-    fn store(a: &AtomicU32, v: u32) {
-        a.store(v, Ordering::Relaxed)
-    }
-}
+word!(u64, AtomicU64);
+word!(u32, AtomicU32);
 
 /// Key word of a slot that holds nothing and ends every probe sequence.
 pub const EMPTY: u32 = 0;
