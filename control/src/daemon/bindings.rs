@@ -293,16 +293,17 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     /// Binds what the store held, keeping its absolute expiry (a binding
     /// already expired at `now` is refused).
     pub fn restore(&mut self, now: Now, b: &StoredBinding) -> Result<BindOutcome, BindError> {
-        let expires = match b.expires_unix_ms.and_then(NonZeroU64::new) {
+        let expires = match b.expires_unix_ms {
             None => None,
-            Some(t) if t.get() <= now.unix_ms => {
+            Some(t) if t <= now.unix_ms => {
                 return Err(BindError::Refused(format!("binding of {} expired", b.vm)))
             }
             Some(t) => Some(Expiry {
                 mono: self
                     .epoch
-                    .mono(now.mono + Duration::from_millis(t.get() - now.unix_ms)),
-                unix_ms: t,
+                    .mono(now.mono + Duration::from_millis(t - now.unix_ms)),
+                // Later than `now`: not 0.
+                unix_ms: NonZeroU64::new(t).unwrap_or(NonZeroU64::MIN),
             }),
         };
         self.bind_until(now.mono, b.vm, b.care_of, expires, b.vm_mac, b.origin)
@@ -1029,6 +1030,12 @@ pub(super) mod tests {
             ..alive.clone()
         };
         assert!(b.restore(now, &dead).is_err());
+        // An expiry of 0 (1970, from a damaged store) is long past, not none.
+        let epoch = StoredBinding {
+            expires_unix_ms: Some(0),
+            ..dead.clone()
+        };
+        assert!(b.restore(now, &epoch).is_err());
         assert_consistent(&b, &reader, &[(VM, COA1)]);
         // It expires 5 s later on the monotonic clock.
         assert!(b.expire(now.mono + Duration::from_millis(4_999)).is_empty());
