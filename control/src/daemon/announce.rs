@@ -141,12 +141,17 @@ impl Announcer {
         self.waiting
     }
 
-    /// Calls `send` for every announcement due at `now`. The next one is
-    /// timed from when this one was due, so a late wakeup does not stretch
-    /// the schedule.
+    /// Calls `send` for every announcement due at `now`. A series is timed
+    /// from its first announcement as sent, so a late start (a slow store
+    /// commit before it) delays the series rather than bunching its first
+    /// ones; each later one is timed from when the one before was due, so
+    /// a late wakeup does not stretch the schedule.
     pub fn run_due(&mut self, now: Instant, mut send: impl FnMut(Ipv4Addr, [u8; 6])) {
         self.start_paced(now);
         for p in self.pending.iter_mut() {
+            if p.sent == 0 && p.due <= now {
+                p.due = now;
+            }
             while p.due <= now && p.sent <= GAPS.len() {
                 send(p.addr, p.mac);
                 p.due += GAPS.get(p.sent).copied().unwrap_or_default();
@@ -279,6 +284,7 @@ mod tests {
         let mut a = Announcer::default();
         a.schedule(t0, addr, [2; 6]);
         let mut n = 0;
+        a.run_due(t0, |_, _| n += 1);
         a.run_due(t0 + Duration::from_millis(210), |_, _| n += 1);
         assert_eq!(n, 3);
         assert_eq!(a.next_due(), Some(t0 + Duration::from_millis(450)));
@@ -288,6 +294,20 @@ mod tests {
         assert_eq!(macs, vec![[3; 6]]);
         a.cancel(addr);
         assert_eq!(a.next_due(), None);
+    }
+
+    #[test]
+    fn a_series_started_late_keeps_its_gaps() {
+        // The CI failure: the first announcement went out 285 ms after
+        // the bind (its store commit), and the next two with it.
+        let t0 = Instant::now();
+        let mut a = Announcer::default();
+        a.schedule(t0, Ipv4Addr::new(192, 0, 2, 50), [2; 6]);
+        let mut sent = Vec::new();
+        for ms in 285..1200 {
+            a.run_due(t0 + Duration::from_millis(ms), |_, _| sent.push(ms));
+        }
+        assert_eq!(sent, vec![285, 335, 485, 735, 1085]);
     }
 
     fn addr(i: u32) -> Ipv4Addr {

@@ -529,8 +529,9 @@ impl Daemon {
                 "bind_many is answered by the serve loop (it reads a file after the line)".into(),
             ),
         };
-        // Announcements for a new binding start now, not at the next tick.
-        self.bindings.run_announcements(now);
+        // Announcements for a new binding start now, not at the next tick;
+        // `now` is read again, since the store's commit took some time.
+        self.bindings.run_announcements(Instant::now());
         match result {
             Ok(v) => Reply::ok(v),
             Err(e) => Reply::err(e),
