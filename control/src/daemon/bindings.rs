@@ -1060,6 +1060,7 @@ pub(super) mod tests {
             Some(s(0)),
             "announcements first"
         );
+        b.run_announcements(now.mono);
         b.run_announcements(now.mono + s(1));
         let deadline =
             |b: &Bindings<MemoryMaps, MemoryHops>| b.next_deadline().map(|d| d - now.mono);
