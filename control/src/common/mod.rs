@@ -5,6 +5,7 @@ pub mod claims;
 pub mod control_socket;
 pub mod failover;
 pub mod handover;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod pcapng;

@@ -141,12 +141,13 @@ impl Announcer {
         self.waiting
     }
 
-    /// Calls `send` for every announcement due at `now`. A series is timed
+    /// Calls `send` for every announcement due at `now`; returns whether
+    /// it gave memory back to the allocator (see below). A series is timed
     /// from its first announcement as sent, so a late start (a slow store
     /// commit before it) delays the series rather than bunching its first
     /// ones; each later one is timed from when the one before was due, so
     /// a late wakeup does not stretch the schedule.
-    pub fn run_due(&mut self, now: Instant, mut send: impl FnMut(Ipv4Addr, [u8; 6])) {
+    pub fn run_due(&mut self, now: Instant, mut send: impl FnMut(Ipv4Addr, [u8; 6])) -> bool {
         self.start_paced(now);
         for p in self.pending.iter_mut() {
             if p.sent == 0 && p.due <= now {
@@ -169,15 +170,20 @@ impl Announcer {
         // A million VMs announced at once (a bind file, a restore) grow
         // these to a million entries; that memory stays resident unless
         // given back as they empty.
+        let mut shrunk = false;
         if let Some(to) = sparse(self.paced.capacity(), self.paced.len()) {
             self.paced.shrink_to(to);
+            shrunk = true;
         }
         if let Some(to) = sparse(self.pending.capacity(), self.pending.len()) {
             self.pending.shrink_to(to);
+            shrunk = true;
         }
         if let Some(to) = sparse(self.addrs.capacity(), self.addrs.len()) {
             self.addrs.shrink_to(to);
+            shrunk = true;
         }
+        shrunk
     }
 
     /// The collections' allocated entries (tests).

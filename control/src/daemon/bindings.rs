@@ -16,6 +16,7 @@ pub use dataplane::forwarder::BindOutcome;
 
 use super::announce::Announcer;
 use crate::common::claims::Claims;
+use crate::common::memory;
 use crate::proto::{format_mac, BindingInfo};
 use crate::store::{Origin, StoredBinding};
 
@@ -179,7 +180,13 @@ pub struct Bindings<S = Steering, N = NeighHandle> {
     /// timing, no log line per VM (a million of each would hold the control
     /// loop for seconds) and the announcements paced.
     bulk: bool,
+    /// Entries when the bulk change began.
+    bulk_from: usize,
 }
+
+/// A bulk change that added at least this many entries (and a quarter of
+/// them all) rebuilds the maps with full nodes (see [`Bindings::compact`]).
+const COMPACT_AFTER: usize = 4096;
 
 /// An address that can be neither a VM's home address nor a care-of address.
 fn unusable(a: Ipv4Addr) -> bool {
@@ -202,6 +209,7 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
             next_poll: Instant::now(),
             active: true,
             bulk: false,
+            bulk_from: 0,
         }
     }
 
@@ -252,7 +260,24 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
 
     /// Marks a bind file being applied (see the `bulk` field).
     pub fn set_bulk(&mut self, bulk: bool) {
+        if bulk && !self.bulk {
+            self.bulk_from = self.entries.len();
+        }
+        let added = self.entries.len().saturating_sub(self.bulk_from);
+        if !bulk && self.bulk && added >= COMPACT_AFTER.max(self.entries.len() / 4) {
+            self.compact();
+        }
         self.bulk = bulk;
+    }
+
+    /// Rebuilds the entry and expiry maps with full nodes. A bulk change
+    /// inserts in address order, which leaves a B-tree's nodes about half
+    /// full: about 80 B per entry at a million, where a tree built from the
+    /// sorted entries at once takes 45. Some tens of milliseconds at 1M.
+    fn compact(&mut self) {
+        self.entries = std::mem::take(&mut self.entries).into_iter().collect();
+        self.expiries = std::mem::take(&mut self.expiries).into_iter().collect();
+        memory::give_back_freed();
     }
 
     /// The addresses nobody may bind (see [`Claims`]).
@@ -639,8 +664,14 @@ impl<S: SteeringMaps, N: NextHops> Bindings<S, N> {
     /// Sends the gratuitous ARPs due now (through queue 0's worker).
     pub fn run_announcements(&mut self, now: Instant) {
         let forwarder = &self.forwarder;
-        self.announcer
+        let shrunk = self
+            .announcer
             .run_due(now, |addr, mac| forwarder.announce(addr, mac));
+        if shrunk {
+            // The series of a bulk change are over: what they and the
+            // change took is free now.
+            memory::give_back_freed();
+        }
     }
 
     /// The next time something must happen (an announcement or an expiry).
@@ -1010,6 +1041,49 @@ pub(super) mod tests {
         b.unbind(now.mono, VM).unwrap();
         b.revert(now, VM, before.as_ref());
         assert_eq!(b.stored(VM), before);
+    }
+
+    #[test]
+    fn a_bulk_restore_compacted_keeps_every_entry_and_expiry() {
+        // Enough for a compaction: every second VM expires, a VM a ms.
+        let n = (COMPACT_AFTER + 1000) as u32;
+        let (table, _reader) = binding_table(2 * n as usize);
+        let forwarder = Forwarder::new(
+            table,
+            MemoryMaps::default(),
+            MemoryHops::default(),
+            n as usize,
+        );
+        let mut b = Bindings::new(forwarder, HA, [2, 0, 0, 0, 0, 1]);
+        let now = Now {
+            mono: Instant::now(),
+            unix_ms: 1_800_000_000_000,
+        };
+        let stored: Vec<StoredBinding> = (0..n)
+            .map(|i| StoredBinding {
+                vm: Ipv4Addr::from(0x0a00_0000 + i),
+                care_of: COA1,
+                vm_mac: None,
+                expires_unix_ms: (i % 2 == 0).then_some(now.unix_ms + 1_000 + u64::from(i)),
+                origin: Origin::Admin,
+            })
+            .collect();
+        b.set_bulk(true);
+        for s in &stored {
+            b.restore(now, s).unwrap();
+        }
+        b.set_bulk(false);
+        for s in &stored {
+            assert_eq!(b.stored(s.vm).as_ref(), Some(s));
+        }
+        assert_eq!(b.list(now.mono).len(), n as usize);
+        // The expiries, soonest first, still in the expiry map.
+        let expired = b.expire(now.mono + Duration::from_millis(1_000 + 10));
+        let want: Vec<Ipv4Addr> = (0..=10)
+            .filter(|i| i % 2 == 0)
+            .map(|i| Ipv4Addr::from(0x0a00_0000 + i))
+            .collect();
+        assert_eq!(expired, want);
     }
 
     #[test]
