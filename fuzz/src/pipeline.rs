@@ -413,7 +413,7 @@ fn check_fragments(
 /// carry the TCP data in order with consecutive sequence numbers.
 fn segments(p: &mut Pipeline, frame: &[u8]) {
     let c0 = p.counters().clone();
-    let Ok(plan) = p.plan_segments(frame) else {
+    let Ok(plan) = p.plan_segments(frame, 1_000_000_000) else {
         let c = p.counters();
         assert_eq!(
             c.drops.iter().sum::<u64>(),

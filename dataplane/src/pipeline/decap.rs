@@ -82,7 +82,7 @@ impl Pipeline {
         // end's clamp (never raises). No partial checksum here: it crossed a wire.
         self.clamp_mss(buf, inner_off, &inner);
         // What the peer out there takes, for cutting the super-frames sent back to it.
-        self.paths.learn(buf, inner_off, &inner);
+        self.paths.learn(buf, inner_off, &inner, rx.now_ns);
         let verdict = self.onto_lan(buf, inner_off, &inner, Some(binding.slot), lookup)?;
         if matches!(verdict, Verdict::Tx { .. }) {
             self.counters.decapsulated += 1;

@@ -243,7 +243,7 @@ fn super_frames_are_cut_to_what_the_client_asked_for_and_its_path_takes() {
     let lookup = fa_lookup();
     let data_per_segment = |p: &mut Pipeline, to: [u8; 4]| {
         let frame = Ip::tcp(SERVED, to, 0x10, &TS, &[7; 20_000]).frame();
-        let plan = p.plan_segments(&frame).expect("a plan");
+        let plan = p.plan_segments(&frame, 0).expect("a plan");
         let mut dst = vec![0u8; 2048];
         let len = p.write_segment(&frame, &plan, 0, &mut dst, 0).unwrap();
         len - 14 - 20 - 32

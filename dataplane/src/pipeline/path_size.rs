@@ -10,10 +10,12 @@
 //! address only, as Linux keeps its path MTU per destination.
 //!
 //! A fixed, direct-mapped table allocated once (no allocation per packet): an address
-//! evicts the one in its slot, which then goes back to the tunnel's size. A SYN sets its
-//! sender's entry (a new connection announces what holds now); a Fragmentation Needed
-//! only lowers. Nothing expires, so after a path grows segments stay smaller than they
-//! could be until the next SYN from there.
+//! evicts the one in its slot, which then goes back to the tunnel's size. The two are
+//! kept apart. A SYN sets its sender's MSS (a new connection announces what it takes
+//! now). A Fragmentation Needed only lowers the path's size, and that lasts 10 minutes
+//! from the last one (RFC 1191 §6.3; Linux's `mtu_expires`): then the size goes back up,
+//! so segments grow again after the path does, and a smaller path is learned anew from
+//! the next Fragmentation Needed.
 
 use std::net::Ipv4Addr;
 
@@ -30,16 +32,38 @@ const PROTO_ICMP: u8 = 1;
 const ICMP_UNREACHABLE: u8 = 3;
 const CODE_FRAG_NEEDED: u8 = 4;
 
+/// How long a size learned from a Fragmentation Needed holds (RFC 1191 §6.3: 10 minutes).
+const PATH_EXPIRES_NS: u64 = 600_000_000_000;
+
+/// What is known of one address.
+#[derive(Clone, Copy, Debug, Default)]
+struct Learned {
+    /// 0: empty slot.
+    addr: u32,
+    /// MSS + 40 from its last SYN, 0: none.
+    syn: u16,
+    /// The path's size from Fragmentation Needed, 0: none; and when last lowered or
+    /// confirmed (`now_ns`).
+    path: u16,
+    path_at_ns: u64,
+}
+
+impl Learned {
+    fn path(&self, now_ns: u64) -> Option<u16> {
+        (self.path != 0 && now_ns.saturating_sub(self.path_at_ns) < PATH_EXPIRES_NS)
+            .then_some(self.path)
+    }
+}
+
 /// Learned sizes, by address. See the module docs.
 #[derive(Clone)]
 pub(super) struct PathSizes {
-    /// (address, MTU); address 0: empty.
-    slots: Box<[(u32, u16)]>,
+    slots: Box<[Learned]>,
 }
 
 impl std::fmt::Debug for PathSizes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let learned = self.slots.iter().filter(|(a, _)| *a != 0).count();
+        let learned = self.slots.iter().filter(|l| l.addr != 0).count();
         f.debug_struct("PathSizes")
             .field("learned", &learned)
             .finish()
@@ -49,7 +73,7 @@ impl std::fmt::Debug for PathSizes {
 impl PathSizes {
     pub(super) fn new() -> PathSizes {
         PathSizes {
-            slots: vec![(0, 0); SLOTS].into_boxed_slice(),
+            slots: vec![Learned::default(); SLOTS].into_boxed_slice(),
         }
     }
 
@@ -58,20 +82,28 @@ impl PathSizes {
         (addr.wrapping_mul(0x9E37_79B9) >> (32 - SLOTS.trailing_zeros())) as usize
     }
 
-    /// The largest datagram `to` takes, if learned.
-    pub(super) fn mtu(&self, to: Ipv4Addr) -> Option<u16> {
-        let addr = u32::from(to);
-        match self.slots.get(Self::slot(addr)) {
-            Some(&(a, mtu)) if a == addr && addr != 0 => Some(mtu),
-            _ => None,
+    /// The largest datagram `to` takes at `now_ns`, if learned: the smaller of what its
+    /// SYN said and what its path takes.
+    pub(super) fn mtu(&self, to: Ipv4Addr, now_ns: u64) -> Option<u16> {
+        let l = self.learned(u32::from(to))?;
+        let syn = (l.syn != 0).then_some(l.syn);
+        match (syn, l.path(now_ns)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
-    /// Learns from the datagram `ip` at `buf[ip_off..]` on its way out of the tunnel:
-    /// a SYN's MSS (for its source), a Fragmentation Needed (for the destination of the
-    /// datagram it quotes). Anything else, or anything that does not parse, teaches
+    fn learned(&self, addr: u32) -> Option<&Learned> {
+        self.slots
+            .get(Self::slot(addr))
+            .filter(|l| l.addr == addr && addr != 0)
+    }
+
+    /// Learns from the datagram `ip` at `buf[ip_off..]` on its way out of the tunnel at
+    /// `now_ns`: a SYN's MSS (for its source), a Fragmentation Needed (for the destination
+    /// of the datagram it quotes). Anything else, or anything that does not parse, teaches
     /// nothing.
-    pub(super) fn learn(&mut self, buf: &[u8], ip_off: usize, ip: &Ipv4) {
+    pub(super) fn learn(&mut self, buf: &[u8], ip_off: usize, ip: &Ipv4, now_ns: u64) {
         if !ip.is_first_fragment() {
             return;
         }
@@ -82,21 +114,30 @@ impl PathSizes {
             return;
         };
         if let Some(mss) = super::mss::announced(l4, ip.protocol) {
-            self.set(ip.src, mss.saturating_add(HEADERS));
+            if let Some(l) = self.entry(ip.src) {
+                l.syn = mss.saturating_add(HEADERS).max(MIN_MTU);
+            }
         } else if let Some((to, mtu)) = frag_needed(l4, ip.protocol) {
-            let lower = self.mtu(to).map_or(mtu, |known| known.min(mtu));
-            self.set(to, lower);
+            if let Some(l) = self.entry(to) {
+                // Only ever lowered while it holds (RFC 1191 §6.3).
+                let lower = l.path(now_ns).map_or(mtu, |known| known.min(mtu));
+                l.path = lower.max(MIN_MTU);
+                l.path_at_ns = now_ns;
+            }
         }
     }
 
-    fn set(&mut self, addr: Ipv4Addr, mtu: u16) {
+    /// `addr`'s slot, emptied first if it held another address; `None` for 0.
+    fn entry(&mut self, addr: Ipv4Addr) -> Option<&mut Learned> {
         let addr = u32::from(addr);
-        if addr == 0 {
-            return;
+        let l = self.slots.get_mut(Self::slot(addr)).filter(|_| addr != 0)?;
+        if l.addr != addr {
+            *l = Learned {
+                addr,
+                ..Learned::default()
+            };
         }
-        if let Some(slot) = self.slots.get_mut(Self::slot(addr)) {
-            *slot = (addr, mtu.max(MIN_MTU));
-        }
+        Some(l)
     }
 }
 
@@ -138,32 +179,65 @@ mod tests {
         Ip::icmp([203, 0, 113, 1], VM, 3, 4, &rest)
     }
 
+    /// The worker's clock in the tests, unless a test says otherwise.
+    const NOW: u64 = 5_000_000_000;
+
     fn learn(p: &mut PathSizes, ip: &Ip) {
+        learn_at(p, ip, NOW);
+    }
+
+    fn learn_at(p: &mut PathSizes, ip: &Ip, now_ns: u64) {
         let d = ip.datagram();
         let parsed = ipv4::parse(&d).unwrap();
-        p.learn(&d, 0, &parsed);
+        p.learn(&d, 0, &parsed, now_ns);
     }
 
     #[test]
     fn a_syn_sets_its_senders_size_and_frag_needed_lowers_it() {
         let mut p = PathSizes::new();
         let client = Ipv4Addr::from(CLIENT);
-        assert_eq!(p.mtu(client), None);
+        assert_eq!(p.mtu(client, NOW), None);
         // SYN-ACK from the client: MSS 1360 (a VPN), window scale, SACK permitted.
         let opts = [2, 4, 0x05, 0x50, 1, 3, 3, 7, 4, 2, 0, 0];
         learn(&mut p, &Ip::tcp(CLIENT, VM, SYN_ACK, &opts, &[]));
-        assert_eq!(p.mtu(client), Some(1400));
+        assert_eq!(p.mtu(client, NOW), Some(1400));
         // A router on the way takes 1280 only.
         learn(&mut p, &frag_needed_to(CLIENT, 1280));
-        assert_eq!(p.mtu(client), Some(1280));
+        assert_eq!(p.mtu(client, NOW), Some(1280));
         // A larger next-hop MTU does not raise it.
         learn(&mut p, &frag_needed_to(CLIENT, 1492));
-        assert_eq!(p.mtu(client), Some(1280));
-        // A new connection's SYN says what holds now.
+        assert_eq!(p.mtu(client, NOW), Some(1280));
+        // A new connection's SYN says what its sender takes now; the path still
+        // takes 1280.
         learn(&mut p, &Ip::tcp(CLIENT, VM, SYN, &[2, 4, 0x05, 0xb4], &[]));
-        assert_eq!(p.mtu(client), Some(1500));
+        assert_eq!(p.mtu(client, NOW), Some(1280));
         // Learned for the sender only.
-        assert_eq!(p.mtu(Ipv4Addr::from(VM)), None);
+        assert_eq!(p.mtu(Ipv4Addr::from(VM), NOW), None);
+    }
+
+    #[test]
+    fn a_path_size_holds_10_minutes_from_the_last_frag_needed() {
+        let mut p = PathSizes::new();
+        let client = Ipv4Addr::from(CLIENT);
+        let min = 60_000_000_000;
+        learn_at(
+            &mut p,
+            &Ip::tcp(CLIENT, VM, SYN_ACK, &[2, 4, 0x05, 0xb4], &[]),
+            0,
+        );
+        learn_at(&mut p, &frag_needed_to(CLIENT, 1400), 0);
+        assert_eq!(p.mtu(client, 9 * min), Some(1400));
+        // Confirmed at 9 minutes: it holds until 19.
+        learn_at(&mut p, &frag_needed_to(CLIENT, 1400), 9 * min);
+        assert_eq!(p.mtu(client, 19 * min - 1), Some(1400));
+        // Then the SYN's size is back, and a larger next-hop MTU is taken as it comes.
+        assert_eq!(p.mtu(client, 19 * min), Some(1500));
+        learn_at(&mut p, &frag_needed_to(CLIENT, 1450), 19 * min);
+        assert_eq!(p.mtu(client, 19 * min), Some(1450));
+        // With no SYN seen, the tunnel's size (none learned).
+        let other = [198, 18, 7, 10];
+        learn_at(&mut p, &frag_needed_to(other, 1300), 0);
+        assert_eq!(p.mtu(Ipv4Addr::from(other), 10 * min), None);
     }
 
     #[test]
@@ -181,15 +255,15 @@ mod tests {
         learn(&mut p, &Ip::icmp([203, 0, 113, 1], VM, 3, 3, &rest));
         learn(&mut p, &frag_needed_to(CLIENT, 0));
         learn(&mut p, &Ip::icmp([203, 0, 113, 1], VM, 3, 4, &rest[..12]));
-        assert_eq!(p.mtu(Ipv4Addr::from(CLIENT)), None);
-        assert_eq!(p.mtu(Ipv4Addr::from(VM)), None);
+        assert_eq!(p.mtu(Ipv4Addr::from(CLIENT), NOW), None);
+        assert_eq!(p.mtu(Ipv4Addr::from(VM), NOW), None);
     }
 
     #[test]
     fn a_tiny_size_is_raised_to_the_minimum_and_a_slot_holds_one_address() {
         let mut p = PathSizes::new();
         learn(&mut p, &frag_needed_to(CLIENT, 68));
-        assert_eq!(p.mtu(Ipv4Addr::from(CLIENT)), Some(MIN_MTU));
+        assert_eq!(p.mtu(Ipv4Addr::from(CLIENT), NOW), Some(MIN_MTU));
         // Another address in the same slot evicts it.
         let first = u32::from(Ipv4Addr::from(CLIENT));
         let other = (1..u32::MAX)
@@ -200,7 +274,7 @@ mod tests {
             &mut p,
             &frag_needed_to(Ipv4Addr::from(other).octets(), 1400),
         );
-        assert_eq!(p.mtu(Ipv4Addr::from(other)), Some(1400));
-        assert_eq!(p.mtu(Ipv4Addr::from(CLIENT)), None);
+        assert_eq!(p.mtu(Ipv4Addr::from(other), NOW), Some(1400));
+        assert_eq!(p.mtu(Ipv4Addr::from(CLIENT), NOW), None);
     }
 }

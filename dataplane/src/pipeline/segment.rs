@@ -69,8 +69,9 @@ impl Pipeline {
     /// Plans the segments of the super-frame `frame` (a whole Ethernet frame, as gathered
     /// from its descriptors). Only an unfragmented IPv4 TCP datagram can be cut; anything
     /// else is counted as [`DropReason::Unsegmentable`] (or the header's own reason).
-    pub fn plan_segments(&mut self, frame: &[u8]) -> Result<SegmentPlan, DropReason> {
-        let plan = self.plan(frame);
+    /// `now_ns` is the worker's clock, as for [`Pipeline::process`].
+    pub fn plan_segments(&mut self, frame: &[u8], now_ns: u64) -> Result<SegmentPlan, DropReason> {
+        let plan = self.plan(frame, now_ns);
         match plan {
             Ok(p) => {
                 self.counters.segmented += 1;
@@ -87,7 +88,7 @@ impl Pipeline {
         self.counters.count_drop(DropReason::Unsegmentable);
     }
 
-    fn plan(&self, frame: &[u8]) -> Result<SegmentPlan, DropReason> {
+    fn plan(&self, frame: &[u8], now_ns: u64) -> Result<SegmentPlan, DropReason> {
         let l2 = ether::parse(frame)?;
         if l2.ethertype != ether::ETHERTYPE_IPV4 {
             return Err(DropReason::Unsegmentable);
@@ -112,7 +113,7 @@ impl Pipeline {
             .saturating_sub(ipv4::HDR_LEN)
             .min(MAX_INNER);
         // Smaller still if the peer asked for less or its path takes less.
-        let (room, to_path) = match self.paths.mtu(ip.dst) {
+        let (room, to_path) = match self.paths.mtu(ip.dst, now_ns) {
             Some(path) if usize::from(path) < tunnel => (usize::from(path), true),
             _ => (tunnel, false),
         };

@@ -663,7 +663,7 @@ impl<L: Lookup, R: QueueIo> Worker<L, R> {
         let bytes = std::mem::take(&mut self.super_frame.bytes);
         if std::mem::take(&mut self.super_frame.overflow) {
             self.pipeline.super_frame_too_long();
-        } else if let Ok(plan) = self.pipeline.plan_segments(&bytes) {
+        } else if let Ok(plan) = self.pipeline.plan_segments(&bytes, now_ns) {
             if self.free.len() < plan.count() {
                 self.shared.counters.no_free_frame.fetch_add(1, Relaxed);
             } else {

@@ -27,7 +27,7 @@ fn super_frame(len: usize, flags: u8) -> Vec<u8> {
 }
 
 fn cut(p: &mut Pipeline, frame: &[u8]) -> Vec<Vec<u8>> {
-    let plan = p.plan_segments(frame).expect("a plan");
+    let plan = p.plan_segments(frame, 0).expect("a plan");
     (0..plan.count())
         .map(|i| {
             let mut dst = vec![0u8; 2048];
@@ -107,20 +107,26 @@ fn a_segment_that_already_fits_is_written_once() {
 fn what_is_not_tcp_over_ipv4_is_not_cut() {
     let mut p = pipeline(1);
     let udp = Ip::udp(VM, CLIENT, &data(3000)).frame();
-    assert_eq!(p.plan_segments(&udp), Err(DropReason::Unsegmentable));
+    assert_eq!(p.plan_segments(&udp, 0), Err(DropReason::Unsegmentable));
     let fragment = Ip::tcp(VM, CLIENT, 0x10, &[], &data(3000))
         .df(false)
         .frag(true, 0)
         .frame();
-    assert_eq!(p.plan_segments(&fragment), Err(DropReason::Unsegmentable));
+    assert_eq!(
+        p.plan_segments(&fragment, 0),
+        Err(DropReason::Unsegmentable)
+    );
     let mut bad_offset = super_frame(3000, 0x10);
     bad_offset[14 + 20 + 12] = 0x30; // data offset 3 words
-    assert_eq!(p.plan_segments(&bad_offset), Err(DropReason::Unsegmentable));
+    assert_eq!(
+        p.plan_segments(&bad_offset, 0),
+        Err(DropReason::Unsegmentable)
+    );
     let mut config = super::super::testutil::config();
     config.tunnel_mtu = 300;
     let mut narrow = Pipeline::new(config, 1);
     assert_eq!(
-        narrow.plan_segments(&super_frame(3000, 0x10)),
+        narrow.plan_segments(&super_frame(3000, 0x10), 0),
         Err(DropReason::Unsegmentable)
     );
     assert_eq!(p.counters().drop_count(DropReason::Unsegmentable), 3);
@@ -131,7 +137,7 @@ fn what_is_not_tcp_over_ipv4_is_not_cut() {
 fn no_input_panics_or_writes_out_of_bounds() {
     let mut p = pipeline(1);
     let original = super_frame(4000, 0x10);
-    let plan = p.plan_segments(&original).unwrap();
+    let plan = p.plan_segments(&original, 0).unwrap();
     // Out of range, a destination too small, a source cut short.
     let mut dst = vec![0u8; 2048];
     assert_eq!(
@@ -147,6 +153,6 @@ fn no_input_panics_or_writes_out_of_bounds() {
         None
     );
     for cut in 0..original.len().min(200) {
-        let _ = p.plan_segments(&original[..cut]);
+        let _ = p.plan_segments(&original[..cut], 0);
     }
 }
