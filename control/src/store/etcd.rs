@@ -687,19 +687,26 @@ fn watch_thread(
         let mut lost = false;
         let mut resync = false;
         let mut failures = 0u32;
+        // The watch follows one member at a time, the next one after a
+        // failure. (Given them all, the client's balancer sent the watch
+        // to a member that had been killed, again and again: a gateway
+        // that lost one member of three reported etcd lost.)
+        let members = config.endpoints.len().max(1);
+        let mut member = 0;
         loop {
             if stop.stopped() {
                 return;
             }
-            let attempt = watch_once(&config, &opts, &layout, &mut from, &tx, &stop, &mut resync, &mut lost, &mut failures);
+            let endpoint = config.endpoints.get(member).cloned().unwrap_or_default();
+            let attempt = watch_once(&config, &endpoint, &opts, &layout, &mut from, &tx, &stop, &mut resync, &mut lost, &mut failures);
             match stop.or_stop(attempt).await {
                 None | Some(WatchEnd::Stopped) => return,
                 Some(WatchEnd::Failed { why, resync: r }) => {
                     resync |= r;
                     failures += 1;
-                    // A member going away: the next attempt reaches another
-                    // at once. Only a second failure in a row is a loss.
-                    if failures >= 2 && !lost {
+                    member = (member + 1) % members;
+                    let gone = is_loss(failures, members);
+                    if gone && !lost {
                         lost = true;
                         tracing::error!(
                             endpoints = %config.endpoints.join(","),
@@ -713,7 +720,7 @@ fn watch_thread(
                     } else {
                         tracing::warn!("etcd watch interrupted ({why}); reconnecting");
                     }
-                    if failures >= 2 && stop.or_stop(tokio::time::sleep(RECONNECT_PAUSE)).await.is_none() {
+                    if gone && stop.or_stop(tokio::time::sleep(RECONNECT_PAUSE)).await.is_none() {
                         return;
                     }
                 }
@@ -722,11 +729,20 @@ fn watch_thread(
     });
 }
 
-/// Connects, (re)reads the prefix if `resync`, and watches from `from`
-/// until the watch fails. Progress moves `from`.
+/// Whether `failures` in a row, each at the next of `members`, are a loss
+/// of etcd. A member going away is not: the next attempt reaches another
+/// at once. Every member failing in turn is, and with one member, its
+/// second failure in a row (a restart reconnects at once).
+fn is_loss(failures: u32, members: usize) -> bool {
+    failures as usize >= members.max(2)
+}
+
+/// Connects to `endpoint`, (re)reads the prefix if `resync`, and watches
+/// from `from` until the watch fails. Progress moves `from`.
 #[allow(clippy::too_many_arguments)]
 async fn watch_once(
     config: &EtcdConfig,
+    endpoint: &str,
     opts: &ConnectOptions,
     layout: &Layout,
     from: &mut i64,
@@ -736,11 +752,14 @@ async fn watch_once(
     lost: &mut bool,
     failures: &mut u32,
 ) -> WatchEnd {
-    let failed = |why: String| WatchEnd::Failed { why, resync: false };
+    let failed = |why: String| WatchEnd::Failed {
+        why: format!("{endpoint}: {why}"),
+        resync: false,
+    };
     let limit = config.request_timeout;
     let mut client = match tokio::time::timeout(
         config.connect_timeout,
-        Client::connect(config.endpoints.clone(), Some(opts.clone())),
+        Client::connect([endpoint], Some(opts.clone())),
     )
     .await
     {
@@ -881,6 +900,19 @@ mod tests {
 
     const VM: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
     const COA: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+
+    #[test]
+    fn etcd_is_lost_when_every_member_failed_in_turn() {
+        // Three members: one or two gone is not a loss.
+        assert!(!is_loss(1, 3));
+        assert!(!is_loss(2, 3));
+        assert!(is_loss(3, 3));
+        // One or two members: the second failure in a row.
+        assert!(!is_loss(1, 1));
+        assert!(is_loss(2, 1));
+        assert!(!is_loss(1, 2));
+        assert!(is_loss(2, 2));
+    }
 
     #[test]
     fn bindings_round_trip_through_their_encoding() {
