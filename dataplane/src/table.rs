@@ -22,8 +22,9 @@
 //!
 //! The core is [`SeqMap`](seqmap): a fixed-capacity open-addressing hash
 //! table (a slot count fixed at creation: [`binding_table`] rounds up to a
-//! power of two, [`binding_table_for`] sizes for 75 % load) with linear probing, mapping a nonzero `u32` key to `[u64; W]`.
-//! The binding table is a `SeqMap<2>`; [`crate::neigh`] reuses it for its
+//! power of two, [`binding_table_for`] sizes for 75 % load) with linear
+//! probing, mapping a nonzero `u32` key to `[T; W]` (`T` a `u64` or a `u32`).
+//! The binding table is a `SeqMap` of three `u32`s; [`crate::neigh`] reuses it for its
 //! next-hop maps.
 //!
 //! **Hashing.** Fibonacci (multiply-shift) hashing: the top bits of
@@ -31,7 +32,7 @@
 //! evenly over the table instead of forming one cluster.
 //!
 //! **Slots: a latched seqlock.** Each slot has a sequence counter `seq` and
-//! two copies of `(key: AtomicU32, words: [AtomicU64; W])`. Readers read copy
+//! two copies of `(key: AtomicU32, words: [T::Atomic; W])`. Readers read copy
 //! `seq & 1`. The writer, to store a new value:
 //!
 //! 1. `seq.store(s+1, Release)`, then `fence(Release)`: readers now read copy
